@@ -1,0 +1,75 @@
+//! Typed errors of the service. Each says what was wrong and what to do about it; the gRPC layer
+//! maps each to one status code in a single place (`grpc::status_from`).
+
+use crate::operation::{Guid, Status};
+use crate::store::StoreError;
+
+/// Why a request could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The requested URI is not an absolute http(s) URI.
+    #[error("requested_uri `{uri}` is not usable: {reason}")]
+    InvalidUri {
+        /// The URI as given.
+        uri: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The result file path is not a plain relative path inside the download directory.
+    #[error("result_file `{path}` is not allowed: {reason}")]
+    InvalidResultFile {
+        /// The path as given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Some other field of the request is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No download has this guid.
+    #[error("no download with guid `{guid}`; ListDownloads shows the existing ones")]
+    NotFound {
+        /// The guid asked for.
+        guid: Guid,
+    },
+    /// The download's current status does not allow the action.
+    #[error("cannot {action} download `{guid}`: it is {}{}", status.name(), hint(*status))]
+    IllegalTransition {
+        /// The download.
+        guid: Guid,
+        /// What was asked.
+        action: &'static str,
+        /// Its status at the time.
+        status: Status,
+    },
+    /// Another unfinished download already writes to this result file.
+    #[error(
+        "result_file `{path}` is already the target of unfinished download `{guid}`; choose another name or cancel that download"
+    )]
+    ResultFileInUse {
+        /// The result file.
+        path: String,
+        /// The download that holds it.
+        guid: Guid,
+    },
+    /// The download has not received an HTTP response yet.
+    #[error("download `{guid}` has not received an HTTP response yet; ask again once it has run")]
+    NoResponseYet {
+        /// The download.
+        guid: Guid,
+    },
+    /// The server is shutting down and takes no new work.
+    #[error("transferd is shutting down; retry against the restarted server")]
+    ShuttingDown,
+    /// The durable store failed; nothing was changed.
+    #[error("storage failed: {0}")]
+    Storage(#[from] StoreError),
+}
+
+fn hint(status: Status) -> &'static str {
+    if status.is_terminal() {
+        " (finished downloads cannot change; create a new download instead)"
+    } else {
+        ""
+    }
+}

@@ -1,0 +1,260 @@
+//! The gRPC layer of `backgroundtransfer.v1`: converts protobuf requests into engine calls and
+//! engine results into protobuf, and maps every [`Error`] to one status code in
+//! [`status_from`]. No transfer logic lives here.
+
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt};
+use tonic::{Request, Response, Status as GrpcStatus};
+
+use crate::engine::{DownloadView, Engine, NewDownload};
+use crate::error::Error;
+use crate::operation::{ResponseInfo, Status, TransferError};
+use crate::pb::backgroundtransfer::v1 as pb;
+use crate::progress::{Lagged, Message};
+use pb::background_transfer_service_server::BackgroundTransferService;
+
+/// The `BackgroundTransferService` implementation.
+#[derive(Clone, Debug)]
+pub struct TransferService {
+    engine: Engine,
+}
+
+impl TransferService {
+    /// Serves `engine`.
+    pub fn new(engine: Engine) -> TransferService {
+        TransferService { engine }
+    }
+}
+
+type ProgressStream =
+    Pin<Box<dyn Stream<Item = Result<pb::BackgroundDownloadProgress, GrpcStatus>> + Send>>;
+type EventStream =
+    Pin<Box<dyn Stream<Item = Result<pb::DownloadProgressEvent, GrpcStatus>> + Send>>;
+
+#[tonic::async_trait]
+impl BackgroundTransferService for TransferService {
+    async fn create_download(
+        &self,
+        request: Request<pb::CreateDownloadRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::CreateDownloadRequest {
+            requested_uri,
+            result_file,
+            priority,
+            cost_policy,
+            transfer_group,
+            request_headers,
+        } = request.into_inner();
+        let view = self
+            .engine
+            .create(NewDownload {
+                requested_uri,
+                result_file,
+                priority,
+                cost_policy,
+                transfer_group,
+                request_headers: request_headers.into_iter().collect(),
+            })
+            .await?;
+        Ok(Response::new(operation(view)))
+    }
+
+    async fn get_download(
+        &self,
+        request: Request<pb::GetDownloadRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::GetDownloadRequest { guid } = request.into_inner();
+        Ok(Response::new(operation(self.engine.get(&guid)?)))
+    }
+
+    async fn list_downloads(
+        &self,
+        request: Request<pb::ListDownloadsRequest>,
+    ) -> Result<Response<pb::ListDownloadsResponse>, GrpcStatus> {
+        let pb::ListDownloadsRequest {
+            transfer_group,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let page = self.engine.list(
+            transfer_group.as_deref(),
+            usize::try_from(page_size).unwrap_or(usize::MAX),
+            &page_token,
+        )?;
+        Ok(Response::new(pb::ListDownloadsResponse {
+            downloads: page.downloads.into_iter().map(operation).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn pause_download(
+        &self,
+        request: Request<pb::PauseDownloadRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::PauseDownloadRequest { guid } = request.into_inner();
+        Ok(Response::new(operation(self.engine.pause(&guid).await?)))
+    }
+
+    async fn resume_download(
+        &self,
+        request: Request<pb::ResumeDownloadRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::ResumeDownloadRequest { guid } = request.into_inner();
+        Ok(Response::new(operation(self.engine.resume(&guid).await?)))
+    }
+
+    async fn cancel_download(
+        &self,
+        request: Request<pb::CancelDownloadRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::CancelDownloadRequest { guid } = request.into_inner();
+        Ok(Response::new(operation(self.engine.cancel(&guid).await?)))
+    }
+
+    type WatchDownloadStream = ProgressStream;
+
+    async fn watch_download(
+        &self,
+        request: Request<pb::WatchDownloadRequest>,
+    ) -> Result<Response<Self::WatchDownloadStream>, GrpcStatus> {
+        let pb::WatchDownloadRequest { guid } = request.into_inner();
+        let stream = self
+            .engine
+            .watch(&guid)?
+            .map(|item| item.map(progress).map_err(lagged));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type WatchDownloadsStream = EventStream;
+
+    async fn watch_downloads(
+        &self,
+        request: Request<pb::WatchDownloadsRequest>,
+    ) -> Result<Response<Self::WatchDownloadsStream>, GrpcStatus> {
+        let pb::WatchDownloadsRequest { transfer_group } = request.into_inner();
+        let stream = self.engine.watch_all(transfer_group).map(|item| {
+            item.map(|(guid, message)| pb::DownloadProgressEvent {
+                guid: guid.to_string(),
+                progress: Some(progress(message)),
+            })
+            .map_err(lagged)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_response_information(
+        &self,
+        request: Request<pb::GetResponseInformationRequest>,
+    ) -> Result<Response<pb::ResponseInformation>, GrpcStatus> {
+        let pb::GetResponseInformationRequest { guid } = request.into_inner();
+        let ResponseInfo {
+            is_resumable,
+            actual_uri,
+            status_code,
+            headers,
+        } = self.engine.response_information(&guid)?;
+        Ok(Response::new(pb::ResponseInformation {
+            is_resumable,
+            actual_uri,
+            status_code: status_code.into(),
+            headers: headers.into_iter().collect(),
+        }))
+    }
+}
+
+/// The one mapping from domain errors to gRPC status codes.
+pub fn status_from(error: &Error) -> GrpcStatus {
+    let message = error.to_string();
+    match error {
+        Error::InvalidUri { .. } | Error::InvalidResultFile { .. } | Error::InvalidArgument(_) => {
+            GrpcStatus::invalid_argument(message)
+        }
+        Error::NotFound { .. } => GrpcStatus::not_found(message),
+        Error::IllegalTransition { .. } | Error::NoResponseYet { .. } => {
+            GrpcStatus::failed_precondition(message)
+        }
+        Error::ResultFileInUse { .. } => GrpcStatus::already_exists(message),
+        Error::ShuttingDown | Error::Storage(_) => GrpcStatus::unavailable(message),
+    }
+}
+
+impl From<Error> for GrpcStatus {
+    fn from(error: Error) -> GrpcStatus {
+        status_from(&error)
+    }
+}
+
+fn lagged(e: Lagged) -> GrpcStatus {
+    GrpcStatus::resource_exhausted(e.to_string())
+}
+
+fn status(s: Status) -> pb::BackgroundTransferStatus {
+    use pb::BackgroundTransferStatus as P;
+    match s {
+        Status::Idle => P::Idle,
+        Status::Running => P::Running,
+        Status::PausedByApplication => P::PausedByApplication,
+        Status::PausedCostedNetwork => P::PausedCostedNetwork,
+        Status::PausedNoNetwork => P::PausedNoNetwork,
+        Status::Completed => P::Completed,
+        Status::Canceled => P::Canceled,
+        Status::Error => P::Error,
+        Status::PausedRecoverableWebErrorStatus => P::PausedRecoverableWebErrorStatus,
+        Status::PausedSystemPolicy => P::PausedSystemPolicy,
+    }
+}
+
+fn progress(message: Message) -> pb::BackgroundDownloadProgress {
+    let Message {
+        progress,
+        has_response_changed,
+        has_restarted,
+    } = message;
+    pb::BackgroundDownloadProgress {
+        bytes_received: progress.bytes_received,
+        total_bytes_to_receive: progress.total_bytes_to_receive,
+        status: status(progress.status).into(),
+        has_response_changed,
+        has_restarted,
+    }
+}
+
+fn operation(view: DownloadView) -> pb::DownloadOperation {
+    let DownloadView {
+        spec,
+        progress: message,
+        error,
+    } = view;
+    pb::DownloadOperation {
+        guid: spec.guid,
+        requested_uri: spec.requested_uri,
+        result_file: spec.result_file,
+        priority: spec.priority.code(),
+        cost_policy: spec.cost_policy.code(),
+        transfer_group: spec.transfer_group,
+        progress: Some(progress(message)),
+        error: error.map(
+            |TransferError {
+                 message,
+                 http_status,
+             }| pb::TransferError {
+                message,
+                http_status_code: http_status.map_or(0, u32::from),
+            },
+        ),
+        request_headers: spec.request_headers.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_maps_to_the_same_number() {
+        for s in Status::ALL {
+            assert_eq!(status(s) as i32, s.code(), "{s:?}");
+        }
+    }
+}

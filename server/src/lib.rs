@@ -1,0 +1,35 @@
+//! transferd: a background-transfer service. Clients queue HTTP(S) downloads over gRPC;
+//! transferd runs them in the background (queued, prioritised, paused, resumed, restarted when a
+//! server cannot resume, surviving restarts) and streams progress to every client that watches.
+//! The contract mirrors WinRT's `Windows.Networking.BackgroundTransfer`.
+//!
+//! # Layout
+//! - [`server`]: wiring. [`run`] serves on an already-bound listener until a shutdown future
+//!   completes, so tests start a real server on `127.0.0.1:0` in one line.
+//! - [`grpc`]: the gRPC layer; converts at the edge and maps errors to status codes.
+//! - [`engine`]: the transfer engine: registry, priority queue, scheduler, state machine and
+//!   transfer tasks. Knows nothing of gRPC.
+//! - [`progress`]: progress fan-out to any number of watchers without ever slowing a transfer.
+//! - [`fetch`]: the HTTP fetcher; owns the Range / If-Range / restart rules.
+//! - [`store`]: durable state behind the `Store` trait; SQLite (WAL) by default.
+//! - [`operation`]: the domain model of a download and its status rules.
+//! - [`paths`]: result-file validation, partial files and the atomic commit.
+//! - [`config`]: flags and environment variables.
+//! - [`error`]: typed errors.
+//! - [`pb`]: generated protobuf code, quarantined.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod fetch;
+pub mod grpc;
+pub mod operation;
+pub mod paths;
+pub mod pb;
+pub mod progress;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::run;

@@ -1,0 +1,119 @@
+//! The `transferd` binary: parses configuration, sets up logging, binds, and runs the service
+//! until SIGTERM or SIGINT. `transferd healthcheck` probes a running server (for container
+//! HEALTHCHECKs).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// How long `transferd healthcheck` waits for an answer.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// transferd: background HTTP(S) downloads over gRPC, modelled on WinRT BackgroundTransfer.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: transferd::Config,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Exit 0 if the server at ADDR reports SERVING on grpc.health.v1, 1 otherwise.
+    Healthcheck {
+        /// Address of the server to probe [default: the --listen address].
+        #[arg(long, env = "TRANSFERD_HEALTHCHECK_ADDR")]
+        addr: Option<SocketAddr>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("TRANSFERD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("transferd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Some(Command::Healthcheck { addr }) => {
+            runtime.block_on(healthcheck(addr.unwrap_or(cli.config.listen)))
+        }
+        None => runtime.block_on(serve(cli.config)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("transferd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: transferd::Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(transferd::run(listener, config, shutdown_signal()));
+    // Announced on stdout so scripts and tests that pass port 0 learn the real port.
+    println!("listening on {addr}");
+    server.await.context("server task failed")??;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let probe = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let mut client = HealthClient::new(channel);
+        let response = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner();
+        anyhow::Ok(response.status())
+    };
+    let status = tokio::time::timeout(HEALTHCHECK_TIMEOUT, probe)
+        .await
+        .with_context(|| format!("no answer from {addr} within {HEALTHCHECK_TIMEOUT:?}"))??;
+    anyhow::ensure!(
+        status == ServingStatus::Serving,
+        "{addr} reports {status:?}"
+    );
+    println!("SERVING");
+    Ok(())
+}

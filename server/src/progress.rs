@@ -1,0 +1,380 @@
+//! Progress fan-out: every download publishes [`Snapshot`]s to its own [`Hub`], and every hub
+//! also feeds one server-wide [`Bus`] for WatchDownloads.
+//!
+//! Publishing never waits for a watcher. A hub keeps only the latest snapshot (a `watch`
+//! channel) plus a short log of recent status changes, so a slow watcher costs nothing while it
+//! is slow, and when it catches up it still gets every status change in order, then the latest
+//! bytes. The one-shot flags `has_response_changed` and `has_restarted` are not stored as
+//! booleans that coalescing could lose: the hub publishes monotonic response and restart
+//! counters, and each watcher derives the flags from the counters it has already seen.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use futures_util::Stream;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::operation::{Guid, Progress};
+
+/// Status changes a hub remembers for watchers that fell behind. Downloads change status a
+/// handful of times; a watcher more than this many changes behind is told so and its stream
+/// ends, rather than silently skipping one.
+const STATUS_LOG_CAPACITY: usize = 256;
+
+/// Events the server-wide bus buffers per WatchDownloads watcher. Byte progress is coalesced at
+/// the source to a few events per second per running download, so this covers many seconds of
+/// a stuck client on a busy server; past it the watcher is told it fell behind.
+pub const BUS_CAPACITY: usize = 16 * 1024;
+
+/// What a download published at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Bytes, total and status.
+    pub progress: Progress,
+    /// HTTP responses received so far in this process (a new request makes a new response).
+    pub responses: u64,
+    /// Times the download had to start over because the server could not resume.
+    pub restarts: u64,
+    /// Status changes published so far; orders status changes for lagging watchers.
+    pub status_seq: u64,
+    /// Publications so far; lets a watcher skip what it has already seen.
+    pub version: u64,
+    /// Whether this publication is the first after a new response (the flag as a client that
+    /// saw every publication would see it; used for unary reads and a watcher's first message).
+    pub has_response_changed: bool,
+    /// Whether this publication is the first after a restart (as above).
+    pub has_restarted: bool,
+}
+
+/// One progress message to a watcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Bytes, total and status.
+    pub progress: Progress,
+    /// True in the first message after a new HTTP response.
+    pub has_response_changed: bool,
+    /// True in the first message after a restart.
+    pub has_restarted: bool,
+}
+
+/// A watcher fell so far behind that a status change it has not seen was discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this watcher fell too far behind and missed updates; watch again to get the current state"
+)]
+pub struct Lagged;
+
+/// One server-wide event: a download published a snapshot.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// The download.
+    pub guid: Arc<str>,
+    /// Its transfer group.
+    pub group: Arc<str>,
+    /// What it published.
+    pub snapshot: Snapshot,
+}
+
+/// The server-wide event stream that every hub feeds.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Bus {
+            tx: broadcast::channel(BUS_CAPACITY).0,
+        }
+    }
+}
+
+impl Bus {
+    /// Subscribes before reading current states, so no event between the two is lost.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}
+
+/// The progress publisher of one download.
+#[derive(Debug)]
+pub struct Hub {
+    guid: Arc<str>,
+    group: Arc<str>,
+    tx: watch::Sender<Snapshot>,
+    status_log: Mutex<VecDeque<Snapshot>>,
+    bus: Bus,
+}
+
+impl Hub {
+    /// A hub whose first snapshot is `progress`.
+    pub fn new(guid: &Guid, group: &str, progress: Progress, bus: Bus) -> Hub {
+        let first = Snapshot {
+            progress,
+            responses: 0,
+            restarts: 0,
+            status_seq: 0,
+            version: 0,
+            has_response_changed: false,
+            has_restarted: false,
+        };
+        Hub {
+            guid: guid.as_str().into(),
+            group: group.into(),
+            tx: watch::Sender::new(first),
+            status_log: Mutex::new(VecDeque::from([first])),
+            bus,
+        }
+    }
+
+    /// The latest snapshot.
+    pub fn current(&self) -> Snapshot {
+        *self.tx.borrow()
+    }
+
+    /// Tells WatchDownloads watchers that this download exists (called once it is stored).
+    pub fn announce(&self) {
+        let _ = self.bus.tx.send(Event {
+            guid: self.guid.clone(),
+            group: self.group.clone(),
+            snapshot: self.current(),
+        });
+    }
+
+    /// Publishes a new state. The caller serialises publications of one download (it holds the
+    /// download's state lock), which is what keeps every watcher's view in order.
+    pub fn publish(&self, progress: Progress, responses: u64, restarts: u64) {
+        let prev = self.current();
+        if prev.progress == progress && prev.responses == responses && prev.restarts == restarts {
+            return;
+        }
+        let status_changed = prev.progress.status != progress.status;
+        let snapshot = Snapshot {
+            progress,
+            responses,
+            restarts,
+            status_seq: prev.status_seq + u64::from(status_changed),
+            version: prev.version + 1,
+            has_response_changed: responses > prev.responses,
+            has_restarted: restarts > prev.restarts,
+        };
+        if status_changed {
+            let mut log = self.status_log.lock().unwrap_or_else(|e| e.into_inner());
+            if log.len() == STATUS_LOG_CAPACITY {
+                log.pop_front();
+            }
+            log.push_back(snapshot);
+        }
+        self.tx.send_replace(snapshot);
+        // No receivers is normal: nobody is running WatchDownloads.
+        let _ = self.bus.tx.send(Event {
+            guid: self.guid.clone(),
+            group: self.group.clone(),
+            snapshot,
+        });
+    }
+
+    /// Status-change snapshots with `after < status_seq < before`, oldest first, or `Lagged` if
+    /// some of them were already discarded.
+    fn status_changes_between(&self, after: u64, before: u64) -> Result<Vec<Snapshot>, Lagged> {
+        let log = self.status_log.lock().unwrap_or_else(|e| e.into_inner());
+        let missed: Vec<Snapshot> = log
+            .iter()
+            .filter(|s| s.status_seq > after && s.status_seq < before)
+            .copied()
+            .collect();
+        if missed.len() as u64 == before.saturating_sub(after + 1) {
+            Ok(missed)
+        } else {
+            Err(Lagged)
+        }
+    }
+}
+
+/// Derives the one-shot flags for one watcher from the counters it has already seen.
+#[derive(Clone, Copy, Debug)]
+pub struct FlagCursor {
+    responses: u64,
+    restarts: u64,
+}
+
+impl FlagCursor {
+    /// The first message a watcher gets is the snapshot with the flags it was published with;
+    /// the cursor starts there.
+    pub fn first(snapshot: &Snapshot) -> (FlagCursor, Message) {
+        let cursor = FlagCursor {
+            responses: snapshot.responses,
+            restarts: snapshot.restarts,
+        };
+        let message = Message {
+            progress: snapshot.progress,
+            has_response_changed: snapshot.has_response_changed,
+            has_restarted: snapshot.has_restarted,
+        };
+        (cursor, message)
+    }
+
+    /// The message for the next snapshot this watcher sends: a flag is true when its counter
+    /// moved since the previous message, however many publications were coalesced between.
+    pub fn next(&mut self, snapshot: &Snapshot) -> Message {
+        let message = Message {
+            progress: snapshot.progress,
+            has_response_changed: snapshot.responses > self.responses,
+            has_restarted: snapshot.restarts > self.restarts,
+        };
+        self.responses = snapshot.responses;
+        self.restarts = snapshot.restarts;
+        message
+    }
+}
+
+/// Streams one download's progress: the current state, then every change, ending after a
+/// terminal status or when `shutdown` fires.
+pub fn watch_one(
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<Message, Lagged>> + Send + 'static {
+    struct State {
+        hub: Arc<Hub>,
+        rx: watch::Receiver<Snapshot>,
+        cursor: Option<(FlagCursor, u64)>,
+        pending: VecDeque<Result<Message, Lagged>>,
+        done: bool,
+        shutdown: CancellationToken,
+    }
+    let rx = hub.tx.subscribe();
+    let state = State {
+        hub,
+        rx,
+        cursor: None,
+        pending: VecDeque::new(),
+        done: false,
+        shutdown,
+    };
+    futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(item) = st.pending.pop_front() {
+                return Some((item, st));
+            }
+            if st.done {
+                return None;
+            }
+            let Some((cursor, seen_status_seq)) = st.cursor.as_mut() else {
+                let snapshot = *st.rx.borrow_and_update();
+                let (cursor, message) = FlagCursor::first(&snapshot);
+                st.cursor = Some((cursor, snapshot.status_seq));
+                st.done = snapshot.progress.status.is_terminal();
+                st.pending.push_back(Ok(message));
+                continue;
+            };
+            tokio::select! {
+                changed = st.rx.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                () = st.shutdown.cancelled() => return None,
+            }
+            let snapshot = *st.rx.borrow_and_update();
+            if snapshot.status_seq > *seen_status_seq + 1 {
+                match st
+                    .hub
+                    .status_changes_between(*seen_status_seq, snapshot.status_seq)
+                {
+                    Ok(missed) => {
+                        for s in missed {
+                            st.pending.push_back(Ok(cursor.next(&s)));
+                        }
+                    }
+                    Err(lagged) => {
+                        st.pending.push_back(Err(lagged));
+                        st.done = true;
+                        continue;
+                    }
+                }
+            }
+            *seen_status_seq = snapshot.status_seq;
+            st.pending.push_back(Ok(cursor.next(&snapshot)));
+            st.done = snapshot.progress.status.is_terminal();
+        }
+    })
+}
+
+/// Streams every download's progress (or one group's): the current state of each, then every
+/// change, until `shutdown` fires. `current` lists the downloads in scope, read after `events`
+/// subscribed, so an event that raced the read is recognised by its version and not sent twice.
+pub fn watch_all(
+    events: broadcast::Receiver<Event>,
+    current: Vec<(Arc<str>, Snapshot)>,
+    group: Option<String>,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<(Arc<str>, Message), Lagged>> + Send + 'static {
+    struct Seen {
+        cursor: FlagCursor,
+        version: u64,
+    }
+    struct State {
+        events: broadcast::Receiver<Event>,
+        seen: HashMap<Arc<str>, Seen>,
+        pending: VecDeque<Result<(Arc<str>, Message), Lagged>>,
+        done: bool,
+        group: Option<String>,
+        shutdown: CancellationToken,
+    }
+    let mut state = State {
+        events,
+        seen: HashMap::with_capacity(current.len()),
+        pending: VecDeque::with_capacity(current.len()),
+        done: false,
+        group,
+        shutdown,
+    };
+    for (guid, snapshot) in current {
+        let (cursor, message) = FlagCursor::first(&snapshot);
+        let version = snapshot.version;
+        state.seen.insert(guid.clone(), Seen { cursor, version });
+        state.pending.push_back(Ok((guid, message)));
+    }
+    futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(item) = st.pending.pop_front() {
+                return Some((item, st));
+            }
+            if st.done {
+                return None;
+            }
+            let event = tokio::select! {
+                e = st.events.recv() => e,
+                () = st.shutdown.cancelled() => return None,
+            };
+            let event = match event {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    st.pending.push_back(Err(Lagged));
+                    st.done = true;
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            if st.group.as_deref().is_some_and(|g| *g != *event.group) {
+                continue;
+            }
+            let snapshot = event.snapshot;
+            let message = match st.seen.get_mut(&event.guid) {
+                Some(seen) if snapshot.version <= seen.version => continue,
+                Some(seen) => {
+                    seen.version = snapshot.version;
+                    seen.cursor.next(&snapshot)
+                }
+                None => {
+                    let (cursor, message) = FlagCursor::first(&snapshot);
+                    let version = snapshot.version;
+                    st.seen.insert(event.guid.clone(), Seen { cursor, version });
+                    message
+                }
+            };
+            st.pending.push_back(Ok((event.guid, message)));
+        }
+    })
+}

@@ -1,0 +1,108 @@
+//! Wiring: opens the store and the engine, serves the gRPC services (transfer, health,
+//! reflection v1 and v1alpha) on an already-bound listener, and shuts down in order: health
+//! flips to NOT_SERVING, new calls stop, streams end, transfers checkpoint.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig};
+use crate::grpc::TransferService;
+use crate::pb;
+use crate::pb::backgroundtransfer::v1::background_transfer_service_server::BackgroundTransferServiceServer;
+use crate::store::{SqliteStore, StoreError};
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine could not be set up.
+    #[error(transparent)]
+    Engine(#[from] crate::error::Error),
+    /// A directory could not be prepared.
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Serving gRPC failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the descriptor set.
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Runs transferd on `listener` until `shutdown` completes, then shuts down cleanly.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let download_dir = config.download_dir();
+    std::fs::create_dir_all(&download_dir).map_err(|source| ServeError::Io {
+        path: download_dir.clone(),
+        source,
+    })?;
+    let store = Arc::new(SqliteStore::open(&config.data_dir)?);
+    let token = CancellationToken::new();
+    let engine = Engine::open(
+        EngineConfig {
+            download_dir,
+            max_active: config.max_active,
+        },
+        store,
+        token.clone(),
+    )?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<BackgroundTransferServiceServer<TransferService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    engine.start();
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "serving");
+
+    let stop = {
+        let token = token.clone();
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            health
+                .set_not_serving::<BackgroundTransferServiceServer<TransferService>>()
+                .await;
+            // Streams end and transfers checkpoint once the token fires.
+            token.cancel();
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(BackgroundTransferServiceServer::new(TransferService::new(
+            engine.clone(),
+        )))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .await?;
+    engine.drain().await;
+    tracing::info!("stopped");
+    Ok(())
+}
