@@ -465,20 +465,25 @@ impl Engine {
     /// Pauses a download: PAUSED_BY_APPLICATION, keeping its partial data.
     pub async fn pause(&self, guid: &str) -> Result<DownloadView, Error> {
         let op = self.op(guid)?;
-        {
+        let changed = {
             let mut reg = self.inner.lock();
             let mut st = op.lock();
             match st.status {
                 s if s.is_terminal() => return Err(illegal(guid, "pause", s)),
-                Status::PausedByApplication => return Ok(op.view()),
-                _ => {}
+                Status::PausedByApplication => false,
+                _ => {
+                    reg.queue.remove(&op.queue_key());
+                    if let Some(task) = &st.task {
+                        task.cancel();
+                    }
+                    st.status = Status::PausedByApplication;
+                    op.publish(&st);
+                    true
+                }
             }
-            reg.queue.remove(&op.queue_key());
-            if let Some(task) = &st.task {
-                task.cancel();
-            }
-            st.status = Status::PausedByApplication;
-            op.publish(&st);
+        };
+        if !changed {
+            return Ok(op.view());
         }
         tracing::info!(guid, "paused");
         self.persist(&op).await?;
@@ -488,17 +493,22 @@ impl Engine {
     /// Resumes a paused download: it is queued again and continues from its partial data.
     pub async fn resume(&self, guid: &str) -> Result<DownloadView, Error> {
         let op = self.op(guid)?;
-        {
+        let changed = {
             let mut reg = self.inner.lock();
             let mut st = op.lock();
             match st.status {
                 s if s.is_terminal() => return Err(illegal(guid, "resume", s)),
-                Status::Idle | Status::Running => return Ok(op.view()),
-                _ => {}
+                Status::Idle | Status::Running => false,
+                _ => {
+                    st.status = Status::Idle;
+                    reg.queue.insert(op.queue_key());
+                    op.publish(&st);
+                    true
+                }
             }
-            st.status = Status::Idle;
-            reg.queue.insert(op.queue_key());
-            op.publish(&st);
+        };
+        if !changed {
+            return Ok(op.view());
         }
         tracing::info!(guid, "resumed");
         self.persist(&op).await?;
@@ -784,6 +794,13 @@ impl Observer for Progressor<'_> {
         st.bytes = offset;
         st.total = total;
         st.validators = validators;
+        st.response = Some(info);
+        self.op.publish(&st);
+    }
+
+    fn error_response(&self, info: ResponseInfo) {
+        let mut st = self.op.lock();
+        st.responses += 1;
         st.response = Some(info);
         self.op.publish(&st);
     }

@@ -75,6 +75,8 @@ pub struct ResponseStart {
 pub trait Observer: Send + Sync {
     /// A response arrived and its body is about to be written.
     fn response(&self, start: ResponseStart);
+    /// A response with an error status arrived; its body is not the entity and is not written.
+    fn error_response(&self, info: ResponseInfo);
     /// `bytes_received` body bytes are now received (written or buffered).
     fn progress(&self, bytes_received: u64);
     /// Time to publish byte progress, if it changed.
@@ -187,25 +189,26 @@ impl Fetcher {
             }
         };
         let status = response.status();
+        let headers = response.headers();
+        let validators = validators_of(headers);
+        let info = ResponseInfo {
+            is_resumable: is_resumable(headers, &validators),
+            actual_uri: response.url().to_string(),
+            status_code: status.as_u16(),
+            headers: header_map(headers),
+        };
         if !status.is_success() {
+            observer.error_response(info);
             return Err(http_error(status));
         }
         let restarted = discarded || (ranged && status == StatusCode::OK);
         if status == StatusCode::OK {
             offset = 0;
         }
-        let headers = response.headers();
-        let validators = validators_of(headers);
         let total = if status == StatusCode::PARTIAL_CONTENT {
             content_range(headers).and_then(|r| r.total).unwrap_or(0)
         } else {
             content_length(headers).unwrap_or(0)
-        };
-        let info = ResponseInfo {
-            is_resumable: is_resumable(headers, &validators),
-            actual_uri: response.url().to_string(),
-            status_code: status.as_u16(),
-            headers: header_map(headers),
         };
         let file = open_partial(job.partial, offset).await?;
         observer.response(ResponseStart {
