@@ -2,7 +2,8 @@
 //! until SIGTERM or SIGINT. `transferd healthcheck` probes a running server (for container
 //! HEALTHCHECKs).
 
-use std::net::SocketAddr;
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("TRANSFERD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -64,11 +66,13 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: transferd::Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listen = config.listen;
+    let transferd = transferd::server::Transferd::open(config)?;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let server = tokio::spawn(transferd::run(listener, config, shutdown_signal()));
+    let server = tokio::spawn(transferd.serve(listener, shutdown_signal()));
     // Announced on stdout so scripts and tests that pass port 0 learn the real port.
     println!("listening on {addr}");
     server.await.context("server task failed")??;
@@ -91,7 +95,14 @@ async fn shutdown_signal() {
     }
 }
 
-async fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
+async fn healthcheck(mut addr: SocketAddr) -> anyhow::Result<()> {
+    // A server listening on every interface (0.0.0.0 in a container) is probed on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let probe = async {

@@ -378,3 +378,144 @@ pub fn watch_all(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operation::Status;
+    use futures_util::StreamExt;
+
+    fn p(bytes: u64, status: Status) -> Progress {
+        Progress {
+            bytes_received: bytes,
+            total_bytes_to_receive: 100,
+            status,
+        }
+    }
+
+    fn hub() -> Arc<Hub> {
+        Arc::new(Hub::new(
+            &"g".to_string(),
+            "",
+            p(0, Status::Idle),
+            Bus::default(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_gets_every_status_change_in_order_then_the_latest() {
+        let hub = hub();
+        let mut stream = Box::pin(watch_one(hub.clone(), CancellationToken::new()));
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.progress.status, Status::Idle);
+        // Many publications while the watcher does not read.
+        hub.publish(p(0, Status::Running), 1, 0);
+        for b in 1..50 {
+            hub.publish(p(b, Status::Running), 1, 0);
+        }
+        hub.publish(p(50, Status::PausedByApplication), 1, 0);
+        hub.publish(p(50, Status::Idle), 1, 0);
+        hub.publish(p(50, Status::Running), 2, 1);
+        hub.publish(p(10, Status::Running), 2, 1);
+        hub.publish(p(100, Status::Completed), 2, 1);
+        let rest: Vec<Message> = stream.map(|m| m.unwrap()).collect().await;
+        let statuses: Vec<Status> = rest.iter().map(|m| m.progress.status).collect();
+        assert_eq!(
+            statuses,
+            [
+                Status::Running,
+                Status::PausedByApplication,
+                Status::Idle,
+                Status::Running,
+                Status::Completed
+            ]
+        );
+        // Flags are derived from counters: each edge shows exactly once.
+        assert_eq!(
+            rest.iter()
+                .map(|m| m.has_response_changed)
+                .collect::<Vec<_>>(),
+            [true, false, false, true, false]
+        );
+        assert_eq!(
+            rest.iter().map(|m| m.has_restarted).collect::<Vec<_>>(),
+            [false, false, false, true, false]
+        );
+        assert_eq!(rest.last().unwrap().progress.bytes_received, 100);
+    }
+
+    #[tokio::test]
+    async fn coalesced_byte_updates_never_lose_a_flag() {
+        let hub = hub();
+        let mut stream = Box::pin(watch_one(hub.clone(), CancellationToken::new()));
+        stream.next().await.unwrap().unwrap();
+        hub.publish(p(0, Status::Running), 0, 0);
+        assert!(!stream.next().await.unwrap().unwrap().has_response_changed);
+        // A response and many byte updates land between two reads.
+        hub.publish(p(0, Status::Running), 1, 1);
+        for b in 1..20 {
+            hub.publish(p(b, Status::Running), 1, 1);
+        }
+        let m = stream.next().await.unwrap().unwrap();
+        assert_eq!(m.progress.bytes_received, 19);
+        assert!(m.has_response_changed && m.has_restarted);
+        hub.publish(p(20, Status::Running), 1, 1);
+        let m = stream.next().await.unwrap().unwrap();
+        assert!(!m.has_response_changed && !m.has_restarted);
+    }
+
+    #[tokio::test]
+    async fn a_watcher_too_far_behind_is_told_so() {
+        let hub = hub();
+        let mut stream = Box::pin(watch_one(hub.clone(), CancellationToken::new()));
+        stream.next().await.unwrap().unwrap();
+        for i in 0..=STATUS_LOG_CAPACITY {
+            let s = if i % 2 == 0 {
+                Status::Running
+            } else {
+                Status::PausedByApplication
+            };
+            hub.publish(p(0, s), 0, 0);
+        }
+        assert_eq!(stream.next().await.unwrap(), Err(Lagged));
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_after_a_terminal_status_and_on_shutdown() {
+        let hub = hub();
+        hub.publish(p(100, Status::Completed), 1, 0);
+        let all: Vec<_> = watch_one(hub, CancellationToken::new()).collect().await;
+        assert_eq!(all.len(), 1);
+        let shutdown = CancellationToken::new();
+        let mut stream = Box::pin(watch_one(self::hub(), shutdown.clone()));
+        stream.next().await.unwrap().unwrap();
+        shutdown.cancel();
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn watch_all_sends_current_states_then_changes_without_duplicates() {
+        let bus = Bus::default();
+        let a = Hub::new(&"a".to_string(), "g1", p(0, Status::Idle), bus.clone());
+        let b = Hub::new(&"b".to_string(), "g2", p(0, Status::Idle), bus.clone());
+        let events = bus.subscribe();
+        // Published after subscribing but before the current states were read: the version
+        // tells the watcher it already has it.
+        a.publish(p(0, Status::Running), 1, 0);
+        let current = vec![(Arc::from("a"), a.current())];
+        let mut stream = Box::pin(watch_all(
+            events,
+            current,
+            Some("g1".into()),
+            CancellationToken::new(),
+        ));
+        let (guid, first) = stream.next().await.unwrap().unwrap();
+        assert_eq!((&*guid, first.progress.status), ("a", Status::Running));
+        b.publish(p(5, Status::Running), 1, 0);
+        a.publish(p(100, Status::Completed), 1, 0);
+        let (guid, next) = stream.next().await.unwrap().unwrap();
+        assert_eq!((&*guid, next.progress.status), ("a", Status::Completed));
+        assert!(!next.has_response_changed);
+    }
+}

@@ -47,62 +47,89 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let download_dir = config.download_dir();
-    std::fs::create_dir_all(&download_dir).map_err(|source| ServeError::Io {
-        path: download_dir.clone(),
-        source,
-    })?;
-    let store = Arc::new(SqliteStore::open(&config.data_dir)?);
-    let token = CancellationToken::new();
-    let engine = Engine::open(
-        EngineConfig {
-            download_dir,
-            max_active: config.max_active,
-        },
-        store,
-        token.clone(),
-    )?;
+    Transferd::open(config)?.serve(listener, shutdown).await
+}
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<BackgroundTransferServiceServer<TransferService>>()
-        .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+/// A transferd whose store is open and whose downloads are loaded, not yet serving. Opening
+/// before binding lets the binary refuse a bad store before it announces an address.
+#[derive(Debug)]
+pub struct Transferd {
+    engine: Engine,
+    token: CancellationToken,
+}
 
-    engine.start();
-    let local = listener.local_addr().ok();
-    tracing::info!(addr = ?local, "serving");
+impl Transferd {
+    /// Prepares the directories, opens the store and loads every download.
+    pub fn open(config: Config) -> Result<Transferd, ServeError> {
+        let download_dir = config.download_dir();
+        std::fs::create_dir_all(&download_dir).map_err(|source| ServeError::Io {
+            path: download_dir.clone(),
+            source,
+        })?;
+        let store = Arc::new(SqliteStore::open(&config.data_dir)?);
+        let token = CancellationToken::new();
+        let engine = Engine::open(
+            EngineConfig {
+                download_dir,
+                max_active: config.max_active,
+            },
+            store,
+            token.clone(),
+        )?;
+        Ok(Transferd { engine, token })
+    }
 
-    let stop = {
-        let token = token.clone();
-        let health = health.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            health
-                .set_not_serving::<BackgroundTransferServiceServer<TransferService>>()
-                .await;
-            // Streams end and transfers checkpoint once the token fires.
-            token.cancel();
-        }
-    };
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(BackgroundTransferServiceServer::new(TransferService::new(
-            engine.clone(),
-        )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-        .await?;
-    engine.drain().await;
-    tracing::info!("stopped");
-    Ok(())
+    /// Serves on `listener` until `shutdown` completes, then shuts down cleanly.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Transferd { engine, token } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<BackgroundTransferServiceServer<TransferService>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        engine.start();
+        let local = listener.local_addr().ok();
+        tracing::info!(addr = ?local, "serving");
+
+        let stop = {
+            let token = token.clone();
+            let health = health.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                health
+                    .set_not_serving::<BackgroundTransferServiceServer<TransferService>>()
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                // Streams end and transfers checkpoint once the token fires.
+                token.cancel();
+            }
+        };
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(BackgroundTransferServiceServer::new(TransferService::new(
+                engine.clone(),
+            )))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+            .await?;
+        engine.drain().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
 }

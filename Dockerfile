@@ -1,0 +1,60 @@
+# transferd container image.
+#
+#   docker build -t transferd .
+#   docker run -d -p 50051:50051 -v transferd-data:/data transferd
+#
+# Downloads land in /data/downloads; the download database lives in /data too.
+
+# ---- Build ------------------------------------------------------------------------------------------
+# The full (not slim) image: rusqlite's bundled SQLite and ring compile C code with its gcc.
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+
+# Dependencies first, against placeholder sources, so that this layer is only rebuilt when the
+# manifest, the lock file, the build script or the contract change. The build script and proto/
+# are real: build.rs compiles proto/ (with protox, no protoc needed).
+COPY Cargo.toml Cargo.lock ./
+COPY server/build.rs server/build.rs
+COPY proto proto
+RUN mkdir -p server/src \
+    && echo '//! Placeholder for caching dependencies.' > server/src/lib.rs \
+    && echo 'fn main() {}' > server/src/main.rs \
+    && cargo build --release --locked \
+    && rm -rf server/src
+
+# The real sources. COPY keeps the files' modification times, which may be older than the
+# placeholder build, so touch the crate roots to make cargo rebuild the transferd crates.
+COPY server server
+RUN touch server/src/lib.rs server/src/main.rs \
+    && cargo build --release --locked \
+    && install -D -m 0755 target/release/transferd /out/transferd
+
+# ---- Runtime ----------------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+
+# ca-certificates: the HTTPS client verifies servers against the system roots.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN groupadd --system --gid 10001 transferd \
+    && useradd --system --uid 10001 --gid transferd --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin transferd \
+    && mkdir /data \
+    && chown transferd:transferd /data
+
+COPY --from=builder /out/transferd /usr/local/bin/transferd
+
+ENV TRANSFERD_LISTEN=0.0.0.0:50051 \
+    TRANSFERD_DATA_DIR=/data
+VOLUME ["/data"]
+EXPOSE 50051
+USER 10001:10001
+
+# `transferd healthcheck` asks the gRPC health service at TRANSFERD_LISTEN.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["/usr/local/bin/transferd", "healthcheck"]
+
+# transferd checkpoints and exits 0 on SIGTERM.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/transferd"]

@@ -1,0 +1,242 @@
+//! End-to-end: restarts lose nothing. SIGTERM ends streams cleanly, checkpoints and exits 0; a
+//! fresh start on the same data directory shows every download, continues unfinished ones from
+//! their checkpoint with a Range request, and keeps finished ones as they were. A SIGKILL never
+//! loses an acknowledged download.
+
+mod common;
+
+use common::origin::{Origin, Resource, test_bytes};
+use common::*;
+use transferd::pb::backgroundtransfer::v1 as pb;
+
+#[tokio::test]
+async fn sigterm_checkpoints_and_a_restart_continues_every_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let running_body = test_bytes(1024 * 1024, 1);
+    let held = 400_000u64;
+    origin.put(
+        "/running",
+        Resource::new(running_body.clone()).hold_after(held),
+    );
+    origin.put("/done", Resource::new(test_bytes(5000, 2)));
+    origin.put(
+        "/paused",
+        Resource::new(test_bytes(300_000, 3)).hold_after(1000),
+    );
+    origin.put("/queued", Resource::new(test_bytes(7000, 4)));
+
+    let server = Server::start(dir.path(), &["--max-active", "2"]).await;
+    let mut client = server.client().await;
+    let done = create(&mut client, &origin.url("/done"), "done.bin").await;
+    wait_status(&mut client, &done.guid, S::Completed).await;
+    let paused = create(&mut client, &origin.url("/paused"), "paused.bin").await;
+    wait_until(&mut client, &paused.guid, "1000 bytes", |op| {
+        op.progress.unwrap().bytes_received == 1000
+    })
+    .await;
+    client
+        .pause_download(pb::PauseDownloadRequest {
+            guid: paused.guid.clone(),
+        })
+        .await
+        .unwrap();
+    let running = create(&mut client, &origin.url("/running"), "running.bin").await;
+    let mut queued_req = create_request(&origin.url("/queued"), "queued.bin");
+    queued_req.set_priority(pb::BackgroundTransferPriority::Low);
+    // Fill the second slot so the LOW download stays queued.
+    origin.put("/filler", Resource::new(test_bytes(4096, 5)).hold_after(10));
+    let filler = create(&mut client, &origin.url("/filler"), "filler.bin").await;
+    let queued = client
+        .create_download(queued_req)
+        .await
+        .unwrap()
+        .into_inner();
+    wait_until(&mut client, &running.guid, "held bytes", |op| {
+        op.progress.unwrap().bytes_received == held
+    })
+    .await;
+    assert_eq!(status_of(&get(&mut client, &queued.guid).await), S::Idle);
+
+    let mut streams = Vec::new();
+    for guid in [&running.guid, &queued.guid] {
+        let mut s = client
+            .watch_download(pb::WatchDownloadRequest { guid: guid.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        s.message().await.unwrap().unwrap();
+        streams.push(s);
+    }
+    let mut all = client
+        .watch_downloads(pb::WatchDownloadsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    all.message().await.unwrap().unwrap();
+
+    let code = server.terminate().await;
+    assert_eq!(code, Some(0), "transferd must exit 0 on SIGTERM");
+    // Streams end cleanly rather than breaking.
+    for mut s in streams {
+        loop {
+            match s.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(e) => panic!("stream broke on shutdown: {e:?}"),
+            }
+        }
+    }
+    loop {
+        match all.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(e) => panic!("WatchDownloads broke on shutdown: {e:?}"),
+        }
+    }
+
+    // The checkpoint holds every byte received before the stop, fsynced.
+    origin.release("/running");
+    origin.release("/filler");
+    let server = Server::start(dir.path(), &["--max-active", "2"]).await;
+    let mut client = server.client().await;
+    let listed: Vec<String> = client
+        .list_downloads(pb::ListDownloadsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .downloads
+        .into_iter()
+        .map(|d| d.guid)
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            &done.guid,
+            &paused.guid,
+            &running.guid,
+            &filler.guid,
+            &queued.guid
+        ]
+        .map(String::clone)
+    );
+    let done_now = get(&mut client, &done.guid).await;
+    assert_eq!(status_of(&done_now), S::Completed);
+    assert_eq!(done_now.progress.unwrap().bytes_received, 5000);
+    assert_eq!(
+        status_of(&get(&mut client, &paused.guid).await),
+        S::PausedByApplication
+    );
+
+    wait_status(&mut client, &running.guid, S::Completed).await;
+    let requests = origin.requests_for("/running");
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].header("range"),
+        Some(&*format!("bytes={held}-"))
+    );
+    assert!(requests[1].header("if-range").is_some());
+    assert_eq!(
+        sha256_file(&server.download_dir().join("running.bin")),
+        sha256(&running_body)
+    );
+    wait_status(&mut client, &queued.guid, S::Completed).await;
+    assert_eq!(
+        sha256_file(&server.download_dir().join("queued.bin")),
+        sha256(&test_bytes(7000, 4))
+    );
+    // The paused one continues from its checkpoint when resumed.
+    origin.release("/paused");
+    client
+        .resume_download(pb::ResumeDownloadRequest {
+            guid: paused.guid.clone(),
+        })
+        .await
+        .unwrap();
+    wait_status(&mut client, &paused.guid, S::Completed).await;
+    assert_eq!(
+        origin.requests_for("/paused")[1].header("range"),
+        Some("bytes=1000-")
+    );
+    assert_eq!(
+        sha256_file(&server.download_dir().join("paused.bin")),
+        sha256(&test_bytes(300_000, 3))
+    );
+}
+
+#[tokio::test]
+async fn sigkill_never_loses_an_acknowledged_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    origin.put(
+        "/blocker",
+        Resource::new(test_bytes(100_000, 1)).hold_after(50_000),
+    );
+    for i in 0..20 {
+        origin.put(
+            &format!("/f{i}"),
+            Resource::new(test_bytes(10_000 + i, i as u64)),
+        );
+    }
+    let server = Server::start(dir.path(), &["--max-active", "1"]).await;
+    let mut client = server.client().await;
+    let blocker = create(&mut client, &origin.url("/blocker"), "blocker").await;
+    let mut guids = vec![blocker.guid.clone()];
+    for i in 0..20 {
+        guids.push(
+            create(
+                &mut client,
+                &origin.url(&format!("/f{i}")),
+                &format!("f{i}"),
+            )
+            .await
+            .guid,
+        );
+    }
+    server.kill().await;
+
+    origin.release("/blocker");
+    let server = Server::start(dir.path(), &["--max-active", "4"]).await;
+    let mut client = server.client().await;
+    let listed: Vec<String> = client
+        .list_downloads(pb::ListDownloadsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .downloads
+        .into_iter()
+        .map(|d| d.guid)
+        .collect();
+    assert_eq!(listed, guids);
+    wait_status(&mut client, &blocker.guid, S::Completed).await;
+    assert_eq!(
+        sha256_file(&server.download_dir().join("blocker")),
+        sha256(&test_bytes(100_000, 1))
+    );
+    for i in 0..20 {
+        wait_status(&mut client, &guids[i + 1], S::Completed).await;
+        assert_eq!(
+            sha256_file(&server.download_dir().join(format!("f{i}"))),
+            sha256(&test_bytes(10_000 + i, i as u64))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_corrupted_store_stops_the_server_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("transferd.db"), vec![0x42; 4096]).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_transferd"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("corrupted"), "{stderr}");
+    // The damaged file is left for the operator, never replaced by an empty store.
+    assert_eq!(
+        std::fs::read(dir.path().join("transferd.db")).unwrap(),
+        vec![0x42; 4096]
+    );
+}
