@@ -203,10 +203,9 @@ impl Engine {
     pub fn open(
         config: EngineConfig,
         store: Arc<dyn Store>,
+        fetcher: Fetcher,
         shutdown: CancellationToken,
     ) -> Result<Engine, Error> {
-        let fetcher = Fetcher::new()
-            .map_err(|e| Error::InvalidArgument(format!("cannot build the HTTP client: {e}")))?;
         let bus = Bus::default();
         let mut registry = Registry::default();
         for record in store.load()? {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
+use crate::fetch::Fetcher;
 use crate::grpc::TransferService;
 use crate::pb;
 use crate::pb::backgroundtransfer::v1::background_transfer_service_server::BackgroundTransferServiceServer;
@@ -33,6 +34,9 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
     /// Serving gRPC failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -74,6 +78,7 @@ impl Transferd {
                 max_active: config.max_active,
             },
             store,
+            Fetcher::new()?,
             token.clone(),
         )?;
         Ok(Transferd { engine, token })
