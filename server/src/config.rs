@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Default gRPC address: loopback only, so a fresh install is not reachable from the network.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -14,6 +15,25 @@ pub const DEFAULT_MAX_ACTIVE: usize = 6;
 /// Upper bound for `--max-active`: every active download holds a connection, a file and a write
 /// buffer, so this keeps a typo from exhausting file descriptors and memory.
 pub const MAX_MAX_ACTIVE: usize = 1024;
+
+/// Default connect timeout: generous for slow links, short enough that a dead origin is retried
+/// within a minute rather than WinRT's five.
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "30s";
+
+/// Default stall timeout: a response or body that sends nothing for this long is a failed
+/// attempt, so a stalled server is noticed and retried instead of hanging silently.
+pub const DEFAULT_STALL_TIMEOUT: &str = "60s";
+
+/// Default retry budget: failed attempts in a row, without a byte of progress between them,
+/// before a download ends in ERROR (Android retries 5 times).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// Default first retry delay; it doubles with each failure in a row (Android starts at 30 s;
+/// shorter here because most faults in a data centre clear quickly).
+pub const DEFAULT_RETRY_BASE_DELAY: &str = "1s";
+
+/// Default cap of the doubling retry delay.
+pub const DEFAULT_RETRY_MAX_DELAY: &str = "5m";
 
 /// How transferd runs.
 #[derive(clap::Args, Clone, Debug)]
@@ -36,6 +56,34 @@ pub struct Config {
     #[arg(long, env = "TRANSFERD_MAX_ACTIVE", default_value_t = DEFAULT_MAX_ACTIVE,
           value_parser = parse_max_active)]
     pub max_active: usize,
+
+    /// Time allowed to resolve an origin's host and connect to it (e.g. 500ms, 30s).
+    #[arg(long, env = "TRANSFERD_CONNECT_TIMEOUT", default_value = DEFAULT_CONNECT_TIMEOUT,
+          value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// A response or body that sends nothing for this long is a stalled attempt and is retried.
+    #[arg(long, env = "TRANSFERD_STALL_TIMEOUT", default_value = DEFAULT_STALL_TIMEOUT,
+          value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+
+    /// Retry budget: a download ends in ERROR after this many failed attempts in a row with no
+    /// progress between them. Connection faults, 5xx, 408 and 429 are retried; other HTTP
+    /// errors (404, 403, ...) fail at once.
+    #[arg(long, env = "TRANSFERD_MAX_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_attempts: u32,
+
+    /// Delay before the first retry; it doubles with every failure in a row, with jitter, up to
+    /// --retry-max-delay. A server's Retry-After (up to one hour) takes precedence.
+    #[arg(long, env = "TRANSFERD_RETRY_BASE_DELAY", default_value = DEFAULT_RETRY_BASE_DELAY,
+          value_parser = parse_duration)]
+    pub retry_base_delay: Duration,
+
+    /// Longest delay between retries, Retry-After aside.
+    #[arg(long, env = "TRANSFERD_RETRY_MAX_DELAY", default_value = DEFAULT_RETRY_MAX_DELAY,
+          value_parser = parse_duration)]
+    pub retry_max_delay: Duration,
 }
 
 impl Config {
@@ -46,6 +94,11 @@ impl Config {
             data_dir: data_dir.into(),
             download_dir: None,
             max_active: DEFAULT_MAX_ACTIVE,
+            connect_timeout: parse_duration(DEFAULT_CONNECT_TIMEOUT).expect("default parses"),
+            stall_timeout: parse_duration(DEFAULT_STALL_TIMEOUT).expect("default parses"),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_base_delay: parse_duration(DEFAULT_RETRY_BASE_DELAY).expect("default parses"),
+            retry_max_delay: parse_duration(DEFAULT_RETRY_MAX_DELAY).expect("default parses"),
         }
     }
 
@@ -55,6 +108,28 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("downloads"))
     }
+}
+
+/// Parses `250ms`, `30s`, `5m` or `1h` (a bare number is seconds). Zero is refused: every
+/// duration here is a timeout or a delay that must let time pass.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 500ms, 30s, 5m or 1h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("`{s}` has an unknown unit; use ms, s, m or h")),
+    };
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
 }
 
 fn parse_max_active(s: &str) -> Result<usize, String> {
@@ -79,6 +154,18 @@ mod tests {
         assert!(parse_max_active("0").is_err());
         assert!(parse_max_active("1025").is_err());
         assert!(parse_max_active("six").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "0s", "-1s", "5 days", "ms", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,13 +18,14 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::error::Error;
-use crate::fetch::{self, Fetcher, Job, Observer, Outcome, ResponseStart};
+use crate::fetch::{self, Failure, Fetcher, Job, Observer, Outcome, ResponseStart};
 use crate::operation::{
-    CostPolicy, DownloadSpec, Guid, Priority, Progress, ResponseInfo, Status, TransferError,
-    Validators,
+    CostPolicy, DownloadSpec, ErrorReason, Guid, Priority, Progress, ResponseInfo, Status,
+    TransferError, Validators,
 };
 use crate::paths;
 use crate::progress::{self, Bus, Hub, Message, Snapshot};
+use crate::retry::RetryPolicy;
 use crate::store::{Record, Store, StoreError};
 
 /// Default page size of ListDownloads.
@@ -51,6 +53,8 @@ pub struct EngineConfig {
     pub download_dir: PathBuf,
     /// Most transfers running at once.
     pub max_active: usize,
+    /// When failed attempts are retried.
+    pub retry: RetryPolicy,
 }
 
 /// A new download as a client asks for it.
@@ -68,6 +72,8 @@ pub struct NewDownload {
     pub transfer_group: String,
     /// Extra request headers.
     pub request_headers: BTreeMap<String, String>,
+    /// Expected SHA-256 in hex; empty for none.
+    pub expected_sha256: String,
 }
 
 /// A download as the outside world sees it.
@@ -79,6 +85,8 @@ pub struct DownloadView {
     pub progress: Message,
     /// Why it failed, if it did.
     pub error: Option<TransferError>,
+    /// HTTP requests made for it so far.
+    pub attempts: u32,
 }
 
 /// One page of ListDownloads.
@@ -143,6 +151,8 @@ struct OpState {
     error: Option<TransferError>,
     responses: u64,
     restarts: u64,
+    /// HTTP attempts made over the download's life.
+    attempts: u32,
     /// Set while a transfer task owns the partial file; stopping it cancels the attempt.
     task: Option<CancellationToken>,
 }
@@ -170,16 +180,21 @@ impl Op {
             validators: st.validators.clone(),
             response: st.response.clone(),
             error: st.error.clone(),
+            attempts: st.attempts,
         }
     }
 
     fn view(&self) -> DownloadView {
         let snapshot = self.hub.current();
-        let error = self.lock().error.clone();
+        let (error, attempts) = {
+            let st = self.lock();
+            (st.error.clone(), st.attempts)
+        };
         DownloadView {
             spec: self.spec.clone(),
             progress: progress::FlagCursor::first(&snapshot).1,
             error,
+            attempts,
         }
     }
 
@@ -217,6 +232,7 @@ impl Engine {
                 validators,
                 response,
                 error,
+                attempts,
             } = record;
             // A download that was running when the server stopped waits for a slot again.
             let status = if status == Status::Running {
@@ -250,6 +266,7 @@ impl Engine {
                     error,
                     responses: 0,
                     restarts: 0,
+                    attempts,
                     task: None,
                 }),
                 persist: tokio::sync::Mutex::new(()),
@@ -287,8 +304,10 @@ impl Engine {
             cost_policy,
             transfer_group,
             request_headers,
+            expected_sha256,
         } = new;
         let uri = validate_uri(&requested_uri)?;
+        let expected_sha256 = validate_sha256(&expected_sha256)?;
         let priority = Priority::from_code(priority).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "priority {priority} is not a BackgroundTransferPriority (DEFAULT 0, HIGH 1, LOW 2)"
@@ -359,6 +378,7 @@ impl Engine {
             cost_policy,
             transfer_group,
             request_headers: headers,
+            expected_sha256,
         };
         let progress = Progress {
             bytes_received: 0,
@@ -382,6 +402,7 @@ impl Engine {
                 error: None,
                 responses: 0,
                 restarts: 0,
+                attempts: 0,
                 task: None,
             }),
             persist: tokio::sync::Mutex::new(()),
@@ -645,24 +666,8 @@ impl Engine {
         if let Err(e) = self.persist(&op).await {
             tracing::warn!(error = %e, "could not record the start of the transfer");
         }
-        let (checkpoint, validators, total) = {
-            let st = op.lock();
-            (st.checkpoint, st.validators.clone(), st.total)
-        };
         let partial = paths::partial_path(&self.inner.config.download_dir, &op.spec.guid);
-        let job = Job {
-            spec: &op.spec,
-            partial: &partial,
-            checkpoint,
-            validators: &validators,
-            total,
-        };
-        let observer = Progressor {
-            engine: &self,
-            op: &op,
-        };
-        let outcome = self.inner.fetcher.run(job, &observer, &stop).await;
-        let outcome = match outcome {
+        let outcome = match self.run_attempts(&op, &partial, &stop).await {
             Outcome::Complete { bytes } if !stop.is_cancelled() => {
                 match self.commit(&op, &partial).await {
                     Ok(()) => Outcome::Complete { bytes },
@@ -686,10 +691,10 @@ impl Engine {
                     reg.claimed.remove(&op.spec.result_file);
                     tracing::info!(bytes, "completed");
                 }
-                Outcome::Failed(error) if status_before == Status::Running => {
-                    tracing::warn!(error = %error.message, "failed");
+                Outcome::Failed(failure) if status_before == Status::Running => {
+                    tracing::warn!(error = %failure.error.message, "failed");
                     st.status = Status::Error;
-                    st.error = Some(error);
+                    st.error = Some(failure.error);
                     reg.claimed.remove(&op.spec.result_file);
                 }
                 _ => {}
@@ -706,18 +711,107 @@ impl Engine {
         self.schedule();
     }
 
-    /// Moves a complete partial file to its result path: fsync, rename, fsync the directory.
-    async fn commit(&self, op: &Op, partial: &std::path::Path) -> Result<(), TransferError> {
+    /// Runs attempts until one completes, one fails for good, the retry budget is spent, or
+    /// `stop` fires. Every attempt resumes from the latest checkpoint.
+    async fn run_attempts(
+        &self,
+        op: &Arc<Op>,
+        partial: &std::path::Path,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        let policy = self.inner.config.retry;
+        let mut failures = 0u32;
+        loop {
+            let (checkpoint, validators, total) = {
+                let mut st = op.lock();
+                st.attempts += 1;
+                (st.checkpoint, st.validators.clone(), st.total)
+            };
+            let job = Job {
+                spec: &op.spec,
+                partial,
+                checkpoint,
+                validators: &validators,
+                total,
+            };
+            let observer = Progressor {
+                engine: self,
+                op,
+                progressed: AtomicBool::new(false),
+                start: AtomicU64::new(0),
+            };
+            let outcome = self.inner.fetcher.run(job, &observer, stop).await;
+            let Outcome::Failed(mut failure) = outcome else {
+                return outcome;
+            };
+            if !failure.transient || stop.is_cancelled() {
+                return Outcome::Failed(failure);
+            }
+            // A budget of failures in a row: an attempt that brought bytes starts a new count,
+            // so a flaky link slowly finishing a large file is not given up on.
+            failures = if observer.progressed.load(Ordering::Relaxed) {
+                1
+            } else {
+                failures + 1
+            };
+            if !policy.allows_another(failures) {
+                failure.error.message = format!(
+                    "gave up after {failures} failed attempt{} in a row; the last: {}",
+                    if failures == 1 { "" } else { "s" },
+                    failure.error.message
+                );
+                return Outcome::Failed(failure);
+            }
+            let delay = policy.delay(failures, failure.retry_after);
+            tracing::warn!(error = %failure.error.message, failures, ?delay, "attempt failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => return Outcome::Stopped,
+            }
+        }
+    }
+
+    /// Checks the expected SHA-256, if any, then moves the complete partial file to its result
+    /// path: fsync, rename, fsync the directory.
+    async fn commit(&self, op: &Op, partial: &std::path::Path) -> Result<(), Failure> {
         let download_dir = self.inner.config.download_dir.clone();
         let target = download_dir.join(&op.spec.result_file);
         let partial = partial.to_path_buf();
-        tokio::task::spawn_blocking(move || paths::commit(&download_dir, &partial, &target))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            .map_err(|e| TransferError {
-                message: format!("could not move the finished file into place: {e}"),
+        let expected = op.spec.expected_sha256.clone();
+        let result_file = op.spec.result_file.clone();
+        let disk = |what: &str, e: std::io::Error| Failure {
+            error: TransferError {
+                message: format!("{what}: {e}"),
                 http_status: None,
-            })
+                reason: ErrorReason::Disk,
+            },
+            transient: false,
+            retry_after: None,
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Some(expected) = expected {
+                // Hashing the whole file covers bytes from every attempt and restart alike.
+                let actual = paths::sha256_file(&partial)
+                    .map_err(|e| disk("could not read the finished file to verify it", e))?;
+                if actual != expected {
+                    return Err(Failure {
+                        error: TransferError {
+                            message: format!(
+                                "the downloaded bytes have SHA-256 {actual}, not the expected {expected}; nothing was written to `{result_file}`"
+                            ),
+                            http_status: None,
+                            reason: ErrorReason::Integrity,
+                        },
+                        transient: false,
+                        retry_after: None,
+                    });
+                }
+            }
+            paths::commit(&download_dir, &partial, &target)
+                .map_err(|e| disk("could not move the finished file into place", e))
+        })
+        .await
+        .unwrap_or_else(|e| Err(disk("the commit task failed", std::io::Error::other(e))))
     }
 
     async fn remove_partial(&self, op: &Op) {
@@ -773,6 +867,11 @@ impl Registry {
 struct Progressor<'a> {
     engine: &'a Engine,
     op: &'a Arc<Op>,
+    /// Whether this attempt received any body bytes: it made progress, so the retry budget
+    /// starts over.
+    progressed: AtomicBool,
+    /// Where this attempt's body started.
+    start: AtomicU64,
 }
 
 impl Observer for Progressor<'_> {
@@ -790,6 +889,7 @@ impl Observer for Progressor<'_> {
             st.restarts += 1;
             tracing::info!(offset, "restarted from byte 0");
         }
+        self.start.store(offset, Ordering::Relaxed);
         st.bytes = offset;
         st.total = total;
         st.validators = validators;
@@ -805,6 +905,9 @@ impl Observer for Progressor<'_> {
     }
 
     fn progress(&self, bytes_received: u64) {
+        if bytes_received > self.start.load(Ordering::Relaxed) {
+            self.progressed.store(true, Ordering::Relaxed);
+        }
         self.op.lock().bytes = bytes_received;
     }
 
@@ -827,6 +930,19 @@ fn illegal(guid: &str, action: &'static str, status: Status) -> Error {
         action,
         status,
     }
+}
+
+fn validate_sha256(hex: &str) -> Result<Option<String>, Error> {
+    if hex.is_empty() {
+        return Ok(None);
+    }
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::InvalidArgument(format!(
+            "expected_sha256 must be 64 hexadecimal digits, got `{}`",
+            hex.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(Some(hex.to_ascii_lowercase()))
 }
 
 fn validate_uri(uri: &str) -> Result<url::Url, Error> {

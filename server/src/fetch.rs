@@ -17,7 +17,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 use tokio_util::sync::CancellationToken;
 
-use crate::operation::{DownloadSpec, ResponseInfo, TransferError, Validators};
+use crate::operation::{DownloadSpec, ErrorReason, ResponseInfo, TransferError, Validators};
 
 /// Size of the write buffer between the socket and the partial file. Large writes keep the
 /// disk and the blocking pool efficient; memory per active download is bounded by it.
@@ -32,13 +32,9 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(3);
 /// (500 ms) and Android (2 s) do, not one per socket read.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Time allowed to open a connection. Generous for slow links, short enough that a dead origin
-/// surfaces as an error in well under a minute.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A response or body read that makes no progress for this long is a failed attempt, so a
-/// stalled server is reported instead of hanging silently.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest Retry-After transferd honours. A server asking for more is retried after this long
+/// instead, so one bad header cannot park a download for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// Redirects followed before giving up, as browsers and curl's default do.
 const MAX_REDIRECTS: usize = 10;
@@ -109,9 +105,47 @@ pub enum Outcome {
         bytes: u64,
     },
     /// The attempt failed; what was durably written is checkpointed.
-    Failed(TransferError),
+    Failed(Failure),
     /// `stop` fired; what was durably written is checkpointed.
     Stopped,
+}
+
+/// A failed attempt.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: TransferError,
+    /// Whether trying again may succeed (network trouble, 5xx, 429) or not (404, disk errors).
+    pub transient: bool,
+    /// How long the server asked us to wait (Retry-After), bounded by [`MAX_RETRY_AFTER`].
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    fn fatal(error: TransferError) -> Failure {
+        Failure {
+            error,
+            transient: false,
+            retry_after: None,
+        }
+    }
+
+    fn transient(error: TransferError) -> Failure {
+        Failure {
+            error,
+            transient: true,
+            retry_after: None,
+        }
+    }
+}
+
+/// Time limits of HTTP requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Time allowed to resolve the host and open a connection.
+    pub connect: Duration,
+    /// A response or body that sends nothing for this long is a stalled, failed attempt.
+    pub stall: Duration,
 }
 
 /// Issues the HTTP requests of downloads.
@@ -121,14 +155,14 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher with transferd's timeouts and rustls.
-    pub fn new() -> Result<Fetcher, reqwest::Error> {
+    /// A fetcher with these timeouts, using rustls.
+    pub fn new(timeouts: Timeouts) -> Result<Fetcher, reqwest::Error> {
         // reqwest is built without a bundled crypto provider; install ring once per process.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .user_agent(concat!("transferd/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
+            .connect_timeout(timeouts.connect)
+            .read_timeout(timeouts.stall)
             .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
             .build()?;
         Ok(Fetcher { client })
@@ -153,7 +187,7 @@ impl Fetcher {
         job: &Job<'_>,
         observer: &O,
         stop: &CancellationToken,
-    ) -> Result<Outcome, TransferError> {
+    ) -> Result<Outcome, Failure> {
         let file_len = match tokio::fs::metadata(job.partial).await {
             Ok(m) => m.len(),
             Err(_) => 0,
@@ -198,8 +232,9 @@ impl Fetcher {
             headers: header_map(headers),
         };
         if !status.is_success() {
+            let retry_after = retry_after(response.headers());
             observer.error_response(info);
-            return Err(http_error(status));
+            return Err(http_failure(status, retry_after));
         }
         let restarted = discarded || (ranged && status == StatusCode::OK);
         if status == StatusCode::OK {
@@ -210,7 +245,9 @@ impl Fetcher {
         } else {
             content_length(headers).unwrap_or(0)
         };
-        let file = open_partial(job.partial, offset).await?;
+        let file = open_partial(job.partial, offset)
+            .await
+            .map_err(Failure::fatal)?;
         observer.response(ResponseStart {
             info,
             validators,
@@ -232,7 +269,7 @@ impl Fetcher {
         job: &Job<'_>,
         offset: u64,
         stop: &CancellationToken,
-    ) -> Result<Option<reqwest::Response>, TransferError> {
+    ) -> Result<Option<reqwest::Response>, Failure> {
         let mut request = self
             .client
             .get(&job.spec.requested_uri)
@@ -247,7 +284,9 @@ impl Fetcher {
             }
         }
         tokio::select! {
-            r = request.send() => r.map(Some).map_err(|e| network_error("request failed", &e)),
+            r = request.send() => r
+                .map(Some)
+                .map_err(|e| Failure::transient(network_error("request failed", &e))),
             () = stop.cancelled() => Ok(None),
         }
     }
@@ -260,7 +299,7 @@ impl Fetcher {
         total: u64,
         observer: &O,
         stop: &CancellationToken,
-    ) -> Result<Outcome, TransferError> {
+    ) -> Result<Outcome, Failure> {
         let mut out = BufWriter::with_capacity(WRITE_BUFFER_SIZE, file);
         let mut received = offset;
         let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
@@ -278,35 +317,50 @@ impl Fetcher {
             match chunk {
                 Ok(Some(bytes)) => {
                     if let Err(e) = out.write_all(&bytes).await {
-                        break End::Failed(disk_error("writing the partial file failed", &e));
+                        break End::Failed(Failure::fatal(disk_error(
+                            "writing the partial file failed",
+                            &e,
+                        )));
                     }
                     received += bytes.len() as u64;
                     observer.progress(received);
                     if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
                         if let Err(e) = sync(&mut out).await {
-                            break End::Failed(disk_error("syncing the partial file failed", &e));
+                            break End::Failed(Failure::fatal(disk_error(
+                                "syncing the partial file failed",
+                                &e,
+                            )));
                         }
                         observer.durable(received).await;
                         last_checkpoint = tokio::time::Instant::now();
                     }
                 }
                 Ok(None) => break End::Done,
-                Err(e) => break End::Failed(network_error("receiving the body failed", &e)),
+                Err(e) => {
+                    break End::Failed(Failure::transient(network_error(
+                        &format!("receiving the body failed after {received} bytes"),
+                        &e,
+                    )));
+                }
             }
         };
         // Whatever ended the attempt, keep what arrived: flush, fsync, checkpoint.
         if let Err(e) = sync(&mut out).await {
-            return Err(disk_error("syncing the partial file failed", &e));
+            return Err(Failure::fatal(disk_error(
+                "syncing the partial file failed",
+                &e,
+            )));
         }
         observer.progress(received);
         observer.durable(received).await;
         match end {
             End::Stopped => Ok(Outcome::Stopped),
             End::Failed(e) => Err(e),
-            End::Done if total > 0 && received != total => Err(TransferError {
+            End::Done if total > 0 && received != total => Err(Failure::transient(TransferError {
                 message: format!("the server closed the body after {received} of {total} bytes"),
                 http_status: None,
-            }),
+                reason: ErrorReason::Network,
+            })),
             End::Done => Ok(Outcome::Complete { bytes: received }),
         }
     }
@@ -315,7 +369,7 @@ impl Fetcher {
 enum End {
     Done,
     Stopped,
-    Failed(TransferError),
+    Failed(Failure),
 }
 
 /// What a response to a Range request means for the download.
@@ -481,8 +535,11 @@ async fn sync(out: &mut BufWriter<tokio::fs::File>) -> std::io::Result<()> {
     out.get_ref().sync_data().await
 }
 
-fn http_error(status: StatusCode) -> TransferError {
-    TransferError {
+/// Statuses that say "try again later": timeouts, rate limits and server-side trouble.
+const TRANSIENT_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
+
+fn http_failure(status: StatusCode, retry_after: Option<Duration>) -> Failure {
+    let error = TransferError {
         message: format!(
             "the server answered HTTP {} {}",
             status.as_u16(),
@@ -491,7 +548,26 @@ fn http_error(status: StatusCode) -> TransferError {
         .trim_end()
         .to_string(),
         http_status: Some(status.as_u16()),
+        reason: ErrorReason::HttpStatus,
+    };
+    Failure {
+        error,
+        transient: TRANSIENT_STATUSES.contains(&status.as_u16()),
+        retry_after,
     }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date, bounded by [`MAX_RETRY_AFTER`].
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
 }
 
 fn network_error(what: &str, e: &reqwest::Error) -> TransferError {
@@ -505,6 +581,7 @@ fn network_error(what: &str, e: &reqwest::Error) -> TransferError {
     TransferError {
         message,
         http_status: None,
+        reason: ErrorReason::Network,
     }
 }
 
@@ -512,6 +589,7 @@ fn disk_error(what: &str, e: &std::io::Error) -> TransferError {
     TransferError {
         message: format!("{what}: {e}"),
         http_status: None,
+        reason: ErrorReason::Disk,
     }
 }
 
@@ -543,6 +621,40 @@ mod tests {
             "bytes x-1/2",
         ] {
             assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates_within_bounds() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("99999999"));
+        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+        h.insert(header::RETRY_AFTER, HeaderValue::from_str(&soon).unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn only_retryable_statuses_are_transient() {
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(http_failure(StatusCode::from_u16(code).unwrap(), None).transient);
+        }
+        for code in [400, 401, 403, 404, 410, 501] {
+            assert!(!http_failure(StatusCode::from_u16(code).unwrap(), None).transient);
         }
     }
 

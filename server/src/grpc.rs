@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status as GrpcStatus};
 
 use crate::engine::{DownloadView, Engine, NewDownload};
 use crate::error::Error;
-use crate::operation::{ResponseInfo, Status, TransferError};
+use crate::operation::{DownloadSpec, ErrorReason, ResponseInfo, Status, TransferError};
 use crate::pb::backgroundtransfer::v1 as pb;
 use crate::progress::{Lagged, Message};
 use pb::background_transfer_service_server::BackgroundTransferService;
@@ -45,6 +45,7 @@ impl BackgroundTransferService for TransferService {
             cost_policy,
             transfer_group,
             request_headers,
+            expected_sha256,
         } = request.into_inner();
         let view = self
             .engine
@@ -55,6 +56,7 @@ impl BackgroundTransferService for TransferService {
                 cost_policy,
                 transfer_group,
                 request_headers: request_headers.into_iter().collect(),
+                expected_sha256,
             })
             .await?;
         Ok(Response::new(operation(view)))
@@ -225,25 +227,51 @@ fn operation(view: DownloadView) -> pb::DownloadOperation {
         spec,
         progress: message,
         error,
+        attempts,
     } = view;
+    let DownloadSpec {
+        guid,
+        seq: _,
+        requested_uri,
+        result_file,
+        priority,
+        cost_policy,
+        transfer_group,
+        request_headers,
+        expected_sha256,
+    } = spec;
     pb::DownloadOperation {
-        guid: spec.guid,
-        requested_uri: spec.requested_uri,
-        result_file: spec.result_file,
-        priority: spec.priority.code(),
-        cost_policy: spec.cost_policy.code(),
-        transfer_group: spec.transfer_group,
+        guid,
+        requested_uri,
+        result_file,
+        priority: priority.code(),
+        cost_policy: cost_policy.code(),
+        transfer_group,
         progress: Some(progress(message)),
-        error: error.map(
-            |TransferError {
-                 message,
-                 http_status,
-             }| pb::TransferError {
-                message,
-                http_status_code: http_status.map_or(0, u32::from),
-            },
-        ),
-        request_headers: spec.request_headers.into_iter().collect(),
+        error: error.map(transfer_error),
+        request_headers: request_headers.into_iter().collect(),
+        attempt_count: attempts,
+        expected_sha256: expected_sha256.unwrap_or_default(),
+    }
+}
+
+fn transfer_error(error: TransferError) -> pb::TransferError {
+    let TransferError {
+        message,
+        http_status,
+        reason,
+    } = error;
+    use pb::TransferErrorReason as P;
+    let reason = match reason {
+        ErrorReason::HttpStatus => P::HttpStatus,
+        ErrorReason::Network => P::Network,
+        ErrorReason::Disk => P::Disk,
+        ErrorReason::Integrity => P::Integrity,
+    };
+    pb::TransferError {
+        message,
+        http_status_code: http_status.map_or(0, u32::from),
+        reason: reason.into(),
     }
 }
 

@@ -10,7 +10,9 @@
 //! - [`engine`]: the transfer engine: registry, priority queue, scheduler, state machine and
 //!   transfer tasks. Knows nothing of gRPC.
 //! - [`progress`]: progress fan-out to any number of watchers without ever slowing a transfer.
-//! - [`fetch`]: the HTTP fetcher; owns the Range / If-Range / restart rules.
+//! - [`fetch`]: the HTTP fetcher; owns the Range / If-Range / restart rules and classifies
+//!   failures as transient or fatal.
+//! - [`retry`]: backoff with jitter, Retry-After, and the retry budget.
 //! - [`store`]: durable state behind the `Store` trait; SQLite (WAL) by default.
 //! - [`operation`]: the domain model of a download and its status rules.
 //! - [`paths`]: result-file validation, partial files and the atomic commit.
@@ -28,6 +30,7 @@ pub mod operation;
 pub mod paths;
 pub mod pb;
 pub mod progress;
+pub mod retry;
 pub mod server;
 pub mod store;
 

@@ -175,6 +175,8 @@ pub struct DownloadSpec {
     pub transfer_group: String,
     /// Extra request headers.
     pub request_headers: BTreeMap<String, String>,
+    /// SHA-256 the finished file must have (lower-case hex), checked before it is committed.
+    pub expected_sha256: Option<String>,
 }
 
 /// Why a download ended in ERROR.
@@ -184,6 +186,40 @@ pub struct TransferError {
     pub message: String,
     /// The HTTP status that caused it, if any.
     pub http_status: Option<u16>,
+    /// The class of failure, for programs.
+    pub reason: ErrorReason,
+}
+
+/// The class of a transfer failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorReason {
+    /// The server answered with an HTTP error status.
+    HttpStatus = 1,
+    /// The connection failed: refused, reset, timed out, stalled or cut short.
+    Network = 2,
+    /// Writing the file failed (disk full, directory not writable).
+    Disk = 3,
+    /// The finished file does not have the expected SHA-256.
+    Integrity = 4,
+}
+
+impl ErrorReason {
+    /// The protobuf number.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// The reason with this protobuf number.
+    pub fn from_code(code: i32) -> Option<ErrorReason> {
+        [
+            ErrorReason::HttpStatus,
+            ErrorReason::Network,
+            ErrorReason::Disk,
+            ErrorReason::Integrity,
+        ]
+        .into_iter()
+        .find(|r| r.code() == code)
+    }
 }
 
 /// The latest HTTP response of a download (WinRT's `ResponseInformation`).

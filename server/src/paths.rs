@@ -119,6 +119,23 @@ pub fn partial_path(download_dir: &Path, guid: &Guid) -> PathBuf {
     download_dir.join(PARTIAL_DIR).join(format!("{guid}.part"))
 }
 
+/// SHA-256 of a file, in lower-case hex, read in large blocks.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; crate::fetch::WRITE_BUFFER_SIZE];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
 /// Moves a complete, fsynced partial file to `target` atomically (rename within one
 /// filesystem) and makes the rename durable by syncing the directory. Refuses a target whose
 /// directory resolves outside `download_dir`, e.g. through a symlink planted inside it.

@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetcher, Timeouts};
 use crate::grpc::TransferService;
 use crate::pb;
 use crate::pb::backgroundtransfer::v1::background_transfer_service_server::BackgroundTransferServiceServer;
+use crate::retry::RetryPolicy;
 use crate::store::{SqliteStore, StoreError};
 
 /// Why the server could not start or stopped abnormally.
@@ -76,9 +77,17 @@ impl Transferd {
             EngineConfig {
                 download_dir,
                 max_active: config.max_active,
+                retry: RetryPolicy {
+                    max_attempts: config.max_attempts,
+                    base_delay: config.retry_base_delay,
+                    max_delay: config.retry_max_delay,
+                },
             },
             store,
-            Fetcher::new()?,
+            Fetcher::new(Timeouts {
+                connect: config.connect_timeout,
+                stall: config.stall_timeout,
+            })?,
             token.clone(),
         )?;
         Ok(Transferd { engine, token })

@@ -12,7 +12,8 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 
 use crate::operation::{
-    CostPolicy, DownloadSpec, Priority, ResponseInfo, Status, TransferError, Validators,
+    CostPolicy, DownloadSpec, ErrorReason, Priority, ResponseInfo, Status, TransferError,
+    Validators,
 };
 
 /// The schema version this build writes. A store with a higher `user_version` was written by a
@@ -87,6 +88,8 @@ pub struct Record {
     pub response: Option<ResponseInfo>,
     /// Why it failed, when status is ERROR.
     pub error: Option<TransferError>,
+    /// HTTP attempts made so far.
+    pub attempts: u32,
 }
 
 /// Durable storage of download records.
@@ -183,7 +186,10 @@ CREATE TABLE downloads (
     response_resumable INTEGER,
     response_headers   TEXT,
     error_message      TEXT,
-    error_http_status  INTEGER
+    error_http_status  INTEGER,
+    error_reason       INTEGER,
+    attempts           INTEGER NOT NULL,
+    expected_sha256    TEXT
 );
 PRAGMA user_version = 1;
 COMMIT;
@@ -192,7 +198,7 @@ COMMIT;
 const COLUMNS: &str = "guid, seq, requested_uri, result_file, priority, cost_policy, \
     transfer_group, request_headers, status, checkpoint_bytes, total_bytes, etag, \
     last_modified, response_status, response_uri, response_resumable, response_headers, \
-    error_message, error_http_status";
+    error_message, error_http_status, error_reason, attempts, expected_sha256";
 
 impl Store for SqliteStore {
     fn load(&self) -> Result<Vec<Record>, StoreError> {
@@ -211,7 +217,8 @@ impl Store for SqliteStore {
         self.conn().execute(
             &format!(
                 "INSERT INTO downloads ({COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+                 ?19, ?20, ?21, ?22)"
             ),
             params![
                 row.guid,
@@ -233,6 +240,9 @@ impl Store for SqliteStore {
                 row.response_headers,
                 row.error_message,
                 row.error_http_status,
+                row.error_reason,
+                row.attempts,
+                row.expected_sha256,
             ],
         )?;
         Ok(())
@@ -244,7 +254,7 @@ impl Store for SqliteStore {
             "UPDATE downloads SET status = ?2, checkpoint_bytes = ?3, total_bytes = ?4, \
              etag = ?5, last_modified = ?6, response_status = ?7, response_uri = ?8, \
              response_resumable = ?9, response_headers = ?10, error_message = ?11, \
-             error_http_status = ?12 WHERE guid = ?1",
+             error_http_status = ?12, error_reason = ?13, attempts = ?14 WHERE guid = ?1",
             params![
                 row.guid,
                 row.status,
@@ -258,6 +268,8 @@ impl Store for SqliteStore {
                 row.response_headers,
                 row.error_message,
                 row.error_http_status,
+                row.error_reason,
+                row.attempts,
             ],
         )?;
         if changed != 1 {
@@ -291,6 +303,9 @@ struct Row {
     response_headers: Option<String>,
     error_message: Option<String>,
     error_http_status: Option<i64>,
+    error_reason: Option<i64>,
+    attempts: i64,
+    expected_sha256: Option<String>,
 }
 
 impl Row {
@@ -315,6 +330,9 @@ impl Row {
             response_headers: r.get(16)?,
             error_message: r.get(17)?,
             error_http_status: r.get(18)?,
+            error_reason: r.get(19)?,
+            attempts: r.get(20)?,
+            expected_sha256: r.get(21)?,
         })
     }
 
@@ -327,6 +345,7 @@ impl Row {
             validators,
             response,
             error,
+            attempts,
         } = record;
         let DownloadSpec {
             guid,
@@ -337,6 +356,7 @@ impl Row {
             cost_policy,
             transfer_group,
             request_headers,
+            expected_sha256,
         } = spec;
         Row {
             guid: guid.clone(),
@@ -358,6 +378,9 @@ impl Row {
             response_headers: response.as_ref().map(|r| headers_to_json(&r.headers)),
             error_message: error.as_ref().map(|e| e.message.clone()),
             error_http_status: error.as_ref().and_then(|e| e.http_status.map(i64::from)),
+            error_reason: error.as_ref().map(|e| e.reason.code().into()),
+            attempts: (*attempts).into(),
+            expected_sha256: expected_sha256.clone(),
         }
     }
 
@@ -390,10 +413,21 @@ impl Row {
                 },
             }),
         };
-        let error = self.error_message.map(|message| TransferError {
-            message,
-            http_status: self.error_http_status.and_then(|s| u16::try_from(s).ok()),
-        });
+        let error = match self.error_message {
+            None => None,
+            Some(message) => {
+                let code = self.error_reason.unwrap_or(0);
+                let reason = i32::try_from(code)
+                    .ok()
+                    .and_then(ErrorReason::from_code)
+                    .ok_or_else(|| bad(format!("unknown error reason {code}")))?;
+                Some(TransferError {
+                    message,
+                    http_status: self.error_http_status.and_then(|s| u16::try_from(s).ok()),
+                    reason,
+                })
+            }
+        };
         Ok(Record {
             spec: DownloadSpec {
                 guid: self.guid,
@@ -404,6 +438,7 @@ impl Row {
                 cost_policy,
                 transfer_group: self.transfer_group,
                 request_headers,
+                expected_sha256: self.expected_sha256,
             },
             status,
             checkpoint_bytes: to_u64(self.checkpoint_bytes),
@@ -414,6 +449,7 @@ impl Row {
             },
             response,
             error,
+            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
         })
     }
 }
@@ -450,6 +486,7 @@ mod tests {
                 cost_policy: CostPolicy::UnrestrictedOnly,
                 transfer_group: "g".into(),
                 request_headers: [("authorization".to_string(), "Bearer x".to_string())].into(),
+                expected_sha256: Some("ab".repeat(32)),
             },
             status: Status::Idle,
             checkpoint_bytes: 0,
@@ -457,6 +494,7 @@ mod tests {
             validators: Validators::default(),
             response: None,
             error: None,
+            attempts: 0,
         }
     }
 
@@ -483,7 +521,9 @@ mod tests {
         a.error = Some(TransferError {
             message: "not found".into(),
             http_status: Some(404),
+            reason: ErrorReason::HttpStatus,
         });
+        a.attempts = 3;
         store.save(&a).unwrap();
         drop(store);
         let store = SqliteStore::open(dir.path()).unwrap();
