@@ -240,3 +240,109 @@ async fn a_corrupted_store_stops_the_server_with_a_clear_message() {
         vec![0x42; 4096]
     );
 }
+
+#[tokio::test]
+async fn sigterm_under_load_ends_streams_and_exits_within_ten_seconds() {
+    const N: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start().await;
+    let held = 100_000u64;
+    for i in 0..N {
+        origin.put(
+            &format!("/l{i}"),
+            Resource::new(test_bytes(300_000 + i, i as u64)).hold_after(held),
+        );
+    }
+    let server = Server::start(dir.path(), &["--max-active", "64"]).await;
+    let mut client = server.client().await;
+    let mut guids = Vec::new();
+    for i in 0..N {
+        guids.push(
+            create(
+                &mut client,
+                &origin.url(&format!("/l{i}")),
+                &format!("l{i}"),
+            )
+            .await
+            .guid,
+        );
+    }
+    let mut watchers = Vec::new();
+    for guid in &guids {
+        wait_until(&mut client, guid, "held bytes", |op| {
+            op.progress.unwrap().bytes_received == held
+        })
+        .await;
+        let mut stream = client
+            .watch_download(pb::WatchDownloadRequest { guid: guid.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap().unwrap();
+        watchers.push(tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        }));
+    }
+
+    let started = std::time::Instant::now();
+    assert_eq!(server.terminate().await, Some(0));
+    // The contract's bound for a clean stop under load; a healthy stop takes well under a second.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    for w in watchers {
+        w.await.unwrap().expect("streams end cleanly on shutdown");
+    }
+
+    for i in 0..N {
+        origin.release(&format!("/l{i}"));
+    }
+    let server = Server::start(dir.path(), &["--max-active", "64"]).await;
+    let mut client = server.client().await;
+    for (i, guid) in guids.iter().enumerate() {
+        wait_status(&mut client, guid, S::Completed).await;
+        let requests = origin.requests_for(&format!("/l{i}"));
+        assert_eq!(requests.len(), 2, "l{i}");
+        assert_eq!(
+            requests[1].header("range"),
+            Some(&*format!("bytes={held}-")),
+            "l{i}"
+        );
+        assert_eq!(
+            sha256_file(&server.download_dir().join(format!("l{i}"))),
+            sha256(&test_bytes(300_000 + i, i as u64))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_store_from_a_newer_version_is_refused_not_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let mut client = server.client().await;
+    let op = create(&mut client, "http://127.0.0.1:9/x", "x").await;
+    assert_eq!(server.terminate().await, Some(0));
+    let db = dir.path().join("transferd.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_transferd"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "it must not announce an address");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("schema version 99"), "{stderr}");
+    // The data is still there for the newer version.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let guid: String = conn
+        .query_row("SELECT guid FROM downloads", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(guid, op.guid);
+}
