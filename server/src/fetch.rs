@@ -571,7 +571,17 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 fn network_error(what: &str, e: &reqwest::Error) -> TransferError {
-    let mut message = format!("{what}: {e}");
+    // A plain summary first; the error chain after it is for whoever debugs the network.
+    let summary = if e.is_connect() && e.is_timeout() {
+        " (timed out connecting to the server; see --connect-timeout)"
+    } else if e.is_timeout() {
+        " (timed out: the server sent nothing for the stall timeout; see --stall-timeout)"
+    } else if e.is_connect() {
+        " (could not connect to the server)"
+    } else {
+        ""
+    };
+    let mut message = format!("{what}{summary}: {e}");
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         message.push_str(": ");

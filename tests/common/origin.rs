@@ -8,6 +8,12 @@
 //! [`Resource::hold_after`] until [`Origin::release`] so the test can act while a transfer is
 //! provably in flight. Every request is recorded so tests can assert on exactly what the
 //! downloader asked for (for example that a resume sent `Range` and `If-Range`).
+//!
+//! [`Resource::faults`] makes individual requests go wrong the way real networks and servers do
+//! (error statuses, a connection reset or truncated or stalled mid-body, a wrong `Content-Range`;
+//! see [`Fault`]), so tests can prove the downloader recovers from transient faults and catches
+//! misbehaviour; [`Origin::hits`] counts the attempts. [`Blackhole`] is an address whose
+//! connection attempts hang, for connect timeouts.
 
 #![allow(dead_code)]
 
@@ -15,10 +21,11 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+use std::{fmt, io};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -29,8 +36,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// `Last-Modified` that [`Resource::new`] uses; any fixed valid HTTP date works because tests
@@ -40,6 +48,26 @@ const DEFAULT_LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
 /// Body piece size when no throttle is set: large enough that multi-MiB bodies are fast, small
 /// enough that a hold or a disconnect is noticed promptly.
 const UNTHROTTLED_CHUNK: usize = 64 * 1024;
+
+/// Listen backlog of a [`Blackhole`]. Linux counts an accept queue as full once it holds more
+/// than this many connections, so a small value needs only a couple of filler connections.
+const BLACKHOLE_BACKLOG: u32 = 1;
+
+/// How long a [`Blackhole`] filler connection may take before the queue counts as full. A
+/// loopback handshake takes microseconds and a dropped SYN is only retried after a second, so
+/// anything in between tells the two apart.
+const BLACKHOLE_PROBE: Duration = Duration::from_millis(50);
+
+/// Filler connections after which [`Blackhole::start`] gives up: a kernel that accepts this many
+/// into a queue of [`BLACKHOLE_BACKLOG`] does not drop SYNs for a full queue at all.
+const BLACKHOLE_MAX_FILL: usize = 32;
+
+/// Longest a [`Fault::ResetAfter`] waits for the client to acknowledge the bytes before the
+/// reset; only a client that has stopped reading makes it wait that long.
+const RESET_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// Poll interval while waiting for those acknowledgements.
+const RESET_DRAIN_POLL: Duration = Duration::from_millis(2);
 
 /// A running origin server on `127.0.0.1`. Dropping it stops accepting connections and aborts
 /// every open connection.
@@ -94,6 +122,50 @@ pub struct Resource {
     /// Send `Accept-Ranges: bytes`. Only the header: ranges are still honoured without it, as
     /// RFC 9110 allows.
     pub accept_ranges: bool,
+    /// What goes wrong on each request since the last [`Origin::put`] of this resource: the n-th
+    /// request (counting every method, see [`Origin::hits`]) gets entry n; `None` entries and
+    /// requests past the end are served normally.
+    pub faults: Vec<Option<Fault>>,
+}
+
+/// What the origin does wrong on one request (see [`Resource::faults`]).
+///
+/// The body faults (`ResetAfter`, `TruncateAfter`, `StallAfter`) count bytes of this response's
+/// body (after any range), apply to `GET` only (a `HEAD` is answered normally) and only when the
+/// count is below the body's length; otherwise the response is complete before the fault point
+/// and is served normally. Bytes before the fault point still obey throttle and hold.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer with this status and a short text body instead of the resource (e.g. 500, 503,
+    /// 429), with an optional `Retry-After` header value sent verbatim. No validators or
+    /// `Accept-Ranges` are sent, as for an error page. Applies to `HEAD` as well (without body).
+    Status {
+        /// The status code.
+        code: u16,
+        /// `Retry-After` value, e.g. `"1"` or an HTTP date.
+        retry_after: Option<String>,
+    },
+    /// Send the normal response headers (status, `Content-Length`, ...) and this many body
+    /// bytes, then reset the TCP connection (RST, via `SO_LINGER` 0 then close), as a crashed
+    /// peer or middlebox would. A reset discards whatever the client's kernel has not yet
+    /// acknowledged, so the origin first waits until it has acknowledged every byte (read from
+    /// `/proc/net/tcp`, at most 2 s, i.e. unless the client stopped reading): a client that keeps
+    /// reading receives exactly this many bytes and then `ECONNRESET`.
+    ResetAfter(u64),
+    /// Send the normal headers (with the full `Content-Length`) and this many body bytes, then
+    /// close the connection cleanly (FIN): a truncated body.
+    TruncateAfter(u64),
+    /// Send the normal headers and this many body bytes, then send nothing more and keep the
+    /// connection open until the client goes away or the origin is dropped: a stalled body.
+    /// Unlike [`Resource::hold_after`], [`Origin::release`] does not end it. The response counts
+    /// in [`Origin::open_responses`] while it is stalled.
+    StallAfter(u64),
+    /// For a request whose `Range` would be honoured and is satisfiable, answer 206 with a
+    /// `Content-Range` and body starting `by` bytes later than requested (negative = earlier),
+    /// a misbehaving server. The shifted range keeps its length where the file allows and is
+    /// clamped to the file (start at least 0 and at most the last byte). Any other request
+    /// (no `Range`, `If-Range` mismatch, [`Resource::ignore_range`], 416) is served normally.
+    ShiftRange(i64),
 }
 
 /// Pacing for a slow body: send `chunk` bytes, sleep `delay`, repeat.
@@ -121,6 +193,7 @@ impl Resource {
             throttle: None,
             hold_after: None,
             accept_ranges: true,
+            faults: Vec::new(),
         }
     }
 
@@ -176,6 +249,29 @@ impl Resource {
         self.accept_ranges = false;
         self
     }
+
+    /// Faults for the next requests to this path, in order: the first request after
+    /// [`Origin::put`] gets `faults[0]`, the second `faults[1]`, ...; requests past the end are
+    /// served normally. `None` entries mean "serve this request normally". Panics on an invalid
+    /// status code or `Retry-After` value, so a typo fails where it was made.
+    pub fn faults(mut self, faults: Vec<Option<Fault>>) -> Self {
+        for fault in faults.iter().flatten() {
+            if let Fault::Status { code, retry_after } = fault {
+                assert!(
+                    StatusCode::from_u16(*code).is_ok(),
+                    "invalid HTTP status code {code}"
+                );
+                if let Some(v) = retry_after {
+                    assert!(
+                        HeaderValue::from_str(v).is_ok(),
+                        "invalid Retry-After value {v:?}"
+                    );
+                }
+            }
+        }
+        self.faults = faults;
+        self
+    }
 }
 
 /// `len` deterministic pseudo-random bytes; different seeds give unrelated content, so tests can
@@ -216,6 +312,8 @@ struct Inner {
     /// at a hold are woken by a later `release` of the same path.
     released: HashMap<String, watch::Sender<bool>>,
     requests: Vec<RecordedRequest>,
+    /// Requests per path since its last `put`; also picks the entry of [`Resource::faults`].
+    hits: HashMap<String, usize>,
 }
 
 impl State {
@@ -258,6 +356,7 @@ impl Origin {
     pub fn put(&self, path: &str, resource: Resource) {
         let mut inner = self.state.lock();
         inner.resources.insert(path.to_owned(), resource);
+        inner.hits.insert(path.to_owned(), 0);
         inner
             .released
             .entry(path.to_owned())
@@ -279,6 +378,13 @@ impl Origin {
             .filter(|r| r.path == path)
             .cloned()
             .collect()
+    }
+
+    /// How many requests `path` (exactly, including any query string) has received since the
+    /// last [`Origin::put`] of it, or since start if it was never put; faulted requests and every
+    /// method count.
+    pub fn hits(&self, path: &str) -> usize {
+        self.state.lock().hits.get(path).copied().unwrap_or(0)
     }
 
     /// Let every response for `path` continue past its [`Resource::hold_after`] point, both those
@@ -309,6 +415,68 @@ impl Drop for Origin {
     }
 }
 
+/// A TCP address on `127.0.0.1` that accepts no connections in time: a listener whose accept
+/// queue is full, so new connection attempts hang (the kernel drops their SYN) until the client's
+/// connect timeout, rather than being refused. Dropping it frees the port. This relies on Linux
+/// dropping SYNs for a full accept queue (`net.ipv4.tcp_abort_on_overflow` = 0, the default).
+pub struct Blackhole {
+    addr: SocketAddr,
+    /// Never accepted from: its full accept queue is what makes new connections hang.
+    _listener: TcpListener,
+    /// The connections that fill the accept queue.
+    _filler: Vec<TcpStream>,
+}
+
+impl Blackhole {
+    /// Listen on an OS-assigned port and fill the accept queue. Takes about 50 ms: the last
+    /// filler attempt must time out to prove the queue is full. Panics if the kernel refuses the
+    /// filler connections or never drops one.
+    pub async fn start() -> Blackhole {
+        let socket = TcpSocket::new_v4().expect("create blackhole socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind blackhole socket");
+        let listener = socket
+            .listen(BLACKHOLE_BACKLOG)
+            .expect("listen on blackhole socket");
+        let addr = listener.local_addr().expect("blackhole local addr");
+        // Connect until an attempt hangs rather than trusting the kernel's queue arithmetic.
+        // Connections that completed stay queued (nobody accepts them) for as long as we hold
+        // them; the hanging attempt is abandoned when its timeout drops it.
+        let mut filler = Vec::new();
+        loop {
+            assert!(
+                filler.len() < BLACKHOLE_MAX_FILL,
+                "the kernel completed {} connections to a listener with backlog {} that never \
+                 accepts; it does not drop SYNs when the accept queue is full",
+                filler.len(),
+                BLACKHOLE_BACKLOG
+            );
+            match tokio::time::timeout(BLACKHOLE_PROBE, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => filler.push(stream),
+                Ok(Err(e)) => panic!("filler connection to blackhole {addr} failed: {e}"),
+                Err(_) => break,
+            }
+        }
+        Blackhole {
+            addr,
+            _listener: listener,
+            _filler: filler,
+        }
+    }
+
+    /// The address connection attempts hang on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Absolute `http` URL for `path` (which must start with `/`) on this address.
+    pub fn url(&self, path: &str) -> String {
+        debug_assert!(path.starts_with('/'), "path must start with '/': {path}");
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     let mut connections = JoinSet::new();
     loop {
@@ -327,19 +495,144 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 }
 
 async fn serve_connection(stream: TcpStream, state: Arc<State>) {
+    let conn = Arc::new(ConnCtl {
+        addrs: stream.local_addr().ok().zip(stream.peer_addr().ok()),
+        flushes: AtomicU64::new(0),
+        flush_waiter: Mutex::new(None),
+        reset_on_close: AtomicBool::new(false),
+    });
+    let io = ConnIo {
+        stream,
+        conn: conn.clone(),
+    };
     let service = service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, req)) }
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(&state, &conn, req)) }
     });
-    // Errors here are clients going away mid-response, which tests do on purpose.
+    // Errors here are clients going away mid-response, which tests do on purpose, and the body
+    // errors that cut a connection for a fault.
     let _ = http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .await;
 }
 
-type ResponseBody = BoxBody<Bytes, Infallible>;
+/// Shared between one connection's socket ([`ConnIo`]) and the response bodies sent on it
+/// ([`ChannelBody`]), for the faults that must know when body bytes have really reached the
+/// socket and that choose how the socket closes.
+struct ConnCtl {
+    /// Local and peer address, to find the connection in `/proc/net/tcp`.
+    addrs: Option<(SocketAddr, SocketAddr)>,
+    /// Completed flushes of the socket. hyper flushes the socket only once its own write buffer
+    /// is empty, so a flush that completes after a body piece was handed to hyper proves the
+    /// piece is in the kernel: cutting the connection then loses none of it.
+    flushes: AtomicU64,
+    /// The body waiting for the next flush.
+    flush_waiter: Mutex<Option<Waker>>,
+    /// Close with `SO_LINGER` 0, which makes the kernel send RST instead of FIN.
+    reset_on_close: AtomicBool,
+}
 
-fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<ResponseBody> {
+impl ConnCtl {
+    fn wait_for_flush(&self, waker: &Waker) {
+        *self.flush_waiter.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+    }
+}
+
+/// The accepted socket as hyper sees it: passes everything through, but counts flushes and,
+/// for [`Fault::ResetAfter`], closes with RST. hyper owns it, so the reset has to happen in its
+/// `Drop`, which runs when hyper gives up on the connection after the body error.
+struct ConnIo {
+    stream: TcpStream,
+    conn: Arc<ConnCtl>,
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.stream).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = result {
+            self.conn.flushes.fetch_add(1, Ordering::SeqCst);
+            let waiter = self
+                .conn
+                .flush_waiter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(waker) = waiter {
+                waker.wake();
+            }
+        }
+        result
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A FIN before the RST would show the client a clean end of stream instead of a reset.
+        if self.conn.reset_on_close.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl Drop for ConnIo {
+    fn drop(&mut self) {
+        if self.conn.reset_on_close.load(Ordering::SeqCst) {
+            // Zero linger never blocks in close (unlike other linger values); if it fails the
+            // client sees a FIN, which the reset test will report.
+            let _ = self.stream.set_zero_linger();
+        }
+    }
+}
+
+/// Error a [`ChannelBody`] returns to make hyper drop the connection mid-body.
+#[derive(Debug)]
+struct CutConnection;
+
+impl fmt::Display for CutConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("test origin cut the connection (fault injection)")
+    }
+}
+
+impl std::error::Error for CutConnection {}
+
+type ResponseBody = BoxBody<Bytes, CutConnection>;
+
+fn handle(
+    state: &Arc<State>,
+    conn: &Arc<ConnCtl>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     let path = req
         .uri()
         .path_and_query()
@@ -355,16 +648,22 @@ fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<ResponseBody> 
         })
         .collect();
 
-    let (resource, release) = {
+    let (resource, release, fault) = {
         let mut inner = state.lock();
         inner.requests.push(RecordedRequest {
             method: req.method().as_str().to_owned(),
             path: path.clone(),
             headers,
         });
+        let hits = inner.hits.entry(path.clone()).or_insert(0);
+        let attempt = *hits;
+        *hits += 1;
         let resource = inner.resources.get(&path).cloned();
+        let fault = resource
+            .as_ref()
+            .and_then(|r| r.faults.get(attempt).cloned().flatten());
         let release = inner.released.get(&path).map(watch::Sender::subscribe);
-        (resource, release)
+        (resource, release, fault)
     };
 
     let is_head = match *req.method() {
@@ -380,6 +679,16 @@ fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<ResponseBody> 
     let (Some(resource), Some(release)) = (resource, release) else {
         return text_response(StatusCode::NOT_FOUND, is_head);
     };
+
+    if let Some(Fault::Status { code, retry_after }) = &fault {
+        let status = StatusCode::from_u16(*code).expect("status validated by Resource::faults");
+        let mut resp = text_response(status, is_head);
+        if let Some(v) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, hv(v.clone()));
+        }
+        return resp;
+    }
 
     let status = StatusCode::from_u16(resource.status).expect("status validated by setter");
     if status != StatusCode::OK {
@@ -401,17 +710,33 @@ fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<ResponseBody> 
                     .insert(header::CONTENT_RANGE, hv(format!("bytes */{len}")));
                 return resp;
             }
-            let last = end.map_or(len - 1, |e| e.min(len - 1));
+            let mut start = start;
+            let mut last = end.map_or(len - 1, |e| e.min(len - 1));
+            if let Some(Fault::ShiftRange(by)) = fault {
+                // Shift both ends by what the start could actually move, so the range keeps its
+                // length unless it runs past the end of the file.
+                let shifted = (i128::from(start) + i128::from(by)).clamp(0, i128::from(len - 1));
+                let shifted = u64::try_from(shifted).expect("clamped to the file");
+                last = (last + shifted).saturating_sub(start).min(len - 1);
+                start = shifted;
+            }
             resp_status = StatusCode::PARTIAL_CONTENT;
             content_range = Some(format!("bytes {start}-{last}/{len}"));
             slice = resource.body.slice(start as usize..=last as usize);
         }
     }
 
+    let cut = match fault {
+        Some(Fault::ResetAfter(n)) => Some((n, Cut::Reset)),
+        Some(Fault::TruncateAfter(n)) => Some((n, Cut::Truncate)),
+        Some(Fault::StallAfter(n)) => Some((n, Cut::Stall)),
+        _ => None,
+    }
+    .filter(|&(n, _)| n < slice.len() as u64);
     let body = if is_head {
-        Empty::new().boxed()
+        empty_body()
     } else {
-        stream_body(state, slice.clone(), &resource, release)
+        stream_body(state, conn, slice.clone(), &resource, cut, release)
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = resp_status;
@@ -497,9 +822,11 @@ fn text_response(status: StatusCode, is_head: bool) -> Response<ResponseBody> {
     );
     let len = text.len();
     let body = if is_head {
-        Empty::new().boxed()
+        empty_body()
     } else {
-        Full::new(Bytes::from(text)).boxed()
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed()
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
@@ -513,18 +840,44 @@ fn text_response(status: StatusCode, is_head: bool) -> Response<ResponseBody> {
 }
 
 fn empty_response(status: StatusCode) -> Response<ResponseBody> {
-    let mut resp = Response::new(Empty::new().boxed());
+    let mut resp = Response::new(empty_body());
     *resp.status_mut() = status;
     resp
 }
 
-/// Spawn a task that feeds `data` into the response body with the resource's pacing and hold.
+fn empty_body() -> ResponseBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// How a body fault ends a response once its bytes are out (see [`Fault`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    /// Close with RST.
+    Reset,
+    /// Close with FIN.
+    Truncate,
+    /// Send nothing more and keep the connection open.
+    Stall,
+}
+
+/// What [`pump`] hands to a [`ChannelBody`].
+enum Piece {
+    /// Body bytes.
+    Data(Bytes),
+    /// End the connection this way once every earlier piece has reached the socket.
+    Cut(Cut),
+}
+
+/// Spawn a task that feeds `data` into the response body with the resource's pacing and hold,
+/// and with `cut` (at most `data.len() - 1` bytes in) if a body fault applies.
 /// The channel has room for one piece so the task never runs ahead of the socket by more than
 /// that, which keeps the hold point exact and makes throttling observable on the wire.
 fn stream_body(
     state: &Arc<State>,
+    conn: &Arc<ConnCtl>,
     data: Bytes,
     resource: &Resource,
+    cut: Option<(u64, Cut)>,
     release: watch::Receiver<bool>,
 ) -> ResponseBody {
     let (tx, rx) = mpsc::channel(1);
@@ -533,11 +886,17 @@ fn stream_body(
         data,
         resource.throttle,
         resource.hold_after,
+        cut,
         release,
         tx,
         guard,
     ));
-    ChannelBody { rx }.boxed()
+    ChannelBody {
+        rx,
+        conn: conn.clone(),
+        cutting: None,
+    }
+    .boxed()
 }
 
 /// Counts a sending task in [`Origin::open_responses`] for exactly as long as it lives.
@@ -560,24 +919,43 @@ async fn pump(
     data: Bytes,
     throttle: Option<Throttle>,
     hold_after: Option<u64>,
+    cut: Option<(u64, Cut)>,
     release: watch::Receiver<bool>,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Piece>,
     guard: OpenBody,
 ) {
-    send_pieces(data, throttle, hold_after, release, &tx).await;
+    match cut {
+        None => {
+            send_pieces(data, throttle, hold_after, release, &tx).await;
+        }
+        Some((at, cut)) => {
+            let head = data.slice(..at as usize);
+            if send_pieces(head, throttle, hold_after, release, &tx).await {
+                if cut == Cut::Stall {
+                    // Keep the body open, and counted, until hyper drops it: the client went
+                    // away or the origin was dropped.
+                    tx.closed().await;
+                } else {
+                    // Fails only if the client already went away, when there is nothing to cut.
+                    let _ = tx.send(Piece::Cut(cut)).await;
+                }
+            }
+        }
+    }
     // Uncount before the body can end (which happens when `tx` drops), so a client that has seen
     // the end of a response also sees the counter down.
     drop(guard);
     drop(tx);
 }
 
+/// Sends `data` as body pieces; returns false if the client went away first.
 async fn send_pieces(
     data: Bytes,
     throttle: Option<Throttle>,
     hold_after: Option<u64>,
     mut release: watch::Receiver<bool>,
-    tx: &mpsc::Sender<Bytes>,
-) {
+    tx: &mpsc::Sender<Piece>,
+) -> bool {
     let len = data.len() as u64;
     let piece = throttle.map_or(UNTHROTTLED_CHUNK, |t| t.chunk.max(1)) as u64;
     let mut sent = 0u64;
@@ -589,10 +967,10 @@ async fn send_pieces(
                 r = release.wait_for(|released| *released) => {
                     // The sender lives in the shared state, so this only fails if that is gone.
                     if r.is_err() {
-                        return;
+                        return false;
                     }
                 }
-                _ = tx.closed() => return,
+                _ = tx.closed() => return false,
             }
         }
         let mut end = (sent + piece).min(len);
@@ -602,40 +980,140 @@ async fn send_pieces(
             }
         }
         if tx
-            .send(data.slice(sent as usize..end as usize))
+            .send(Piece::Data(data.slice(sent as usize..end as usize)))
             .await
             .is_err()
         {
-            return;
+            return false;
         }
         sent = end;
         if let Some(t) = throttle {
             if sent < len && !t.delay.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(t.delay) => {}
-                    _ = tx.closed() => return,
+                    _ = tx.closed() => return false,
                 }
             }
         }
     }
+    true
 }
 
 /// Response body fed by [`pump`]. Its size is unknown to hyper, which then frames it by our
 /// `Content-Length` header or, without one, chunked.
 struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Piece>,
+    conn: Arc<ConnCtl>,
+    /// How far a cut for a fault has got, once [`pump`] has asked for one.
+    cutting: Option<Cutting>,
+}
+
+/// The waits between [`pump`] asking for a cut and the body failing.
+enum Cutting {
+    /// For hyper to flush the last piece to the socket; holds the flush count when the cut
+    /// arrived, and any flush after that proves it.
+    Flush { cut: Cut, flushes: u64 },
+    /// For the client to acknowledge every byte, before a reset.
+    Acked(oneshot::Receiver<()>),
 }
 
 impl Body for ChannelBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = CutConnection;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|piece| piece.map(|b| Ok(Frame::data(b))))
+    ) -> Poll<Option<Result<Frame<Bytes>, CutConnection>>> {
+        loop {
+            match &mut self.cutting {
+                None => {}
+                Some(Cutting::Flush { cut, flushes }) => {
+                    let (cut, flushes) = (*cut, *flushes);
+                    // Register before checking, so a flush in between still wakes us.
+                    self.conn.wait_for_flush(cx.waker());
+                    // Failing the body right after its last piece would make hyper drop that
+                    // piece unwritten. Pending instead lets hyper flush, and the flush wakes us.
+                    if self.conn.flushes.load(Ordering::SeqCst) == flushes {
+                        return Poll::Pending;
+                    }
+                    if cut == Cut::Truncate {
+                        // The FIN queues behind the data, so nothing is lost: cut right away.
+                        // hyper answers a body error by dropping the connection.
+                        return Poll::Ready(Some(Err(CutConnection)));
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    tokio::spawn(signal_when_acked(self.conn.addrs, tx));
+                    self.cutting = Some(Cutting::Acked(rx));
+                    continue;
+                }
+                Some(Cutting::Acked(rx)) => {
+                    // An error means the waiting task is gone, which only happens at runtime
+                    // shutdown; resetting then is as good as anything.
+                    let _ = std::task::ready!(Pin::new(rx).poll(cx));
+                    self.conn.reset_on_close.store(true, Ordering::SeqCst);
+                    return Poll::Ready(Some(Err(CutConnection)));
+                }
+            }
+            match std::task::ready!(self.rx.poll_recv(cx)) {
+                Some(Piece::Data(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                Some(Piece::Cut(cut)) => {
+                    let flushes = self.conn.flushes.load(Ordering::SeqCst);
+                    self.cutting = Some(Cutting::Flush { cut, flushes });
+                }
+                None => return Poll::Ready(None),
+            }
+        }
     }
+}
+
+/// Completes `done` once the client has acknowledged every byte sent on the connection
+/// `addrs` (local, peer), or after [`RESET_DRAIN_LIMIT`], or at once where that cannot be
+/// known (no `/proc/net/tcp`, connection gone from it). A reset throws away unacknowledged bytes,
+/// including ones still in the origin's send buffer because the client's receive window was
+/// full, so resetting before this would deliver fewer bytes than the fault promises.
+async fn signal_when_acked(addrs: Option<(SocketAddr, SocketAddr)>, mut done: oneshot::Sender<()>) {
+    let wait = async {
+        let Some((SocketAddr::V4(local), SocketAddr::V4(peer))) = addrs else {
+            return;
+        };
+        // `/proc/net/tcp` prints each address as its network-order bytes read as a native
+        // integer, and the port in plain hex.
+        let hex = |a: std::net::SocketAddrV4| {
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_ne_bytes(a.ip().octets()),
+                a.port()
+            )
+        };
+        let (local, peer) = (hex(local), hex(peer));
+        let deadline = tokio::time::Instant::now() + RESET_DRAIN_LIMIT;
+        while tokio::time::Instant::now() < deadline {
+            match unacked_bytes(&local, &peer).await {
+                Some(0) | None => return,
+                Some(_) => tokio::time::sleep(RESET_DRAIN_POLL).await,
+            }
+        }
+    };
+    tokio::select! {
+        _ = wait => {}
+        // The connection is already gone.
+        _ = done.closed() => return,
+    }
+    let _ = done.send(());
+}
+
+/// The `tx_queue` column (bytes sent but not yet acknowledged) of the `/proc/net/tcp` row for
+/// the connection between `local` and `peer`, both formatted as in that file.
+async fn unacked_bytes(local: &str, peer: &str) -> Option<u64> {
+    let table = tokio::fs::read_to_string("/proc/net/tcp").await.ok()?;
+    table.lines().skip(1).find_map(|line| {
+        // sl local_address rem_address st tx_queue:rx_queue ...
+        let mut fields = line.split_whitespace().skip(1);
+        if fields.next()? != local || fields.next()? != peer {
+            return None;
+        }
+        let (tx_queue, _) = fields.nth(1)?.split_once(':')?;
+        u64::from_str_radix(tx_queue, 16).ok()
+    })
 }
