@@ -356,3 +356,64 @@ async fn misbehaving_resumes_restart_cleanly() {
         assert_eq!(done.attempt_count, 2, "{case}");
     }
 }
+
+#[tokio::test]
+async fn dns_timeouts_are_retried_then_reported() {
+    // The server runs in a namespace whose only resolver is a UDP socket on its own loopback
+    // that never answers: every lookup times out, and no query leaves the namespace.
+    let Some(ns) =
+        common::netns::Netns::create("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    else {
+        return;
+    };
+    let mut resolver = ns
+        .command("python3")
+        .args([
+            "-c",
+            "import socket,sys\n\
+             s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             s.bind(('127.0.0.1',53))\n\
+             print('ready',flush=True)\n\
+             while True:\n s.recvfrom(512); print('query',flush=True)",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut queries = tokio::io::BufReader::new(resolver.stdout.take().unwrap()).lines();
+    use tokio::io::AsyncBufReadExt;
+    assert_eq!(queries.next_line().await.unwrap().as_deref(), Some("ready"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(
+        &ns,
+        dir.path(),
+        &[
+            "--max-attempts",
+            "2",
+            "--retry-base-delay",
+            "20ms",
+            "--connect-timeout",
+            "10s",
+        ],
+    )
+    .await;
+    let mut client = server.client().await;
+    let op = create(&mut client, "http://files.transferd.test/a.bin", "a.bin").await;
+    let failed = wait_status(&mut client, &op.guid, S::Error).await;
+    let error = failed.error.unwrap();
+    assert_eq!(error.reason(), pb::TransferErrorReason::Network);
+    assert!(
+        error.message.contains("gave up after 2 failed attempts"),
+        "{}",
+        error.message
+    );
+    assert!(error.message.contains("dns error"), "{}", error.message);
+    assert_eq!(failed.attempt_count, 2);
+    // The lookups really went to the silent resolver.
+    let first = tokio::time::timeout(DEADLINE, queries.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.as_deref(), Some("query"));
+}

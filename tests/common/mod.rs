@@ -3,6 +3,7 @@
 //! the server (never by sleeping) and to hash result files.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod origin;
 
 use std::path::{Path, PathBuf};
@@ -38,15 +39,31 @@ impl Server {
     /// Starts `transferd --listen 127.0.0.1:0 --data-dir DATA_DIR EXTRA...` and waits until it
     /// announces its address.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let command = Command::new(env!("CARGO_BIN_EXE_transferd"));
+        Server::start_with(command, "127.0.0.1:0", data_dir, extra).await
+    }
+
+    /// Starts `transferd` inside a test network namespace, listening on its veth address.
+    pub async fn start_in(ns: &netns::Netns, data_dir: &Path, extra: &[&str]) -> Server {
+        let command = ns.command(env!("CARGO_BIN_EXE_transferd"));
+        Server::start_with(command, &format!("{}:0", ns.inner), data_dir, extra).await
+    }
+
+    async fn start_with(
+        mut command: Command,
+        listen: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data_dir.join("server.log"))
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_transferd"))
+        let mut child = command
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
