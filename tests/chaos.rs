@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use common::origin::{Origin, Resource, test_bytes};
 use common::*;
-use transferd::pb::backgroundtransfer::v1 as pb;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -87,24 +86,7 @@ async fn kill_restart_cycles_lose_and_corrupt_nothing() {
         next += 1;
     }
 
-    let mut listed = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_downloads(pb::ListDownloadsRequest {
-                transfer_group: None,
-                page_size: 50,
-                page_token: token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        listed.extend(page.downloads.into_iter().map(|d| d.guid));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+    let listed = list_guids(&mut client).await;
     let unique: HashSet<&String> = listed.iter().collect();
     assert_eq!(unique.len(), listed.len(), "a download was duplicated");
     let created: Vec<String> = guids.iter().map(|(g, _)| g.clone()).collect();

@@ -250,12 +250,7 @@ async fn resume_after(
         op.progress.unwrap().bytes_received == held
     })
     .await;
-    client
-        .pause_download(pb::PauseDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap();
+    pause(client, &op.guid).await;
     change();
     let mut watch = client
         .watch_download(pb::WatchDownloadRequest {
@@ -264,12 +259,7 @@ async fn resume_after(
         .await
         .unwrap()
         .into_inner();
-    client
-        .resume_download(pb::ResumeDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap();
+    resume(client, &op.guid).await;
     let mut messages = Vec::new();
     while let Some(m) = watch.message().await.unwrap() {
         messages.push(m);

@@ -41,19 +41,9 @@ async fn matching_sha256_commits_even_across_a_resume() {
         op.progress.unwrap().bytes_received == 250_000
     })
     .await;
-    client
-        .pause_download(pb::PauseDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap();
+    pause(&mut client, &op.guid).await;
     origin.release("/ok");
-    client
-        .resume_download(pb::ResumeDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap();
+    resume(&mut client, &op.guid).await;
     wait_status(&mut client, &op.guid, S::Completed).await;
     assert_eq!(
         origin.requests_for("/ok")[1].header("range"),

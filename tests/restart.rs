@@ -35,12 +35,7 @@ async fn sigterm_checkpoints_and_a_restart_continues_every_download() {
         op.progress.unwrap().bytes_received == 1000
     })
     .await;
-    client
-        .pause_download(pb::PauseDownloadRequest {
-            guid: paused.guid.clone(),
-        })
-        .await
-        .unwrap();
+    pause(&mut client, &paused.guid).await;
     let running = create(&mut client, &origin.url("/running"), "running.bin").await;
     let mut queued_req = create_request(&origin.url("/queued"), "queued.bin");
     queued_req.set_priority(pb::BackgroundTransferPriority::Low);
@@ -100,15 +95,7 @@ async fn sigterm_checkpoints_and_a_restart_continues_every_download() {
     origin.release("/filler");
     let server = Server::start(dir.path(), &["--max-active", "2"]).await;
     let mut client = server.client().await;
-    let listed: Vec<String> = client
-        .list_downloads(pb::ListDownloadsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .downloads
-        .into_iter()
-        .map(|d| d.guid)
-        .collect();
+    let listed: Vec<String> = list_guids(&mut client).await;
     assert_eq!(
         listed,
         [
@@ -147,12 +134,7 @@ async fn sigterm_checkpoints_and_a_restart_continues_every_download() {
     );
     // The paused one continues from its checkpoint when resumed.
     origin.release("/paused");
-    client
-        .resume_download(pb::ResumeDownloadRequest {
-            guid: paused.guid.clone(),
-        })
-        .await
-        .unwrap();
+    resume(&mut client, &paused.guid).await;
     wait_status(&mut client, &paused.guid, S::Completed).await;
     assert_eq!(
         origin.requests_for("/paused")[1].header("range"),
@@ -198,15 +180,7 @@ async fn sigkill_never_loses_an_acknowledged_download() {
     origin.release("/blocker");
     let server = Server::start(dir.path(), &["--max-active", "4"]).await;
     let mut client = server.client().await;
-    let listed: Vec<String> = client
-        .list_downloads(pb::ListDownloadsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .downloads
-        .into_iter()
-        .map(|d| d.guid)
-        .collect();
+    let listed: Vec<String> = list_guids(&mut client).await;
     assert_eq!(listed, guids);
     wait_status(&mut client, &blocker.guid, S::Completed).await;
     assert_eq!(

@@ -197,22 +197,10 @@ async fn pause_keeps_partial_data_and_resume_continues_with_range_and_etag() {
     )
     .await;
 
-    let paused = client
-        .pause_download(pb::PauseDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let paused = pause(&mut client, &op.guid).await;
     assert_eq!(status_of(&paused), S::PausedByApplication);
     // Pausing again changes nothing.
-    let again = client
-        .pause_download(pb::PauseDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = pause(&mut client, &op.guid).await;
     assert_eq!(status_of(&again), S::PausedByApplication);
     // The partial data stays on disk; nothing appears at the result path.
     let partial = server
@@ -232,13 +220,7 @@ async fn pause_keeps_partial_data_and_resume_continues_with_range_and_etag() {
         .unwrap()
         .into_inner();
     origin.release("/a.bin");
-    let resumed = client
-        .resume_download(pb::ResumeDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let resumed = resume(&mut client, &op.guid).await;
     assert!(matches!(status_of(&resumed), S::Idle | S::Running));
     let mut messages = Vec::new();
     while let Some(m) = watch.message().await.unwrap() {
@@ -286,19 +268,9 @@ async fn resume_uses_last_modified_when_there_is_no_strong_etag() {
     let resource = Resource::new(body.clone()).etag(Some("W/\"weak\""));
     let date = resource.last_modified.clone().unwrap();
     let op = start_held(&mut client, &origin, "/lm.bin", resource, 65536).await;
-    client
-        .pause_download(pb::PauseDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap();
+    pause(&mut client, &op.guid).await;
     origin.release("/lm.bin");
-    client
-        .resume_download(pb::ResumeDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap();
+    resume(&mut client, &op.guid).await;
     wait_status(&mut client, &op.guid, S::Completed).await;
     let requests = origin.requests_for("/lm.bin");
     assert_eq!(requests[1].header("range"), Some("bytes=65536-"));
@@ -309,53 +281,51 @@ async fn resume_uses_last_modified_when_there_is_no_strong_etag() {
     );
 }
 
-/// Pauses, lets `change` alter the origin, resumes, and returns every message a watcher saw.
+/// Bytes the origin sends after a restart before it holds the body, so the test can see the
+/// download's bytes fall before letting it finish.
+const RESTART_HOLD: u64 = 1000;
+
+/// Pauses, makes the origin serve `on_resume` (held after [`RESTART_HOLD`] bytes), resumes,
+/// and returns every message a watcher saw. Checks that the download restarted: the first
+/// message with `has_restarted` shows the bytes fallen below `held`, with a new response.
 async fn pause_change_resume(
     client: &mut Client,
     origin: &Origin,
     path: &str,
     guid: &str,
-    change: impl FnOnce(),
+    held: u64,
+    on_resume: Resource,
 ) -> Vec<pb::BackgroundDownloadProgress> {
-    client
-        .pause_download(pb::PauseDownloadRequest { guid: guid.into() })
-        .await
-        .unwrap();
-    change();
-    origin.release(path);
+    pause(client, guid).await;
+    origin.put(path, on_resume.hold_after(RESTART_HOLD));
     let mut watch = client
         .watch_download(pb::WatchDownloadRequest { guid: guid.into() })
         .await
         .unwrap()
         .into_inner();
-    client
-        .resume_download(pb::ResumeDownloadRequest { guid: guid.into() })
-        .await
-        .unwrap();
+    resume(client, guid).await;
     let mut messages = Vec::new();
+    let mut released = false;
     while let Some(m) = watch.message().await.unwrap() {
+        if m.has_restarted && !released {
+            assert!(m.has_response_changed, "{m:?}");
+            assert!(
+                m.bytes_received <= RESTART_HOLD && m.bytes_received < held,
+                "{m:?}"
+            );
+            origin.release(path);
+            released = true;
+        }
         messages.push(m);
     }
-    messages
-}
-
-fn assert_restarted_once(messages: &[pb::BackgroundDownloadProgress], held: u64) {
-    let restarted: Vec<usize> = messages
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.has_restarted)
-        .map(|(i, _)| i)
-        .collect();
+    assert!(released, "the download never restarted: {messages:?}");
     assert_eq!(
-        restarted.len(),
+        messages.iter().filter(|m| m.has_restarted).count(),
         1,
         "has_restarted exactly once: {messages:?}"
     );
-    let first_after = &messages[restarted[0]];
-    assert!(first_after.has_response_changed, "{first_after:?}");
-    // The restart discarded the partial data: bytes fell below what was held.
-    assert!(first_after.bytes_received < held, "{first_after:?}");
     assert_eq!(messages.last().unwrap().status(), S::Completed);
+    messages
 }
 
 #[tokio::test]
@@ -374,8 +344,8 @@ async fn server_that_ignores_range_forces_a_restart_flagged_once() {
         held,
     )
     .await;
-    let messages = pause_change_resume(&mut client, &origin, "/nr.bin", &op.guid, || {}).await;
-    assert_restarted_once(&messages, held);
+    let on_resume = Resource::new(body.clone()).ignore_range();
+    pause_change_resume(&mut client, &origin, "/nr.bin", &op.guid, held, on_resume).await;
     let requests = origin.requests_for("/nr.bin");
     assert_eq!(
         requests[1].header("range"),
@@ -404,11 +374,9 @@ async fn changed_file_on_the_server_restarts_instead_of_splicing() {
         held,
     )
     .await;
-    let messages = pause_change_resume(&mut client, &origin, "/c.bin", &op.guid, || {
-        origin.put("/c.bin", Resource::new(new.clone()));
-    })
-    .await;
-    assert_restarted_once(&messages, held);
+    let on_resume = Resource::new(new.clone());
+    let messages =
+        pause_change_resume(&mut client, &origin, "/c.bin", &op.guid, held, on_resume).await;
     assert_eq!(messages.last().unwrap().bytes_received, new.len() as u64);
     assert_eq!(
         sha256_file(&server.download_dir().join("c.bin")),
@@ -434,8 +402,8 @@ async fn without_validators_resume_starts_over_without_range() {
         .unwrap()
         .into_inner();
     assert!(!info.is_resumable);
-    let messages = pause_change_resume(&mut client, &origin, "/nv.bin", &op.guid, || {}).await;
-    assert_restarted_once(&messages, held);
+    let on_resume = Resource::new(body.clone()).etag(None).last_modified(None);
+    pause_change_resume(&mut client, &origin, "/nv.bin", &op.guid, held, on_resume).await;
     let requests = origin.requests_for("/nv.bin");
     assert_eq!(requests.len(), 2);
     assert_eq!(
@@ -463,13 +431,7 @@ async fn cancel_is_terminal_and_removes_partial_data() {
         70_000,
     )
     .await;
-    let canceled = client
-        .cancel_download(pb::CancelDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let canceled = cancel(&mut client, &op.guid).await;
     assert_eq!(status_of(&canceled), S::Canceled);
     let partial_dir = server.download_dir().join(".transferd-partial");
     let start = tokio::time::Instant::now();
@@ -528,13 +490,7 @@ async fn cancel_of_a_queued_download_never_contacts_the_server() {
     origin.put("/queued", Resource::new(test_bytes(4096, 2)));
     let queued = create(&mut client, &origin.url("/queued"), "queued").await;
     assert_eq!(status_of(&queued), S::Idle);
-    let canceled = client
-        .cancel_download(pb::CancelDownloadRequest {
-            guid: queued.guid.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let canceled = cancel(&mut client, &queued.guid).await;
     assert_eq!(status_of(&canceled), S::Canceled);
     origin.release("/busy");
     assert!(origin.requests_for("/queued").is_empty());

@@ -36,11 +36,21 @@ async fn watch_sends_current_state_then_every_change_and_ends_after_completion()
     let op = create(&mut client, &origin.url("/w"), "w.bin").await;
     assert_eq!(status_of(&op), S::Idle);
 
-    let watcher = {
-        let mut client = client.clone();
-        let guid = op.guid.clone();
-        tokio::spawn(async move { watch_to_end(&mut client, &guid).await })
-    };
+    // The stream is open (its first message fixed) before anything changes.
+    let mut stream = client
+        .watch_download(pb::WatchDownloadRequest {
+            guid: op.guid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let watcher = tokio::spawn(async move {
+        let mut messages = Vec::new();
+        while let Some(m) = stream.message().await.unwrap() {
+            messages.push(m);
+        }
+        messages
+    });
     origin.release("/blocker");
     // The held body proves a message with partial bytes is sent while running.
     wait_until(&mut client, &op.guid, "100000 bytes", |op| {
@@ -91,6 +101,7 @@ async fn many_watchers_each_see_the_whole_story() {
     let op = create(&mut client, &origin.url("/m"), "m.bin").await;
     wait_status(&mut client, &op.guid, S::Running).await;
     let mut watchers = Vec::new();
+    let (subscribed_tx, mut subscribed_rx) = tokio::sync::mpsc::channel(200);
     for i in 0..200 {
         // Spread the watchers over a few connections, as separate clients would.
         let mut client = if i % 50 == 0 {
@@ -99,28 +110,28 @@ async fn many_watchers_each_see_the_whole_story() {
             client.clone()
         };
         let guid = op.guid.clone();
+        let subscribed = subscribed_tx.clone();
         watchers.push(tokio::spawn(async move {
-            watch_to_end(&mut client, &guid).await
+            let mut stream = client
+                .watch_download(pb::WatchDownloadRequest { guid })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut messages = vec![stream.message().await.unwrap().unwrap()];
+            subscribed.send(()).await.unwrap();
+            while let Some(m) = stream.message().await.unwrap() {
+                messages.push(m);
+            }
+            messages
         }));
     }
-    // Every watcher has its first message before the pause.
-    wait_until(&mut client, &op.guid, "1000 bytes", |op| {
-        op.progress.unwrap().bytes_received == 1000
-    })
-    .await;
-    client
-        .pause_download(pb::PauseDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap();
+    // Pause only once every watcher has its first message, so each one sees the pause.
+    for _ in 0..200 {
+        subscribed_rx.recv().await.unwrap();
+    }
+    pause(&mut client, &op.guid).await;
     origin.release("/m");
-    client
-        .resume_download(pb::ResumeDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap();
+    resume(&mut client, &op.guid).await;
     for w in watchers {
         let messages = w.await.unwrap();
         let seq = status_sequence(&messages);

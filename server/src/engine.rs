@@ -43,6 +43,11 @@ const MAX_REQUEST_HEADERS: usize = 64;
 /// Longest transfer group name, in bytes.
 const MAX_GROUP_LEN: usize = 256;
 
+/// How long PauseDownload and CancelDownload wait for a running transfer to let go (drop its
+/// request, flush and checkpoint, or remove its data) before answering anyway. Letting go takes
+/// one fsync; the bound only matters on a disk that hangs.
+const LET_GO_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long shutdown waits for running transfers to checkpoint before giving up on them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -153,11 +158,75 @@ struct OpState {
     restarts: u64,
     /// HTTP attempts made over the download's life.
     attempts: u32,
-    /// Set while a transfer task owns the partial file; stopping it cancels the attempt.
-    task: Option<CancellationToken>,
+    /// Set while a transfer task owns the partial file.
+    task: Option<TaskHandle>,
+}
+
+/// The handles of a running transfer task.
+#[derive(Debug)]
+struct TaskHandle {
+    /// Cancelling it stops the attempt (the HTTP request is dropped).
+    stop: CancellationToken,
+    /// Cancelled by the task once it has let go: data flushed, fsynced and checkpointed, or
+    /// the partial file removed.
+    done: CancellationToken,
+}
+
+impl TaskHandle {
+    /// Asks the task to stop and returns what to wait on.
+    fn stop(&self) -> CancellationToken {
+        self.stop.cancel();
+        self.done.clone()
+    }
 }
 
 impl Op {
+    /// A download in memory, in the state a stored record describes.
+    fn from_record(record: Record, bus: &Bus) -> Arc<Op> {
+        let Record {
+            spec,
+            status,
+            checkpoint_bytes,
+            total_bytes,
+            validators,
+            response,
+            error,
+            attempts,
+        } = record;
+        let progress = Progress {
+            bytes_received: if status == Status::Completed {
+                total_bytes.max(checkpoint_bytes)
+            } else {
+                checkpoint_bytes
+            },
+            total_bytes_to_receive: total_bytes,
+            status,
+        };
+        Arc::new(Op {
+            hub: Arc::new(Hub::new(
+                &spec.guid,
+                &spec.transfer_group,
+                progress,
+                bus.clone(),
+            )),
+            state: Mutex::new(OpState {
+                status,
+                bytes: progress.bytes_received,
+                checkpoint: checkpoint_bytes,
+                total: total_bytes,
+                validators,
+                response,
+                error,
+                responses: 0,
+                restarts: 0,
+                attempts,
+                task: None,
+            }),
+            persist: tokio::sync::Mutex::new(()),
+            spec,
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, OpState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -223,55 +292,13 @@ impl Engine {
     ) -> Result<Engine, Error> {
         let bus = Bus::default();
         let mut registry = Registry::default();
-        for record in store.load()? {
-            let Record {
-                spec,
-                status,
-                checkpoint_bytes,
-                total_bytes,
-                validators,
-                response,
-                error,
-                attempts,
-            } = record;
+        for mut record in store.load()? {
             // A download that was running when the server stopped waits for a slot again.
-            let status = if status == Status::Running {
-                Status::Idle
-            } else {
-                status
-            };
-            let progress = Progress {
-                bytes_received: if status == Status::Completed {
-                    total_bytes.max(checkpoint_bytes)
-                } else {
-                    checkpoint_bytes
-                },
-                total_bytes_to_receive: total_bytes,
-                status,
-            };
-            let op = Arc::new(Op {
-                hub: Arc::new(Hub::new(
-                    &spec.guid,
-                    &spec.transfer_group,
-                    progress,
-                    bus.clone(),
-                )),
-                state: Mutex::new(OpState {
-                    status,
-                    bytes: progress.bytes_received,
-                    checkpoint: checkpoint_bytes,
-                    total: total_bytes,
-                    validators,
-                    response,
-                    error,
-                    responses: 0,
-                    restarts: 0,
-                    attempts,
-                    task: None,
-                }),
-                persist: tokio::sync::Mutex::new(()),
-                spec,
-            });
+            if record.status == Status::Running {
+                record.status = Status::Idle;
+            }
+            let status = record.status;
+            let op = Op::from_record(record, &bus);
             registry.insert(op, status);
         }
         Ok(Engine {
@@ -380,35 +407,17 @@ impl Engine {
             request_headers: headers,
             expected_sha256,
         };
-        let progress = Progress {
-            bytes_received: 0,
-            total_bytes_to_receive: 0,
-            status: Status::Idle,
-        };
-        let op = Arc::new(Op {
-            hub: Arc::new(Hub::new(
-                &guid,
-                &spec.transfer_group,
-                progress,
-                self.inner.bus.clone(),
-            )),
-            state: Mutex::new(OpState {
-                status: Status::Idle,
-                bytes: 0,
-                checkpoint: 0,
-                total: 0,
-                validators: Validators::default(),
-                response: None,
-                error: None,
-                responses: 0,
-                restarts: 0,
-                attempts: 0,
-                task: None,
-            }),
-            persist: tokio::sync::Mutex::new(()),
+        let record = Record {
             spec,
-        });
-        let record = op.record();
+            status: Status::Idle,
+            checkpoint_bytes: 0,
+            total_bytes: 0,
+            validators: Validators::default(),
+            response: None,
+            error: None,
+            attempts: 0,
+        };
+        let op = Op::from_record(record.clone(), &self.inner.bus);
         let store = self.inner.store.clone();
         let stored = tokio::task::spawn_blocking(move || store.insert(&record))
             .await
@@ -490,22 +499,22 @@ impl Engine {
             let mut st = op.lock();
             match st.status {
                 s if s.is_terminal() => return Err(illegal(guid, "pause", s)),
-                Status::PausedByApplication => false,
+                Status::PausedByApplication => None,
                 _ => {
                     reg.queue.remove(&op.queue_key());
-                    if let Some(task) = &st.task {
-                        task.cancel();
-                    }
                     st.status = Status::PausedByApplication;
                     op.publish(&st);
-                    true
+                    Some(st.task.as_ref().map(TaskHandle::stop))
                 }
             }
         };
-        if !changed {
+        let Some(running) = changed else {
             return Ok(op.view());
-        }
+        };
         tracing::info!(guid, "paused");
+        if let Some(done) = running {
+            let _ = tokio::time::timeout(LET_GO_TIMEOUT, done.cancelled()).await;
+        }
         self.persist(&op).await?;
         Ok(op.view())
     }
@@ -549,18 +558,15 @@ impl Engine {
             reg.claimed.remove(&op.spec.result_file);
             st.status = Status::Canceled;
             op.publish(&st);
-            match &st.task {
-                Some(task) => {
-                    task.cancel();
-                    true
-                }
-                None => false,
-            }
+            st.task.as_ref().map(TaskHandle::stop)
         };
         tracing::info!(guid, "canceled");
-        if !running {
-            // A running task removes the partial file itself once it has let go of it.
-            self.remove_partial(&op).await;
+        match running {
+            // The task removes the partial file itself once it has let go of it.
+            Some(done) => {
+                let _ = tokio::time::timeout(LET_GO_TIMEOUT, done.cancelled()).await;
+            }
+            None => self.remove_partial(&op).await,
         }
         self.persist(&op).await?;
         Ok(op.view())
@@ -636,6 +642,7 @@ impl Engine {
                 continue;
             };
             let token = self.inner.shutdown.child_token();
+            let done = CancellationToken::new();
             {
                 let mut st = op.lock();
                 if st.status != Status::Idle {
@@ -648,7 +655,10 @@ impl Engine {
                     continue;
                 }
                 st.status = Status::Running;
-                st.task = Some(token.clone());
+                st.task = Some(TaskHandle {
+                    stop: token.clone(),
+                    done: done.clone(),
+                });
                 op.publish(&st);
             }
             reg.active += 1;
@@ -656,13 +666,14 @@ impl Engine {
             let span = tracing::info_span!("transfer", guid = %op.spec.guid);
             self.inner
                 .tasks
-                .spawn(async move { engine.transfer(op, token).await }.instrument(span));
+                .spawn(async move { engine.transfer(op, token, done).await }.instrument(span));
         }
         reg.queue.extend(blocked);
     }
 
-    /// The life of one transfer slot: one attempt, then the resulting state change.
-    async fn transfer(self, op: Arc<Op>, stop: CancellationToken) {
+    /// The life of one transfer slot: attempts until done, then the resulting state change.
+    /// `done` is cancelled once the task has let go of the download.
+    async fn transfer(self, op: Arc<Op>, stop: CancellationToken, done: CancellationToken) {
         if let Err(e) = self.persist(&op).await {
             tracing::warn!(error = %e, "could not record the start of the transfer");
         }
@@ -708,6 +719,7 @@ impl Engine {
         if let Err(e) = self.persist(&op).await {
             tracing::error!(error = %e, "could not record the end of the transfer");
         }
+        done.cancel();
         self.schedule();
     }
 

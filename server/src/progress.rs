@@ -238,18 +238,22 @@ pub fn watch_one(
     struct State {
         hub: Arc<Hub>,
         rx: watch::Receiver<Snapshot>,
-        cursor: Option<(FlagCursor, u64)>,
+        cursor: (FlagCursor, u64),
         pending: VecDeque<Result<Message, Lagged>>,
         done: bool,
         shutdown: CancellationToken,
     }
-    let rx = hub.tx.subscribe();
+    // The first message is the state when the watch was asked for, not when the stream is
+    // first polled: a change in between is then delivered as a change.
+    let mut rx = hub.tx.subscribe();
+    let first = *rx.borrow_and_update();
+    let (cursor, message) = FlagCursor::first(&first);
     let state = State {
         hub,
         rx,
-        cursor: None,
-        pending: VecDeque::new(),
-        done: false,
+        cursor: (cursor, first.status_seq),
+        pending: VecDeque::from([Ok(message)]),
+        done: first.progress.status.is_terminal(),
         shutdown,
     };
     futures_util::stream::unfold(state, |mut st| async move {
@@ -260,14 +264,6 @@ pub fn watch_one(
             if st.done {
                 return None;
             }
-            let Some((cursor, seen_status_seq)) = st.cursor.as_mut() else {
-                let snapshot = *st.rx.borrow_and_update();
-                let (cursor, message) = FlagCursor::first(&snapshot);
-                st.cursor = Some((cursor, snapshot.status_seq));
-                st.done = snapshot.progress.status.is_terminal();
-                st.pending.push_back(Ok(message));
-                continue;
-            };
             tokio::select! {
                 changed = st.rx.changed() => {
                     if changed.is_err() {
@@ -277,6 +273,7 @@ pub fn watch_one(
                 () = st.shutdown.cancelled() => return None,
             }
             let snapshot = *st.rx.borrow_and_update();
+            let (cursor, seen_status_seq) = &mut st.cursor;
             if snapshot.status_seq > *seen_status_seq + 1 {
                 match st
                     .hub

@@ -249,3 +249,52 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// Pauses a download and returns the operation.
+pub async fn pause(client: &mut Client, guid: &str) -> pb::DownloadOperation {
+    client
+        .pause_download(pb::PauseDownloadRequest { guid: guid.into() })
+        .await
+        .expect("PauseDownload succeeds")
+        .into_inner()
+}
+
+/// Resumes a download and returns the operation.
+pub async fn resume(client: &mut Client, guid: &str) -> pb::DownloadOperation {
+    client
+        .resume_download(pb::ResumeDownloadRequest { guid: guid.into() })
+        .await
+        .expect("ResumeDownload succeeds")
+        .into_inner()
+}
+
+/// Cancels a download and returns the operation.
+pub async fn cancel(client: &mut Client, guid: &str) -> pb::DownloadOperation {
+    client
+        .cancel_download(pb::CancelDownloadRequest { guid: guid.into() })
+        .await
+        .expect("CancelDownload succeeds")
+        .into_inner()
+}
+
+/// The guids of every download, in ListDownloads order, following every page.
+pub async fn list_guids(client: &mut Client) -> Vec<String> {
+    let mut guids = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_downloads(pb::ListDownloadsRequest {
+                transfer_group: None,
+                page_size: 100,
+                page_token,
+            })
+            .await
+            .expect("ListDownloads succeeds")
+            .into_inner();
+        guids.extend(page.downloads.into_iter().map(|d| d.guid));
+        if page.next_page_token.is_empty() {
+            return guids;
+        }
+        page_token = page.next_page_token;
+    }
+}
