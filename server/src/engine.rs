@@ -418,16 +418,7 @@ impl Engine {
             attempts: 0,
         };
         let op = Op::from_record(record.clone(), &self.inner.bus);
-        let store = self.inner.store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.insert(&record))
-            .await
-            .unwrap_or_else(|e| {
-                Err(StoreError::Io {
-                    path: PathBuf::new(),
-                    source: std::io::Error::other(e),
-                })
-            });
-        if let Err(e) = stored {
+        if let Err(e) = self.store(move |store| store.insert(&record)).await {
             self.inner.lock().claimed.remove(&op.spec.result_file);
             return Err(e.into());
         }
@@ -841,16 +832,19 @@ impl Engine {
     async fn persist(&self, op: &Arc<Op>) -> Result<(), Error> {
         let _serial = op.persist.lock().await;
         let record = op.record();
+        Ok(self.store(move |store| store.save(&record)).await?)
+    }
+
+    /// Runs a store call on the blocking pool: SQLite commits fsync, which must not stall the
+    /// async workers.
+    async fn store(
+        &self,
+        call: impl FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
         let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || store.save(&record))
+        tokio::task::spawn_blocking(move || call(store.as_ref()))
             .await
-            .unwrap_or_else(|e| {
-                Err(StoreError::Io {
-                    path: PathBuf::new(),
-                    source: std::io::Error::other(e),
-                })
-            })
-            .map_err(Error::from)
+            .unwrap_or_else(|e| Err(StoreError::Interrupted(e.to_string())))
     }
 }
 

@@ -61,6 +61,9 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A store call did not finish (it panicked); nothing is known to have been written.
+    #[error("a store call did not finish: {0}")]
+    Interrupted(String),
     /// The data directory could not be prepared.
     #[error("cannot prepare {path}: {source}")]
     Io {
