@@ -128,7 +128,7 @@ impl Drop for Mount {
 }
 
 #[tokio::test]
-async fn a_full_disk_stops_the_download_and_harms_nothing_committed() {
+async fn a_full_disk_pauses_the_download_until_space_returns() {
     let dir = tempfile::tempdir().unwrap();
     let downloads = dir.path().join("small-disk");
     let Some(_mount) = Mount::tmpfs(&downloads, "size=1m") else {
@@ -136,23 +136,46 @@ async fn a_full_disk_stops_the_download_and_harms_nothing_committed() {
     };
     let origin = Origin::start().await;
     let small = test_bytes(200_000, 3);
+    let big = test_bytes(4 * 1024 * 1024, 4);
     origin.put("/small", Resource::new(small.clone()));
-    origin.put("/big", Resource::new(test_bytes(4 * 1024 * 1024, 4)));
+    origin.put("/big", Resource::new(big.clone()));
     let dl = downloads.to_str().unwrap();
-    let server = Server::start(dir.path().join("data").as_path(), &["--download-dir", dl]).await;
+    // No free-space floor: the point is to run into the full disk itself.
+    let server = Server::start(
+        dir.path().join("data").as_path(),
+        &["--download-dir", dl, "--min-free-disk", "0"],
+    )
+    .await;
     let mut client = server.client().await;
     let first = create(&mut client, &origin.url("/small"), "small.bin").await;
     wait_status(&mut client, &first.guid, S::Completed).await;
 
-    let big = create(&mut client, &origin.url("/big"), "big.bin").await;
-    let failed = wait_status(&mut client, &big.guid, S::Error).await;
-    let error = failed.error.unwrap();
-    assert_eq!(error.reason(), pb::TransferErrorReason::Disk);
-    assert!(error.message.contains("No space left"), "{}", error.message);
-    // Exactly one request: a full disk is not retried against the server.
-    assert_eq!(origin.requests_for("/big").len(), 1);
+    let op = create(&mut client, &origin.url("/big"), "big.bin").await;
+    let paused = wait_status(&mut client, &op.guid, S::PausedSystemPolicy).await;
+    assert_eq!(paused.status_reason(), pb::StatusReason::LowDiskSpace);
+    assert!(paused.error.is_none());
+    // Nothing committed was harmed, and the full disk was not retried against the server.
     assert_eq!(sha256_file(&downloads.join("small.bin")), sha256(&small));
-    assert_eq!(files_under(&downloads), vec!["small.bin"]);
+    assert_eq!(origin.requests_for("/big").len(), 1);
+    let checkpoint = paused.progress.unwrap().bytes_received;
+
+    // Space returns: the download continues by itself from its checkpoint.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=16m"])
+        .arg(&downloads)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    wait_status(&mut client, &op.guid, S::Completed).await;
+    assert_eq!(sha256_file(&downloads.join("big.bin")), sha256(&big));
+    let requests = origin.requests_for("/big");
+    assert_eq!(requests.len(), 2);
+    if checkpoint > 0 {
+        assert_eq!(
+            requests[1].header("range"),
+            Some(&*format!("bytes={checkpoint}-"))
+        );
+    }
 }
 
 #[tokio::test]
@@ -165,7 +188,11 @@ async fn an_unwritable_download_directory_is_a_clear_error() {
     let origin = Origin::start().await;
     origin.put("/f", Resource::new(test_bytes(1000, 5)));
     let dl = downloads.to_str().unwrap();
-    let server = Server::start(dir.path().join("data").as_path(), &["--download-dir", dl]).await;
+    let server = Server::start(
+        dir.path().join("data").as_path(),
+        &["--download-dir", dl, "--min-free-disk", "0"],
+    )
+    .await;
     let mut client = server.client().await;
     let op = create(&mut client, &origin.url("/f"), "f.bin").await;
     let failed = wait_status(&mut client, &op.guid, S::Error).await;

@@ -35,6 +35,19 @@ pub const DEFAULT_RETRY_BASE_DELAY: &str = "1s";
 /// Default cap of the doubling retry delay.
 pub const DEFAULT_RETRY_MAX_DELAY: &str = "5m";
 
+/// Default free-space floor: enough headroom that a host does not fill its disk to the last
+/// byte (logs, the database and other programs need room), small next to typical volumes.
+pub const DEFAULT_MIN_FREE_DISK: &str = "256MiB";
+
+/// What DEFAULT cost policy means on this server.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultCostPolicy {
+    /// Run on costed networks too.
+    Always,
+    /// Pause on costed networks.
+    UnrestrictedOnly,
+}
+
 /// How transferd runs.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
@@ -80,6 +93,18 @@ pub struct Config {
           value_parser = parse_duration)]
     pub retry_base_delay: Duration,
 
+    /// Free space the download volume must keep: below it, downloads pause as
+    /// PAUSED_SYSTEM_POLICY until space returns (e.g. 512MiB, 2GiB, or bytes).
+    #[arg(long, env = "TRANSFERD_MIN_FREE_DISK", default_value = DEFAULT_MIN_FREE_DISK,
+          value_parser = parse_bytes)]
+    pub min_free_disk: u64,
+
+    /// What a download's DEFAULT cost policy means: `always` runs on costed networks too,
+    /// `unrestricted-only` pauses there as PAUSED_COSTED_NETWORK.
+    #[arg(long, env = "TRANSFERD_DEFAULT_COST_POLICY", value_enum,
+          default_value_t = DefaultCostPolicy::Always)]
+    pub default_cost_policy: DefaultCostPolicy,
+
     /// Longest delay between retries, Retry-After aside.
     #[arg(long, env = "TRANSFERD_RETRY_MAX_DELAY", default_value = DEFAULT_RETRY_MAX_DELAY,
           value_parser = parse_duration)]
@@ -99,6 +124,8 @@ impl Config {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             retry_base_delay: parse_duration(DEFAULT_RETRY_BASE_DELAY).expect("default parses"),
             retry_max_delay: parse_duration(DEFAULT_RETRY_MAX_DELAY).expect("default parses"),
+            min_free_disk: parse_bytes(DEFAULT_MIN_FREE_DISK).expect("default parses"),
+            default_cost_policy: DefaultCostPolicy::Always,
         }
     }
 
@@ -132,6 +159,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses a byte count: `0`, `1048576`, `64KiB`, `512MiB`, `2GiB`, `1TiB` (also KB/MB/GB/TB
+/// as powers of ten).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 512MiB or 2GiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "`{other}` is not a size unit; use KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
 fn parse_max_active(s: &str) -> Result<usize, String> {
     let n: usize = s
         .parse()
@@ -154,6 +210,19 @@ mod tests {
         assert!(parse_max_active("0").is_err());
         assert!(parse_max_active("1025").is_err());
         assert!(parse_max_active("six").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1GB"), Ok(1_000_000_000));
+        for bad in ["", "1.5GiB", "10 parsecs", "-1", "99999999999TiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The transfer engine: the registry of downloads, the priority queue, the scheduler that keeps
-//! at most `max_active` transfers running, the state machine of each download, and its transfer
-//! task. It knows nothing of gRPC: the gRPC layer calls these methods and converts the results.
+//! at most `max_active` transfers running (and one per serialized group), the state machine of
+//! each download, its transfer task, and the automatic pauses that follow host conditions. It
+//! knows nothing of gRPC: the gRPC layer calls these methods and converts the results.
 //!
 //! Locking: the registry lock is taken before a download's state lock, never the other way;
 //! both are std mutexes held only for short synchronous sections, never across an await.
@@ -17,11 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::conditions::{self, Conditions};
 use crate::error::Error;
 use crate::fetch::{self, Failure, Fetcher, Job, Observer, Outcome, ResponseStart};
 use crate::operation::{
-    CostPolicy, DownloadSpec, ErrorReason, Guid, Priority, Progress, ResponseInfo, Status,
-    TransferError, Validators,
+    Behavior, CostPolicy, DownloadSpec, ErrorReason, Guid, Priority, Progress, ResponseInfo,
+    Settings, Status, StatusReason, TransferError, Validators,
 };
 use crate::paths;
 use crate::progress::{self, Bus, Hub, Message, Snapshot};
@@ -51,6 +53,15 @@ const LET_GO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for running transfers to checkpoint before giving up on them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How often free disk space is measured and, while the network is down, routes to the
+/// origins are probed: conditions are noticed within a second, at the cost of one statvfs and a
+/// few route lookups.
+const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
+
+/// After a write failed with a full disk, downloads stay paused until free space exceeds what
+/// was free then by this much, so they do not bounce against a disk that is still full.
+const DISK_FULL_HEADROOM: u64 = 4 * 1024 * 1024;
+
 /// What the engine needs to run.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -60,6 +71,10 @@ pub struct EngineConfig {
     pub max_active: usize,
     /// When failed attempts are retried.
     pub retry: RetryPolicy,
+    /// Below this many free bytes on the download volume, downloads pause.
+    pub min_free_disk_bytes: u64,
+    /// What DEFAULT cost policy means (ALWAYS or UNRESTRICTED_ONLY).
+    pub default_cost_policy: CostPolicy,
 }
 
 /// A new download as a client asks for it.
@@ -79,19 +94,40 @@ pub struct NewDownload {
     pub request_headers: BTreeMap<String, String>,
     /// Expected SHA-256 in hex; empty for none.
     pub expected_sha256: String,
+    /// HTTP statuses that pause instead of failing.
+    pub recoverable_web_error_statuses: Vec<u32>,
 }
 
 /// A download as the outside world sees it.
 #[derive(Clone, Debug)]
 pub struct DownloadView {
-    /// What was asked for.
+    /// What was asked for, fixed.
     pub spec: DownloadSpec,
+    /// What was asked for, editable.
+    pub settings: Settings,
+    /// Why it is in its status.
+    pub reason: StatusReason,
+    /// The recoverable HTTP status that paused it.
+    pub web_error_status: Option<u16>,
     /// The latest published progress, with the flags it was published with.
     pub progress: Message,
     /// Why it failed, if it did.
     pub error: Option<TransferError>,
     /// HTTP requests made for it so far.
     pub attempts: u32,
+}
+
+/// The host as the engine sees it, for GetSystemStatus.
+#[derive(Clone, Copy, Debug)]
+pub struct SystemView {
+    /// Network, policy and disk conditions.
+    pub conditions: Conditions,
+    /// Whether disk space counts as low (below the minimum, or still full after a write failed).
+    pub low_disk_space: bool,
+    /// Downloads transferring.
+    pub active: usize,
+    /// Downloads waiting for a slot.
+    pub queued: usize,
 }
 
 /// One page of ListDownloads.
@@ -120,22 +156,38 @@ struct Inner {
     tasks: TaskTracker,
 }
 
-#[derive(Debug, Default)]
+/// Queue position: priority rank, then queue order (creation order unless moved), then
+/// creation sequence to break ties.
+type QueueKey = (u8, i64, u64, Guid);
+
+#[derive(Debug)]
 struct Registry {
     ops: HashMap<Guid, Arc<Op>>,
     /// Every download by creation sequence: ListDownloads order and its page tokens.
     by_seq: BTreeMap<u64, Arc<Op>>,
-    /// IDLE downloads waiting for a slot, in run order: priority rank, then creation order.
-    queue: BTreeSet<(u8, u64, Guid)>,
+    /// IDLE downloads waiting for a slot, in run order.
+    queue: BTreeSet<QueueKey>,
     /// Transfer tasks alive (including ones winding down after a pause).
     active: usize,
+    /// Transfer tasks alive per transfer group, for serialized groups.
+    active_in_group: HashMap<String, usize>,
+    /// Transfer groups that do not run in parallel.
+    groups: HashMap<String, Behavior>,
     next_seq: u64,
     /// Result files claimed by unfinished downloads.
     claimed: HashMap<String, Guid>,
+    /// Network, policy and disk conditions.
+    conditions: Conditions,
+    /// Free space when a write last failed with a full disk; cleared once space returns.
+    disk_full_at: Option<u64>,
+    /// Origins (host, port) that were unreachable when the network was detected down; a route
+    /// to any of them means it is back.
+    probe_targets: Vec<(String, u16)>,
 }
 
 #[derive(Debug)]
 struct Op {
+    /// What is fixed for life; what can change lives in [`OpState::settings`].
     spec: DownloadSpec,
     hub: Arc<Hub>,
     state: Mutex<OpState>,
@@ -145,7 +197,13 @@ struct Op {
 
 #[derive(Debug)]
 struct OpState {
+    settings: Settings,
     status: Status,
+    reason: StatusReason,
+    /// The recoverable HTTP status that paused it.
+    web_error_status: Option<u16>,
+    /// Position within its priority; see [`QueueKey`].
+    queue_order: i64,
     /// Body bytes received (may be ahead of the checkpoint).
     bytes: u64,
     /// Bytes durably in the partial file.
@@ -185,6 +243,7 @@ impl Op {
     fn from_record(record: Record, bus: &Bus) -> Arc<Op> {
         let Record {
             spec,
+            settings,
             status,
             checkpoint_bytes,
             total_bytes,
@@ -192,6 +251,8 @@ impl Op {
             response,
             error,
             attempts,
+            web_error_status,
+            queue_order,
         } = record;
         let progress = Progress {
             bytes_received: if status == Status::Completed {
@@ -202,6 +263,12 @@ impl Op {
             total_bytes_to_receive: total_bytes,
             status,
         };
+        let reason = match status {
+            Status::PausedByApplication => StatusReason::PausedByClient,
+            Status::PausedRecoverableWebErrorStatus => StatusReason::RecoverableWebError,
+            Status::Idle => StatusReason::WaitingForSlot,
+            _ => StatusReason::Unspecified,
+        };
         Arc::new(Op {
             hub: Arc::new(Hub::new(
                 &spec.guid,
@@ -210,7 +277,11 @@ impl Op {
                 bus.clone(),
             )),
             state: Mutex::new(OpState {
+                settings,
                 status,
+                reason,
+                web_error_status,
+                queue_order,
                 bytes: progress.bytes_received,
                 checkpoint: checkpoint_bytes,
                 total: total_bytes,
@@ -231,9 +302,10 @@ impl Op {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn queue_key(&self) -> (u8, u64, Guid) {
+    fn queue_key(&self, st: &OpState) -> QueueKey {
         (
-            self.spec.priority.rank(),
+            st.settings.priority.rank(),
+            st.queue_order,
             self.spec.seq,
             self.spec.guid.clone(),
         )
@@ -243,6 +315,7 @@ impl Op {
         let st = self.lock();
         Record {
             spec: self.spec.clone(),
+            settings: st.settings.clone(),
             status: st.status,
             checkpoint_bytes: st.checkpoint,
             total_bytes: st.total,
@@ -250,20 +323,22 @@ impl Op {
             response: st.response.clone(),
             error: st.error.clone(),
             attempts: st.attempts,
+            web_error_status: st.web_error_status,
+            queue_order: st.queue_order,
         }
     }
 
     fn view(&self) -> DownloadView {
         let snapshot = self.hub.current();
-        let (error, attempts) = {
-            let st = self.lock();
-            (st.error.clone(), st.attempts)
-        };
+        let st = self.lock();
         DownloadView {
             spec: self.spec.clone(),
+            settings: st.settings.clone(),
+            reason: st.reason,
+            web_error_status: st.web_error_status,
             progress: progress::FlagCursor::first(&snapshot).1,
-            error,
-            attempts,
+            error: st.error.clone(),
+            attempts: st.attempts,
         }
     }
 
@@ -291,15 +366,27 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<Engine, Error> {
         let bus = Bus::default();
-        let mut registry = Registry::default();
+        let mut registry = Registry {
+            ops: HashMap::new(),
+            by_seq: BTreeMap::new(),
+            queue: BTreeSet::new(),
+            active: 0,
+            active_in_group: HashMap::new(),
+            groups: store.load_groups()?.into_iter().collect(),
+            next_seq: 0,
+            claimed: HashMap::new(),
+            conditions: Conditions::new(config.min_free_disk_bytes, config.default_cost_policy),
+            disk_full_at: None,
+            probe_targets: Vec::new(),
+        };
         for mut record in store.load()? {
-            // A download that was running when the server stopped waits for a slot again.
-            if record.status == Status::Running {
+            // A download that was running, or paused by conditions, when the server stopped
+            // waits for a slot again; conditions are measured afresh.
+            if record.status == Status::Running || conditions::is_automatic_pause(record.status) {
                 record.status = Status::Idle;
             }
-            let status = record.status;
             let op = Op::from_record(record, &bus);
-            registry.insert(op, status);
+            registry.insert(op);
         }
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -314,8 +401,15 @@ impl Engine {
         })
     }
 
-    /// Starts transferring queued downloads.
+    /// Measures the host, starts the monitor of disk space and network, and starts transferring
+    /// queued downloads.
     pub fn start(&self) {
+        self.measure_disk();
+        self.reconcile();
+        let engine = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { engine.monitor().await });
         self.schedule();
     }
 
@@ -332,24 +426,13 @@ impl Engine {
             transfer_group,
             request_headers,
             expected_sha256,
+            recoverable_web_error_statuses,
         } = new;
         let uri = validate_uri(&requested_uri)?;
         let expected_sha256 = validate_sha256(&expected_sha256)?;
-        let priority = Priority::from_code(priority).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "priority {priority} is not a BackgroundTransferPriority (DEFAULT 0, HIGH 1, LOW 2)"
-            ))
-        })?;
-        let cost_policy = CostPolicy::from_code(cost_policy).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "cost_policy {cost_policy} is not a BackgroundTransferCostPolicy (DEFAULT 0, UNRESTRICTED_ONLY 1, ALWAYS 2)"
-            ))
-        })?;
-        if transfer_group.len() > MAX_GROUP_LEN || transfer_group.chars().any(char::is_control) {
-            return Err(Error::InvalidArgument(format!(
-                "transfer_group must be at most {MAX_GROUP_LEN} bytes without control characters"
-            )));
-        }
+        let priority = validate_priority(priority)?;
+        let cost_policy = validate_cost_policy(cost_policy)?;
+        validate_group(&transfer_group)?;
         if request_headers.len() > MAX_REQUEST_HEADERS {
             return Err(Error::InvalidArgument(format!(
                 "at most {MAX_REQUEST_HEADERS} request headers are allowed"
@@ -360,6 +443,19 @@ impl Engine {
             fetch::check_user_header(&name, &value).map_err(Error::InvalidArgument)?;
             headers.insert(name.to_ascii_lowercase(), value);
         }
+        let mut recoverable = Vec::new();
+        for code in recoverable_web_error_statuses {
+            match u16::try_from(code) {
+                Ok(c) if (400..=599).contains(&c) => recoverable.push(c),
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "recoverable_web_error_statuses may hold only HTTP error statuses (400 to 599), not {code}"
+                    )));
+                }
+            }
+        }
+        recoverable.sort_unstable();
+        recoverable.dedup();
         let requested = if result_file.is_empty() {
             None
         } else {
@@ -396,19 +492,21 @@ impl Engine {
             reg.next_seq += 1;
             (reg.next_seq, result_file)
         };
-        let spec = DownloadSpec {
-            guid: guid.clone(),
-            seq,
-            requested_uri: uri.to_string(),
-            result_file,
-            priority,
-            cost_policy,
-            transfer_group,
-            request_headers: headers,
-            expected_sha256,
-        };
         let record = Record {
-            spec,
+            spec: DownloadSpec {
+                guid: guid.clone(),
+                seq,
+                result_file,
+                transfer_group,
+                expected_sha256,
+                recoverable_web_error_statuses: recoverable,
+            },
+            settings: Settings {
+                requested_uri: uri.to_string(),
+                request_headers: headers,
+                priority,
+                cost_policy,
+            },
             status: Status::Idle,
             checkpoint_bytes: 0,
             total_bytes: 0,
@@ -416,16 +514,19 @@ impl Engine {
             response: None,
             error: None,
             attempts: 0,
+            web_error_status: None,
+            queue_order: i64::try_from(seq).unwrap_or(i64::MAX),
         };
         let op = Op::from_record(record.clone(), &self.inner.bus);
         if let Err(e) = self.store(move |store| store.insert(&record)).await {
             self.inner.lock().claimed.remove(&op.spec.result_file);
             return Err(e.into());
         }
-        self.inner.lock().insert(op.clone(), Status::Idle);
+        self.inner.lock().insert(op.clone());
         op.hub.announce();
-        tracing::info!(guid = %guid, uri = %op.spec.requested_uri, file = %op.spec.result_file, "download created");
-        self.schedule();
+        tracing::info!(guid = %guid, file = %op.spec.result_file, "download created");
+        // Conditions may hold it back at once (no network, costed, constrained).
+        self.conditions_changed().await;
         Ok(op.view())
     }
 
@@ -471,18 +572,20 @@ impl Engine {
             .filter(|op| group.is_none_or(|g| op.spec.transfer_group == g));
         let page: Vec<Arc<Op>> = matching.by_ref().take(size).cloned().collect();
         let more = matching.next().is_some();
+        let downloads = page.iter().map(|op| reg.view(op)).collect();
         drop(reg);
         let next_page_token = match (more, page.last()) {
             (true, Some(last)) => last.spec.seq.to_string(),
             _ => String::new(),
         };
         Ok(Page {
-            downloads: page.iter().map(|op| op.view()).collect(),
+            downloads,
             next_page_token,
         })
     }
 
-    /// Pauses a download: PAUSED_BY_APPLICATION, keeping its partial data.
+    /// Pauses a download: PAUSED_BY_APPLICATION, keeping its partial data. Returns once the
+    /// transfer has let go (request dropped, data checkpointed).
     pub async fn pause(&self, guid: &str) -> Result<DownloadView, Error> {
         let op = self.op(guid)?;
         let changed = {
@@ -492,25 +595,27 @@ impl Engine {
                 s if s.is_terminal() => return Err(illegal(guid, "pause", s)),
                 Status::PausedByApplication => None,
                 _ => {
-                    reg.queue.remove(&op.queue_key());
+                    reg.queue.remove(&op.queue_key(&st));
                     st.status = Status::PausedByApplication;
+                    st.reason = StatusReason::PausedByClient;
                     op.publish(&st);
                     Some(st.task.as_ref().map(TaskHandle::stop))
                 }
             }
         };
         let Some(running) = changed else {
-            return Ok(op.view());
+            return Ok(self.view(&op));
         };
         tracing::info!(guid, "paused");
         if let Some(done) = running {
             let _ = tokio::time::timeout(LET_GO_TIMEOUT, done.cancelled()).await;
         }
         self.persist(&op).await?;
-        Ok(op.view())
+        Ok(self.view(&op))
     }
 
-    /// Resumes a paused download: it is queued again and continues from its partial data.
+    /// Resumes a download paused by a client or by a recoverable web error: it is queued again
+    /// (or held by conditions) and continues from its partial data.
     pub async fn resume(&self, guid: &str) -> Result<DownloadView, Error> {
         let op = self.op(guid)?;
         let changed = {
@@ -518,25 +623,28 @@ impl Engine {
             let mut st = op.lock();
             match st.status {
                 s if s.is_terminal() => return Err(illegal(guid, "resume", s)),
-                Status::Idle | Status::Running => false,
-                _ => {
+                Status::PausedByApplication | Status::PausedRecoverableWebErrorStatus => {
                     st.status = Status::Idle;
-                    reg.queue.insert(op.queue_key());
+                    st.reason = StatusReason::WaitingForSlot;
+                    st.web_error_status = None;
+                    reg.queue.insert(op.queue_key(&st));
                     op.publish(&st);
                     true
                 }
+                // Running, queued, or held by conditions that lift by themselves.
+                _ => false,
             }
         };
         if !changed {
-            return Ok(op.view());
+            return Ok(self.view(&op));
         }
         tracing::info!(guid, "resumed");
         self.persist(&op).await?;
-        self.schedule();
-        Ok(op.view())
+        self.conditions_changed().await;
+        Ok(self.view(&op))
     }
 
-    /// Cancels a download: CANCELED, terminal; its partial data is removed.
+    /// Cancels a download: CANCELED, terminal; its partial data is removed before it returns.
     pub async fn cancel(&self, guid: &str) -> Result<DownloadView, Error> {
         let op = self.op(guid)?;
         let running = {
@@ -545,9 +653,10 @@ impl Engine {
             if st.status.is_terminal() {
                 return Err(illegal(guid, "cancel", st.status));
             }
-            reg.queue.remove(&op.queue_key());
+            reg.queue.remove(&op.queue_key(&st));
             reg.claimed.remove(&op.spec.result_file);
             st.status = Status::Canceled;
+            st.reason = StatusReason::Unspecified;
             op.publish(&st);
             st.task.as_ref().map(TaskHandle::stop)
         };
@@ -560,7 +669,199 @@ impl Engine {
             None => self.remove_partial(&op).await,
         }
         self.persist(&op).await?;
-        Ok(op.view())
+        Ok(self.view(&op))
+    }
+
+    /// Changes a download's cost policy; it pauses or continues at once as conditions say.
+    pub async fn set_cost_policy(
+        &self,
+        guid: &str,
+        cost_policy: i32,
+    ) -> Result<DownloadView, Error> {
+        let cost_policy = validate_cost_policy(cost_policy)?;
+        self.edit(guid, "change the cost policy of", |_, st| {
+            st.settings.cost_policy = cost_policy;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Changes a download's priority; a queued download moves in the queue at once.
+    pub async fn set_priority(&self, guid: &str, priority: i32) -> Result<DownloadView, Error> {
+        let priority = validate_priority(priority)?;
+        self.edit(guid, "change the priority of", |_, st| {
+            st.settings.priority = priority;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets a request header for the download's next requests.
+    pub async fn set_request_header(
+        &self,
+        guid: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<DownloadView, Error> {
+        fetch::check_user_header(name, value).map_err(Error::InvalidArgument)?;
+        let name = name.to_ascii_lowercase();
+        self.edit(guid, "set a request header of", |_, st| {
+            let headers = &mut st.settings.request_headers;
+            if !headers.contains_key(&name) && headers.len() >= MAX_REQUEST_HEADERS {
+                return Err(Error::InvalidArgument(format!(
+                    "at most {MAX_REQUEST_HEADERS} request headers are allowed"
+                )));
+            }
+            headers.insert(name.clone(), value.to_string());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a request header; removing one that is not set is not an error.
+    pub async fn remove_request_header(
+        &self,
+        guid: &str,
+        name: &str,
+    ) -> Result<DownloadView, Error> {
+        let name = name.to_ascii_lowercase();
+        self.edit(guid, "remove a request header of", |_, st| {
+            st.settings.request_headers.remove(&name);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Points a paused download at a new URI. On resume it continues if the new resource has the
+    /// same validators and length (If-Range and Content-Range decide), and restarts otherwise.
+    pub async fn set_requested_uri(&self, guid: &str, uri: &str) -> Result<DownloadView, Error> {
+        let uri = validate_uri(uri)?;
+        self.edit(guid, "change the URI of", |guid, st| {
+            if !matches!(
+                st.status,
+                Status::PausedByApplication | Status::PausedRecoverableWebErrorStatus
+            ) {
+                return Err(Error::NotPaused {
+                    guid: guid.into(),
+                    status: st.status,
+                });
+            }
+            st.settings.requested_uri = uri.to_string();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets how a transfer group runs its downloads.
+    pub async fn set_group_behavior(&self, group: &str, behavior: i32) -> Result<Behavior, Error> {
+        if group.is_empty() {
+            return Err(Error::InvalidArgument(
+                "transfer_group is empty; name the group whose behavior to set".into(),
+            ));
+        }
+        validate_group(group)?;
+        let behavior = Behavior::from_code(behavior).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "behavior {behavior} is not a BackgroundTransferBehavior (PARALLEL 0, SERIALIZED 1)"
+            ))
+        })?;
+        let name = group.to_string();
+        self.store(move |store| store.save_group(&name, behavior))
+            .await?;
+        {
+            let mut reg = self.inner.lock();
+            match behavior {
+                Behavior::Parallel => reg.groups.remove(group),
+                Behavior::Serialized => reg.groups.insert(group.to_string(), behavior),
+            };
+        }
+        tracing::info!(group, ?behavior, "transfer group behavior set");
+        self.schedule();
+        Ok(behavior)
+    }
+
+    /// Moves a download, and the downloads of its group queued after it, to the front of its
+    /// group. Other groups keep their places: the group's own queue slots are reassigned.
+    pub async fn make_current_in_group(&self, guid: &str) -> Result<DownloadView, Error> {
+        let op = self.op(guid)?;
+        let group = op.spec.transfer_group.clone();
+        if group.is_empty() {
+            return Err(Error::NoGroup { guid: guid.into() });
+        }
+        let moved = {
+            let mut reg = self.inner.lock();
+            let status = op.lock().status;
+            if status.is_terminal() {
+                return Err(illegal(guid, "reorder", status));
+            }
+            let mut members: Vec<Arc<Op>> = reg
+                .by_seq
+                .values()
+                .filter(|o| o.spec.transfer_group == group && !o.lock().status.is_terminal())
+                .cloned()
+                .collect();
+            members.sort_by_key(|o| {
+                let st = o.lock();
+                (st.queue_order, o.spec.seq)
+            });
+            let slots: Vec<i64> = members.iter().map(|o| o.lock().queue_order).collect();
+            let at = members
+                .iter()
+                .position(|o| o.spec.guid == op.spec.guid)
+                .expect("a live download is a member of its own group");
+            members.rotate_left(at);
+            for (member, slot) in members.iter().zip(slots) {
+                let mut st = member.lock();
+                let queued = reg.queue.remove(&member.queue_key(&st));
+                st.queue_order = slot;
+                if queued {
+                    reg.queue.insert(member.queue_key(&st));
+                }
+            }
+            members
+        };
+        for member in &moved {
+            self.persist(member).await?;
+        }
+        self.schedule();
+        Ok(self.view(&op))
+    }
+
+    /// Overrides network conditions (`Some`) or hands them back to detection (`None`).
+    pub async fn set_network_conditions(
+        &self,
+        connected: Option<bool>,
+        costed: Option<bool>,
+    ) -> SystemView {
+        {
+            let mut reg = self.inner.lock();
+            reg.conditions.connected_override = connected;
+            reg.conditions.costed_override = costed;
+        }
+        tracing::info!(?connected, ?costed, "network conditions set by operator");
+        self.conditions_changed().await;
+        self.system()
+    }
+
+    /// Enters or leaves constrained mode.
+    pub async fn set_constrained(&self, constrained: bool) -> SystemView {
+        self.inner.lock().conditions.constrained = constrained;
+        tracing::info!(constrained, "system policy set by operator");
+        self.conditions_changed().await;
+        self.system()
+    }
+
+    /// The host as the engine sees it, with free space measured now.
+    pub fn system(&self) -> SystemView {
+        self.measure_disk();
+        let reg = self.inner.lock();
+        let queued = reg.queue.len();
+        SystemView {
+            conditions: reg.conditions,
+            low_disk_space: reg.low_disk_space(),
+            active: reg.active,
+            queued,
+        }
     }
 
     /// The progress publisher of a download, for WatchDownload.
@@ -618,20 +919,167 @@ impl Engine {
             .ok_or_else(|| Error::NotFound { guid: guid.into() })
     }
 
-    /// Starts queued downloads while slots are free.
+    fn view(&self, op: &Op) -> DownloadView {
+        self.inner.lock().view(op)
+    }
+
+    /// Applies a live edit to a non-terminal download, keeping its queue position consistent,
+    /// then stores it and lets conditions and the scheduler react.
+    async fn edit(
+        &self,
+        guid: &str,
+        action: &'static str,
+        change: impl FnOnce(&str, &mut OpState) -> Result<(), Error>,
+    ) -> Result<DownloadView, Error> {
+        let op = self.op(guid)?;
+        {
+            let mut reg = self.inner.lock();
+            let mut st = op.lock();
+            if st.status.is_terminal() {
+                return Err(illegal(guid, action, st.status));
+            }
+            let queued = reg.queue.remove(&op.queue_key(&st));
+            let result = change(guid, &mut st);
+            if queued {
+                reg.queue.insert(op.queue_key(&st));
+            }
+            result?;
+        }
+        self.persist(&op).await?;
+        self.conditions_changed().await;
+        Ok(self.view(&op))
+    }
+
+    /// Puts every download in the state the current conditions call for: downloads that may not
+    /// run pause (a running one drops its request and keeps its data), and downloads paused by
+    /// conditions that no longer hold are queued again. Returns the downloads that changed.
+    fn reconcile(&self) -> Vec<Arc<Op>> {
+        let mut reg = self.inner.lock();
+        let conditions = reg.conditions;
+        let low_disk = reg.low_disk_space();
+        let ops: Vec<Arc<Op>> = reg.by_seq.values().cloned().collect();
+        let mut changed = Vec::new();
+        for op in ops {
+            let mut st = op.lock();
+            let movable = st.status == Status::Idle
+                || st.status == Status::Running
+                || conditions::is_automatic_pause(st.status);
+            if !movable {
+                continue;
+            }
+            let mut blocks = conditions.blocks(st.settings.cost_policy);
+            if blocks.is_none() && low_disk {
+                blocks = Some((Status::PausedSystemPolicy, StatusReason::LowDiskSpace));
+            }
+            match blocks {
+                Some((status, reason)) if st.status != status || st.reason != reason => {
+                    reg.queue.remove(&op.queue_key(&st));
+                    if let Some(task) = &st.task {
+                        let _ = task.stop();
+                    }
+                    tracing::info!(guid = %op.spec.guid, status = status.name(), ?reason, "paused by conditions");
+                    st.status = status;
+                    st.reason = reason;
+                    op.publish(&st);
+                    changed.push(op.clone());
+                }
+                None if conditions::is_automatic_pause(st.status) => {
+                    tracing::info!(guid = %op.spec.guid, "conditions lifted; queued again");
+                    st.status = Status::Idle;
+                    st.reason = StatusReason::WaitingForSlot;
+                    reg.queue.insert(op.queue_key(&st));
+                    op.publish(&st);
+                    changed.push(op.clone());
+                }
+                _ => {}
+            }
+        }
+        changed
+    }
+
+    /// Reconciles with the conditions, stores what changed, and schedules.
+    async fn conditions_changed(&self) {
+        for op in self.reconcile() {
+            if let Err(e) = self.persist(&op).await {
+                tracing::warn!(error = %e, "could not store a change of conditions");
+            }
+        }
+        self.schedule();
+    }
+
+    /// Measures free space on the download volume.
+    fn measure_disk(&self) {
+        let free = paths::free_space(&self.inner.config.download_dir);
+        let mut reg = self.inner.lock();
+        match free {
+            Ok(free) => {
+                reg.conditions.free_disk_bytes = free;
+                if reg
+                    .disk_full_at
+                    .is_some_and(|at| free > at + DISK_FULL_HEADROOM)
+                {
+                    reg.disk_full_at = None;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot measure free disk space"),
+        }
+    }
+
+    /// Watches the host: free disk space, and while the network is detected down, routes to
+    /// the origins that were unreachable.
+    async fn monitor(self) {
+        let mut tick = tokio::time::interval(MONITOR_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.inner.shutdown.cancelled() => return,
+            }
+            let (low_before, targets) = {
+                let reg = self.inner.lock();
+                let targets = if reg.conditions.detected_connected {
+                    Vec::new()
+                } else {
+                    reg.probe_targets.clone()
+                };
+                (reg.low_disk_space(), targets)
+            };
+            self.measure_disk();
+            let mut changed = self.inner.lock().low_disk_space() != low_before;
+            if !targets.is_empty() && routable(&targets).await {
+                tracing::info!("a route to the origins is back; the network counts as connected");
+                let mut reg = self.inner.lock();
+                reg.conditions.detected_connected = true;
+                reg.probe_targets.clear();
+                changed = true;
+            }
+            if changed {
+                self.conditions_changed().await;
+            }
+        }
+    }
+
+    /// Starts queued downloads while slots are free, one at a time per serialized group.
     fn schedule(&self) {
         if self.inner.shutdown.is_cancelled() {
             return;
         }
         let mut reg = self.inner.lock();
-        let mut blocked = Vec::new();
+        let mut held = Vec::new();
         while reg.active < self.inner.config.max_active {
             let Some(key) = reg.queue.pop_first() else {
                 break;
             };
-            let Some(op) = reg.ops.get(&key.2).cloned() else {
+            let Some(op) = reg.ops.get(&key.3).cloned() else {
                 continue;
             };
+            let group = &op.spec.transfer_group;
+            if reg.groups.get(group) == Some(&Behavior::Serialized)
+                && reg.active_in_group.get(group).copied().unwrap_or(0) > 0
+            {
+                held.push(key);
+                continue;
+            }
             let token = self.inner.shutdown.child_token();
             let done = CancellationToken::new();
             {
@@ -642,10 +1090,11 @@ impl Engine {
                 if st.task.is_some() {
                     // Its previous task is still letting go of the partial file; it schedules
                     // again when it has.
-                    blocked.push(key);
+                    held.push(key);
                     continue;
                 }
                 st.status = Status::Running;
+                st.reason = StatusReason::Unspecified;
                 st.task = Some(TaskHandle {
                     stop: token.clone(),
                     done: done.clone(),
@@ -653,13 +1102,14 @@ impl Engine {
                 op.publish(&st);
             }
             reg.active += 1;
+            *reg.active_in_group.entry(group.clone()).or_default() += 1;
             let engine = self.clone();
             let span = tracing::info_span!("transfer", guid = %op.spec.guid);
             self.inner
                 .tasks
                 .spawn(async move { engine.transfer(op, token, done).await }.instrument(span));
         }
-        reg.queue.extend(blocked);
+        reg.queue.extend(held);
     }
 
     /// The life of one transfer slot: attempts until done, then the resulting state change.
@@ -678,12 +1128,22 @@ impl Engine {
             }
             other => other,
         };
-        let remove_partial = {
+        let (remove_partial, conditions_moved) = {
             let mut reg = self.inner.lock();
             reg.active -= 1;
+            if let Some(n) = reg.active_in_group.get_mut(&op.spec.transfer_group) {
+                *n -= 1;
+                if *n == 0 {
+                    reg.active_in_group.remove(&op.spec.transfer_group);
+                }
+            }
             let mut st = op.lock();
             st.task = None;
+            // Unless it completed, only what reached the disk counts: a failed write may have
+            // left received bytes in memory that the next attempt asks for again.
+            st.bytes = st.checkpoint;
             let status_before = st.status;
+            let mut conditions_moved = false;
             match outcome {
                 Outcome::Complete { bytes } if status_before == Status::Running => {
                     st.status = Status::Completed;
@@ -694,15 +1154,51 @@ impl Engine {
                     tracing::info!(bytes, "completed");
                 }
                 Outcome::Failed(failure) if status_before == Status::Running => {
-                    tracing::warn!(error = %failure.error.message, "failed");
-                    st.status = Status::Error;
-                    st.error = Some(failure.error);
-                    reg.claimed.remove(&op.spec.result_file);
+                    let web_status = failure
+                        .error
+                        .http_status
+                        .filter(|code| op.spec.recoverable_web_error_statuses.contains(code));
+                    if let Some(code) = web_status {
+                        tracing::info!(code, "paused on a recoverable web error status");
+                        st.status = Status::PausedRecoverableWebErrorStatus;
+                        st.reason = StatusReason::RecoverableWebError;
+                        st.web_error_status = Some(code);
+                    } else if failure.network_down {
+                        tracing::warn!(error = %failure.error.message, "the network is down");
+                        reg.conditions.detected_connected = false;
+                        if let Some(target) = probe_target(&st.settings.requested_uri) {
+                            if !reg.probe_targets.contains(&target) {
+                                reg.probe_targets.push(target);
+                            }
+                        }
+                        // Reconciling below pauses this and every other download.
+                        st.status = Status::Idle;
+                        reg.queue.insert(op.queue_key(&st));
+                        conditions_moved = true;
+                    } else if failure.disk_full {
+                        tracing::warn!(error = %failure.error.message, "the disk is full");
+                        reg.disk_full_at =
+                            Some(reg.conditions.free_disk_bytes.min(
+                                paths::free_space(&self.inner.config.download_dir).unwrap_or(0),
+                            ));
+                        st.status = Status::Idle;
+                        reg.queue.insert(op.queue_key(&st));
+                        conditions_moved = true;
+                    } else {
+                        tracing::warn!(error = %failure.error.message, "failed");
+                        st.status = Status::Error;
+                        st.reason = StatusReason::Unspecified;
+                        st.error = Some(failure.error);
+                        reg.claimed.remove(&op.spec.result_file);
+                    }
                 }
                 _ => {}
             }
             op.publish(&st);
-            matches!(st.status, Status::Canceled | Status::Error)
+            (
+                matches!(st.status, Status::Canceled | Status::Error),
+                conditions_moved,
+            )
         };
         if remove_partial {
             self.remove_partial(&op).await;
@@ -711,7 +1207,11 @@ impl Engine {
             tracing::error!(error = %e, "could not record the end of the transfer");
         }
         done.cancel();
-        self.schedule();
+        if conditions_moved {
+            self.conditions_changed().await;
+        } else {
+            self.schedule();
+        }
     }
 
     /// Runs attempts until one completes, one fails for good, the retry budget is spent, or
@@ -725,13 +1225,18 @@ impl Engine {
         let policy = self.inner.config.retry;
         let mut failures = 0u32;
         loop {
-            let (checkpoint, validators, total) = {
+            let (settings, checkpoint, validators, total) = {
                 let mut st = op.lock();
                 st.attempts += 1;
-                (st.checkpoint, st.validators.clone(), st.total)
+                (
+                    st.settings.clone(),
+                    st.checkpoint,
+                    st.validators.clone(),
+                    st.total,
+                )
             };
             let job = Job {
-                spec: &op.spec,
+                settings: &settings,
                 partial,
                 checkpoint,
                 validators: &validators,
@@ -747,7 +1252,23 @@ impl Engine {
             let Outcome::Failed(mut failure) = outcome else {
                 return outcome;
             };
-            if !failure.transient || stop.is_cancelled() {
+            {
+                // Between attempts, progress shows what is on disk, where the next one resumes.
+                let mut st = op.lock();
+                st.bytes = st.checkpoint;
+                op.publish(&st);
+            }
+            let recoverable = failure
+                .error
+                .http_status
+                .is_some_and(|code| op.spec.recoverable_web_error_statuses.contains(&code));
+            // Offline, a full disk and a recoverable status pause instead of spending retries.
+            if !failure.transient
+                || failure.network_down
+                || failure.disk_full
+                || recoverable
+                || stop.is_cancelled()
+            {
                 return Outcome::Failed(failure);
             }
             // A budget of failures in a row: an attempt that brought bytes starts a new count,
@@ -782,32 +1303,20 @@ impl Engine {
         let partial = partial.to_path_buf();
         let expected = op.spec.expected_sha256.clone();
         let result_file = op.spec.result_file.clone();
-        let disk = |what: &str, e: std::io::Error| Failure {
-            error: TransferError {
-                message: format!("{what}: {e}"),
-                http_status: None,
-                reason: ErrorReason::Disk,
-            },
-            transient: false,
-            retry_after: None,
-        };
+        let disk = |what: &str, e: std::io::Error| Failure::disk(what, &e);
         tokio::task::spawn_blocking(move || {
             if let Some(expected) = expected {
                 // Hashing the whole file covers bytes from every attempt and restart alike.
                 let actual = paths::sha256_file(&partial)
                     .map_err(|e| disk("could not read the finished file to verify it", e))?;
                 if actual != expected {
-                    return Err(Failure {
-                        error: TransferError {
-                            message: format!(
-                                "the downloaded bytes have SHA-256 {actual}, not the expected {expected}; nothing was written to `{result_file}`"
-                            ),
-                            http_status: None,
-                            reason: ErrorReason::Integrity,
-                        },
-                        transient: false,
-                        retry_after: None,
-                    });
+                    return Err(Failure::fatal(TransferError {
+                        message: format!(
+                            "the downloaded bytes have SHA-256 {actual}, not the expected {expected}; nothing was written to `{result_file}`"
+                        ),
+                        http_status: None,
+                        reason: ErrorReason::Integrity,
+                    }));
                 }
             }
             paths::commit(&download_dir, &partial, &target)
@@ -855,17 +1364,37 @@ impl Inner {
 }
 
 impl Registry {
-    fn insert(&mut self, op: Arc<Op>, status: Status) {
-        if status == Status::Idle {
-            self.queue.insert(op.queue_key());
-        }
-        if !status.is_terminal() {
-            self.claimed
-                .insert(op.spec.result_file.clone(), op.spec.guid.clone());
+    fn insert(&mut self, op: Arc<Op>) {
+        {
+            let st = op.lock();
+            if st.status == Status::Idle {
+                self.queue.insert(op.queue_key(&st));
+            }
+            if !st.status.is_terminal() {
+                self.claimed
+                    .insert(op.spec.result_file.clone(), op.spec.guid.clone());
+            }
         }
         self.next_seq = self.next_seq.max(op.spec.seq);
         self.by_seq.insert(op.spec.seq, op.clone());
         self.ops.insert(op.spec.guid.clone(), op);
+    }
+
+    fn low_disk_space(&self) -> bool {
+        self.conditions.low_disk_space() || self.disk_full_at.is_some()
+    }
+
+    /// The download's view, telling "waiting for a slot" from "waiting for its group".
+    fn view(&self, op: &Op) -> DownloadView {
+        let mut view = op.view();
+        let group = &op.spec.transfer_group;
+        if view.reason == StatusReason::WaitingForSlot
+            && self.groups.get(group) == Some(&Behavior::Serialized)
+            && self.active_in_group.get(group).copied().unwrap_or(0) > 0
+        {
+            view.reason = StatusReason::WaitingForGroup;
+        }
+        view
     }
 }
 
@@ -936,6 +1465,60 @@ fn illegal(guid: &str, action: &'static str, status: Status) -> Error {
         action,
         status,
     }
+}
+
+fn validate_priority(priority: i32) -> Result<Priority, Error> {
+    Priority::from_code(priority).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "priority {priority} is not a BackgroundTransferPriority (DEFAULT 0, HIGH 1, LOW 2)"
+        ))
+    })
+}
+
+fn validate_cost_policy(cost_policy: i32) -> Result<CostPolicy, Error> {
+    CostPolicy::from_code(cost_policy).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "cost_policy {cost_policy} is not a BackgroundTransferCostPolicy (DEFAULT 0, UNRESTRICTED_ONLY 1, ALWAYS 2)"
+        ))
+    })
+}
+
+fn validate_group(group: &str) -> Result<(), Error> {
+    if group.len() > MAX_GROUP_LEN || group.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "transfer_group must be at most {MAX_GROUP_LEN} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The (host, port) whose route tells whether the network is back.
+fn probe_target(uri: &str) -> Option<(String, u16)> {
+    let url = url::Url::parse(uri).ok()?;
+    Some((url.host_str()?.to_string(), url.port_or_known_default()?))
+}
+
+/// Whether the host has a route to any of `targets`. A UDP `connect()` performs the route
+/// lookup without sending a packet, so probing costs nothing on the wire.
+async fn routable(targets: &[(String, u16)]) -> bool {
+    for (host, port) in targets {
+        let Ok(addrs) = tokio::net::lookup_host((host.as_str(), *port)).await else {
+            continue;
+        };
+        for addr in addrs {
+            let local: std::net::SocketAddr = if addr.is_ipv4() {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            if let Ok(socket) = tokio::net::UdpSocket::bind(local).await {
+                if socket.connect(addr).await.is_ok() {
+                    return true;
+                }
+            }
+        }
+    }
+    false
 }
 
 fn validate_sha256(hex: &str) -> Result<Option<String>, Error> {

@@ -52,6 +52,23 @@ pub enum Error {
         /// The download that holds it.
         guid: Guid,
     },
+    /// The call needs a paused download.
+    #[error(
+        "download `{guid}` is {}; pause it first (its URI can change only while it is PAUSED_BY_APPLICATION or PAUSED_RECOVERABLE_WEB_ERROR_STATUS)",
+        status.name()
+    )]
+    NotPaused {
+        /// The download.
+        guid: Guid,
+        /// Its status at the time.
+        status: Status,
+    },
+    /// The call needs a download that belongs to a transfer group.
+    #[error("download `{guid}` belongs to no transfer group; create it with transfer_group set")]
+    NoGroup {
+        /// The download.
+        guid: Guid,
+    },
     /// The download has not received an HTTP response yet.
     #[error("download `{guid}` has not received an HTTP response yet; ask again once it has run")]
     NoResponseYet {

@@ -17,7 +17,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 use tokio_util::sync::CancellationToken;
 
-use crate::operation::{DownloadSpec, ErrorReason, ResponseInfo, TransferError, Validators};
+use crate::operation::{ErrorReason, ResponseInfo, Settings, TransferError, Validators};
 
 /// Size of the write buffer between the socket and the partial file. Large writes keep the
 /// disk and the blocking pool efficient; memory per active download is bounded by it.
@@ -84,8 +84,8 @@ pub trait Observer: Send + Sync {
 /// What to transfer.
 #[derive(Debug)]
 pub struct Job<'a> {
-    /// The download.
-    pub spec: &'a DownloadSpec,
+    /// The URI and headers to request.
+    pub settings: &'a Settings,
     /// Its partial file.
     pub partial: &'a Path,
     /// Bytes the engine holds as checkpointed; the attempt resumes from there if it can.
@@ -119,24 +119,64 @@ pub struct Failure {
     pub transient: bool,
     /// How long the server asked us to wait (Retry-After), bounded by [`MAX_RETRY_AFTER`].
     pub retry_after: Option<Duration>,
+    /// The host has no route to the origin: the network is down, not the origin.
+    pub network_down: bool,
+    /// A write failed because the disk is full.
+    pub disk_full: bool,
 }
 
 impl Failure {
-    fn fatal(error: TransferError) -> Failure {
+    /// A failure that retrying cannot fix.
+    pub fn fatal(error: TransferError) -> Failure {
         Failure {
             error,
             transient: false,
             retry_after: None,
+            network_down: false,
+            disk_full: false,
         }
     }
 
     fn transient(error: TransferError) -> Failure {
         Failure {
-            error,
             transient: true,
-            retry_after: None,
+            ..Failure::fatal(error)
         }
     }
+
+    /// A connection failure, marked as "network down" when the host has no route.
+    fn network(what: &str, e: &reqwest::Error) -> Failure {
+        Failure {
+            network_down: is_unreachable(e),
+            ..Failure::transient(network_error(what, e))
+        }
+    }
+
+    /// A disk failure, marked when the disk is full.
+    pub fn disk(what: &str, e: &std::io::Error) -> Failure {
+        Failure {
+            disk_full: e.kind() == std::io::ErrorKind::StorageFull,
+            ..Failure::fatal(disk_error(what, e))
+        }
+    }
+}
+
+/// Whether a connection failed because the host has no route to the origin (no interface, no
+/// route, network unreachable), as opposed to the origin refusing or misbehaving.
+fn is_unreachable(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable
+            ) {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Time limits of HTTP requests.
@@ -245,9 +285,7 @@ impl Fetcher {
         } else {
             content_length(headers).unwrap_or(0)
         };
-        let file = open_partial(job.partial, offset)
-            .await
-            .map_err(Failure::fatal)?;
+        let file = open_partial(job.partial, offset).await?;
         observer.response(ResponseStart {
             info,
             validators,
@@ -272,8 +310,8 @@ impl Fetcher {
     ) -> Result<Option<reqwest::Response>, Failure> {
         let mut request = self
             .client
-            .get(&job.spec.requested_uri)
-            .headers(user_headers(&job.spec.request_headers))
+            .get(&job.settings.requested_uri)
+            .headers(user_headers(&job.settings.request_headers))
             // The entity bytes exactly as served: no transparent decompression that would make
             // byte offsets and lengths disagree with the server's.
             .header(header::ACCEPT_ENCODING, "identity");
@@ -286,7 +324,7 @@ impl Fetcher {
         tokio::select! {
             r = request.send() => r
                 .map(Some)
-                .map_err(|e| Failure::transient(network_error("request failed", &e))),
+                .map_err(|e| Failure::network("request failed", &e)),
             () = stop.cancelled() => Ok(None),
         }
     }
@@ -317,19 +355,16 @@ impl Fetcher {
             match chunk {
                 Ok(Some(bytes)) => {
                     if let Err(e) = out.write_all(&bytes).await {
-                        break End::Failed(Failure::fatal(disk_error(
-                            "writing the partial file failed",
-                            &e,
-                        )));
+                        break End::Failed(Failure::disk("writing the partial file failed", &e));
                     }
                     received += bytes.len() as u64;
                     observer.progress(received);
                     if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
                         if let Err(e) = sync(&mut out).await {
-                            break End::Failed(Failure::fatal(disk_error(
+                            break End::Failed(Failure::disk(
                                 "syncing the partial file failed",
                                 &e,
-                            )));
+                            ));
                         }
                         observer.durable(received).await;
                         last_checkpoint = tokio::time::Instant::now();
@@ -337,19 +372,16 @@ impl Fetcher {
                 }
                 Ok(None) => break End::Done,
                 Err(e) => {
-                    break End::Failed(Failure::transient(network_error(
+                    break End::Failed(Failure::network(
                         &format!("receiving the body failed after {received} bytes"),
                         &e,
-                    )));
+                    ));
                 }
             }
         };
         // Whatever ended the attempt, keep what arrived: flush, fsync, checkpoint.
         if let Err(e) = sync(&mut out).await {
-            return Err(Failure::fatal(disk_error(
-                "syncing the partial file failed",
-                &e,
-            )));
+            return Err(Failure::disk("syncing the partial file failed", &e));
         }
         observer.progress(received);
         observer.durable(received).await;
@@ -507,7 +539,7 @@ pub fn check_user_header(name: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn open_partial(path: &Path, offset: u64) -> Result<tokio::fs::File, TransferError> {
+async fn open_partial(path: &Path, offset: u64) -> Result<tokio::fs::File, Failure> {
     let open = async {
         if let Some(dir) = path.parent() {
             tokio::fs::create_dir_all(dir).await?;
@@ -527,7 +559,7 @@ async fn open_partial(path: &Path, offset: u64) -> Result<tokio::fs::File, Trans
         Ok::<_, std::io::Error>(file)
     };
     open.await
-        .map_err(|e| disk_error("opening the partial file failed", &e))
+        .map_err(|e| Failure::disk("opening the partial file failed", &e))
 }
 
 async fn sync(out: &mut BufWriter<tokio::fs::File>) -> std::io::Result<()> {
@@ -551,9 +583,9 @@ fn http_failure(status: StatusCode, retry_after: Option<Duration>) -> Failure {
         reason: ErrorReason::HttpStatus,
     };
     Failure {
-        error,
         transient: TRANSIENT_STATUSES.contains(&status.as_u16()),
         retry_after,
+        ..Failure::fatal(error)
     }
 }
 

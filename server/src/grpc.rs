@@ -7,12 +7,15 @@ use std::pin::Pin;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status as GrpcStatus};
 
-use crate::engine::{DownloadView, Engine, NewDownload};
+use crate::engine::{DownloadView, Engine, NewDownload, SystemView};
 use crate::error::Error;
-use crate::operation::{DownloadSpec, ErrorReason, ResponseInfo, Status, TransferError};
+use crate::operation::{
+    DownloadSpec, ErrorReason, ResponseInfo, Settings, Status, StatusReason, TransferError,
+};
 use crate::pb::backgroundtransfer::v1 as pb;
 use crate::progress::{Lagged, Message};
 use pb::background_transfer_service_server::BackgroundTransferService;
+use pb::transfer_system_service_server::TransferSystemService;
 
 /// The `BackgroundTransferService` implementation.
 #[derive(Clone, Debug)]
@@ -46,6 +49,7 @@ impl BackgroundTransferService for TransferService {
             transfer_group,
             request_headers,
             expected_sha256,
+            recoverable_web_error_statuses,
         } = request.into_inner();
         let view = self
             .engine
@@ -57,6 +61,7 @@ impl BackgroundTransferService for TransferService {
                 transfer_group,
                 request_headers: request_headers.into_iter().collect(),
                 expected_sha256,
+                recoverable_web_error_statuses,
             })
             .await?;
         Ok(Response::new(operation(view)))
@@ -163,6 +168,151 @@ impl BackgroundTransferService for TransferService {
             headers: headers.into_iter().collect(),
         }))
     }
+
+    async fn set_cost_policy(
+        &self,
+        request: Request<pb::SetCostPolicyRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::SetCostPolicyRequest { guid, cost_policy } = request.into_inner();
+        let view = self.engine.set_cost_policy(&guid, cost_policy).await?;
+        Ok(Response::new(operation(view)))
+    }
+
+    async fn set_priority(
+        &self,
+        request: Request<pb::SetPriorityRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::SetPriorityRequest { guid, priority } = request.into_inner();
+        let view = self.engine.set_priority(&guid, priority).await?;
+        Ok(Response::new(operation(view)))
+    }
+
+    async fn set_request_header(
+        &self,
+        request: Request<pb::SetRequestHeaderRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::SetRequestHeaderRequest { guid, name, value } = request.into_inner();
+        let view = self.engine.set_request_header(&guid, &name, &value).await?;
+        Ok(Response::new(operation(view)))
+    }
+
+    async fn remove_request_header(
+        &self,
+        request: Request<pb::RemoveRequestHeaderRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::RemoveRequestHeaderRequest { guid, name } = request.into_inner();
+        let view = self.engine.remove_request_header(&guid, &name).await?;
+        Ok(Response::new(operation(view)))
+    }
+
+    async fn set_requested_uri(
+        &self,
+        request: Request<pb::SetRequestedUriRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::SetRequestedUriRequest {
+            guid,
+            requested_uri,
+        } = request.into_inner();
+        let view = self.engine.set_requested_uri(&guid, &requested_uri).await?;
+        Ok(Response::new(operation(view)))
+    }
+
+    async fn set_transfer_group_behavior(
+        &self,
+        request: Request<pb::SetTransferGroupBehaviorRequest>,
+    ) -> Result<Response<pb::TransferGroup>, GrpcStatus> {
+        let pb::SetTransferGroupBehaviorRequest {
+            transfer_group,
+            behavior,
+        } = request.into_inner();
+        let behavior = self
+            .engine
+            .set_group_behavior(&transfer_group, behavior)
+            .await?;
+        Ok(Response::new(pb::TransferGroup {
+            transfer_group,
+            behavior: behavior.code(),
+        }))
+    }
+
+    async fn make_current_in_transfer_group(
+        &self,
+        request: Request<pb::MakeCurrentInTransferGroupRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::MakeCurrentInTransferGroupRequest { guid } = request.into_inner();
+        let view = self.engine.make_current_in_group(&guid).await?;
+        Ok(Response::new(operation(view)))
+    }
+}
+
+/// The `TransferSystemService` implementation: operator controls of the host.
+#[derive(Clone, Debug)]
+pub struct SystemService {
+    engine: Engine,
+}
+
+impl SystemService {
+    /// Serves `engine`.
+    pub fn new(engine: Engine) -> SystemService {
+        SystemService { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl TransferSystemService for SystemService {
+    async fn set_network_conditions(
+        &self,
+        request: Request<pb::SetNetworkConditionsRequest>,
+    ) -> Result<Response<pb::SystemStatus>, GrpcStatus> {
+        let pb::SetNetworkConditionsRequest { connected, costed } = request.into_inner();
+        let view = self.engine.set_network_conditions(connected, costed).await;
+        Ok(Response::new(system_status(view)))
+    }
+
+    async fn set_system_policy(
+        &self,
+        request: Request<pb::SetSystemPolicyRequest>,
+    ) -> Result<Response<pb::SystemStatus>, GrpcStatus> {
+        let pb::SetSystemPolicyRequest { constrained } = request.into_inner();
+        let view = self.engine.set_constrained(constrained).await;
+        Ok(Response::new(system_status(view)))
+    }
+
+    async fn get_system_status(
+        &self,
+        request: Request<pb::GetSystemStatusRequest>,
+    ) -> Result<Response<pb::SystemStatus>, GrpcStatus> {
+        let pb::GetSystemStatusRequest {} = request.into_inner();
+        Ok(Response::new(system_status(self.engine.system())))
+    }
+}
+
+fn system_status(view: SystemView) -> pb::SystemStatus {
+    let SystemView {
+        conditions,
+        low_disk_space,
+        active,
+        queued,
+    } = view;
+    let source = |overridden: bool| {
+        if overridden {
+            pb::ConditionSource::Operator
+        } else {
+            pb::ConditionSource::Detected
+        }
+    };
+    pb::SystemStatus {
+        connected: conditions.connected(),
+        connected_source: source(conditions.connected_override.is_some()).into(),
+        costed: conditions.costed(),
+        costed_source: source(conditions.costed_override.is_some()).into(),
+        constrained: conditions.constrained,
+        free_disk_bytes: conditions.free_disk_bytes,
+        min_free_disk_bytes: conditions.min_free_disk_bytes,
+        low_disk_space,
+        active_downloads: u32::try_from(active).unwrap_or(u32::MAX),
+        queued_downloads: u32::try_from(queued).unwrap_or(u32::MAX),
+    }
 }
 
 /// The one mapping from domain errors to gRPC status codes.
@@ -173,9 +323,10 @@ pub fn status_from(error: &Error) -> GrpcStatus {
             GrpcStatus::invalid_argument(message)
         }
         Error::NotFound { .. } => GrpcStatus::not_found(message),
-        Error::IllegalTransition { .. } | Error::NoResponseYet { .. } => {
-            GrpcStatus::failed_precondition(message)
-        }
+        Error::IllegalTransition { .. }
+        | Error::NoResponseYet { .. }
+        | Error::NotPaused { .. }
+        | Error::NoGroup { .. } => GrpcStatus::failed_precondition(message),
         Error::ResultFileInUse { .. } => GrpcStatus::already_exists(message),
         Error::ShuttingDown | Error::Storage(_) => GrpcStatus::unavailable(message),
     }
@@ -225,6 +376,9 @@ fn progress(message: Message) -> pb::BackgroundDownloadProgress {
 fn operation(view: DownloadView) -> pb::DownloadOperation {
     let DownloadView {
         spec,
+        settings,
+        reason,
+        web_error_status,
         progress: message,
         error,
         attempts,
@@ -232,14 +386,17 @@ fn operation(view: DownloadView) -> pb::DownloadOperation {
     let DownloadSpec {
         guid,
         seq: _,
-        requested_uri,
         result_file,
+        transfer_group,
+        expected_sha256,
+        recoverable_web_error_statuses,
+    } = spec;
+    let Settings {
+        requested_uri,
+        request_headers,
         priority,
         cost_policy,
-        transfer_group,
-        request_headers,
-        expected_sha256,
-    } = spec;
+    } = settings;
     pb::DownloadOperation {
         guid,
         requested_uri,
@@ -252,6 +409,28 @@ fn operation(view: DownloadView) -> pb::DownloadOperation {
         request_headers: request_headers.into_iter().collect(),
         attempt_count: attempts,
         expected_sha256: expected_sha256.unwrap_or_default(),
+        recoverable_web_error_statuses: recoverable_web_error_statuses
+            .into_iter()
+            .map(u32::from)
+            .collect(),
+        current_web_error_status: web_error_status.map_or(0, u32::from),
+        status_reason: status_reason(reason).into(),
+    }
+}
+
+fn status_reason(reason: StatusReason) -> pb::StatusReason {
+    use pb::StatusReason as P;
+    match reason {
+        StatusReason::Unspecified => P::Unspecified,
+        StatusReason::WaitingForSlot => P::WaitingForSlot,
+        StatusReason::WaitingForGroup => P::WaitingForGroup,
+        StatusReason::PausedByClient => P::PausedByClient,
+        StatusReason::NetworkDownDetected => P::NetworkDownDetected,
+        StatusReason::NetworkDownByOperator => P::NetworkDownByOperator,
+        StatusReason::CostedNetwork => P::CostedNetwork,
+        StatusReason::RecoverableWebError => P::RecoverableWebError,
+        StatusReason::LowDiskSpace => P::LowDiskSpace,
+        StatusReason::ConstrainedMode => P::ConstrainedMode,
     }
 }
 

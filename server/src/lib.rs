@@ -9,6 +9,8 @@
 //! - [`grpc`]: the gRPC layer; converts at the edge and maps errors to status codes.
 //! - [`engine`]: the transfer engine: registry, priority queue, scheduler, state machine and
 //!   transfer tasks. Knows nothing of gRPC.
+//! - [`conditions`]: network, cost, constrained-mode and disk conditions, and which paused
+//!   state they put a download in.
 //! - [`progress`]: progress fan-out to any number of watchers without ever slowing a transfer.
 //! - [`fetch`]: the HTTP fetcher; owns the Range / If-Range / restart rules and classifies
 //!   failures as transient or fatal.
@@ -21,6 +23,7 @@
 //! - [`pb`]: generated protobuf code, quarantined.
 #![forbid(unsafe_code)]
 
+pub mod conditions;
 pub mod config;
 pub mod engine;
 pub mod error;

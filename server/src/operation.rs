@@ -155,28 +155,84 @@ impl CostPolicy {
     }
 }
 
-/// What a client asked for. Fixed for the life of the download.
+/// What a client asked for that is fixed for the life of the download.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DownloadSpec {
     /// Identifier.
     pub guid: Guid,
-    /// Creation order, unique and increasing: first-come first-served within a priority, and
-    /// the order of ListDownloads.
+    /// Creation order, unique and increasing: the order of ListDownloads.
     pub seq: u64,
-    /// The http(s) URI to fetch.
-    pub requested_uri: String,
     /// Result path, relative to the download directory (already validated).
     pub result_file: String,
+    /// Transfer group; empty for none.
+    pub transfer_group: String,
+    /// SHA-256 the finished file must have (lower-case hex), checked before it is committed.
+    pub expected_sha256: Option<String>,
+    /// HTTP statuses that pause the download instead of failing it.
+    pub recoverable_web_error_statuses: Vec<u16>,
+}
+
+/// What a client asked for that can be changed while the download lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The http(s) URI to fetch.
+    pub requested_uri: String,
+    /// Extra request headers (names in lower case).
+    pub request_headers: BTreeMap<String, String>,
     /// Queue priority.
     pub priority: Priority,
     /// Metered-network policy.
     pub cost_policy: CostPolicy,
-    /// Transfer group; empty for none.
-    pub transfer_group: String,
-    /// Extra request headers.
-    pub request_headers: BTreeMap<String, String>,
-    /// SHA-256 the finished file must have (lower-case hex), checked before it is committed.
-    pub expected_sha256: Option<String>,
+}
+
+/// Why a download is in its current status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatusReason {
+    /// No particular reason: running, finished or failed.
+    Unspecified = 0,
+    /// IDLE, waiting for a transfer slot.
+    WaitingForSlot = 1,
+    /// IDLE, waiting for its serialized group.
+    WaitingForGroup = 2,
+    /// Paused by a client.
+    PausedByClient = 3,
+    /// No network, as detected.
+    NetworkDownDetected = 4,
+    /// No network, as an operator said.
+    NetworkDownByOperator = 5,
+    /// Costed network and an UNRESTRICTED_ONLY policy.
+    CostedNetwork = 6,
+    /// A recoverable HTTP status.
+    RecoverableWebError = 7,
+    /// Free disk space below the minimum.
+    LowDiskSpace = 8,
+    /// An operator's constrained mode.
+    ConstrainedMode = 9,
+}
+
+/// How a transfer group runs its downloads; the numbers are WinRT's
+/// `BackgroundTransferBehavior`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Behavior {
+    /// Side by side.
+    #[default]
+    Parallel = 0,
+    /// One at a time, in queue order.
+    Serialized = 1,
+}
+
+impl Behavior {
+    /// The WinRT number.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// The behavior with this WinRT number.
+    pub fn from_code(code: i32) -> Option<Behavior> {
+        [Behavior::Parallel, Behavior::Serialized]
+            .into_iter()
+            .find(|b| b.code() == code)
+    }
 }
 
 /// Why a download ended in ERROR.

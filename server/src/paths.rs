@@ -119,6 +119,12 @@ pub fn partial_path(download_dir: &Path, guid: &Guid) -> PathBuf {
     download_dir.join(PARTIAL_DIR).join(format!("{guid}.part"))
 }
 
+/// Free bytes on the filesystem holding `dir`, as an unprivileged writer sees them.
+pub fn free_space(dir: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// SHA-256 of a file, in lower-case hex, read in large blocks.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};

@@ -9,12 +9,14 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, DefaultCostPolicy};
 use crate::engine::{Engine, EngineConfig};
 use crate::fetch::{Fetcher, Timeouts};
-use crate::grpc::TransferService;
+use crate::grpc::{SystemService, TransferService};
+use crate::operation::CostPolicy;
 use crate::pb;
 use crate::pb::backgroundtransfer::v1::background_transfer_service_server::BackgroundTransferServiceServer;
+use crate::pb::backgroundtransfer::v1::transfer_system_service_server::TransferSystemServiceServer;
 use crate::retry::RetryPolicy;
 use crate::store::{SqliteStore, StoreError};
 
@@ -82,6 +84,11 @@ impl Transferd {
                     base_delay: config.retry_base_delay,
                     max_delay: config.retry_max_delay,
                 },
+                min_free_disk_bytes: config.min_free_disk,
+                default_cost_policy: match config.default_cost_policy {
+                    DefaultCostPolicy::Always => CostPolicy::Always,
+                    DefaultCostPolicy::UnrestrictedOnly => CostPolicy::UnrestrictedOnly,
+                },
             },
             store,
             Fetcher::new(Timeouts {
@@ -138,6 +145,9 @@ impl Transferd {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(BackgroundTransferServiceServer::new(TransferService::new(
+                engine.clone(),
+            )))
+            .add_service(TransferSystemServiceServer::new(SystemService::new(
                 engine.clone(),
             )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)

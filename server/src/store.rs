@@ -12,8 +12,8 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 
 use crate::operation::{
-    CostPolicy, DownloadSpec, ErrorReason, Priority, ResponseInfo, Status, TransferError,
-    Validators,
+    Behavior, CostPolicy, DownloadSpec, ErrorReason, Priority, ResponseInfo, Settings, Status,
+    TransferError, Validators,
 };
 
 /// The schema version this build writes. A store with a higher `user_version` was written by a
@@ -77,8 +77,10 @@ pub enum StoreError {
 /// Everything stored about one download.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    /// What was asked for.
+    /// What was asked for, fixed for life.
     pub spec: DownloadSpec,
+    /// What was asked for, editable live.
+    pub settings: Settings,
     /// Status at the last save. RUNNING is stored as such; on load it is queued again.
     pub status: Status,
     /// Bytes of the partial file known to be durably on disk (fsynced before this was saved).
@@ -93,6 +95,10 @@ pub struct Record {
     pub error: Option<TransferError>,
     /// HTTP attempts made so far.
     pub attempts: u32,
+    /// The recoverable HTTP status that paused it, if any.
+    pub web_error_status: Option<u16>,
+    /// Position in the queue within its priority (creation order unless moved).
+    pub queue_order: i64,
 }
 
 /// Durable storage of download records.
@@ -103,6 +109,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn insert(&self, record: &Record) -> Result<(), StoreError>;
     /// Replaces the stored state of an existing download.
     fn save(&self, record: &Record) -> Result<(), StoreError>;
+    /// Every transfer group with a non-default behavior.
+    fn load_groups(&self) -> Result<Vec<(String, Behavior)>, StoreError>;
+    /// Records how a transfer group runs.
+    fn save_group(&self, group: &str, behavior: Behavior) -> Result<(), StoreError>;
 }
 
 /// The embedded SQLite store.
@@ -171,42 +181,76 @@ impl SqliteStore {
 const SCHEMA_V1: &str = "
 BEGIN;
 CREATE TABLE downloads (
-    guid               TEXT PRIMARY KEY,
-    seq                INTEGER NOT NULL UNIQUE,
-    requested_uri      TEXT NOT NULL,
-    result_file        TEXT NOT NULL,
-    priority           INTEGER NOT NULL,
-    cost_policy        INTEGER NOT NULL,
-    transfer_group     TEXT NOT NULL,
-    request_headers    TEXT NOT NULL,
-    status             INTEGER NOT NULL,
-    checkpoint_bytes   INTEGER NOT NULL,
-    total_bytes        INTEGER NOT NULL,
-    etag               TEXT,
-    last_modified      TEXT,
-    response_status    INTEGER,
-    response_uri       TEXT,
-    response_resumable INTEGER,
-    response_headers   TEXT,
-    error_message      TEXT,
-    error_http_status  INTEGER,
-    error_reason       INTEGER,
-    attempts           INTEGER NOT NULL,
-    expected_sha256    TEXT
+    guid                  TEXT PRIMARY KEY,
+    seq                   INTEGER NOT NULL UNIQUE,
+    result_file           TEXT NOT NULL,
+    transfer_group        TEXT NOT NULL,
+    expected_sha256       TEXT,
+    recoverable_statuses  TEXT NOT NULL,
+    requested_uri         TEXT NOT NULL,
+    request_headers       TEXT NOT NULL,
+    priority              INTEGER NOT NULL,
+    cost_policy           INTEGER NOT NULL,
+    status                INTEGER NOT NULL,
+    checkpoint_bytes      INTEGER NOT NULL,
+    total_bytes           INTEGER NOT NULL,
+    etag                  TEXT,
+    last_modified         TEXT,
+    response_status       INTEGER,
+    response_uri          TEXT,
+    response_resumable    INTEGER,
+    response_headers      TEXT,
+    error_message         TEXT,
+    error_http_status     INTEGER,
+    error_reason          INTEGER,
+    attempts              INTEGER NOT NULL,
+    web_error_status      INTEGER,
+    queue_order           INTEGER NOT NULL
+);
+CREATE TABLE transfer_groups (
+    name      TEXT PRIMARY KEY,
+    behavior  INTEGER NOT NULL
 );
 PRAGMA user_version = 1;
 COMMIT;
 ";
 
-const COLUMNS: &str = "guid, seq, requested_uri, result_file, priority, cost_policy, \
-    transfer_group, request_headers, status, checkpoint_bytes, total_bytes, etag, \
-    last_modified, response_status, response_uri, response_resumable, response_headers, \
-    error_message, error_http_status, error_reason, attempts, expected_sha256";
+/// Columns in [`Row`] order; the fixed ones first, then the ones `save` rewrites.
+const FIXED_COLUMNS: [&str; 6] = [
+    "guid",
+    "seq",
+    "result_file",
+    "transfer_group",
+    "expected_sha256",
+    "recoverable_statuses",
+];
+const STATE_COLUMNS: [&str; 19] = [
+    "requested_uri",
+    "request_headers",
+    "priority",
+    "cost_policy",
+    "status",
+    "checkpoint_bytes",
+    "total_bytes",
+    "etag",
+    "last_modified",
+    "response_status",
+    "response_uri",
+    "response_resumable",
+    "response_headers",
+    "error_message",
+    "error_http_status",
+    "error_reason",
+    "attempts",
+    "web_error_status",
+    "queue_order",
+];
 
 impl Store for SqliteStore {
     fn load(&self) -> Result<Vec<Record>, StoreError> {
+        let columns = [&FIXED_COLUMNS[..], &STATE_COLUMNS[..]].concat().join(", ");
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM downloads ORDER BY seq"))?;
+        let mut stmt = conn.prepare(&format!("SELECT {columns} FROM downloads ORDER BY seq"))?;
         let rows = stmt.query_map([], Row::read)?;
         let mut records = Vec::new();
         for row in rows {
@@ -216,64 +260,32 @@ impl Store for SqliteStore {
     }
 
     fn insert(&self, record: &Record) -> Result<(), StoreError> {
+        let all = [&FIXED_COLUMNS[..], &STATE_COLUMNS[..]].concat();
+        let placeholders: Vec<String> = (1..=all.len()).map(|i| format!("?{i}")).collect();
         let row = Row::from_record(record);
         self.conn().execute(
             &format!(
-                "INSERT INTO downloads ({COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-                 ?19, ?20, ?21, ?22)"
+                "INSERT INTO downloads ({}) VALUES ({})",
+                all.join(", "),
+                placeholders.join(", ")
             ),
-            params![
-                row.guid,
-                row.seq,
-                row.requested_uri,
-                row.result_file,
-                row.priority,
-                row.cost_policy,
-                row.transfer_group,
-                row.request_headers,
-                row.status,
-                row.checkpoint_bytes,
-                row.total_bytes,
-                row.etag,
-                row.last_modified,
-                row.response_status,
-                row.response_uri,
-                row.response_resumable,
-                row.response_headers,
-                row.error_message,
-                row.error_http_status,
-                row.error_reason,
-                row.attempts,
-                row.expected_sha256,
-            ],
+            rusqlite::params_from_iter(row.values()),
         )?;
         Ok(())
     }
 
     fn save(&self, record: &Record) -> Result<(), StoreError> {
+        let sets: Vec<String> = STATE_COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = ?{}", i + 2))
+            .collect();
         let row = Row::from_record(record);
+        let values = row.values();
+        let params = std::iter::once(&values[0]).chain(&values[FIXED_COLUMNS.len()..]);
         let changed = self.conn().execute(
-            "UPDATE downloads SET status = ?2, checkpoint_bytes = ?3, total_bytes = ?4, \
-             etag = ?5, last_modified = ?6, response_status = ?7, response_uri = ?8, \
-             response_resumable = ?9, response_headers = ?10, error_message = ?11, \
-             error_http_status = ?12, error_reason = ?13, attempts = ?14 WHERE guid = ?1",
-            params![
-                row.guid,
-                row.status,
-                row.checkpoint_bytes,
-                row.total_bytes,
-                row.etag,
-                row.last_modified,
-                row.response_status,
-                row.response_uri,
-                row.response_resumable,
-                row.response_headers,
-                row.error_message,
-                row.error_http_status,
-                row.error_reason,
-                row.attempts,
-            ],
+            &format!("UPDATE downloads SET {} WHERE guid = ?1", sets.join(", ")),
+            rusqlite::params_from_iter(params),
         )?;
         if changed != 1 {
             return Err(StoreError::BadRow {
@@ -283,18 +295,49 @@ impl Store for SqliteStore {
         }
         Ok(())
     }
+
+    fn load_groups(&self) -> Result<Vec<(String, Behavior)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, behavior FROM transfer_groups ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut groups = Vec::new();
+        for row in rows {
+            let (name, code) = row?;
+            let behavior = i32::try_from(code)
+                .ok()
+                .and_then(Behavior::from_code)
+                .ok_or_else(|| StoreError::BadRow {
+                    guid: format!("transfer group {name}"),
+                    detail: format!("unknown behavior {code}"),
+                })?;
+            groups.push((name, behavior));
+        }
+        Ok(groups)
+    }
+
+    fn save_group(&self, group: &str, behavior: Behavior) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO transfer_groups (name, behavior) VALUES (?1, ?2) \
+             ON CONFLICT(name) DO UPDATE SET behavior = excluded.behavior",
+            params![group, behavior.code()],
+        )?;
+        Ok(())
+    }
 }
 
-/// A download as SQLite columns. Kept flat and readable so operators can query it.
+/// A download as SQLite values, in column order. Kept flat and readable so operators can query
+/// it with the sqlite3 CLI.
 struct Row {
     guid: String,
     seq: i64,
-    requested_uri: String,
     result_file: String,
+    transfer_group: String,
+    expected_sha256: Option<String>,
+    recoverable_statuses: String,
+    requested_uri: String,
+    request_headers: String,
     priority: i64,
     cost_policy: i64,
-    transfer_group: String,
-    request_headers: String,
     status: i64,
     checkpoint_bytes: i64,
     total_bytes: i64,
@@ -308,40 +351,79 @@ struct Row {
     error_http_status: Option<i64>,
     error_reason: Option<i64>,
     attempts: i64,
-    expected_sha256: Option<String>,
+    web_error_status: Option<i64>,
+    queue_order: i64,
 }
 
 impl Row {
+    fn values(&self) -> Vec<rusqlite::types::Value> {
+        use rusqlite::types::Value;
+        let text = |s: &str| Value::Text(s.to_string());
+        let opt_text = |s: &Option<String>| s.clone().map_or(Value::Null, Value::Text);
+        let opt_int = |i: Option<i64>| i.map_or(Value::Null, Value::Integer);
+        vec![
+            text(&self.guid),
+            Value::Integer(self.seq),
+            text(&self.result_file),
+            text(&self.transfer_group),
+            opt_text(&self.expected_sha256),
+            text(&self.recoverable_statuses),
+            text(&self.requested_uri),
+            text(&self.request_headers),
+            Value::Integer(self.priority),
+            Value::Integer(self.cost_policy),
+            Value::Integer(self.status),
+            Value::Integer(self.checkpoint_bytes),
+            Value::Integer(self.total_bytes),
+            opt_text(&self.etag),
+            opt_text(&self.last_modified),
+            opt_int(self.response_status),
+            opt_text(&self.response_uri),
+            opt_int(self.response_resumable.map(i64::from)),
+            opt_text(&self.response_headers),
+            opt_text(&self.error_message),
+            opt_int(self.error_http_status),
+            opt_int(self.error_reason),
+            Value::Integer(self.attempts),
+            opt_int(self.web_error_status),
+            Value::Integer(self.queue_order),
+        ]
+    }
+
     fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         Ok(Row {
             guid: r.get(0)?,
             seq: r.get(1)?,
-            requested_uri: r.get(2)?,
-            result_file: r.get(3)?,
-            priority: r.get(4)?,
-            cost_policy: r.get(5)?,
-            transfer_group: r.get(6)?,
+            result_file: r.get(2)?,
+            transfer_group: r.get(3)?,
+            expected_sha256: r.get(4)?,
+            recoverable_statuses: r.get(5)?,
+            requested_uri: r.get(6)?,
             request_headers: r.get(7)?,
-            status: r.get(8)?,
-            checkpoint_bytes: r.get(9)?,
-            total_bytes: r.get(10)?,
-            etag: r.get(11)?,
-            last_modified: r.get(12)?,
-            response_status: r.get(13)?,
-            response_uri: r.get(14)?,
-            response_resumable: r.get(15)?,
-            response_headers: r.get(16)?,
-            error_message: r.get(17)?,
-            error_http_status: r.get(18)?,
-            error_reason: r.get(19)?,
-            attempts: r.get(20)?,
-            expected_sha256: r.get(21)?,
+            priority: r.get(8)?,
+            cost_policy: r.get(9)?,
+            status: r.get(10)?,
+            checkpoint_bytes: r.get(11)?,
+            total_bytes: r.get(12)?,
+            etag: r.get(13)?,
+            last_modified: r.get(14)?,
+            response_status: r.get(15)?,
+            response_uri: r.get(16)?,
+            response_resumable: r.get(17)?,
+            response_headers: r.get(18)?,
+            error_message: r.get(19)?,
+            error_http_status: r.get(20)?,
+            error_reason: r.get(21)?,
+            attempts: r.get(22)?,
+            web_error_status: r.get(23)?,
+            queue_order: r.get(24)?,
         })
     }
 
     fn from_record(record: &Record) -> Row {
         let Record {
             spec,
+            settings,
             status,
             checkpoint_bytes,
             total_bytes,
@@ -349,27 +431,35 @@ impl Row {
             response,
             error,
             attempts,
+            web_error_status,
+            queue_order,
         } = record;
         let DownloadSpec {
             guid,
             seq,
-            requested_uri,
             result_file,
+            transfer_group,
+            expected_sha256,
+            recoverable_web_error_statuses,
+        } = spec;
+        let Settings {
+            requested_uri,
+            request_headers,
             priority,
             cost_policy,
-            transfer_group,
-            request_headers,
-            expected_sha256,
-        } = spec;
+        } = settings;
         Row {
             guid: guid.clone(),
             seq: to_i64(*seq),
-            requested_uri: requested_uri.clone(),
             result_file: result_file.clone(),
+            transfer_group: transfer_group.clone(),
+            expected_sha256: expected_sha256.clone(),
+            recoverable_statuses: serde_json::to_string(recoverable_web_error_statuses)
+                .expect("a list of numbers always serialises"),
+            requested_uri: requested_uri.clone(),
+            request_headers: headers_to_json(request_headers),
             priority: priority.code().into(),
             cost_policy: cost_policy.code().into(),
-            transfer_group: transfer_group.clone(),
-            request_headers: headers_to_json(request_headers),
             status: status.code().into(),
             checkpoint_bytes: to_i64(*checkpoint_bytes),
             total_bytes: to_i64(*total_bytes),
@@ -383,7 +473,8 @@ impl Row {
             error_http_status: error.as_ref().and_then(|e| e.http_status.map(i64::from)),
             error_reason: error.as_ref().map(|e| e.reason.code().into()),
             attempts: (*attempts).into(),
-            expected_sha256: expected_sha256.clone(),
+            web_error_status: web_error_status.map(i64::from),
+            queue_order: *queue_order,
         }
     }
 
@@ -403,6 +494,9 @@ impl Row {
         let cost_policy = CostPolicy::from_code(code(self.cost_policy, "cost policy")?)
             .ok_or_else(|| bad(format!("unknown cost policy {}", self.cost_policy)))?;
         let request_headers = headers_from_json(&self.request_headers).map_err(&bad)?;
+        let recoverable_web_error_statuses: Vec<u16> =
+            serde_json::from_str(&self.recoverable_statuses)
+                .map_err(|e| bad(format!("recoverable statuses are not valid JSON: {e}")))?;
         let response = match self.response_status {
             None => None,
             Some(status_code) => Some(ResponseInfo {
@@ -435,13 +529,16 @@ impl Row {
             spec: DownloadSpec {
                 guid: self.guid,
                 seq: to_u64(self.seq),
-                requested_uri: self.requested_uri,
                 result_file: self.result_file,
+                transfer_group: self.transfer_group,
+                expected_sha256: self.expected_sha256,
+                recoverable_web_error_statuses,
+            },
+            settings: Settings {
+                requested_uri: self.requested_uri,
+                request_headers,
                 priority,
                 cost_policy,
-                transfer_group: self.transfer_group,
-                request_headers,
-                expected_sha256: self.expected_sha256,
             },
             status,
             checkpoint_bytes: to_u64(self.checkpoint_bytes),
@@ -453,6 +550,8 @@ impl Row {
             response,
             error,
             attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
+            web_error_status: self.web_error_status.and_then(|s| u16::try_from(s).ok()),
+            queue_order: self.queue_order,
         })
     }
 }
@@ -483,13 +582,16 @@ mod tests {
             spec: DownloadSpec {
                 guid: guid.into(),
                 seq,
-                requested_uri: "http://127.0.0.1/a".into(),
                 result_file: "a.bin".into(),
+                transfer_group: "g".into(),
+                expected_sha256: Some("ab".repeat(32)),
+                recoverable_web_error_statuses: vec![401, 403],
+            },
+            settings: Settings {
+                requested_uri: "http://127.0.0.1/a".into(),
+                request_headers: [("authorization".to_string(), "Bearer x".to_string())].into(),
                 priority: Priority::High,
                 cost_policy: CostPolicy::UnrestrictedOnly,
-                transfer_group: "g".into(),
-                request_headers: [("authorization".to_string(), "Bearer x".to_string())].into(),
-                expected_sha256: Some("ab".repeat(32)),
             },
             status: Status::Idle,
             checkpoint_bytes: 0,
@@ -498,6 +600,8 @@ mod tests {
             response: None,
             error: None,
             attempts: 0,
+            web_error_status: None,
+            queue_order: seq as i64,
         }
     }
 
@@ -527,11 +631,31 @@ mod tests {
             reason: ErrorReason::HttpStatus,
         });
         a.attempts = 3;
+        a.web_error_status = Some(403);
+        a.queue_order = -5;
+        a.settings.requested_uri = "http://127.0.0.1/moved".into();
+        a.settings.priority = Priority::Low;
         store.save(&a).unwrap();
         drop(store);
         let store = SqliteStore::open(dir.path()).unwrap();
         let loaded = store.load().unwrap();
         assert_eq!(loaded, vec![a, record("b", 2)]);
+    }
+
+    #[test]
+    fn group_behaviors_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.save_group("b", Behavior::Serialized).unwrap();
+        store.save_group("a", Behavior::Serialized).unwrap();
+        store.save_group("b", Behavior::Parallel).unwrap();
+        assert_eq!(
+            store.load_groups().unwrap(),
+            vec![
+                ("a".to_string(), Behavior::Serialized),
+                ("b".to_string(), Behavior::Parallel)
+            ]
+        );
     }
 
     #[test]
