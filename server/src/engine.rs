@@ -527,12 +527,13 @@ impl Engine {
         tracing::info!(guid = %guid, file = %op.spec.result_file, "download created");
         // Conditions may hold it back at once (no network, costed, constrained).
         self.conditions_changed().await;
-        Ok(op.view())
+        Ok(self.view(&op))
     }
 
     /// One download.
     pub fn get(&self, guid: &str) -> Result<DownloadView, Error> {
-        Ok(self.op(guid)?.view())
+        let op = self.op(guid)?;
+        Ok(self.view(&op))
     }
 
     /// The latest HTTP response of a download.
