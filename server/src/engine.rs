@@ -1105,7 +1105,9 @@ impl Engine {
             reg.active += 1;
             *reg.active_in_group.entry(group.clone()).or_default() += 1;
             let engine = self.clone();
-            let span = tracing::info_span!("transfer", guid = %op.spec.guid);
+            // A root span: schedule often runs inside the span of the transfer that just ended,
+            // and a child of it would nest every later transfer in the one before.
+            let span = tracing::info_span!(parent: None, "transfer", guid = %op.spec.guid);
             self.inner
                 .tasks
                 .spawn(async move { engine.transfer(op, token, done).await }.instrument(span));
@@ -1253,6 +1255,19 @@ impl Engine {
             let Outcome::Failed(mut failure) = outcome else {
                 return outcome;
             };
+            if failure.network_down {
+                // "Network down" means the host has no route to the origin: the same question
+                // the monitor asks to notice its return. An unreachable host behind a working
+                // route (ARP or a remote router said no) is the origin's problem, retried and
+                // counted; otherwise detection and recovery would disagree and flap forever.
+                // While an operator decides connectivity, marking it down would change nothing
+                // and the download would be queued and fail again at once, so it counts too.
+                let overridden = self.inner.lock().conditions.connected_override.is_some();
+                let target = probe_target(&settings.requested_uri);
+                if overridden || routable(target.as_slice()).await {
+                    failure.network_down = false;
+                }
+            }
             {
                 // Between attempts, progress shows what is on disk, where the next one resumes.
                 let mut st = op.lock();

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -69,8 +69,8 @@ const RESET_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// Poll interval while waiting for those acknowledgements.
 const RESET_DRAIN_POLL: Duration = Duration::from_millis(2);
 
-/// A running origin server on `127.0.0.1`. Dropping it stops accepting connections and aborts
-/// every open connection.
+/// A running origin server on `127.0.0.1` (or the address given to [`Origin::start_on`]).
+/// Dropping it stops accepting connections and aborts every open connection.
 pub struct Origin {
     addr: SocketAddr,
     state: Arc<State>,
@@ -327,7 +327,13 @@ impl Origin {
     /// Start serving on `127.0.0.1` with an OS-assigned port. No paths are served until
     /// [`Origin::put`].
     pub async fn start() -> Origin {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
+        Origin::start_on(Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Start serving on `ip` (an address of this host, e.g. the test's end of a
+    /// [`super::netns::Link`]) with an OS-assigned port.
+    pub async fn start_on(ip: IpAddr) -> Origin {
+        let listener = TcpListener::bind((ip, 0))
             .await
             .expect("bind origin listener");
         let addr = listener.local_addr().expect("origin local addr");
