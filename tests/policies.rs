@@ -223,6 +223,11 @@ async fn operator_says_no_network_then_gives_detection_back() {
     .await;
     origin.put("/q", Resource::new(body.clone()));
     let queued = create(&mut client, &origin.url("/q"), "q").await;
+    let mut events = client
+        .watch_downloads(pb::WatchDownloadsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let st = set_network(&mut sys, Some(false), None).await;
     assert!(!st.connected);
     assert_eq!(st.connected_source(), pb::ConditionSource::Operator);
@@ -235,6 +240,19 @@ async fn operator_says_no_network_then_gives_detection_back() {
         )
         .await;
     }
+    // WatchDownloads showed both pauses, each download's in order after its current state.
+    let mut paused = std::collections::HashSet::new();
+    while paused.len() < 2 {
+        let event = tokio::time::timeout(DEADLINE, events.message())
+            .await
+            .expect("events keep coming")
+            .unwrap()
+            .unwrap();
+        if event.progress.unwrap().status() == S::PausedNoNetwork {
+            paused.insert(event.guid);
+        }
+    }
+    assert!(paused.contains(&running.guid) && paused.contains(&queued.guid));
     // New downloads wait too, and never touch the network.
     origin.put("/n", Resource::new(body.clone()));
     let new = create(&mut client, &origin.url("/n"), "n").await;
