@@ -246,10 +246,7 @@ async fn resume_after(
     change: impl FnOnce(),
 ) -> (Vec<pb::BackgroundDownloadProgress>, pb::DownloadOperation) {
     let op = create(client, &origin.url("/r"), "r.bin").await;
-    wait_until(client, &op.guid, "held bytes", |op| {
-        op.progress.unwrap().bytes_received == held
-    })
-    .await;
+    wait_bytes(client, &op.guid, held).await;
     pause(client, &op.guid).await;
     change();
     let mut watch = client

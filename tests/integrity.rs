@@ -37,10 +37,7 @@ async fn matching_sha256_commits_even_across_a_resume() {
         .unwrap()
         .into_inner();
     assert_eq!(op.expected_sha256, sha256(&body));
-    wait_until(&mut client, &op.guid, "held bytes", |op| {
-        op.progress.unwrap().bytes_received == 250_000
-    })
-    .await;
+    wait_bytes(&mut client, &op.guid, 250_000).await;
     pause(&mut client, &op.guid).await;
     origin.release("/ok");
     resume(&mut client, &op.guid).await;

@@ -66,10 +66,7 @@ async fn held(
     let mut req = create_request(&origin.url(path), path.trim_start_matches('/'));
     req.set_cost_policy(cost_policy);
     let op = client.create_download(req).await.unwrap().into_inner();
-    wait_until(client, &op.guid, "held bytes", |op| {
-        op.progress.unwrap().bytes_received == held
-    })
-    .await
+    wait_bytes(client, &op.guid, held).await
 }
 
 #[tokio::test]
@@ -372,10 +369,7 @@ async fn low_disk_space_pauses_until_space_is_freed() {
     let mut client = server.client().await;
     let mut sys = system(&server).await;
     let op = create(&mut client, &origin.url("/f"), "f.bin").await;
-    wait_until(&mut client, &op.guid, "held bytes", |op| {
-        op.progress.unwrap().bytes_received == 100_000
-    })
-    .await;
+    wait_bytes(&mut client, &op.guid, 100_000).await;
     // Something else fills the volume below the floor.
     let filler = downloads.join("other-program.dat");
     std::fs::write(&filler, vec![0u8; 6 * 1024 * 1024]).unwrap();
@@ -496,10 +490,7 @@ async fn remove_request_header_drops_it_from_later_requests() {
         ..create_request(&origin.url("/h"), "h")
     };
     let op = client.create_download(req).await.unwrap().into_inner();
-    wait_until(&mut client, &op.guid, "held bytes", |op| {
-        op.progress.unwrap().bytes_received == 10_000
-    })
-    .await;
+    wait_bytes(&mut client, &op.guid, 10_000).await;
     pause(&mut client, &op.guid).await;
     let edited = client
         .remove_request_header(pb::RemoveRequestHeaderRequest {
@@ -535,10 +526,7 @@ async fn a_new_uri_continues_when_the_resource_matches_and_restarts_when_not() {
     ] {
         origin.put(path, Resource::new(body.clone()).hold_after(123_456));
         let op = create(&mut client, &origin.url(path), path.trim_start_matches('/')).await;
-        wait_until(&mut client, &op.guid, "held bytes", |op| {
-            op.progress.unwrap().bytes_received == 123_456
-        })
-        .await;
+        wait_bytes(&mut client, &op.guid, 123_456).await;
         // Only a paused download may change its URI.
         let err = client
             .set_requested_uri(pb::SetRequestedUriRequest {

@@ -31,10 +31,7 @@ async fn sigterm_checkpoints_and_a_restart_continues_every_download() {
     let done = create(&mut client, &origin.url("/done"), "done.bin").await;
     wait_status(&mut client, &done.guid, S::Completed).await;
     let paused = create(&mut client, &origin.url("/paused"), "paused.bin").await;
-    wait_until(&mut client, &paused.guid, "1000 bytes", |op| {
-        op.progress.unwrap().bytes_received == 1000
-    })
-    .await;
+    wait_bytes(&mut client, &paused.guid, 1000).await;
     pause(&mut client, &paused.guid).await;
     let running = create(&mut client, &origin.url("/running"), "running.bin").await;
     let mut queued_req = create_request(&origin.url("/queued"), "queued.bin");
@@ -47,10 +44,7 @@ async fn sigterm_checkpoints_and_a_restart_continues_every_download() {
         .await
         .unwrap()
         .into_inner();
-    wait_until(&mut client, &running.guid, "held bytes", |op| {
-        op.progress.unwrap().bytes_received == held
-    })
-    .await;
+    wait_bytes(&mut client, &running.guid, held).await;
     assert_eq!(status_of(&get(&mut client, &queued.guid).await), S::Idle);
 
     let mut streams = Vec::new();
@@ -243,10 +237,7 @@ async fn sigterm_under_load_ends_streams_and_exits_within_ten_seconds() {
     }
     let mut watchers = Vec::new();
     for guid in &guids {
-        wait_until(&mut client, guid, "held bytes", |op| {
-            op.progress.unwrap().bytes_received == held
-        })
-        .await;
+        wait_bytes(&mut client, guid, held).await;
         let mut stream = client
             .watch_download(pb::WatchDownloadRequest { guid: guid.clone() })
             .await

@@ -55,10 +55,7 @@ async fn unknown_length_is_zero_until_known() {
     let mut client = server.client().await;
 
     let op = create(&mut client, &origin.url("/stream"), "stream.bin").await;
-    let running = wait_until(&mut client, &op.guid, "4096 bytes", |op| {
-        op.progress.unwrap().bytes_received == 4096
-    })
-    .await;
+    let running = wait_bytes(&mut client, &op.guid, 4096).await;
     assert_eq!(status_of(&running), S::Running);
     assert_eq!(running.progress.unwrap().total_bytes_to_receive, 0);
     origin.release("/stream");
@@ -174,10 +171,7 @@ async fn start_held(
 ) -> pb::DownloadOperation {
     origin.put(path, resource.hold_after(held));
     let op = create(client, &origin.url(path), path.trim_start_matches('/')).await;
-    wait_until(client, &op.guid, "held bytes", |op| {
-        op.progress.unwrap().bytes_received == held
-    })
-    .await
+    wait_bytes(client, &op.guid, held).await
 }
 
 #[tokio::test]

@@ -53,10 +53,7 @@ async fn watch_sends_current_state_then_every_change_and_ends_after_completion()
     });
     origin.release("/blocker");
     // The held body proves a message with partial bytes is sent while running.
-    wait_until(&mut client, &op.guid, "100000 bytes", |op| {
-        op.progress.unwrap().bytes_received == 100_000
-    })
-    .await;
+    wait_bytes(&mut client, &op.guid, 100_000).await;
     origin.release("/w");
     let messages = watcher.await.unwrap();
 

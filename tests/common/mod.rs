@@ -298,3 +298,11 @@ pub async fn list_guids(client: &mut Client) -> Vec<String> {
         page_token = page.next_page_token;
     }
 }
+
+/// Polls until the download has received exactly `bytes` (e.g. where the origin holds the body).
+pub async fn wait_bytes(client: &mut Client, guid: &str, bytes: u64) -> pb::DownloadOperation {
+    wait_until(client, guid, &format!("{bytes} bytes received"), |op| {
+        op.progress.expect("progress is always set").bytes_received == bytes
+    })
+    .await
+}
