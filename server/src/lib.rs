@@ -23,7 +23,6 @@
 //! - [`pb`]: generated protobuf code, quarantined.
 #![forbid(unsafe_code)]
 
-pub mod conditions;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -1,0 +1,446 @@
+//! What clients ask of the engine: create a download, read and watch it, pause, resume or
+//! cancel it, and edit it while it lives. Each command checks its input, changes state through
+//! the one transition function, stores the result and lets conditions and the scheduler react.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::download::{Op, OpState, TaskHandle, client_owned_pause};
+use super::registry::PageRequest;
+use super::{DownloadView, Engine, Page, validate};
+use crate::error::Error;
+use crate::operation::{
+    Behavior, DownloadSpec, Guid, ResponseInfo, Settings, Status, StatusReason, Validators,
+};
+use crate::paths;
+use crate::progress::{self, Message, Snapshot};
+use crate::store::Record;
+
+/// How long PauseDownload and CancelDownload wait for a running transfer to let go (drop its
+/// request, flush and checkpoint, or remove its data) before answering anyway. Letting go takes
+/// one fsync; the bound only matters on a disk that hangs.
+const LET_GO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A new download as a client asks for it.
+#[derive(Clone, Debug, Default)]
+pub struct NewDownload {
+    /// The URI.
+    pub requested_uri: String,
+    /// Relative result path; empty lets the server pick.
+    pub result_file: String,
+    /// Priority (WinRT number).
+    pub priority: i32,
+    /// Cost policy (WinRT number).
+    pub cost_policy: i32,
+    /// Transfer group.
+    pub transfer_group: String,
+    /// Extra request headers.
+    pub request_headers: BTreeMap<String, String>,
+    /// Expected SHA-256 in hex; empty for none.
+    pub expected_sha256: String,
+    /// HTTP statuses that pause instead of failing.
+    pub recoverable_web_error_statuses: Vec<u32>,
+}
+
+impl Engine {
+    /// Validates, durably stores and queues a new download.
+    pub async fn create(&self, new: NewDownload) -> Result<DownloadView, Error> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let checked = validate::new_download(new)?;
+        let guid = uuid::Uuid::new_v4().to_string();
+        let (seq, result_file) =
+            self.claim_result_file(&guid, &checked.uri, checked.result_file)?;
+        let record = Record {
+            spec: DownloadSpec {
+                guid: guid.clone(),
+                seq,
+                result_file,
+                transfer_group: checked.transfer_group,
+                expected_sha256: checked.expected_sha256,
+                recoverable_web_error_statuses: checked.recoverable_web_error_statuses,
+            },
+            settings: Settings {
+                requested_uri: checked.uri.to_string(),
+                request_headers: checked.request_headers,
+                priority: checked.priority,
+                cost_policy: checked.cost_policy,
+            },
+            status: Status::Idle,
+            checkpoint_bytes: 0,
+            total_bytes: 0,
+            validators: Validators::default(),
+            response: None,
+            error: None,
+            attempts: 0,
+            web_error_status: None,
+            queue_order: i64::try_from(seq).unwrap_or(i64::MAX),
+        };
+        let op = Op::from_record(record.clone(), &self.inner.bus);
+        if let Err(e) = self.store(move |store| store.insert(&record)).await {
+            self.lock().registry.release_claim(&op.spec);
+            return Err(e.into());
+        }
+        self.lock().add(op.clone());
+        op.hub.announce();
+        tracing::info!(guid = %guid, file = %op.spec.result_file, "download created");
+        // Conditions may hold it back at once (no network, costed, constrained).
+        self.conditions_changed().await;
+        Ok(self.view(&op))
+    }
+
+    /// Claims the result file (the one asked for, or one named after the URI) and a creation
+    /// sequence number before the store write, so a concurrent create cannot take the same file
+    /// while this one is being stored.
+    fn claim_result_file(
+        &self,
+        guid: &Guid,
+        uri: &url::Url,
+        requested: Option<String>,
+    ) -> Result<(u64, String), Error> {
+        let mut core = self.lock();
+        let result_file = match requested {
+            Some(path) => {
+                if let Some(holder) = core.registry.holder(&path) {
+                    return Err(Error::ResultFileInUse {
+                        guid: holder.clone(),
+                        path,
+                    });
+                }
+                path
+            }
+            None => {
+                let name = paths::name_from_uri(uri);
+                let taken = core.registry.holder(&name).is_some()
+                    || self.inner.config.download_dir.join(&name).exists();
+                if taken {
+                    paths::with_guid_suffix(&name, guid)
+                } else {
+                    name
+                }
+            }
+        };
+        let seq = core.registry.reserve(&result_file, guid);
+        Ok((seq, result_file))
+    }
+
+    /// One download.
+    pub fn get(&self, guid: &str) -> Result<DownloadView, Error> {
+        let op = self.op(guid)?;
+        Ok(self.view(&op))
+    }
+
+    /// The latest HTTP response of a download.
+    pub fn response_information(&self, guid: &str) -> Result<ResponseInfo, Error> {
+        self.op(guid)?
+            .lock()
+            .response
+            .clone()
+            .ok_or_else(|| Error::NoResponseYet { guid: guid.into() })
+    }
+
+    /// A page of downloads in creation order.
+    pub fn list(
+        &self,
+        group: Option<&str>,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<Page, Error> {
+        let request = PageRequest::parse(page_size, page_token)?;
+        let core = self.lock();
+        let (page, more) = core.registry.page(group, request);
+        let downloads = page.iter().map(|op| core.view(op)).collect();
+        drop(core);
+        let next_page_token = match (more, page.last()) {
+            (true, Some(last)) => last.spec.seq.to_string(),
+            _ => String::new(),
+        };
+        Ok(Page {
+            downloads,
+            next_page_token,
+        })
+    }
+
+    /// Pauses a download: PAUSED_BY_APPLICATION, keeping its partial data. Returns once the
+    /// transfer has let go (request dropped, data checkpointed).
+    pub async fn pause(&self, guid: &str) -> Result<DownloadView, Error> {
+        let op = self.op(guid)?;
+        let changed = {
+            let mut core = self.lock();
+            let mut st = op.lock();
+            match st.status() {
+                Status::PausedByApplication => None,
+                _ => {
+                    core.transition(
+                        &op,
+                        &mut st,
+                        Status::PausedByApplication,
+                        StatusReason::PausedByClient,
+                    )
+                    .map_err(|e| illegal(guid, "pause", e.from))?;
+                    Some(st.task.as_ref().map(TaskHandle::stop))
+                }
+            }
+        };
+        let Some(running) = changed else {
+            return Ok(self.view(&op));
+        };
+        tracing::info!(guid, "paused");
+        if let Some(done) = running {
+            let _ = tokio::time::timeout(LET_GO_TIMEOUT, done.cancelled()).await;
+        }
+        self.persist(&op).await?;
+        Ok(self.view(&op))
+    }
+
+    /// Resumes a download paused by a client or by a recoverable web error: it is queued again
+    /// (or held by conditions) and continues from its partial data.
+    pub async fn resume(&self, guid: &str) -> Result<DownloadView, Error> {
+        let op = self.op(guid)?;
+        let changed = {
+            let mut core = self.lock();
+            let mut st = op.lock();
+            let status = st.status();
+            if status.is_terminal() {
+                return Err(illegal(guid, "resume", status));
+            }
+            // Running, queued, or held by conditions that lift by themselves: nothing to do.
+            let owned = client_owned_pause(status);
+            if owned {
+                st.web_error_status = None;
+                core.transition(&op, &mut st, Status::Idle, StatusReason::WaitingForSlot)
+                    .map_err(|e| illegal(guid, "resume", e.from))?;
+            }
+            owned
+        };
+        if !changed {
+            return Ok(self.view(&op));
+        }
+        tracing::info!(guid, "resumed");
+        self.persist(&op).await?;
+        self.conditions_changed().await;
+        Ok(self.view(&op))
+    }
+
+    /// Cancels a download: CANCELED, terminal; its partial data is removed before it returns.
+    pub async fn cancel(&self, guid: &str) -> Result<DownloadView, Error> {
+        let op = self.op(guid)?;
+        let running = {
+            let mut core = self.lock();
+            let mut st = op.lock();
+            core.transition(&op, &mut st, Status::Canceled, StatusReason::Unspecified)
+                .map_err(|e| illegal(guid, "cancel", e.from))?;
+            st.task.as_ref().map(TaskHandle::stop)
+        };
+        tracing::info!(guid, "canceled");
+        match running {
+            // The task removes the partial file itself once it has let go of it.
+            Some(done) => {
+                let _ = tokio::time::timeout(LET_GO_TIMEOUT, done.cancelled()).await;
+            }
+            None => self.remove_partial(&op).await,
+        }
+        self.persist(&op).await?;
+        Ok(self.view(&op))
+    }
+
+    /// Changes a download's cost policy; it pauses or continues at once as conditions say.
+    pub async fn set_cost_policy(
+        &self,
+        guid: &str,
+        cost_policy: i32,
+    ) -> Result<DownloadView, Error> {
+        let cost_policy = validate::cost_policy(cost_policy)?;
+        self.edit(guid, "change the cost policy of", |_, st| {
+            st.settings.cost_policy = cost_policy;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Changes a download's priority; a queued download moves in the queue at once.
+    pub async fn set_priority(&self, guid: &str, priority: i32) -> Result<DownloadView, Error> {
+        let priority = validate::priority(priority)?;
+        self.edit(guid, "change the priority of", |_, st| {
+            st.settings.priority = priority;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets a request header for the download's next requests.
+    pub async fn set_request_header(
+        &self,
+        guid: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<DownloadView, Error> {
+        // Checked before the download is looked up, as a malformed request is wrong anywhere.
+        validate::set_header(&mut BTreeMap::new(), name, value)?;
+        self.edit(guid, "set a request header of", |_, st| {
+            validate::set_header(&mut st.settings.request_headers, name, value)
+        })
+        .await
+    }
+
+    /// Removes a request header; removing one that is not set is not an error.
+    pub async fn remove_request_header(
+        &self,
+        guid: &str,
+        name: &str,
+    ) -> Result<DownloadView, Error> {
+        let name = name.to_ascii_lowercase();
+        self.edit(guid, "remove a request header of", |_, st| {
+            st.settings.request_headers.remove(&name);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Points a paused download at a new URI. On resume it continues if the new resource has the
+    /// same validators and length (If-Range and Content-Range decide), and restarts otherwise.
+    pub async fn set_requested_uri(&self, guid: &str, uri: &str) -> Result<DownloadView, Error> {
+        let uri = validate::uri(uri)?;
+        self.edit(guid, "change the URI of", |guid, st| {
+            if !client_owned_pause(st.status()) {
+                return Err(Error::NotPaused {
+                    guid: guid.into(),
+                    status: st.status(),
+                });
+            }
+            st.settings.requested_uri = uri.to_string();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets how a transfer group runs its downloads.
+    pub async fn set_group_behavior(&self, group: &str, behavior: i32) -> Result<Behavior, Error> {
+        if group.is_empty() {
+            return Err(Error::InvalidArgument(
+                "transfer_group is empty; name the group whose behavior to set".into(),
+            ));
+        }
+        validate::group(group)?;
+        let behavior = Behavior::from_code(behavior).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "behavior {behavior} is not a BackgroundTransferBehavior (PARALLEL 0, SERIALIZED 1)"
+            ))
+        })?;
+        let name = group.to_string();
+        self.store(move |store| store.save_group(&name, behavior))
+            .await?;
+        self.lock().slots.set_behavior(group, behavior);
+        tracing::info!(group, ?behavior, "transfer group behavior set");
+        self.schedule();
+        Ok(behavior)
+    }
+
+    /// Moves a download, and the downloads of its group queued after it, to the front of its
+    /// group. Other groups keep their places: the group's own queue slots are reassigned.
+    pub async fn make_current_in_group(&self, guid: &str) -> Result<DownloadView, Error> {
+        let op = self.op(guid)?;
+        let group = op.spec.transfer_group.clone();
+        if group.is_empty() {
+            return Err(Error::NoGroup { guid: guid.into() });
+        }
+        let moved = {
+            let mut core = self.lock();
+            let status = op.lock().status();
+            if status.is_terminal() {
+                return Err(illegal(guid, "reorder", status));
+            }
+            let mut members = core.registry.live_members(&group);
+            members.sort_by_key(|o| (o.lock().queue_order, o.spec.seq));
+            let slots: Vec<i64> = members.iter().map(|o| o.lock().queue_order).collect();
+            let at = members
+                .iter()
+                .position(|o| o.spec.guid == op.spec.guid)
+                .expect("a live download is a member of its own group");
+            members.rotate_left(at);
+            for (member, slot) in members.iter().zip(slots) {
+                let mut st = member.lock();
+                st.queue_order = slot;
+                core.queue.reposition(member.queue_key(&st));
+            }
+            members
+        };
+        for member in &moved {
+            self.persist(member).await?;
+        }
+        self.schedule();
+        Ok(self.view(&op))
+    }
+
+    /// The progress publisher of a download, for WatchDownload.
+    pub fn watch(
+        &self,
+        guid: &str,
+    ) -> Result<impl futures_util::Stream<Item = Result<Message, progress::Lagged>> + use<>, Error>
+    {
+        let op = self.op(guid)?;
+        Ok(progress::watch_one(
+            op.hub.clone(),
+            self.inner.shutdown.clone(),
+        ))
+    }
+
+    /// Every download's progress (or one group's), for WatchDownloads.
+    pub fn watch_all(
+        &self,
+        group: Option<String>,
+    ) -> impl futures_util::Stream<Item = Result<(Arc<str>, Message), progress::Lagged>> + use<>
+    {
+        let events = self.inner.bus.subscribe();
+        let current: Vec<(Arc<str>, Snapshot)> = {
+            let core = self.lock();
+            core.registry
+                .all()
+                .filter(|op| group.as_deref().is_none_or(|g| op.spec.transfer_group == g))
+                .map(|op| (Arc::from(op.spec.guid.as_str()), op.hub.current()))
+                .collect()
+        };
+        progress::watch_all(events, current, group, self.inner.shutdown.clone())
+    }
+
+    /// Applies a live edit to a non-terminal download, keeping its queue position consistent,
+    /// then stores it and lets conditions and the scheduler react.
+    async fn edit(
+        &self,
+        guid: &str,
+        action: &'static str,
+        change: impl FnOnce(&str, &mut OpState) -> Result<(), Error>,
+    ) -> Result<DownloadView, Error> {
+        let op = self.op(guid)?;
+        {
+            let mut core = self.lock();
+            let mut st = op.lock();
+            if st.status().is_terminal() {
+                return Err(illegal(guid, action, st.status()));
+            }
+            change(guid, &mut st)?;
+            core.queue.reposition(op.queue_key(&st));
+        }
+        self.persist(&op).await?;
+        self.conditions_changed().await;
+        Ok(self.view(&op))
+    }
+
+    fn op(&self, guid: &str) -> Result<Arc<Op>, Error> {
+        self.lock().registry.find(guid)
+    }
+
+    fn view(&self, op: &Op) -> DownloadView {
+        self.lock().view(op)
+    }
+}
+
+fn illegal(guid: &str, action: &'static str, status: Status) -> Error {
+    Error::IllegalTransition {
+        guid: guid.into(),
+        action,
+        status,
+    }
+}

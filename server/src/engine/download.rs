@@ -1,0 +1,368 @@
+//! One download in memory ([`Op`]: its fixed spec, its progress hub and its mutable
+//! [`OpState`]) and [`Core::transition`], the one function that changes a download's status.
+//! Every status change goes through it: it refuses a move the state machine does not allow,
+//! and keeps the run queue, the result-file claims, the transfer slots and the published
+//! progress in step with the new status.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio_util::sync::CancellationToken;
+
+use super::queue::QueueKey;
+use super::{Core, DownloadView, host};
+use crate::operation::{
+    DownloadSpec, Progress, ResponseInfo, Settings, Status, StatusReason, TransferError, Validators,
+};
+use crate::progress::{self, Bus, Hub};
+use crate::store::Record;
+
+/// A download in memory.
+#[derive(Debug)]
+pub(super) struct Op {
+    /// What is fixed for life; what can change lives in [`OpState::settings`].
+    pub(super) spec: DownloadSpec,
+    /// Where its progress is published to watchers.
+    pub(super) hub: Arc<Hub>,
+    state: Mutex<OpState>,
+    /// Serialises store writes of this download (see the engine's module docs).
+    pub(super) persist: tokio::sync::Mutex<()>,
+}
+
+/// What changes while a download lives. The status is written only by [`Core::transition`].
+#[derive(Debug)]
+pub(super) struct OpState {
+    pub(super) settings: Settings,
+    status: Status,
+    pub(super) reason: StatusReason,
+    /// The recoverable HTTP status that paused it.
+    pub(super) web_error_status: Option<u16>,
+    /// Position within its priority; see [`QueueKey`].
+    pub(super) queue_order: i64,
+    /// Body bytes received (may be ahead of the checkpoint).
+    pub(super) bytes: u64,
+    /// Bytes durably in the partial file.
+    pub(super) checkpoint: u64,
+    pub(super) total: u64,
+    pub(super) validators: Validators,
+    pub(super) response: Option<ResponseInfo>,
+    pub(super) error: Option<TransferError>,
+    pub(super) responses: u64,
+    pub(super) restarts: u64,
+    /// HTTP attempts made over the download's life.
+    pub(super) attempts: u32,
+    /// Set while a transfer task owns the partial file (and holds a transfer slot).
+    pub(super) task: Option<TaskHandle>,
+}
+
+/// The handles of a running transfer task.
+#[derive(Debug)]
+pub(super) struct TaskHandle {
+    /// Cancelling it stops the attempt (the HTTP request is dropped).
+    pub(super) stop: CancellationToken,
+    /// Cancelled by the task once it has let go: data flushed, fsynced and checkpointed, or
+    /// the partial file removed.
+    pub(super) done: CancellationToken,
+}
+
+impl TaskHandle {
+    /// Asks the task to stop and returns what to wait on.
+    pub(super) fn stop(&self) -> CancellationToken {
+        self.stop.cancel();
+        self.done.clone()
+    }
+}
+
+/// A status change the state machine does not allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct IllegalMove {
+    /// The status the download was in.
+    pub(super) from: Status,
+}
+
+/// Whether the state machine allows a download in `from` to move to `to`. A terminal status
+/// never changes; RUNNING is entered only from IDLE by the scheduler, and only a running
+/// transfer completes, fails or meets a recoverable web error. An automatic pause may move to
+/// another one (conditions changed) or to itself with a new reason.
+pub(super) fn legal(from: Status, to: Status) -> bool {
+    use Status as S;
+    if from.is_terminal() {
+        return false;
+    }
+    match to {
+        S::Idle => from == S::Running || client_owned_pause(from) || host::is_automatic_pause(from),
+        S::Running => from == S::Idle,
+        S::PausedByApplication => from != S::PausedByApplication,
+        S::Completed | S::Error | S::PausedRecoverableWebErrorStatus => from == S::Running,
+        S::Canceled => true,
+        S::PausedCostedNetwork | S::PausedNoNetwork | S::PausedSystemPolicy => {
+            from == S::Idle || from == S::Running || host::is_automatic_pause(from)
+        }
+    }
+}
+
+/// The pauses a client owns: ResumeDownload continues them and SetRequestedUri may re-point
+/// them. Conditions never lift them by themselves.
+pub(super) fn client_owned_pause(status: Status) -> bool {
+    matches!(
+        status,
+        Status::PausedByApplication | Status::PausedRecoverableWebErrorStatus
+    )
+}
+
+impl Core {
+    /// Moves a download to `to` for `reason`, if the state machine allows it, and keeps
+    /// everything that follows from a status in step: a download is in the run queue exactly
+    /// while it is IDLE, holds its result-file claim until it is terminal, takes a transfer
+    /// slot when it starts RUNNING (the slot is given back when its task lets go, see
+    /// [`Core::let_go`]), and watchers see every change.
+    pub(super) fn transition(
+        &mut self,
+        op: &Op,
+        st: &mut OpState,
+        to: Status,
+        reason: StatusReason,
+    ) -> Result<(), IllegalMove> {
+        let from = st.status;
+        if !legal(from, to) {
+            debug_assert!(
+                !(to == Status::Running || to == Status::Completed),
+                "illegal internal move {from:?} -> {to:?}"
+            );
+            return Err(IllegalMove { from });
+        }
+        if from == Status::Idle {
+            self.queue.remove(&op.spec.guid);
+        }
+        st.status = to;
+        st.reason = reason;
+        match to {
+            Status::Idle => self.queue.push(op.queue_key(st)),
+            Status::Running => self.slots.acquire(&op.spec.transfer_group),
+            s if s.is_terminal() => self.registry.release_claim(&op.spec),
+            _ => {}
+        }
+        op.publish(st);
+        Ok(())
+    }
+
+    /// Records that a download's transfer task has let go of it: the task handle is gone and
+    /// its transfer slot is free. Unless it completed, only what reached the disk counts.
+    pub(super) fn let_go(&mut self, op: &Op, st: &mut OpState) {
+        if st.task.take().is_some() {
+            self.slots.release(&op.spec.transfer_group);
+        }
+        st.bytes = st.checkpoint;
+    }
+}
+
+impl OpState {
+    /// The current status (changed only by [`Core::transition`]).
+    pub(super) fn status(&self) -> Status {
+        self.status
+    }
+}
+
+impl Op {
+    /// A download in memory, in the state a stored record describes.
+    pub(super) fn from_record(record: Record, bus: &Bus) -> Arc<Op> {
+        let Record {
+            spec,
+            settings,
+            status,
+            checkpoint_bytes,
+            total_bytes,
+            validators,
+            response,
+            error,
+            attempts,
+            web_error_status,
+            queue_order,
+        } = record;
+        let progress = Progress {
+            bytes_received: if status == Status::Completed {
+                total_bytes.max(checkpoint_bytes)
+            } else {
+                checkpoint_bytes
+            },
+            total_bytes_to_receive: total_bytes,
+            status,
+        };
+        let reason = match status {
+            Status::PausedByApplication => StatusReason::PausedByClient,
+            Status::PausedRecoverableWebErrorStatus => StatusReason::RecoverableWebError,
+            Status::Idle => StatusReason::WaitingForSlot,
+            _ => StatusReason::Unspecified,
+        };
+        let hub = Hub::new(&spec.guid, &spec.transfer_group, progress, bus.clone());
+        Arc::new(Op {
+            hub: Arc::new(hub),
+            state: Mutex::new(OpState {
+                settings,
+                status,
+                reason,
+                web_error_status,
+                queue_order,
+                bytes: progress.bytes_received,
+                checkpoint: checkpoint_bytes,
+                total: total_bytes,
+                validators,
+                response,
+                error,
+                responses: 0,
+                restarts: 0,
+                attempts,
+                task: None,
+            }),
+            persist: tokio::sync::Mutex::new(()),
+            spec,
+        })
+    }
+
+    /// The download's state lock (see the engine's module docs for the lock order).
+    pub(super) fn lock(&self) -> MutexGuard<'_, OpState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Its place in the run queue.
+    pub(super) fn queue_key(&self, st: &OpState) -> QueueKey {
+        QueueKey::new(
+            st.settings.priority,
+            st.queue_order,
+            self.spec.seq,
+            self.spec.guid.clone(),
+        )
+    }
+
+    /// Everything to store about it now.
+    pub(super) fn record(&self) -> Record {
+        let st = self.lock();
+        Record {
+            spec: self.spec.clone(),
+            settings: st.settings.clone(),
+            status: st.status,
+            checkpoint_bytes: st.checkpoint,
+            total_bytes: st.total,
+            validators: st.validators.clone(),
+            response: st.response.clone(),
+            error: st.error.clone(),
+            attempts: st.attempts,
+            web_error_status: st.web_error_status,
+            queue_order: st.queue_order,
+        }
+    }
+
+    /// Its view, as far as the download alone knows it (see `Core::view`).
+    pub(super) fn view(&self) -> DownloadView {
+        let snapshot = self.hub.current();
+        let st = self.lock();
+        DownloadView {
+            spec: self.spec.clone(),
+            settings: st.settings.clone(),
+            reason: st.reason,
+            web_error_status: st.web_error_status,
+            progress: progress::FlagCursor::first(&snapshot).1,
+            error: st.error.clone(),
+            attempts: st.attempts,
+        }
+    }
+
+    /// Publishes the current state; call with the state lock held so publications stay in order.
+    pub(super) fn publish(&self, st: &OpState) {
+        self.hub.publish(
+            Progress {
+                bytes_received: st.bytes,
+                total_bytes_to_receive: st.total,
+                status: st.status,
+            },
+            st.responses,
+            st.restarts,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Status as S;
+
+    /// Every move the engine makes, and nothing else, is legal.
+    #[test]
+    fn transition_table() {
+        let allowed: &[(Status, &[Status])] = &[
+            (
+                S::Idle,
+                &[
+                    S::Running,
+                    S::PausedByApplication,
+                    S::Canceled,
+                    S::PausedCostedNetwork,
+                    S::PausedNoNetwork,
+                    S::PausedSystemPolicy,
+                ],
+            ),
+            (
+                S::Running,
+                &[
+                    S::Idle,
+                    S::PausedByApplication,
+                    S::PausedCostedNetwork,
+                    S::PausedNoNetwork,
+                    S::Completed,
+                    S::Canceled,
+                    S::Error,
+                    S::PausedRecoverableWebErrorStatus,
+                    S::PausedSystemPolicy,
+                ],
+            ),
+            (S::PausedByApplication, &[S::Idle, S::Canceled]),
+            (
+                S::PausedRecoverableWebErrorStatus,
+                &[S::Idle, S::PausedByApplication, S::Canceled],
+            ),
+            (S::Completed, &[]),
+            (S::Canceled, &[]),
+            (S::Error, &[]),
+        ];
+        let automatic = [
+            S::PausedCostedNetwork,
+            S::PausedNoNetwork,
+            S::PausedSystemPolicy,
+        ];
+        for from in Status::ALL {
+            let expected: Vec<Status> = match allowed.iter().find(|(f, _)| *f == from) {
+                Some((_, to)) => to.to_vec(),
+                None => {
+                    assert!(
+                        automatic.contains(&from),
+                        "{from:?} is missing from the table"
+                    );
+                    let mut to = vec![S::Idle, S::PausedByApplication, S::Canceled];
+                    to.extend(automatic);
+                    to
+                }
+            };
+            for to in Status::ALL {
+                assert_eq!(
+                    legal(from, to),
+                    expected.contains(&to),
+                    "{from:?} -> {to:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn clients_own_only_their_pauses_and_recoverable_web_errors() {
+        let owned: Vec<Status> = Status::ALL
+            .into_iter()
+            .filter(|s| client_owned_pause(*s))
+            .collect();
+        assert_eq!(
+            owned,
+            [S::PausedByApplication, S::PausedRecoverableWebErrorStatus]
+        );
+        for s in owned {
+            assert!(!host::is_automatic_pause(s));
+        }
+    }
+}

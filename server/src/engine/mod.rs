@@ -1,0 +1,238 @@
+//! The transfer engine: it keeps every download, runs at most `max_active` of them at once, and
+//! moves each through its statuses as clients, hosts and origins make it. It knows nothing of
+//! gRPC: the gRPC layer converts requests into the calls in [`commands`] and converts back what
+//! they return.
+//!
+//! # Rooms
+//! - [`commands`]: what clients and operators ask: create, pause, resume, cancel, the live edits,
+//!   reads and watches.
+//! - `validate`: request limits and the checks of a new download's fields.
+//! - `download`: one download's state and the ONE function that changes a status.
+//! - `registry`: downloads by guid and by creation order, result-file claims and paging.
+//! - `queue`: the run queue, a type that keeps its order and its index in step.
+//! - `scheduler`: transfer slots, priorities and serialized groups.
+//! - `transfer`: the task that transfers one download: attempts, retries, checkpoints, commit.
+//! - `host`: host conditions (network, cost, constrained mode, disk) and their monitor.
+//!
+//! # Locking
+//! One engine-wide lock guards [`Core`] (registry, queue, slots, host conditions); each download
+//! has its own state lock. The engine lock is taken before a download's lock, never the other
+//! way round. Both are std mutexes held only for short synchronous sections, never across an
+//! await. Store writes of one download are serialised by its async `persist` lock and always
+//! write the latest state, so an older write can never land after a newer one.
+
+pub mod commands;
+mod download;
+mod host;
+mod queue;
+mod registry;
+mod scheduler;
+mod transfer;
+mod validate;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::Error;
+use crate::fetch::Fetcher;
+use crate::operation::{CostPolicy, DownloadSpec, Settings, Status, StatusReason, TransferError};
+use crate::progress::{Bus, Message};
+use crate::retry::RetryPolicy;
+use crate::store::{Store, StoreError};
+
+pub use commands::NewDownload;
+pub use host::Conditions;
+pub use registry::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+
+use download::Op;
+use host::Host;
+use queue::RunQueue;
+use registry::Registry;
+use scheduler::Slots;
+
+/// How long shutdown waits for running transfers to checkpoint before giving up on them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What the engine needs to run.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Where result files go.
+    pub download_dir: PathBuf,
+    /// Most transfers running at once.
+    pub max_active: usize,
+    /// When failed attempts are retried.
+    pub retry: RetryPolicy,
+    /// Below this many free bytes on the download volume, downloads pause.
+    pub min_free_disk_bytes: u64,
+    /// What DEFAULT cost policy means (ALWAYS or UNRESTRICTED_ONLY).
+    pub default_cost_policy: CostPolicy,
+}
+
+/// A download as the outside world sees it.
+#[derive(Clone, Debug)]
+pub struct DownloadView {
+    /// What was asked for, fixed.
+    pub spec: DownloadSpec,
+    /// What was asked for, editable.
+    pub settings: Settings,
+    /// Why it is in its status.
+    pub reason: StatusReason,
+    /// The recoverable HTTP status that paused it.
+    pub web_error_status: Option<u16>,
+    /// The latest published progress, with the flags it was published with.
+    pub progress: Message,
+    /// Why it failed, if it did.
+    pub error: Option<TransferError>,
+    /// HTTP requests made for it so far.
+    pub attempts: u32,
+}
+
+/// The host as the engine sees it, for GetSystemStatus.
+#[derive(Clone, Copy, Debug)]
+pub struct SystemView {
+    /// Network, policy and disk conditions.
+    pub conditions: Conditions,
+    /// Whether disk space counts as low (below the minimum, or still full after a write failed).
+    pub low_disk_space: bool,
+    /// Downloads transferring.
+    pub active: usize,
+    /// Downloads waiting for a slot.
+    pub queued: usize,
+}
+
+/// One page of ListDownloads.
+#[derive(Clone, Debug)]
+pub struct Page {
+    /// The downloads, in creation order.
+    pub downloads: Vec<DownloadView>,
+    /// Token of the next page; empty on the last.
+    pub next_page_token: String,
+}
+
+/// The transfer engine. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: EngineConfig,
+    store: Arc<dyn Store>,
+    fetcher: Fetcher,
+    bus: Bus,
+    core: Mutex<Core>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Everything the engine-wide lock guards.
+#[derive(Debug)]
+struct Core {
+    /// Every download, its result-file claim and its place in ListDownloads.
+    registry: Registry,
+    /// IDLE downloads waiting for a slot, in run order.
+    queue: RunQueue,
+    /// Transfer tasks alive, per group, and which groups run one at a time.
+    slots: Slots,
+    /// Network, policy and disk conditions.
+    host: Host,
+}
+
+impl Engine {
+    /// Opens the engine on a store: loads every download and queues the unfinished ones to
+    /// continue from their checkpoints. Nothing runs until [`Engine::start`].
+    pub fn open(
+        config: EngineConfig,
+        store: Arc<dyn Store>,
+        fetcher: Fetcher,
+        shutdown: CancellationToken,
+    ) -> Result<Engine, Error> {
+        let bus = Bus::default();
+        let mut core = Core {
+            registry: Registry::default(),
+            queue: RunQueue::default(),
+            slots: Slots::new(store.load_groups()?),
+            host: Host::new(Conditions::new(
+                config.min_free_disk_bytes,
+                config.default_cost_policy,
+            )),
+        };
+        for mut record in store.load()? {
+            // A download that was running, or paused by conditions, when the server stopped
+            // waits for a slot again; conditions are measured afresh. This is how a stored
+            // record is read back, not a status change: nothing has run yet.
+            if record.status == Status::Running || host::is_automatic_pause(record.status) {
+                record.status = Status::Idle;
+            }
+            let op = Op::from_record(record, &bus);
+            core.add(op);
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                fetcher,
+                bus,
+                core: Mutex::new(core),
+                shutdown,
+                tasks: TaskTracker::new(),
+            }),
+        })
+    }
+
+    /// Measures the host, starts the monitor of disk space and network, and starts transferring
+    /// queued downloads.
+    pub fn start(&self) {
+        self.measure_disk();
+        self.reconcile();
+        let engine = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { engine.monitor().await });
+        self.schedule();
+    }
+
+    /// Stops every transfer, checkpoints it and waits (up to [`SHUTDOWN_GRACE`]) for the tasks
+    /// to finish. Call after the shutdown token fired.
+    pub async fn drain(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some transfers did not checkpoint in time; they resume from their previous checkpoint"
+            );
+        }
+    }
+
+    /// The engine-wide lock (see the module docs for the lock order).
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.inner.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the download's latest state to the store.
+    async fn persist(&self, op: &Arc<Op>) -> Result<(), Error> {
+        let _serial = op.persist.lock().await;
+        let record = op.record();
+        Ok(self.store(move |store| store.save(&record)).await?)
+    }
+
+    /// Runs a store call on the blocking pool: SQLite commits fsync, which must not stall the
+    /// async workers.
+    async fn store(
+        &self,
+        call: impl FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || call(store.as_ref()))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Interrupted(e.to_string())))
+    }
+}

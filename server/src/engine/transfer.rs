@@ -1,0 +1,376 @@
+//! The transfer task of one download: it runs attempts (retrying transient failures within the
+//! retry budget), lets the engine checkpoint what is durably on disk, verifies and commits the
+//! finished file, and at the end decides how the download goes on: completed, failed, paused
+//! on a recoverable web error, or back in the queue because the network or the disk gave out.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio_util::sync::CancellationToken;
+
+use super::download::{Op, OpState};
+use super::host::{probe_target, routable};
+use super::{Core, Engine};
+use crate::fetch::{Failure, Job, Observer, Outcome, ResponseStart};
+use crate::operation::{
+    DownloadSpec, ErrorReason, ResponseInfo, Status, StatusReason, TransferError,
+};
+use crate::paths;
+
+/// How a transfer ends for its download, decided from the last attempt's outcome.
+#[derive(Debug)]
+enum Ending {
+    /// The file is committed.
+    Completed { bytes: u64 },
+    /// The origin answered one of the download's recoverable statuses: pause until a client
+    /// resumes it.
+    RecoverableWebError(u16),
+    /// No route to the origin: the network counts as down and the download waits for it.
+    NetworkDown(Failure),
+    /// The disk is full: the download waits for space.
+    DiskFull(Failure),
+    /// It failed for good.
+    Failed(TransferError),
+    /// It was stopped (paused, cancelled, conditions, shutdown): its status already says why.
+    Stopped,
+}
+
+impl Ending {
+    /// The ending a failed attempt (or commit) calls for.
+    fn failed(failure: Failure, spec: &DownloadSpec) -> Ending {
+        if let Some(code) = recoverable_status(spec, &failure) {
+            Ending::RecoverableWebError(code)
+        } else if failure.network_down {
+            Ending::NetworkDown(failure)
+        } else if failure.disk_full {
+            Ending::DiskFull(failure)
+        } else {
+            Ending::Failed(failure.error)
+        }
+    }
+}
+
+/// The HTTP status of a failure, if the download's client listed it as recoverable.
+fn recoverable_status(spec: &DownloadSpec, failure: &Failure) -> Option<u16> {
+    failure
+        .error
+        .http_status
+        .filter(|code| spec.recoverable_web_error_statuses.contains(code))
+}
+
+impl Engine {
+    /// The life of one transfer slot: attempts until done, then the resulting state change.
+    /// `done` is cancelled once the task has let go of the download.
+    pub(super) async fn transfer(
+        self,
+        op: Arc<Op>,
+        stop: CancellationToken,
+        done: CancellationToken,
+    ) {
+        if let Err(e) = self.persist(&op).await {
+            tracing::warn!(error = %e, "could not record the start of the transfer");
+        }
+        let partial = paths::partial_path(&self.inner.config.download_dir, &op.spec.guid);
+        let ending = match self.run_attempts(&op, &partial, &stop).await {
+            // A whole body that was stopped before its commit is not complete: it stays where
+            // it is and the download goes on from its checkpoint.
+            Outcome::Complete { .. } if stop.is_cancelled() => Ending::Stopped,
+            Outcome::Complete { bytes } => match self.commit(&op, &partial).await {
+                Ok(()) => Ending::Completed { bytes },
+                Err(failure) => Ending::failed(failure, &op.spec),
+            },
+            Outcome::Failed(failure) => Ending::failed(failure, &op.spec),
+            Outcome::Stopped => Ending::Stopped,
+        };
+        let (remove_partial, conditions_moved) = {
+            let mut core = self.lock();
+            let mut st = op.lock();
+            core.let_go(&op, &mut st);
+            let conditions_moved = if st.status() == Status::Running {
+                self.settle(&mut core, &op, &mut st, ending)
+            } else {
+                // Paused or cancelled meanwhile: the status already says what happened.
+                op.publish(&st);
+                false
+            };
+            (
+                matches!(st.status(), Status::Canceled | Status::Error),
+                conditions_moved,
+            )
+        };
+        if remove_partial {
+            self.remove_partial(&op).await;
+        }
+        if let Err(e) = self.persist(&op).await {
+            tracing::error!(error = %e, "could not record the end of the transfer");
+        }
+        done.cancel();
+        if conditions_moved {
+            self.conditions_changed().await;
+        } else {
+            self.schedule();
+        }
+    }
+
+    /// Moves a download whose transfer ended while it was RUNNING to what `ending` calls for.
+    /// Returns whether host conditions changed (the network or the disk gave out), so every
+    /// download must be reconciled.
+    fn settle(&self, core: &mut Core, op: &Op, st: &mut OpState, ending: Ending) -> bool {
+        let (to, reason) = match ending {
+            Ending::Completed { bytes } => {
+                st.bytes = bytes;
+                st.checkpoint = bytes;
+                st.total = bytes;
+                tracing::info!(bytes, "completed");
+                (Status::Completed, StatusReason::Unspecified)
+            }
+            Ending::RecoverableWebError(code) => {
+                tracing::info!(code, "paused on a recoverable web error status");
+                st.web_error_status = Some(code);
+                (
+                    Status::PausedRecoverableWebErrorStatus,
+                    StatusReason::RecoverableWebError,
+                )
+            }
+            Ending::NetworkDown(failure) => {
+                tracing::warn!(error = %failure.error.message, "the network is down");
+                core.host.network_down(&st.settings.requested_uri);
+                // Reconciling afterwards pauses this and every other download.
+                (Status::Idle, StatusReason::WaitingForSlot)
+            }
+            Ending::DiskFull(failure) => {
+                tracing::warn!(error = %failure.error.message, "the disk is full");
+                let free = paths::free_space(&self.inner.config.download_dir).unwrap_or(0);
+                core.host.disk_full(free);
+                (Status::Idle, StatusReason::WaitingForSlot)
+            }
+            Ending::Failed(error) => {
+                tracing::warn!(error = %error.message, "failed");
+                st.error = Some(error);
+                (Status::Error, StatusReason::Unspecified)
+            }
+            Ending::Stopped => {
+                // Stopped by shutdown while still RUNNING: it stays so, and is queued again at
+                // the next start.
+                op.publish(st);
+                return false;
+            }
+        };
+        let conditions_moved = to == Status::Idle;
+        if let Err(e) = core.transition(op, st, to, reason) {
+            tracing::error!(
+                from = e.from.name(),
+                to = to.name(),
+                "a transfer ended in an illegal move"
+            );
+            op.publish(st);
+        }
+        conditions_moved
+    }
+
+    /// Runs attempts until one completes, one fails for good, the retry budget is spent, or
+    /// `stop` fires. Every attempt resumes from the latest checkpoint.
+    async fn run_attempts(
+        &self,
+        op: &Arc<Op>,
+        partial: &Path,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        let policy = self.inner.config.retry;
+        let mut failures = 0u32;
+        loop {
+            let (outcome, progressed) = self.attempt(op, partial, stop).await;
+            let Outcome::Failed(mut failure) = outcome else {
+                return outcome;
+            };
+            {
+                // Between attempts, progress shows what is on disk, where the next one resumes.
+                let mut st = op.lock();
+                st.bytes = st.checkpoint;
+                op.publish(&st);
+            }
+            // Offline, a full disk and a recoverable status pause instead of spending retries.
+            if !failure.transient
+                || failure.network_down
+                || failure.disk_full
+                || recoverable_status(&op.spec, &failure).is_some()
+                || stop.is_cancelled()
+            {
+                return Outcome::Failed(failure);
+            }
+            // A budget of failures in a row: an attempt that brought bytes starts a new count,
+            // so a flaky link slowly finishing a large file is not given up on.
+            failures = if progressed { 1 } else { failures + 1 };
+            if !policy.allows_another(failures) {
+                failure.error.message = format!(
+                    "gave up after {failures} failed attempt{} in a row; the last: {}",
+                    if failures == 1 { "" } else { "s" },
+                    failure.error.message
+                );
+                return Outcome::Failed(failure);
+            }
+            let delay = policy.delay(failures, failure.retry_after);
+            tracing::warn!(error = %failure.error.message, failures, ?delay, "attempt failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => return Outcome::Stopped,
+            }
+        }
+    }
+
+    /// One HTTP attempt from the latest checkpoint. Returns its outcome and whether it brought
+    /// any body bytes. A connect failure counts as "network down" only when the host has no
+    /// route to the origin.
+    async fn attempt(
+        &self,
+        op: &Arc<Op>,
+        partial: &Path,
+        stop: &CancellationToken,
+    ) -> (Outcome, bool) {
+        let (settings, checkpoint, validators, total) = {
+            let mut st = op.lock();
+            st.attempts += 1;
+            (
+                st.settings.clone(),
+                st.checkpoint,
+                st.validators.clone(),
+                st.total,
+            )
+        };
+        let job = Job {
+            settings: &settings,
+            partial,
+            checkpoint,
+            validators: &validators,
+            total,
+        };
+        let observer = Progressor {
+            engine: self,
+            op,
+            progressed: AtomicBool::new(false),
+            start: AtomicU64::new(0),
+        };
+        let mut outcome = self.inner.fetcher.run(job, &observer, stop).await;
+        if let Outcome::Failed(failure) = &mut outcome {
+            if failure.network_down {
+                // "Network down" means the host has no route to the origin: the same question
+                // the monitor asks to notice its return. An unreachable host behind a working
+                // route (ARP or a remote router said no) is the origin's problem, retried and
+                // counted; otherwise detection and recovery would disagree and flap forever.
+                // While an operator decides connectivity, marking it down would change nothing
+                // and the download would be queued and fail again at once, so it counts too.
+                let overridden = self.lock().host.conditions.connected_override.is_some();
+                let target = probe_target(&settings.requested_uri);
+                if overridden || routable(target.as_slice()).await {
+                    failure.network_down = false;
+                }
+            }
+        }
+        (outcome, observer.progressed.load(Ordering::Relaxed))
+    }
+
+    /// Checks the expected SHA-256, if any, then moves the complete partial file to its result
+    /// path: fsync, rename, fsync the directory.
+    async fn commit(&self, op: &Op, partial: &Path) -> Result<(), Failure> {
+        let download_dir = self.inner.config.download_dir.clone();
+        let target = download_dir.join(&op.spec.result_file);
+        let partial = partial.to_path_buf();
+        let expected = op.spec.expected_sha256.clone();
+        let result_file = op.spec.result_file.clone();
+        let disk = |what: &str, e: std::io::Error| Failure::disk(what, &e);
+        tokio::task::spawn_blocking(move || {
+            if let Some(expected) = expected {
+                // Hashing the whole file covers bytes from every attempt and restart alike.
+                let actual = paths::sha256_file(&partial)
+                    .map_err(|e| disk("could not read the finished file to verify it", e))?;
+                if actual != expected {
+                    return Err(Failure::fatal(TransferError {
+                        message: format!(
+                            "the downloaded bytes have SHA-256 {actual}, not the expected {expected}; nothing was written to `{result_file}`"
+                        ),
+                        http_status: None,
+                        reason: ErrorReason::Integrity,
+                    }));
+                }
+            }
+            paths::commit(&download_dir, &partial, &target)
+                .map_err(|e| disk("could not move the finished file into place", e))
+        })
+        .await
+        .unwrap_or_else(|e| Err(disk("the commit task failed", std::io::Error::other(e))))
+    }
+
+    /// Removes a download's partial file, if there is one.
+    pub(super) async fn remove_partial(&self, op: &Op) {
+        let partial = paths::partial_path(&self.inner.config.download_dir, &op.spec.guid);
+        match tokio::fs::remove_file(&partial).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, path = %partial.display(), "could not remove partial file")
+            }
+        }
+    }
+}
+
+/// The engine's side of a running attempt.
+struct Progressor<'a> {
+    engine: &'a Engine,
+    op: &'a Arc<Op>,
+    /// Whether this attempt received any body bytes: it made progress, so the retry budget
+    /// starts over.
+    progressed: AtomicBool,
+    /// Where this attempt's body started.
+    start: AtomicU64,
+}
+
+impl Observer for Progressor<'_> {
+    fn response(&self, start: ResponseStart) {
+        let ResponseStart {
+            info,
+            validators,
+            total,
+            offset,
+            restarted,
+        } = start;
+        let mut st = self.op.lock();
+        st.responses += 1;
+        if restarted {
+            st.restarts += 1;
+            tracing::info!(offset, "restarted from byte 0");
+        }
+        self.start.store(offset, Ordering::Relaxed);
+        st.bytes = offset;
+        st.total = total;
+        st.validators = validators;
+        st.response = Some(info);
+        self.op.publish(&st);
+    }
+
+    fn error_response(&self, info: ResponseInfo) {
+        let mut st = self.op.lock();
+        st.responses += 1;
+        st.response = Some(info);
+        self.op.publish(&st);
+    }
+
+    fn progress(&self, bytes_received: u64) {
+        if bytes_received > self.start.load(Ordering::Relaxed) {
+            self.progressed.store(true, Ordering::Relaxed);
+        }
+        self.op.lock().bytes = bytes_received;
+    }
+
+    fn tick(&self) {
+        let st = self.op.lock();
+        self.op.publish(&st);
+    }
+
+    async fn durable(&self, bytes: u64) {
+        self.op.lock().checkpoint = bytes;
+        if let Err(e) = self.engine.persist(self.op).await {
+            tracing::warn!(error = %e, "checkpoint not stored; the previous one stands");
+        }
+    }
+}

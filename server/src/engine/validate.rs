@@ -1,0 +1,221 @@
+//! Request limits and the checks of what clients send: a new download's fields and the values
+//! of live edits. Each check says what was wrong and what is accepted.
+
+use std::collections::BTreeMap;
+
+use super::commands::NewDownload;
+use crate::error::Error;
+use crate::fetch;
+use crate::operation::{CostPolicy, Priority};
+use crate::paths;
+
+/// Longest accepted requested URI, in bytes: what common servers and proxies accept.
+const MAX_URI_LEN: usize = 8 * 1024;
+
+/// Most extra request headers per download.
+const MAX_REQUEST_HEADERS: usize = 64;
+
+/// Longest transfer group name, in bytes.
+const MAX_GROUP_LEN: usize = 256;
+
+/// A new download whose fields passed every check.
+#[derive(Debug)]
+pub(super) struct CheckedDownload {
+    pub(super) uri: url::Url,
+    /// The result path the client asked for, in normal form; `None` lets the server pick.
+    pub(super) result_file: Option<String>,
+    pub(super) priority: Priority,
+    pub(super) cost_policy: CostPolicy,
+    pub(super) transfer_group: String,
+    pub(super) request_headers: BTreeMap<String, String>,
+    pub(super) expected_sha256: Option<String>,
+    pub(super) recoverable_web_error_statuses: Vec<u16>,
+}
+
+/// Checks every field of a new download.
+pub(super) fn new_download(new: NewDownload) -> Result<CheckedDownload, Error> {
+    let NewDownload {
+        requested_uri,
+        result_file,
+        priority,
+        cost_policy,
+        transfer_group,
+        request_headers,
+        expected_sha256,
+        recoverable_web_error_statuses,
+    } = new;
+    let uri = uri(&requested_uri)?;
+    let expected_sha256 = sha256(&expected_sha256)?;
+    let priority = self::priority(priority)?;
+    let cost_policy = self::cost_policy(cost_policy)?;
+    group(&transfer_group)?;
+    let mut headers = BTreeMap::new();
+    for (name, value) in &request_headers {
+        set_header(&mut headers, name, value)?;
+    }
+    let recoverable = recoverable_statuses(recoverable_web_error_statuses)?;
+    let result_file = if result_file.is_empty() {
+        None
+    } else {
+        Some(paths::validate_result_file(&result_file)?)
+    };
+    Ok(CheckedDownload {
+        uri,
+        result_file,
+        priority,
+        cost_policy,
+        transfer_group,
+        request_headers: headers,
+        expected_sha256,
+        recoverable_web_error_statuses: recoverable,
+    })
+}
+
+/// Sets a request header (name in lower case), within the limit on how many a download has.
+pub(super) fn set_header(
+    headers: &mut BTreeMap<String, String>,
+    name: &str,
+    value: &str,
+) -> Result<(), Error> {
+    fetch::check_user_header(name, value).map_err(Error::InvalidArgument)?;
+    let name = name.to_ascii_lowercase();
+    if !headers.contains_key(&name) && headers.len() >= MAX_REQUEST_HEADERS {
+        return Err(Error::InvalidArgument(format!(
+            "at most {MAX_REQUEST_HEADERS} request headers are allowed"
+        )));
+    }
+    headers.insert(name, value.to_string());
+    Ok(())
+}
+
+/// The recoverable HTTP statuses, sorted and without repeats; only error statuses qualify.
+fn recoverable_statuses(codes: Vec<u32>) -> Result<Vec<u16>, Error> {
+    let mut recoverable = Vec::with_capacity(codes.len());
+    for code in codes {
+        match u16::try_from(code) {
+            Ok(c) if (400..=599).contains(&c) => recoverable.push(c),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "recoverable_web_error_statuses may hold only HTTP error statuses (400 to 599), not {code}"
+                )));
+            }
+        }
+    }
+    recoverable.sort_unstable();
+    recoverable.dedup();
+    Ok(recoverable)
+}
+
+/// A priority given by its WinRT number.
+pub(super) fn priority(priority: i32) -> Result<Priority, Error> {
+    Priority::from_code(priority).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "priority {priority} is not a BackgroundTransferPriority (DEFAULT 0, HIGH 1, LOW 2)"
+        ))
+    })
+}
+
+/// A cost policy given by its WinRT number.
+pub(super) fn cost_policy(cost_policy: i32) -> Result<CostPolicy, Error> {
+    CostPolicy::from_code(cost_policy).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "cost_policy {cost_policy} is not a BackgroundTransferCostPolicy (DEFAULT 0, UNRESTRICTED_ONLY 1, ALWAYS 2)"
+        ))
+    })
+}
+
+/// A transfer group name: bounded, without control characters. Empty means no group.
+pub(super) fn group(group: &str) -> Result<(), Error> {
+    if group.len() > MAX_GROUP_LEN || group.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "transfer_group must be at most {MAX_GROUP_LEN} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// An expected SHA-256: empty for none, else 64 hex digits (returned in lower case).
+fn sha256(hex: &str) -> Result<Option<String>, Error> {
+    if hex.is_empty() {
+        return Ok(None);
+    }
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::InvalidArgument(format!(
+            "expected_sha256 must be 64 hexadecimal digits, got `{}`",
+            hex.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(Some(hex.to_ascii_lowercase()))
+}
+
+/// An absolute http(s) URI with a host, of bounded length.
+pub(super) fn uri(uri: &str) -> Result<url::Url, Error> {
+    let invalid = |reason: &str| Error::InvalidUri {
+        uri: uri.chars().take(200).collect(),
+        reason: reason.into(),
+    };
+    if uri.is_empty() {
+        return Err(invalid(
+            "it is empty; give an absolute http:// or https:// URI",
+        ));
+    }
+    if uri.len() > MAX_URI_LEN {
+        return Err(invalid(&format!("longer than {MAX_URI_LEN} bytes")));
+    }
+    let parsed = url::Url::parse(uri).map_err(|e| invalid(&format!("{e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid(&format!(
+            "scheme `{}` is not supported; use http or https",
+            parsed.scheme()
+        )));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("it has no host"));
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_limit_counts_distinct_names() {
+        let mut headers = BTreeMap::new();
+        for i in 0..MAX_REQUEST_HEADERS {
+            set_header(&mut headers, &format!("X-H{i}"), "v").unwrap();
+        }
+        // Replacing one (names are case-insensitive) is not a new header.
+        set_header(&mut headers, "x-h0", "w").unwrap();
+        assert_eq!(headers["x-h0"], "w");
+        let err = set_header(&mut headers, "x-more", "v").unwrap_err();
+        assert!(err.to_string().contains("at most 64"), "{err}");
+        assert!(set_header(&mut BTreeMap::new(), "Range", "bytes=0-").is_err());
+    }
+
+    #[test]
+    fn recoverable_statuses_are_error_statuses_sorted_once() {
+        assert_eq!(
+            recoverable_statuses(vec![503, 401, 503]).unwrap(),
+            vec![401, 503]
+        );
+        for bad in [200, 399, 600, 70_000] {
+            assert!(recoverable_statuses(vec![bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn uris_and_hashes() {
+        assert!(uri("https://example.com/a").is_ok());
+        for bad in ["", "ftp://example.com/a", "http://", "not a uri"] {
+            assert!(uri(bad).is_err(), "{bad:?}");
+        }
+        assert!(uri(&format!("http://h/{}", "a".repeat(MAX_URI_LEN))).is_err());
+        assert_eq!(sha256("").unwrap(), None);
+        assert_eq!(sha256(&"AB".repeat(32)).unwrap(), Some("ab".repeat(32)));
+        assert!(sha256("abc").is_err());
+        assert!(group(&"g".repeat(MAX_GROUP_LEN + 1)).is_err());
+        assert!(group("line\nbreak").is_err());
+        assert!(group("").is_ok());
+    }
+}
