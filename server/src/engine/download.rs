@@ -366,3 +366,76 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod transition_tests {
+    use super::super::fixtures::{core, op};
+    use super::*;
+    use crate::operation::Priority;
+
+    #[test]
+    fn the_queue_holds_exactly_the_idle_downloads() {
+        let a = op(1, "", Priority::Default, Status::Idle);
+        let mut core = core(&[], std::slice::from_ref(&a));
+        assert_eq!(core.queue.len(), 1);
+        let mut st = a.lock();
+        core.transition(
+            &a,
+            &mut st,
+            Status::PausedByApplication,
+            StatusReason::PausedByClient,
+        )
+        .unwrap();
+        assert_eq!(core.queue.len(), 0);
+        assert_eq!(st.reason, StatusReason::PausedByClient);
+        core.transition(&a, &mut st, Status::Idle, StatusReason::WaitingForSlot)
+            .unwrap();
+        assert_eq!(core.queue.len(), 1);
+        drop(st);
+        assert_eq!(a.hub.current().progress.status, Status::Idle);
+    }
+
+    #[test]
+    fn a_terminal_status_gives_the_result_file_back_and_never_changes() {
+        let a = op(1, "", Priority::Default, Status::Idle);
+        let mut core = core(&[], std::slice::from_ref(&a));
+        assert_eq!(core.registry.holder("f1"), Some(&"g1".to_string()));
+        let mut st = a.lock();
+        core.transition(&a, &mut st, Status::Canceled, StatusReason::Unspecified)
+            .unwrap();
+        assert_eq!(core.registry.holder("f1"), None);
+        assert_eq!(core.queue.len(), 0);
+        let err = core
+            .transition(&a, &mut st, Status::Idle, StatusReason::WaitingForSlot)
+            .unwrap_err();
+        assert_eq!(err.from, Status::Canceled);
+        assert_eq!(st.status(), Status::Canceled);
+        assert_eq!(core.queue.len(), 0);
+    }
+
+    #[test]
+    fn running_takes_a_slot_until_the_task_lets_go() {
+        let a = op(1, "g", Priority::Default, Status::Idle);
+        let mut core = core(&[], std::slice::from_ref(&a));
+        let mut st = a.lock();
+        st.task = Some(TaskHandle {
+            stop: CancellationToken::new(),
+            done: CancellationToken::new(),
+        });
+        core.transition(&a, &mut st, Status::Running, StatusReason::Unspecified)
+            .unwrap();
+        assert_eq!(core.slots.active(), 1);
+        // A pause changes the status at once; the slot is held until the task has let go.
+        core.transition(
+            &a,
+            &mut st,
+            Status::PausedByApplication,
+            StatusReason::PausedByClient,
+        )
+        .unwrap();
+        assert_eq!(core.slots.active(), 1);
+        core.let_go(&a, &mut st);
+        assert_eq!(core.slots.active(), 0);
+        assert!(st.task.is_none());
+    }
+}

@@ -236,3 +236,59 @@ impl Engine {
             .unwrap_or_else(|e| Err(StoreError::Interrupted(e.to_string())))
     }
 }
+
+/// Downloads and engine state built in memory for the engine's unit tests.
+#[cfg(test)]
+mod fixtures {
+    use std::sync::Arc;
+
+    use super::download::Op;
+    use super::*;
+    use crate::operation::{Behavior, Priority, Validators};
+    use crate::progress::Bus;
+    use crate::store::Record;
+
+    /// A download created `seq`-th, in `group`, with `priority`, stored in `status`.
+    pub(super) fn op(seq: u64, group: &str, priority: Priority, status: Status) -> Arc<Op> {
+        let record = Record {
+            spec: DownloadSpec {
+                guid: format!("g{seq}"),
+                seq,
+                result_file: format!("f{seq}"),
+                transfer_group: group.into(),
+                expected_sha256: None,
+                recoverable_web_error_statuses: Vec::new(),
+            },
+            settings: Settings {
+                requested_uri: "http://127.0.0.1/".into(),
+                request_headers: Default::default(),
+                priority,
+                cost_policy: CostPolicy::Default,
+            },
+            status,
+            checkpoint_bytes: 0,
+            total_bytes: 0,
+            validators: Validators::default(),
+            response: None,
+            error: None,
+            attempts: 0,
+            web_error_status: None,
+            queue_order: seq as i64,
+        };
+        Op::from_record(record, &Bus::default())
+    }
+
+    /// Engine state holding `ops`, with these group behaviors and nothing running.
+    pub(super) fn core(groups: &[(&str, Behavior)], ops: &[Arc<Op>]) -> Core {
+        let mut core = Core {
+            registry: Registry::default(),
+            queue: RunQueue::default(),
+            slots: Slots::new(groups.iter().map(|(g, b)| (g.to_string(), *b))),
+            host: Host::new(Conditions::new(0, CostPolicy::Always)),
+        };
+        for op in ops {
+            core.add(op.clone());
+        }
+        core
+    }
+}

@@ -6,9 +6,11 @@ use std::collections::{HashMap, HashSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::Engine;
-use super::download::TaskHandle;
+use std::sync::Arc;
+
+use super::download::{Op, TaskHandle};
 use super::queue::QueueKey;
+use super::{Core, Engine};
 use crate::operation::{Behavior, Status, StatusReason};
 
 /// Transfer tasks alive per transfer group, and which groups run one download at a time. A
@@ -66,49 +68,70 @@ impl Slots {
     }
 }
 
+impl Core {
+    /// Takes the downloads that may start now, while fewer than `max_active` tasks hold a slot,
+    /// highest priority first, skipping serialized groups that are busy (they keep their
+    /// places). Each one is RUNNING with a task handle of `stop` tokens made by `token` when
+    /// this returns.
+    pub(super) fn start_next(
+        &mut self,
+        max_active: usize,
+        token: impl Fn() -> CancellationToken,
+    ) -> Vec<(Arc<Op>, TaskHandle)> {
+        let mut started = Vec::new();
+        let mut held: Vec<QueueKey> = Vec::new();
+        while self.slots.active() < max_active {
+            let Some(key) = self.queue.pop_first() else {
+                break;
+            };
+            let Some(op) = self.registry.get(&key.guid) else {
+                continue;
+            };
+            if self.slots.busy(&op.spec.transfer_group) {
+                held.push(key);
+                continue;
+            }
+            let mut st = op.lock();
+            if st.task.is_some() {
+                // Its previous task is still letting go of the partial file; it schedules again
+                // when it has.
+                held.push(key);
+                continue;
+            }
+            let (stop, done) = (token(), CancellationToken::new());
+            st.task = Some(TaskHandle {
+                stop: stop.clone(),
+                done: done.clone(),
+            });
+            if let Err(e) =
+                self.transition(&op, &mut st, Status::Running, StatusReason::Unspecified)
+            {
+                // Only IDLE downloads are queued; a broken invariant must not start one.
+                tracing::error!(guid = %op.spec.guid, status = e.from.name(), "a queued download was not IDLE");
+                st.task = None;
+                continue;
+            }
+            drop(st);
+            started.push((op, TaskHandle { stop, done }));
+        }
+        for key in held {
+            self.queue.push(key);
+        }
+        started
+    }
+}
+
 impl Engine {
     /// Starts queued downloads while slots are free, one at a time per serialized group.
     pub(super) fn schedule(&self) {
         if self.inner.shutdown.is_cancelled() {
             return;
         }
-        let mut core = self.lock();
-        let mut held: Vec<QueueKey> = Vec::new();
-        while core.slots.active() < self.inner.config.max_active {
-            let Some(key) = core.queue.pop_first() else {
-                break;
-            };
-            let Some(op) = core.registry.get(&key.guid) else {
-                continue;
-            };
-            if core.slots.busy(&op.spec.transfer_group) {
-                held.push(key);
-                continue;
-            }
-            let stop = self.inner.shutdown.child_token();
-            let done = CancellationToken::new();
-            {
-                let mut st = op.lock();
-                if st.task.is_some() {
-                    // Its previous task is still letting go of the partial file; it schedules
-                    // again when it has.
-                    held.push(key);
-                    continue;
-                }
-                st.task = Some(TaskHandle {
-                    stop: stop.clone(),
-                    done: done.clone(),
-                });
-                if core
-                    .transition(&op, &mut st, Status::Running, StatusReason::Unspecified)
-                    .is_err()
-                {
-                    // Only IDLE downloads are queued; a broken invariant must not start one.
-                    tracing::error!(guid = %op.spec.guid, status = st.status().name(), "a queued download was not IDLE");
-                    st.task = None;
-                    continue;
-                }
-            }
+        let shutdown = &self.inner.shutdown;
+        let started = self
+            .lock()
+            .start_next(self.inner.config.max_active, || shutdown.child_token());
+        for (op, TaskHandle { stop, done }) in started {
             let engine = self.clone();
             // A root span: schedule often runs inside the span of the transfer that just ended,
             // and a child of it would nest every later transfer in the one before.
@@ -116,9 +139,6 @@ impl Engine {
             self.inner
                 .tasks
                 .spawn(async move { engine.transfer(op, stop, done).await }.instrument(span));
-        }
-        for key in held {
-            core.queue.push(key);
         }
     }
 }
@@ -158,5 +178,73 @@ mod tests {
         let mut slots = Slots::default();
         slots.release("g");
         assert_eq!(slots.active(), 0);
+    }
+}
+
+#[cfg(test)]
+mod start_tests {
+    use super::super::fixtures::{core, op};
+    use super::*;
+    use crate::operation::Priority;
+
+    fn started(core: &mut Core, max_active: usize) -> Vec<String> {
+        core.start_next(max_active, CancellationToken::new)
+            .into_iter()
+            .map(|(op, _)| op.spec.guid.clone())
+            .collect()
+    }
+
+    #[test]
+    fn starts_by_priority_within_the_slots() {
+        let ops = [
+            op(1, "", Priority::Low, Status::Idle),
+            op(2, "", Priority::Default, Status::Idle),
+            op(3, "", Priority::High, Status::Idle),
+            op(4, "", Priority::Default, Status::Idle),
+        ];
+        let mut core = core(&[], &ops);
+        assert_eq!(started(&mut core, 2), ["g3", "g2"]);
+        assert_eq!(core.slots.active(), 2);
+        assert_eq!(core.queue.len(), 2);
+        for op in &ops[1..3] {
+            assert_eq!(op.lock().status(), Status::Running);
+        }
+        // No slot is free until a task lets go.
+        assert!(started(&mut core, 2).is_empty());
+        let mut st = ops[2].lock();
+        core.let_go(&ops[2], &mut st);
+        drop(st);
+        assert_eq!(started(&mut core, 2), ["g4"]);
+        assert_eq!(started(&mut core, 3), ["g1"]);
+    }
+
+    #[test]
+    fn a_serialized_group_runs_one_at_a_time_and_keeps_its_places() {
+        let ops = [
+            op(1, "s", Priority::Default, Status::Idle),
+            op(2, "s", Priority::High, Status::Idle),
+            op(3, "p", Priority::Default, Status::Idle),
+            op(4, "", Priority::Low, Status::Idle),
+        ];
+        let mut core = core(&[("s", Behavior::Serialized)], &ops);
+        assert_eq!(started(&mut core, 10), ["g2", "g3", "g4"]);
+        // g1 waits for its group, not for a slot.
+        assert_eq!(core.view(&ops[0]).reason, StatusReason::WaitingForGroup);
+        let mut st = ops[1].lock();
+        core.let_go(&ops[1], &mut st);
+        drop(st);
+        assert_eq!(core.view(&ops[0]).reason, StatusReason::WaitingForSlot);
+        assert_eq!(started(&mut core, 10), ["g1"]);
+    }
+
+    #[test]
+    fn only_idle_downloads_start() {
+        let ops = [
+            op(1, "", Priority::High, Status::PausedByApplication),
+            op(2, "", Priority::Default, Status::Completed),
+            op(3, "", Priority::Low, Status::Idle),
+        ];
+        let mut core = core(&[], &ops);
+        assert_eq!(started(&mut core, 10), ["g3"]);
     }
 }
