@@ -57,7 +57,13 @@ pub(super) fn handle(
 
     let selection = match select(req.headers(), &resource, fault.as_ref()) {
         Ok(selection) => selection,
-        Err(unsatisfiable) => return unsatisfiable,
+        Err(RangeNotSatisfiable { len }) => {
+            let mut resp = empty_response(StatusCode::RANGE_NOT_SATISFIABLE);
+            add_resource_headers(resp.headers_mut(), &resource);
+            resp.headers_mut()
+                .insert(header::CONTENT_RANGE, hv(format!("bytes */{len}")));
+            return resp;
+        }
     };
     let body = if is_head {
         empty_body()
@@ -127,13 +133,17 @@ struct Selection {
     slice: Bytes,
 }
 
-/// Picks the whole body or the requested range (shifted by a [`Fault::ShiftRange`]); a range
-/// that starts past the end is the `Err` 416 response.
+/// A requested range that starts past the end of a body of `len` bytes: answered with 416.
+struct RangeNotSatisfiable {
+    len: u64,
+}
+
+/// Picks the whole body or the requested range (shifted by a [`Fault::ShiftRange`]).
 fn select(
     headers: &HeaderMap,
     resource: &Resource,
     fault: Option<&Fault>,
-) -> Result<Selection, Response<ResponseBody>> {
+) -> Result<Selection, RangeNotSatisfiable> {
     let len = resource.body.len() as u64;
     let whole = Selection {
         status: StatusCode::OK,
@@ -147,11 +157,7 @@ fn select(
         return Ok(whole);
     };
     if start >= len {
-        let mut resp = empty_response(StatusCode::RANGE_NOT_SATISFIABLE);
-        add_resource_headers(resp.headers_mut(), resource);
-        resp.headers_mut()
-            .insert(header::CONTENT_RANGE, hv(format!("bytes */{len}")));
-        return Err(resp);
+        return Err(RangeNotSatisfiable { len });
     }
     let mut start = start;
     let mut last = end.map_or(len - 1, |e| e.min(len - 1));
