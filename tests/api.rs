@@ -4,25 +4,13 @@
 
 mod common;
 
-use common::origin::{Origin, Resource, test_bytes};
+use common::origin::{Resource, test_bytes};
 use common::*;
 use tonic::Code;
-use transferd::pb::backgroundtransfer::v1 as pb;
-
-async fn list_all(client: &mut Client) -> Vec<pb::DownloadOperation> {
-    client
-        .list_downloads(pb::ListDownloadsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .downloads
-}
 
 #[tokio::test]
 async fn bad_create_requests_are_invalid_argument_and_store_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]).await;
-    let mut client = server.client().await;
+    let h = Harness::start(&[]).await;
     let ok = "http://127.0.0.1:9/file";
     let cases: Vec<(pb::CreateDownloadRequest, &str)> = vec![
         (create_request("", "a"), "empty"),
@@ -65,8 +53,9 @@ async fn bad_create_requests_are_invalid_argument_and_store_nothing() {
         ),
     ];
     for (request, expected) in cases {
-        let err = client
-            .create_download(request.clone())
+        let err = h
+            .client
+            .create(request.clone())
             .await
             .expect_err(&format!("{request:?} accepted"));
         assert_eq!(err.code(), Code::InvalidArgument, "{request:?}: {err:?}");
@@ -76,107 +65,79 @@ async fn bad_create_requests_are_invalid_argument_and_store_nothing() {
             err.message()
         );
     }
-    assert!(list_all(&mut client).await.is_empty());
-    assert!(files_under(&server.download_dir()).is_empty());
+    assert!(h.list_guids().await.is_empty());
+    assert!(files_under(&h.download_dir()).is_empty());
 }
 
 #[tokio::test]
 async fn unknown_guid_is_not_found_everywhere() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]).await;
-    let mut c = server.client().await;
-    let g = || "00000000-0000-0000-0000-000000000000".to_string();
+    let h = Harness::start(&[]).await;
+    let c = &h.client;
+    let g = "00000000-0000-0000-0000-000000000000";
     let errors = vec![
-        c.get_download(pb::GetDownloadRequest { guid: g() })
-            .await
-            .unwrap_err(),
-        c.pause_download(pb::PauseDownloadRequest { guid: g() })
-            .await
-            .unwrap_err(),
-        c.resume_download(pb::ResumeDownloadRequest { guid: g() })
-            .await
-            .unwrap_err(),
-        c.cancel_download(pb::CancelDownloadRequest { guid: g() })
-            .await
-            .unwrap_err(),
-        c.watch_download(pb::WatchDownloadRequest { guid: g() })
-            .await
-            .unwrap_err(),
-        c.get_response_information(pb::GetResponseInformationRequest { guid: g() })
-            .await
-            .unwrap_err(),
+        c.get(g).await.unwrap_err(),
+        c.pause(g).await.unwrap_err(),
+        c.resume(g).await.unwrap_err(),
+        c.cancel(g).await.unwrap_err(),
+        c.watch(g).await.unwrap_err(),
+        c.response_information(g).await.unwrap_err(),
     ];
     for err in errors {
         assert_eq!(err.code(), Code::NotFound, "{err:?}");
-        assert!(err.message().contains(&g()), "{}", err.message());
+        assert!(err.message().contains(g), "{}", err.message());
     }
 }
 
 #[tokio::test]
 async fn a_live_result_file_cannot_be_targeted_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    origin.put("/a", Resource::new(test_bytes(4096, 1)).hold_after(10));
-    origin.put("/b", Resource::new(test_bytes(4096, 2)));
-    let server = Server::start(dir.path(), &[]).await;
-    let mut client = server.client().await;
-    let first = create(&mut client, &origin.url("/a"), "same.bin").await;
-    let err = client
-        .create_download(create_request(&origin.url("/b"), "same.bin"))
+    let h = Harness::start(&[]).await;
+    h.origin
+        .put("/a", Resource::new(test_bytes(4096, 1)).hold_after(10));
+    h.origin.put("/b", Resource::new(test_bytes(4096, 2)));
+    let first = h.create(&h.origin.url("/a"), "same.bin").await;
+    let err = h
+        .client
+        .create(create_request(&h.origin.url("/b"), "same.bin"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert!(err.message().contains(&first.guid), "{}", err.message());
-    assert_eq!(list_all(&mut client).await.len(), 1);
+    assert_eq!(h.list_guids().await.len(), 1);
     // Once the first is finished, the file may be written again (it is replaced atomically).
-    origin.release("/a");
-    wait_status(&mut client, &first.guid, S::Completed).await;
-    let second = create(&mut client, &origin.url("/b"), "same.bin").await;
-    wait_status(&mut client, &second.guid, S::Completed).await;
-    assert_eq!(
-        sha256_file(&server.download_dir().join("same.bin")),
-        sha256(&test_bytes(4096, 2))
-    );
+    h.origin.release("/a");
+    h.wait_status(&first.guid, S::Completed).await;
+    let second = h.create(&h.origin.url("/b"), "same.bin").await;
+    h.wait_status(&second.guid, S::Completed).await;
+    h.assert_file("same.bin", &test_bytes(4096, 2));
 }
 
 #[tokio::test]
 async fn empty_result_file_gets_a_name_from_the_uri() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    origin.put(
-        "/files/weights.safetensors?sig=1",
-        Resource::new(test_bytes(1000, 3)),
-    );
-    let server = Server::start(dir.path(), &[]).await;
-    let mut client = server.client().await;
-    let url = origin.url("/files/weights.safetensors?sig=1");
-    let a = create(&mut client, &url, "").await;
+    let h = Harness::start(&[]).await;
+    let path = "/files/weights.safetensors?sig=1";
+    h.origin.put(path, Resource::new(test_bytes(1000, 3)));
+    let url = h.origin.url(path);
+    let a = h.create(&url, "").await;
     assert_eq!(a.result_file, "weights.safetensors");
-    let b = create(&mut client, &url, "").await;
+    let b = h.create(&url, "").await;
     let short: String = b.guid.chars().take(8).collect();
     assert_eq!(b.result_file, format!("weights-{short}.safetensors"));
     for op in [&a, &b] {
-        wait_status(&mut client, &op.guid, S::Completed).await;
-        assert_eq!(
-            sha256_file(&server.download_dir().join(&op.result_file)),
-            sha256(&test_bytes(1000, 3))
-        );
+        h.wait_status(&op.guid, S::Completed).await;
+        h.assert_file(&op.result_file, &test_bytes(1000, 3));
     }
 }
 
 #[tokio::test]
 async fn operation_echoes_what_was_asked_and_sends_request_headers() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    origin.put("/h", Resource::new(test_bytes(100, 4)));
-    let server = Server::start(dir.path(), &[]).await;
-    let mut client = server.client().await;
-    let mut req = create_request(&origin.url("/h"), "h.bin");
+    let h = Harness::start(&[]).await;
+    h.origin.put("/h", Resource::new(test_bytes(100, 4)));
+    let mut req = create_request(&h.origin.url("/h"), "h.bin");
     req.set_priority(pb::BackgroundTransferPriority::Low);
     req.set_cost_policy(pb::BackgroundTransferCostPolicy::Always);
     req.transfer_group = "nightly".into();
     req.request_headers = [("Authorization".to_string(), "Bearer t0ken".to_string())].into();
-    let op = client.create_download(req).await.unwrap().into_inner();
+    let op = h.create_with(req).await;
     assert_eq!(op.priority(), pb::BackgroundTransferPriority::Low);
     assert_eq!(op.cost_policy(), pb::BackgroundTransferCostPolicy::Always);
     assert_eq!(op.transfer_group, "nightly");
@@ -187,9 +148,9 @@ async fn operation_echoes_what_was_asked_and_sends_request_headers() {
     assert!(uuid_like(&op.guid), "{}", op.guid);
     let p = op.progress.unwrap();
     assert_eq!((p.bytes_received, p.total_bytes_to_receive), (0, 0));
-    wait_status(&mut client, &op.guid, S::Completed).await;
+    h.wait_status(&op.guid, S::Completed).await;
     assert_eq!(
-        origin.requests_for("/h")[0].header("authorization"),
+        h.origin.requests_for("/h")[0].header("authorization"),
         Some("Bearer t0ken")
     );
 }
@@ -200,28 +161,18 @@ fn uuid_like(s: &str) -> bool {
 
 #[tokio::test]
 async fn list_pages_in_creation_order_and_filters_by_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--max-active", "1"]).await;
-    let mut client = server.client().await;
+    let h = Harness::start(&["--max-active", "1"]).await;
     let mut created = Vec::new();
     for i in 0..7 {
         let mut req = create_request("http://127.0.0.1:9/never", &format!("f{i}"));
         req.transfer_group = if i % 2 == 0 { "even" } else { "odd" }.into();
-        created.push(client.create_download(req).await.unwrap().into_inner().guid);
+        created.push(h.create_with(req).await.guid);
     }
     let mut seen = Vec::new();
     let mut token = String::new();
     let mut pages = 0;
     loop {
-        let page = client
-            .list_downloads(pb::ListDownloadsRequest {
-                transfer_group: None,
-                page_size: 3,
-                page_token: token.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let page = h.client.list(None, 3, &token).await.unwrap();
         pages += 1;
         assert!(page.downloads.len() <= 3);
         seen.extend(page.downloads.into_iter().map(|d| d.guid));
@@ -232,61 +183,32 @@ async fn list_pages_in_creation_order_and_filters_by_group() {
     }
     assert_eq!(pages, 3);
     assert_eq!(seen, created);
-    let even = client
-        .list_downloads(pb::ListDownloadsRequest {
-            transfer_group: Some("even".into()),
-            page_size: 0,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let even = h.client.list(Some("even"), 0, "").await.unwrap();
     let even: Vec<String> = even.downloads.into_iter().map(|d| d.guid).collect();
     let expected: Vec<String> = created.iter().step_by(2).cloned().collect();
     assert_eq!(even, expected);
-    let err = client
-        .list_downloads(pb::ListDownloadsRequest {
-            transfer_group: None,
-            page_size: 3,
-            page_token: "garbage".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = h.client.list(None, 3, "garbage").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
 #[tokio::test]
 async fn response_information_reports_the_latest_response() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    origin.put(
+    let h = Harness::start(&["--max-active", "1"]).await;
+    h.origin.put(
         "/blocker",
         Resource::new(test_bytes(4096, 1)).hold_after(10),
     );
-    origin.put("/r", Resource::new(test_bytes(5000, 5)));
-    let server = Server::start(dir.path(), &["--max-active", "1"]).await;
-    let mut client = server.client().await;
-    create(&mut client, &origin.url("/blocker"), "blocker").await;
-    let op = create(&mut client, &origin.url("/r"), "r.bin").await;
-    let err = client
-        .get_response_information(pb::GetResponseInformationRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap_err();
+    h.origin.put("/r", Resource::new(test_bytes(5000, 5)));
+    h.create(&h.origin.url("/blocker"), "blocker").await;
+    let op = h.create(&h.origin.url("/r"), "r.bin").await;
+    let err = h.client.response_information(&op.guid).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    origin.release("/blocker");
-    wait_status(&mut client, &op.guid, S::Completed).await;
-    let info = client
-        .get_response_information(pb::GetResponseInformationRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    h.origin.release("/blocker");
+    h.wait_status(&op.guid, S::Completed).await;
+    let info = h.response_information(&op.guid).await;
     assert_eq!(info.status_code, 200);
     assert!(info.is_resumable);
-    assert_eq!(info.actual_uri, origin.url("/r"));
+    assert_eq!(info.actual_uri, h.origin.url("/r"));
     let etag = Resource::new(test_bytes(5000, 5)).etag.unwrap();
     assert_eq!(info.headers.get("etag"), Some(&etag));
     assert_eq!(
@@ -299,9 +221,8 @@ async fn response_information_reports_the_latest_response() {
 async fn health_and_reflection_are_served() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+    let h = Harness::start(&[]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.server.addr))
         .unwrap()
         .connect()
         .await
@@ -373,37 +294,26 @@ async fn health_and_reflection_are_served() {
 
 #[tokio::test]
 async fn healthcheck_subcommand_probes_the_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]).await;
-    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_transferd"))
-        .args(["healthcheck", "--addr", &server.addr.to_string()])
-        .output()
-        .unwrap();
+    let mut h = Harness::start(&[]).await;
+    let addr = h.server.addr.to_string();
+    let ok = run_transferd(["healthcheck", "--addr", &addr]);
     assert!(ok.status.success(), "{ok:?}");
     assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "SERVING");
-    let addr = server.addr.to_string();
-    drop(server);
-    let down = std::process::Command::new(env!("CARGO_BIN_EXE_transferd"))
-        .args(["healthcheck", "--addr", &addr])
-        .output()
-        .unwrap();
+    h.server.kill().await;
+    let down = run_transferd(["healthcheck", "--addr", &addr]);
     assert!(!down.status.success(), "{down:?}");
 }
 
 #[tokio::test]
 async fn invalid_flags_exit_non_zero_before_binding() {
     let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
     for args in [
         vec!["--max-active", "0"],
         vec!["--max-active", "lots"],
         vec!["--listen", "nowhere"],
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_transferd"))
-            .args(&args)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .output()
-            .unwrap();
+        let out = run_transferd(args.iter().chain(&["--data-dir", data_dir]));
         assert!(!out.status.success(), "{args:?}");
         assert!(
             out.stdout.is_empty(),

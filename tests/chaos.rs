@@ -16,7 +16,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::origin::{Origin, Resource, test_bytes};
+use common::origin::{Resource, test_bytes};
 use common::*;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -34,8 +34,8 @@ async fn kill_restart_cycles_lose_and_corrupt_nothing() {
     println!("chaos: {cycles} cycles, {downloads} downloads, CHAOS_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
 
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
+    let args = ["--max-active", "8", "--retry-base-delay", "50ms"];
+    let mut h = Harness::start(&args).await;
     let mut expected = Vec::new();
     for i in 0..downloads {
         // Sizes from 64 KiB to 2 MiB, throttled so that kills land mid-body.
@@ -47,70 +47,56 @@ async fn kill_restart_cycles_lose_and_corrupt_nothing() {
             // Some servers cannot resume: those downloads restart after each kill.
             resource = resource.ignore_range();
         }
-        origin.put(&format!("/d{i}"), resource);
+        h.origin.put(&format!("/d{i}"), resource);
         expected.push(sha256(&body));
     }
-    let args = ["--max-active", "8", "--retry-base-delay", "50ms"];
 
-    let mut server = Server::start(dir.path(), &args).await;
-    let mut client = server.client().await;
-    let mut guids: Vec<(String, usize)> = Vec::new();
-    let mut next = 0;
+    let mut created = Vec::new();
     for cycle in 0..cycles {
         // Queue a share of the downloads in every cycle: each acknowledged create must survive
         // the kill that follows.
-        let upto = (downloads * (cycle as usize + 1) / cycles as usize).max(next);
-        while next < upto {
-            let op = create(
-                &mut client,
-                &origin.url(&format!("/d{next}")),
-                &format!("d{next}"),
-            )
-            .await;
-            guids.push((op.guid, next));
-            next += 1;
+        let upto = (downloads * (cycle as usize + 1) / cycles as usize).max(created.len());
+        while created.len() < upto {
+            let i = created.len();
+            created.push(
+                h.create(&h.origin.url(&format!("/d{i}")), &format!("d{i}"))
+                    .await
+                    .guid,
+            );
         }
         tokio::time::sleep(Duration::from_millis(rng.u64(20..800))).await;
-        server.kill().await;
-        server = Server::start(dir.path(), &args).await;
-        client = server.client().await;
+        h.server.kill().await;
+        h.restart(&args).await;
     }
-    while next < downloads {
-        let op = create(
-            &mut client,
-            &origin.url(&format!("/d{next}")),
-            &format!("d{next}"),
-        )
-        .await;
-        guids.push((op.guid, next));
-        next += 1;
+    while created.len() < downloads {
+        let i = created.len();
+        created.push(
+            h.create(&h.origin.url(&format!("/d{i}")), &format!("d{i}"))
+                .await
+                .guid,
+        );
     }
 
-    let listed = list_guids(&mut client).await;
+    let listed = h.list_guids().await;
     let unique: HashSet<&String> = listed.iter().collect();
     assert_eq!(unique.len(), listed.len(), "a download was duplicated");
-    let created: Vec<String> = guids.iter().map(|(g, _)| g.clone()).collect();
     assert_eq!(listed, created, "a download was lost or reordered");
 
-    for (guid, i) in &guids {
-        let op = wait_until(&mut client, guid, "COMPLETED", |op| {
-            let s = status_of(op);
-            s == S::Completed || s == S::Error
-        })
-        .await;
+    for (i, guid) in created.iter().enumerate() {
+        let op = h.wait_finished(guid).await;
         assert_eq!(
             status_of(&op),
             S::Completed,
             "d{i}: {op:?}\n{}",
-            server.log()
+            h.server.log()
         );
         assert_eq!(
-            sha256_file(&server.download_dir().join(format!("d{i}"))),
-            expected[*i],
+            sha256_file(&h.download_dir().join(format!("d{i}"))),
+            expected[i],
             "d{i} has the wrong bytes"
         );
     }
-    let mut files = files_under(&server.download_dir());
+    let mut files = files_under(&h.download_dir());
     files.sort();
     let mut want: Vec<String> = (0..downloads).map(|i| format!("d{i}")).collect();
     want.sort();

@@ -7,46 +7,43 @@ mod common;
 
 use common::origin::{Blackhole, Fault, Origin, Resource, test_bytes};
 use common::*;
-use transferd::pb::backgroundtransfer::v1 as pb;
 
 /// Fast retries so the tests spend their time on behaviour, not on waiting.
 const FAST: [&str; 2] = ["--retry-base-delay", "20ms"];
 
-async fn start(dir: &std::path::Path, extra: &[&str]) -> (Server, Client) {
-    let args: Vec<&str> = FAST.iter().chain(extra).copied().collect();
-    let server = Server::start(dir, &args).await;
-    let client = server.client().await;
-    (server, client)
+/// A harness whose server retries fast, with `extra` flags.
+async fn start(extra: &[&str]) -> Harness {
+    let flags: Vec<&str> = FAST.iter().chain(extra).copied().collect();
+    Harness::start(&flags).await
+}
+
+/// A status fault without `Retry-After`.
+fn status(code: u16) -> Option<Fault> {
+    Some(Fault::Status {
+        code,
+        retry_after: None,
+    })
 }
 
 /// Runs a download of `body` whose first request suffers `fault`, and checks that it recovers
 /// with a Range request from exactly `resume_at`.
 async fn recovers_from(fault: Fault, resume_at: u64, extra: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
+    let h = start(extra).await;
     let body = test_bytes(600_000, 7);
-    origin.put(
-        "/f",
-        Resource::new(body.clone()).faults(vec![Some(fault.clone())]),
-    );
-    let (server, mut client) = start(dir.path(), extra).await;
-    let op = create(&mut client, &origin.url("/f"), "f.bin").await;
-    let done = wait_until(&mut client, &op.guid, "a final status", |op| {
-        matches!(status_of(op), S::Completed | S::Error)
-    })
-    .await;
+    let faults = vec![Some(fault.clone())];
+    h.origin
+        .put("/f", Resource::new(body.clone()).faults(faults));
+    let op = h.create(&h.origin.url("/f"), "f.bin").await;
+    let done = h.wait_finished(&op.guid).await;
     assert_eq!(
         status_of(&done),
         S::Completed,
         "{fault:?}: {done:?}\n{}",
-        server.log()
+        h.server.log()
     );
     assert_eq!(done.attempt_count, 2, "{fault:?}");
-    assert_eq!(
-        sha256_file(&server.download_dir().join("f.bin")),
-        sha256(&body)
-    );
-    let requests = origin.requests_for("/f");
+    h.assert_file("f.bin", &body);
+    let requests = h.origin.requests_for("/f");
     assert_eq!(requests.len(), 2);
     assert_eq!(
         requests[1].header("range"),
@@ -78,76 +75,47 @@ async fn stalled_body_is_detected_and_resumed() {
 
 #[tokio::test]
 async fn retry_after_is_honoured_on_503() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
+    let h = start(&[]).await;
     let body = test_bytes(10_000, 8);
     let fault = Fault::Status {
         code: 503,
         retry_after: Some("1".into()),
     };
-    origin.put(
+    h.origin.put(
         "/busy",
         Resource::new(body.clone()).faults(vec![Some(fault)]),
     );
-    let (server, mut client) = start(dir.path(), &[]).await;
     let started = std::time::Instant::now();
-    let op = create(&mut client, &origin.url("/busy"), "busy.bin").await;
-    let done = wait_status(&mut client, &op.guid, S::Completed).await;
+    let op = h.create(&h.origin.url("/busy"), "busy.bin").await;
+    let done = h.wait_status(&op.guid, S::Completed).await;
     // Without Retry-After the retry would come after about 20 ms; the server asked for 1 s.
     assert!(started.elapsed() >= std::time::Duration::from_secs(1));
     assert_eq!(done.attempt_count, 2);
-    assert_eq!(origin.hits("/busy"), 2);
-    assert_eq!(
-        sha256_file(&server.download_dir().join("busy.bin")),
-        sha256(&body)
-    );
+    assert_eq!(h.origin.hits("/busy"), 2);
+    h.assert_file("busy.bin", &body);
 }
 
 #[tokio::test]
 async fn rate_limits_and_server_errors_are_retried() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
+    let h = start(&[]).await;
     let body = test_bytes(10_000, 9);
-    let status = |code| {
-        Some(Fault::Status {
-            code,
-            retry_after: None,
-        })
-    };
-    origin.put(
-        "/flaky",
-        Resource::new(body.clone()).faults(vec![
-            status(429),
-            status(500),
-            status(502),
-            status(504),
-        ]),
-    );
-    let (server, mut client) = start(dir.path(), &[]).await;
-    let op = create(&mut client, &origin.url("/flaky"), "flaky.bin").await;
-    let done = wait_status(&mut client, &op.guid, S::Completed).await;
+    let faults = vec![status(429), status(500), status(502), status(504)];
+    h.origin
+        .put("/flaky", Resource::new(body.clone()).faults(faults));
+    let op = h.create(&h.origin.url("/flaky"), "flaky.bin").await;
+    let done = h.wait_status(&op.guid, S::Completed).await;
     assert_eq!(done.attempt_count, 5);
-    assert_eq!(
-        sha256_file(&server.download_dir().join("flaky.bin")),
-        sha256(&body)
-    );
+    h.assert_file("flaky.bin", &body);
 }
 
 #[tokio::test]
 async fn a_spent_retry_budget_ends_in_error_saying_what_and_how_often() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    let fault = Some(Fault::Status {
-        code: 500,
-        retry_after: None,
-    });
-    origin.put(
-        "/down",
-        Resource::new(test_bytes(100, 1)).faults(vec![fault; 10]),
-    );
-    let (server, mut client) = start(dir.path(), &["--max-attempts", "3"]).await;
-    let op = create(&mut client, &origin.url("/down"), "down.bin").await;
-    let failed = wait_status(&mut client, &op.guid, S::Error).await;
+    let h = start(&["--max-attempts", "3"]).await;
+    let faults = vec![status(500); 10];
+    h.origin
+        .put("/down", Resource::new(test_bytes(100, 1)).faults(faults));
+    let op = h.create(&h.origin.url("/down"), "down.bin").await;
+    let failed = h.wait_status(&op.guid, S::Error).await;
     let error = failed.error.unwrap();
     assert_eq!(error.reason(), pb::TransferErrorReason::HttpStatus);
     assert_eq!(error.http_status_code, 500);
@@ -160,34 +128,28 @@ async fn a_spent_retry_budget_ends_in_error_saying_what_and_how_often() {
         error.message
     );
     assert_eq!(failed.attempt_count, 3);
-    assert_eq!(origin.hits("/down"), 3);
-    assert!(files_under(&server.download_dir()).is_empty());
+    assert_eq!(h.origin.hits("/down"), 3);
+    assert!(files_under(&h.download_dir()).is_empty());
 }
 
 #[tokio::test]
 async fn client_errors_are_not_retried() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    origin.put("/gone", Resource::new(test_bytes(100, 2)).status(410));
-    let (_server, mut client) = start(dir.path(), &[]).await;
-    let op = create(&mut client, &origin.url("/gone"), "gone.bin").await;
-    let failed = wait_status(&mut client, &op.guid, S::Error).await;
+    let h = start(&[]).await;
+    h.origin
+        .put("/gone", Resource::new(test_bytes(100, 2)).status(410));
+    let op = h.create(&h.origin.url("/gone"), "gone.bin").await;
+    let failed = h.wait_status(&op.guid, S::Error).await;
     assert_eq!(failed.error.unwrap().http_status_code, 410);
     assert_eq!(failed.attempt_count, 1);
-    assert_eq!(origin.hits("/gone"), 1);
+    assert_eq!(h.origin.hits("/gone"), 1);
 }
 
 #[tokio::test]
 async fn connect_timeouts_are_retried_then_reported() {
-    let dir = tempfile::tempdir().unwrap();
     let hole = Blackhole::start().await;
-    let (_server, mut client) = start(
-        dir.path(),
-        &["--connect-timeout", "200ms", "--max-attempts", "2"],
-    )
-    .await;
-    let op = create(&mut client, &hole.url("/never"), "never.bin").await;
-    let failed = wait_status(&mut client, &op.guid, S::Error).await;
+    let h = start(&["--connect-timeout", "200ms", "--max-attempts", "2"]).await;
+    let op = h.create(&hole.url("/never"), "never.bin").await;
+    let failed = h.wait_status(&op.guid, S::Error).await;
     let error = failed.error.unwrap();
     assert_eq!(error.reason(), pb::TransferErrorReason::Network);
     assert_eq!(error.http_status_code, 0);
@@ -202,21 +164,18 @@ async fn connect_timeouts_are_retried_then_reported() {
 
 #[tokio::test]
 async fn attempts_that_make_progress_never_exhaust_the_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
+    let h = start(&["--max-attempts", "2"]).await;
     let body = test_bytes(500_000, 3);
     // Every request resets after 100 kB: five attempts, each bringing bytes.
     let faults = vec![Some(Fault::ResetAfter(100_000)); 4];
-    origin.put("/slow", Resource::new(body.clone()).faults(faults));
-    let (server, mut client) = start(dir.path(), &["--max-attempts", "2"]).await;
-    let op = create(&mut client, &origin.url("/slow"), "slow.bin").await;
-    let done = wait_until(&mut client, &op.guid, "a final status", |op| {
-        matches!(status_of(op), S::Completed | S::Error)
-    })
-    .await;
+    h.origin
+        .put("/slow", Resource::new(body.clone()).faults(faults));
+    let op = h.create(&h.origin.url("/slow"), "slow.bin").await;
+    let done = h.wait_finished(&op.guid).await;
     assert_eq!(status_of(&done), S::Completed, "{done:?}");
     assert_eq!(done.attempt_count, 5);
-    let ranges: Vec<Option<String>> = origin
+    let ranges: Vec<Option<String>> = h
+        .origin
         .requests_for("/slow")
         .iter()
         .map(|r| r.header("range").map(str::to_string))
@@ -231,46 +190,7 @@ async fn attempts_that_make_progress_never_exhaust_the_budget() {
             Some("bytes=400000-".into()),
         ]
     );
-    assert_eq!(
-        sha256_file(&server.download_dir().join("slow.bin")),
-        sha256(&body)
-    );
-}
-
-/// Pauses a download held at `held` bytes, lets `change` alter the origin, resumes, and returns
-/// the watcher's messages and the final operation.
-async fn resume_after(
-    client: &mut Client,
-    origin: &Origin,
-    held: u64,
-    change: impl FnOnce(),
-) -> (Vec<pb::BackgroundDownloadProgress>, pb::DownloadOperation) {
-    let op = create(client, &origin.url("/r"), "r.bin").await;
-    wait_bytes(client, &op.guid, held).await;
-    pause(client, &op.guid).await;
-    change();
-    let mut watch = client
-        .watch_download(pb::WatchDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    resume(client, &op.guid).await;
-    let mut messages = Vec::new();
-    while let Some(m) = watch.message().await.unwrap() {
-        messages.push(m);
-    }
-    (messages, get(client, &op.guid).await)
-}
-
-fn restarted_once(messages: &[pb::BackgroundDownloadProgress]) {
-    assert_eq!(
-        messages.iter().filter(|m| m.has_restarted).count(),
-        1,
-        "{messages:?}"
-    );
-    assert_eq!(messages.last().unwrap().status(), S::Completed);
+    h.assert_file("slow.bin", &body);
 }
 
 #[tokio::test]
@@ -304,27 +224,21 @@ async fn misbehaving_resumes_restart_cleanly() {
         ),
     ];
     for (case, on_resume, expected) in cases {
-        let dir = tempfile::tempdir().unwrap();
-        let origin = Origin::start().await;
-        origin.put("/r", Resource::new(body.clone()).hold_after(held));
-        let (server, mut client) = start(dir.path(), &[]).await;
-        let (messages, done) = resume_after(&mut client, &origin, held, || {
-            origin.put("/r", on_resume);
-        })
-        .await;
-        restarted_once(&messages);
-        assert_eq!(
-            sha256_file(&server.download_dir().join("r.bin")),
-            sha256(&expected),
-            "{case}"
-        );
-        assert_eq!(
-            messages.last().unwrap().bytes_received,
-            expected.len() as u64,
-            "{case}"
-        );
+        let h = start(&[]).await;
+        let op = h.start_held("/r", Resource::new(body.clone()), held).await;
+        h.pause(&op.guid).await;
+        h.origin.put("/r", on_resume);
+        let watch = h.watch(&op.guid).await;
+        h.resume(&op.guid).await;
+        let messages = read_to_end(watch).await;
+        assert_eq!(restarts(&messages), 1, "{case}: {messages:?}");
+        let last = messages.last().unwrap();
+        assert_eq!(last.status(), S::Completed, "{case}");
+        assert_eq!(last.bytes_received, expected.len() as u64, "{case}");
+        let result = sha256_file(&h.download_dir().join("r"));
+        assert_eq!(result, sha256(&expected), "{case}");
         // The first request had no Range; the resume asked for the rest, guarded by If-Range.
-        let requests = origin.requests_for("/r");
+        let requests = h.origin.requests_for("/r");
         assert_eq!(requests[0].header("range"), None, "{case}");
         assert_eq!(
             requests[1].header("range"),
@@ -340,12 +254,13 @@ async fn misbehaving_resumes_restart_cleanly() {
             assert_eq!(requests.len(), 3, "{case}");
             assert_eq!(requests[2].header("range"), None, "{case}");
         }
-        assert_eq!(done.attempt_count, 2, "{case}");
+        assert_eq!(h.get(&op.guid).await.attempt_count, 2, "{case}");
     }
 }
 
 #[tokio::test]
 async fn dns_timeouts_are_retried_then_reported() {
+    use tokio::io::AsyncBufReadExt;
     // The server runs in a namespace whose only resolver is a UDP socket on its own loopback
     // that never answers: every lookup times out, and no query leaves the namespace.
     let Some(ns) =
@@ -368,26 +283,20 @@ async fn dns_timeouts_are_retried_then_reported() {
         .spawn()
         .unwrap();
     let mut queries = tokio::io::BufReader::new(resolver.stdout.take().unwrap()).lines();
-    use tokio::io::AsyncBufReadExt;
     assert_eq!(queries.next_line().await.unwrap().as_deref(), Some("ready"));
 
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_in(
-        &ns,
-        dir.path(),
-        &[
-            "--max-attempts",
-            "2",
-            "--retry-base-delay",
-            "20ms",
-            "--connect-timeout",
-            "10s",
-        ],
-    )
-    .await;
-    let mut client = server.client().await;
-    let op = create(&mut client, "http://files.transferd.test/a.bin", "a.bin").await;
-    let failed = wait_status(&mut client, &op.guid, S::Error).await;
+    let flags = [
+        "--max-attempts",
+        "2",
+        "--retry-base-delay",
+        "20ms",
+        "--connect-timeout",
+        "10s",
+    ];
+    // The origin is never asked: the name never resolves.
+    let h = Harness::start_in(&ns, Origin::start().await, &flags).await;
+    let op = h.create("http://files.transferd.test/a.bin", "a.bin").await;
+    let failed = h.wait_status(&op.guid, S::Error).await;
     let error = failed.error.unwrap();
     assert_eq!(error.reason(), pb::TransferErrorReason::Network);
     assert!(

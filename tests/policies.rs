@@ -6,330 +6,171 @@
 
 mod common;
 
-use common::origin::{Fault, Origin, Resource, test_bytes};
+use std::collections::HashSet;
+
+use common::disk::Mount;
+use common::origin::{Fault, Resource, test_bytes};
 use common::*;
+use pb::BackgroundTransferCostPolicy as Cost;
+use pb::StatusReason as Reason;
 use tonic::Code;
-use transferd::pb::backgroundtransfer::v1 as pb;
-use transferd::pb::backgroundtransfer::v1::transfer_system_service_client::TransferSystemServiceClient;
-
-type System = TransferSystemServiceClient<tonic::transport::Channel>;
-
-async fn system(server: &Server) -> System {
-    TransferSystemServiceClient::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap()
-}
-
-async fn set_network(
-    system: &mut System,
-    connected: Option<bool>,
-    costed: Option<bool>,
-) -> pb::SystemStatus {
-    system
-        .set_network_conditions(pb::SetNetworkConditionsRequest { connected, costed })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn status(system: &mut System) -> pb::SystemStatus {
-    system
-        .get_system_status(pb::GetSystemStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// Waits until the download has `status` for `reason`.
-async fn wait_paused(
-    client: &mut Client,
-    guid: &str,
-    status: S,
-    reason: pb::StatusReason,
-) -> pb::DownloadOperation {
-    wait_until(client, guid, &format!("{status:?} for {reason:?}"), |op| {
-        status_of(op) == status && op.status_reason() == reason
-    })
-    .await
-}
-
-/// Creates a download of `path` held by the origin after `held` bytes, and waits for them.
-async fn held(
-    client: &mut Client,
-    origin: &Origin,
-    path: &str,
-    body: &bytes::Bytes,
-    held: u64,
-    cost_policy: pb::BackgroundTransferCostPolicy,
-) -> pb::DownloadOperation {
-    origin.put(path, Resource::new(body.clone()).hold_after(held));
-    let mut req = create_request(&origin.url(path), path.trim_start_matches('/'));
-    req.set_cost_policy(cost_policy);
-    let op = client.create_download(req).await.unwrap().into_inner();
-    wait_bytes(client, &op.guid, held).await
-}
 
 #[tokio::test]
 async fn costed_network_pauses_unrestricted_only_downloads_and_lifts_by_itself() {
-    use pb::BackgroundTransferCostPolicy as Cost;
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    let server = Server::start(dir.path(), &[]).await;
-    let mut client = server.client().await;
-    let mut sys = system(&server).await;
+    let h = Harness::start(&[]).await;
     let body = test_bytes(600_000, 1);
-    let a = held(
-        &mut client,
-        &origin,
-        "/a",
-        &body,
-        100_000,
-        Cost::UnrestrictedOnly,
-    )
-    .await;
-    let b = held(&mut client, &origin, "/b", &body, 100_000, Cost::Always).await;
-    let c = held(&mut client, &origin, "/c", &body, 100_000, Cost::Default).await;
-    let mut watch = client
-        .watch_download(pb::WatchDownloadRequest {
-            guid: a.guid.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let held = |path, cost| {
+        let resource = Resource::new(body.clone());
+        h.start_held_with(path, resource, 100_000, move |r| r.set_cost_policy(cost))
+    };
+    let a = held("/a", Cost::UnrestrictedOnly).await;
+    let b = held("/b", Cost::Always).await;
+    let c = held("/c", Cost::Default).await;
+    let watch = h.watch(&a.guid).await;
 
-    let st = set_network(&mut sys, None, Some(true)).await;
+    let st = h.set_network(None, Some(true)).await;
     assert!(st.costed && st.connected);
     assert_eq!(st.costed_source(), pb::ConditionSource::Operator);
     assert_eq!(st.connected_source(), pb::ConditionSource::Detected);
-    wait_paused(
-        &mut client,
-        &a.guid,
-        S::PausedCostedNetwork,
-        pb::StatusReason::CostedNetwork,
-    )
-    .await;
+    h.wait_status_reason(&a.guid, S::PausedCostedNetwork, Reason::CostedNetwork)
+        .await;
     // ALWAYS runs on a costed network; DEFAULT follows --default-cost-policy (always here).
-    assert_eq!(status_of(&get(&mut client, &b.guid).await), S::Running);
-    assert_eq!(status_of(&get(&mut client, &c.guid).await), S::Running);
+    assert_eq!(h.status(&b.guid).await, S::Running);
+    assert_eq!(h.status(&c.guid).await, S::Running);
 
     // A live policy change takes effect at once, both ways.
-    let b_now = client
-        .set_cost_policy(pb::SetCostPolicyRequest {
-            guid: b.guid.clone(),
-            cost_policy: Cost::UnrestrictedOnly.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(b_now.cost_policy(), Cost::UnrestrictedOnly);
-    wait_paused(
-        &mut client,
-        &b.guid,
-        S::PausedCostedNetwork,
-        pb::StatusReason::CostedNetwork,
-    )
-    .await;
+    let b_now = h.client.set_cost_policy(&b.guid, Cost::UnrestrictedOnly);
+    assert_eq!(b_now.await.unwrap().cost_policy(), Cost::UnrestrictedOnly);
+    h.wait_status_reason(&b.guid, S::PausedCostedNetwork, Reason::CostedNetwork)
+        .await;
     for p in ["/a", "/b", "/c"] {
-        origin.release(p);
+        h.origin.release(p);
     }
-    client
-        .set_cost_policy(pb::SetCostPolicyRequest {
-            guid: a.guid.clone(),
-            cost_policy: Cost::Always.into(),
-        })
+    h.client
+        .set_cost_policy(&a.guid, Cost::Always)
         .await
         .unwrap();
-    wait_status(&mut client, &a.guid, S::Completed).await;
+    h.wait_status(&a.guid, S::Completed).await;
     // The network becomes unrestricted: B continues by itself.
-    set_network(&mut sys, None, None).await;
+    h.set_network(None, None).await;
     for op in [&a, &b, &c] {
-        wait_status(&mut client, &op.guid, S::Completed).await;
+        h.wait_status(&op.guid, S::Completed).await;
     }
     for (path, file) in [("/a", "a"), ("/b", "b"), ("/c", "c")] {
-        assert_eq!(
-            sha256_file(&server.download_dir().join(file)),
-            sha256(&body)
-        );
-        let requests = origin.requests_for(path);
+        h.assert_file(file, &body);
+        let requests = h.origin.requests_for(path);
         if path != "/c" {
             assert_eq!(requests.len(), 2, "{path}");
             assert_eq!(requests[1].header("range"), Some("bytes=100000-"), "{path}");
         }
     }
     // The watcher saw the pause and the resume (a new response, no restart).
-    let mut messages = Vec::new();
-    while let Some(m) = watch.message().await.unwrap() {
-        messages.push(m);
-    }
+    let messages = read_to_end(watch).await;
     let statuses: Vec<S> = messages.iter().map(|m| m.status()).collect();
     let paused_at = statuses
         .iter()
         .position(|s| *s == S::PausedCostedNetwork)
         .expect("pause seen");
     assert!(statuses[paused_at..].contains(&S::Running), "{statuses:?}");
-    let after = &messages[paused_at..];
-    assert_eq!(
-        after.iter().filter(|m| m.has_response_changed).count(),
-        1,
-        "{messages:?}"
-    );
-    assert!(messages.iter().all(|m| !m.has_restarted));
+    assert_eq!(responses_changed(&messages[paused_at..]), 1, "{messages:?}");
+    assert_eq!(restarts(&messages), 0, "{messages:?}");
 }
 
 #[tokio::test]
 async fn default_cost_policy_follows_the_server_flag() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    let server = Server::start(dir.path(), &["--default-cost-policy", "unrestricted-only"]).await;
-    let mut client = server.client().await;
-    let mut sys = system(&server).await;
-    set_network(&mut sys, None, Some(true)).await;
-    origin.put("/d", Resource::new(test_bytes(1000, 2)));
-    let op = create(&mut client, &origin.url("/d"), "d").await;
-    wait_paused(
-        &mut client,
-        &op.guid,
-        S::PausedCostedNetwork,
-        pb::StatusReason::CostedNetwork,
-    )
-    .await;
+    let h = Harness::start(&["--default-cost-policy", "unrestricted-only"]).await;
+    h.set_network(None, Some(true)).await;
+    h.origin.put("/d", Resource::new(test_bytes(1000, 2)));
+    let op = h.create(&h.origin.url("/d"), "d").await;
+    h.wait_status_reason(&op.guid, S::PausedCostedNetwork, Reason::CostedNetwork)
+        .await;
     assert!(
-        origin.requests_for("/d").is_empty(),
+        h.origin.requests_for("/d").is_empty(),
         "it must not have started"
     );
-    set_network(&mut sys, None, Some(false)).await;
-    wait_status(&mut client, &op.guid, S::Completed).await;
+    h.set_network(None, Some(false)).await;
+    h.wait_status(&op.guid, S::Completed).await;
 }
 
 #[tokio::test]
 async fn operator_says_no_network_then_gives_detection_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    let server = Server::start(dir.path(), &["--max-active", "1"]).await;
-    let mut client = server.client().await;
-    let mut sys = system(&server).await;
+    let h = Harness::start(&["--max-active", "1"]).await;
     let body = test_bytes(300_000, 3);
-    let running = held(
-        &mut client,
-        &origin,
-        "/r",
-        &body,
-        50_000,
-        pb::BackgroundTransferCostPolicy::Default,
-    )
-    .await;
-    origin.put("/q", Resource::new(body.clone()));
-    let queued = create(&mut client, &origin.url("/q"), "q").await;
-    let mut events = client
-        .watch_downloads(pb::WatchDownloadsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let st = set_network(&mut sys, Some(false), None).await;
+    let running = h
+        .start_held("/r", Resource::new(body.clone()), 50_000)
+        .await;
+    h.origin.put("/q", Resource::new(body.clone()));
+    let queued = h.create(&h.origin.url("/q"), "q").await;
+    let mut events = h.watch_all(None).await;
+    let st = h.set_network(Some(false), None).await;
     assert!(!st.connected);
     assert_eq!(st.connected_source(), pb::ConditionSource::Operator);
     for guid in [&running.guid, &queued.guid] {
-        wait_paused(
-            &mut client,
-            guid,
-            S::PausedNoNetwork,
-            pb::StatusReason::NetworkDownByOperator,
-        )
-        .await;
+        h.wait_status_reason(guid, S::PausedNoNetwork, Reason::NetworkDownByOperator)
+            .await;
     }
     // WatchDownloads showed both pauses, each download's in order after its current state.
-    let mut paused = std::collections::HashSet::new();
-    while paused.len() < 2 {
-        let event = tokio::time::timeout(DEADLINE, events.message())
-            .await
-            .expect("events keep coming")
-            .unwrap()
-            .unwrap();
+    let mut paused = HashSet::new();
+    read_until(&mut events, "both pauses", |event| {
         if event.progress.unwrap().status() == S::PausedNoNetwork {
-            paused.insert(event.guid);
+            paused.insert(event.guid.clone());
         }
-    }
+        paused.len() == 2
+    })
+    .await;
     assert!(paused.contains(&running.guid) && paused.contains(&queued.guid));
     // New downloads wait too, and never touch the network.
-    origin.put("/n", Resource::new(body.clone()));
-    let new = create(&mut client, &origin.url("/n"), "n").await;
-    wait_paused(
-        &mut client,
-        &new.guid,
-        S::PausedNoNetwork,
-        pb::StatusReason::NetworkDownByOperator,
-    )
-    .await;
-    assert!(origin.requests_for("/n").is_empty());
+    h.origin.put("/n", Resource::new(body.clone()));
+    let new = h.create(&h.origin.url("/n"), "n").await;
+    h.wait_status_reason(&new.guid, S::PausedNoNetwork, Reason::NetworkDownByOperator)
+        .await;
+    assert!(h.origin.requests_for("/n").is_empty());
     // A client cannot resume what only the network can: Resume changes nothing.
-    let still = resume(&mut client, &new.guid).await;
+    let still = h.resume(&new.guid).await;
     assert_eq!(status_of(&still), S::PausedNoNetwork);
 
-    origin.release("/r");
-    let st = set_network(&mut sys, None, None).await;
+    h.origin.release("/r");
+    let st = h.set_network(None, None).await;
     assert!(st.connected);
     assert_eq!(st.connected_source(), pb::ConditionSource::Detected);
     for (op, file) in [(&running, "r"), (&queued, "q"), (&new, "n")] {
-        wait_status(&mut client, &op.guid, S::Completed).await;
-        assert_eq!(
-            sha256_file(&server.download_dir().join(file)),
-            sha256(&body)
-        );
+        h.wait_status(&op.guid, S::Completed).await;
+        h.assert_file(file, &body);
     }
     assert_eq!(
-        origin.requests_for("/r")[1].header("range"),
+        h.origin.requests_for("/r")[1].header("range"),
         Some("bytes=50000-")
     );
 }
 
 #[tokio::test]
 async fn constrained_mode_pauses_everything_until_lifted() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    let server = Server::start(dir.path(), &["--max-active", "1"]).await;
-    let mut client = server.client().await;
-    let mut sys = system(&server).await;
+    let h = Harness::start(&["--max-active", "1"]).await;
     let body = test_bytes(200_000, 4);
-    let running = held(
-        &mut client,
-        &origin,
-        "/r",
-        &body,
-        20_000,
-        pb::BackgroundTransferCostPolicy::Always,
-    )
-    .await;
-    origin.put("/q", Resource::new(body.clone()));
-    let queued = create(&mut client, &origin.url("/q"), "q").await;
-    let before = status(&mut sys).await;
-    assert_eq!((before.active_downloads, before.queued_downloads), (1, 1));
-    let st = sys
-        .set_system_policy(pb::SetSystemPolicyRequest { constrained: true })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(st.constrained);
-    for guid in [&running.guid, &queued.guid] {
-        wait_paused(
-            &mut client,
-            guid,
-            S::PausedSystemPolicy,
-            pb::StatusReason::ConstrainedMode,
-        )
+    let running = h
+        .start_held_with("/r", Resource::new(body.clone()), 20_000, |r| {
+            r.set_cost_policy(Cost::Always)
+        })
         .await;
+    h.origin.put("/q", Resource::new(body.clone()));
+    let queued = h.create(&h.origin.url("/q"), "q").await;
+    let before = h.system_status().await;
+    assert_eq!((before.active_downloads, before.queued_downloads), (1, 1));
+    assert!(h.set_constrained(true).await.constrained);
+    for guid in [&running.guid, &queued.guid] {
+        h.wait_status_reason(guid, S::PausedSystemPolicy, Reason::ConstrainedMode)
+            .await;
     }
-    let during = status(&mut sys).await;
-    assert_eq!((during.active_downloads, during.queued_downloads), (0, 0));
-    origin.release("/r");
-    sys.set_system_policy(pb::SetSystemPolicyRequest { constrained: false })
-        .await
-        .unwrap();
+    // Paused transfer tasks count as active until they have wound down.
+    h.wait_system_status("no download active or queued", |st| {
+        (st.active_downloads, st.queued_downloads) == (0, 0)
+    })
+    .await;
+    h.origin.release("/r");
+    h.set_constrained(false).await;
     for (op, file) in [(&running, "r"), (&queued, "q")] {
-        wait_status(&mut client, &op.guid, S::Completed).await;
-        assert_eq!(
-            sha256_file(&server.download_dir().join(file)),
-            sha256(&body)
-        );
+        h.wait_status(&op.guid, S::Completed).await;
+        h.assert_file(file, &body);
     }
 }
 
@@ -337,64 +178,36 @@ async fn constrained_mode_pauses_everything_until_lifted() {
 async fn low_disk_space_pauses_until_space_is_freed() {
     let dir = tempfile::tempdir().unwrap();
     let downloads = dir.path().join("disk");
-    std::fs::create_dir_all(&downloads).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&downloads)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+    let Some(_mount) = Mount::tmpfs(&downloads, "size=8m") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(downloads.clone());
-    let origin = Origin::start().await;
-    let body = test_bytes(500_000, 5);
-    origin.put("/f", Resource::new(body.clone()).hold_after(100_000));
+    };
     let dl = downloads.to_str().unwrap();
-    let server = Server::start(
-        dir.path().join("data").as_path(),
-        &["--download-dir", dl, "--min-free-disk", "4MiB"],
-    )
-    .await;
-    let mut client = server.client().await;
-    let mut sys = system(&server).await;
-    let op = create(&mut client, &origin.url("/f"), "f.bin").await;
-    wait_bytes(&mut client, &op.guid, 100_000).await;
+    let flags = ["--download-dir", dl, "--min-free-disk", "4MiB"];
+    let h = Harness::start_at(&dir.path().join("data"), &flags).await;
+    let body = test_bytes(500_000, 5);
+    h.origin
+        .put("/f", Resource::new(body.clone()).hold_after(100_000));
+    let op = h.create(&h.origin.url("/f"), "f.bin").await;
+    h.wait_bytes(&op.guid, 100_000).await;
     // Something else fills the volume below the floor.
     let filler = downloads.join("other-program.dat");
     std::fs::write(&filler, vec![0u8; 6 * 1024 * 1024]).unwrap();
-    wait_paused(
-        &mut client,
-        &op.guid,
-        S::PausedSystemPolicy,
-        pb::StatusReason::LowDiskSpace,
-    )
-    .await;
-    let st = status(&mut sys).await;
+    h.wait_status_reason(&op.guid, S::PausedSystemPolicy, Reason::LowDiskSpace)
+        .await;
+    let st = h.system_status().await;
     assert!(st.low_disk_space);
     assert_eq!(st.min_free_disk_bytes, 4 * 1024 * 1024);
     assert!(st.free_disk_bytes < st.min_free_disk_bytes);
-    origin.release("/f");
+    h.origin.release("/f");
     std::fs::remove_file(&filler).unwrap();
-    wait_status(&mut client, &op.guid, S::Completed).await;
-    assert_eq!(sha256_file(&downloads.join("f.bin")), sha256(&body));
-    assert!(!status(&mut sys).await.low_disk_space);
+    h.wait_status(&op.guid, S::Completed).await;
+    assert_holds(&downloads.join("f.bin"), &body);
+    assert!(!h.system_status().await.low_disk_space);
 }
 
 #[tokio::test]
 async fn a_recoverable_status_pauses_and_a_new_header_repairs_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
+    let h = Harness::start(&["--retry-base-delay", "20ms"]).await;
     let body = test_bytes(400_000, 6);
     // The connection breaks after 100 kB; the retry finds the token expired (403).
     let faults = vec![
@@ -404,36 +217,31 @@ async fn a_recoverable_status_pauses_and_a_new_header_repairs_it() {
             retry_after: None,
         }),
     ];
-    origin.put("/secret", Resource::new(body.clone()).faults(faults));
-    let server = Server::start(dir.path(), &["--retry-base-delay", "20ms"]).await;
-    let mut client = server.client().await;
-    let req = pb::CreateDownloadRequest {
-        recoverable_web_error_statuses: vec![401, 403],
-        request_headers: [("Authorization".to_string(), "Bearer old".to_string())].into(),
-        ..create_request(&origin.url("/secret"), "secret.bin")
-    };
-    let op = client.create_download(req).await.unwrap().into_inner();
+    h.origin
+        .put("/secret", Resource::new(body.clone()).faults(faults));
+    let op = h
+        .create_with(pb::CreateDownloadRequest {
+            recoverable_web_error_statuses: vec![401, 403],
+            request_headers: [("Authorization".to_string(), "Bearer old".to_string())].into(),
+            ..create_request(&h.origin.url("/secret"), "secret.bin")
+        })
+        .await;
     assert_eq!(op.recoverable_web_error_statuses, vec![401, 403]);
-    let paused = wait_paused(
-        &mut client,
-        &op.guid,
-        S::PausedRecoverableWebErrorStatus,
-        pb::StatusReason::RecoverableWebError,
-    )
-    .await;
+    let paused = h
+        .wait_status_reason(
+            &op.guid,
+            S::PausedRecoverableWebErrorStatus,
+            Reason::RecoverableWebError,
+        )
+        .await;
     assert_eq!(paused.current_web_error_status, 403);
     assert!(paused.error.is_none());
     assert_eq!(paused.progress.unwrap().bytes_received, 100_000);
 
-    let fixed = client
-        .set_request_header(pb::SetRequestHeaderRequest {
-            guid: op.guid.clone(),
-            name: "Authorization".into(),
-            value: "Bearer fresh".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let fixed = h
+        .client
+        .set_request_header(&op.guid, "Authorization", "Bearer fresh");
+    let fixed = fixed.await.unwrap();
     assert_eq!(
         fixed
             .request_headers
@@ -441,37 +249,21 @@ async fn a_recoverable_status_pauses_and_a_new_header_repairs_it() {
             .map(String::as_str),
         Some("Bearer fresh")
     );
-    let err = client
-        .set_request_header(pb::SetRequestHeaderRequest {
-            guid: op.guid.clone(),
-            name: "Range".into(),
-            value: "bytes=0-".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    let resumed = resume(&mut client, &op.guid).await;
+    let err = h.client.set_request_header(&op.guid, "Range", "bytes=0-");
+    assert_eq!(err.await.unwrap_err().code(), Code::InvalidArgument);
+    let resumed = h.resume(&op.guid).await;
     assert_eq!(resumed.current_web_error_status, 0);
-    wait_status(&mut client, &op.guid, S::Completed).await;
-    assert_eq!(
-        sha256_file(&server.download_dir().join("secret.bin")),
-        sha256(&body)
-    );
-    let requests = origin.requests_for("/secret");
+    h.wait_status(&op.guid, S::Completed).await;
+    h.assert_file("secret.bin", &body);
+    let requests = h.origin.requests_for("/secret");
     assert_eq!(requests.len(), 3);
     assert_eq!(requests[1].header("authorization"), Some("Bearer old"));
     assert_eq!(requests[2].header("authorization"), Some("Bearer fresh"));
     assert_eq!(requests[2].header("range"), Some("bytes=100000-"));
 
-    let removed = client
-        .remove_request_header(pb::RemoveRequestHeaderRequest {
-            guid: op.guid.clone(),
-            name: "authorization".into(),
-        })
-        .await
-        .unwrap_err();
+    let removed = h.client.remove_request_header(&op.guid, "authorization");
     assert_eq!(
-        removed.code(),
+        removed.await.unwrap_err().code(),
         Code::FailedPrecondition,
         "finished downloads cannot change"
     );
@@ -479,158 +271,86 @@ async fn a_recoverable_status_pauses_and_a_new_header_repairs_it() {
 
 #[tokio::test]
 async fn remove_request_header_drops_it_from_later_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
+    let h = Harness::start(&[]).await;
     let body = test_bytes(100_000, 7);
-    let server = Server::start(dir.path(), &[]).await;
-    let mut client = server.client().await;
-    origin.put("/h", Resource::new(body.clone()).hold_after(10_000));
-    let req = pb::CreateDownloadRequest {
-        request_headers: [("X-Trace".to_string(), "abc".to_string())].into(),
-        ..create_request(&origin.url("/h"), "h")
-    };
-    let op = client.create_download(req).await.unwrap().into_inner();
-    wait_bytes(&mut client, &op.guid, 10_000).await;
-    pause(&mut client, &op.guid).await;
-    let edited = client
-        .remove_request_header(pb::RemoveRequestHeaderRequest {
-            guid: op.guid.clone(),
-            name: "X-TRACE".into(),
+    let op = h
+        .start_held_with("/h", Resource::new(body), 10_000, |r| {
+            r.request_headers = [("X-Trace".to_string(), "abc".to_string())].into();
         })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(edited.request_headers.is_empty());
-    origin.release("/h");
-    resume(&mut client, &op.guid).await;
-    wait_status(&mut client, &op.guid, S::Completed).await;
-    let requests = origin.requests_for("/h");
+        .await;
+    h.pause(&op.guid).await;
+    let edited = h.client.remove_request_header(&op.guid, "X-TRACE").await;
+    assert!(edited.unwrap().request_headers.is_empty());
+    h.origin.release("/h");
+    h.resume(&op.guid).await;
+    h.wait_status(&op.guid, S::Completed).await;
+    let requests = h.origin.requests_for("/h");
     assert_eq!(requests[0].header("x-trace"), Some("abc"));
     assert_eq!(requests[1].header("x-trace"), None);
 }
 
 #[tokio::test]
 async fn a_new_uri_continues_when_the_resource_matches_and_restarts_when_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
+    let h = Harness::start(&[]).await;
     let body = test_bytes(500_000, 8);
     let other = test_bytes(300_000, 9);
-    let server = Server::start(dir.path(), &[]).await;
-    let mut client = server.client().await;
     // The same file on a mirror (same validators) and a different file elsewhere.
-    origin.put("/mirror", Resource::new(body.clone()));
-    origin.put("/elsewhere", Resource::new(other.clone()));
-    for (path, target, expected, restarts) in [
+    h.origin.put("/mirror", Resource::new(body.clone()));
+    h.origin.put("/elsewhere", Resource::new(other.clone()));
+    for (path, target_path, expected, restarted) in [
         ("/same", "/mirror", body.clone(), 0),
         ("/diff", "/elsewhere", other.clone(), 1),
     ] {
-        origin.put(path, Resource::new(body.clone()).hold_after(123_456));
-        let op = create(&mut client, &origin.url(path), path.trim_start_matches('/')).await;
-        wait_bytes(&mut client, &op.guid, 123_456).await;
+        let op = h
+            .start_held(path, Resource::new(body.clone()), 123_456)
+            .await;
+        let target = h.origin.url(target_path);
         // Only a paused download may change its URI.
-        let err = client
-            .set_requested_uri(pb::SetRequestedUriRequest {
-                guid: op.guid.clone(),
-                requested_uri: origin.url(target),
-            })
-            .await
-            .unwrap_err();
+        let err = h.client.set_requested_uri(&op.guid, &target).await;
+        let err = err.unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
         assert!(
             err.message().contains("pause it first"),
             "{}",
             err.message()
         );
-        pause(&mut client, &op.guid).await;
-        let err = client
-            .set_requested_uri(pb::SetRequestedUriRequest {
-                guid: op.guid.clone(),
-                requested_uri: "ftp://nope/x".into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument);
-        let moved = client
-            .set_requested_uri(pb::SetRequestedUriRequest {
-                guid: op.guid.clone(),
-                requested_uri: origin.url(target),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(moved.requested_uri, origin.url(target));
-        let mut watch = client
-            .watch_download(pb::WatchDownloadRequest {
-                guid: op.guid.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        resume(&mut client, &op.guid).await;
-        let mut messages = Vec::new();
-        while let Some(m) = watch.message().await.unwrap() {
-            messages.push(m);
-        }
+        h.pause(&op.guid).await;
+        let err = h.client.set_requested_uri(&op.guid, "ftp://nope/x").await;
+        assert_eq!(err.unwrap_err().code(), Code::InvalidArgument);
+        let moved = h.client.set_requested_uri(&op.guid, &target).await;
+        assert_eq!(moved.unwrap().requested_uri, target);
+        let watch = h.watch(&op.guid).await;
+        h.resume(&op.guid).await;
+        let messages = read_to_end(watch).await;
         assert_eq!(messages.last().unwrap().status(), S::Completed);
-        assert_eq!(
-            messages.iter().filter(|m| m.has_restarted).count(),
-            restarts,
-            "{path}: {messages:?}"
-        );
-        let file = path.trim_start_matches('/');
-        assert_eq!(
-            sha256_file(&server.download_dir().join(file)),
-            sha256(&expected)
-        );
-        let last = origin.requests_for(target).last().cloned().unwrap();
+        assert_eq!(restarts(&messages), restarted, "{path}: {messages:?}");
+        h.assert_file(path.trim_start_matches('/'), &expected);
+        let last = h.origin.requests_for(target_path).pop().unwrap();
         assert_eq!(last.header("range"), Some("bytes=123456-"), "{path}");
     }
 }
 
 #[tokio::test]
 async fn set_priority_reorders_the_queue_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    origin.put(
-        "/blocker",
-        Resource::new(test_bytes(4096, 1)).hold_after(10),
-    );
-    for p in ["/first", "/second", "/third"] {
-        origin.put(p, Resource::new(test_bytes(1000, 2)));
-    }
-    let server = Server::start(dir.path(), &["--max-active", "1"]).await;
-    let mut client = server.client().await;
-    let blocker = create(&mut client, &origin.url("/blocker"), "blocker").await;
-    wait_status(&mut client, &blocker.guid, S::Running).await;
+    use pb::BackgroundTransferPriority as P;
+    let h = Harness::start(&["--max-active", "1"]).await;
+    h.start_held("/blocker", Resource::new(test_bytes(4096, 1)), 10)
+        .await;
     let mut guids = Vec::new();
     for p in ["/first", "/second", "/third"] {
-        guids.push(
-            create(&mut client, &origin.url(p), p.trim_start_matches('/'))
-                .await
-                .guid,
-        );
+        h.origin.put(p, Resource::new(test_bytes(1000, 2)));
+        let file = p.trim_start_matches('/');
+        guids.push(h.create(&h.origin.url(p), file).await.guid);
     }
-    let raised = client
-        .set_priority(pb::SetPriorityRequest {
-            guid: guids[2].clone(),
-            priority: pb::BackgroundTransferPriority::High.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(raised.priority(), pb::BackgroundTransferPriority::High);
-    client
-        .set_priority(pb::SetPriorityRequest {
-            guid: guids[0].clone(),
-            priority: pb::BackgroundTransferPriority::Low.into(),
-        })
-        .await
-        .unwrap();
-    origin.release("/blocker");
+    let raised = h.client.set_priority(&guids[2], P::High).await.unwrap();
+    assert_eq!(raised.priority(), P::High);
+    h.client.set_priority(&guids[0], P::Low).await.unwrap();
+    h.origin.release("/blocker");
     for g in &guids {
-        wait_status(&mut client, g, S::Completed).await;
+        h.wait_status(g, S::Completed).await;
     }
-    let order: Vec<String> = origin
+    let order: Vec<String> = h
+        .origin
         .requests()
         .into_iter()
         .map(|r| r.path)
@@ -641,53 +361,41 @@ async fn set_priority_reorders_the_queue_live() {
 
 #[tokio::test]
 async fn a_serialized_group_runs_one_at_a_time_and_make_current_reorders_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    let server = Server::start(dir.path(), &["--max-active", "4"]).await;
-    let mut client = server.client().await;
-    let group = client
-        .set_transfer_group_behavior(pb::SetTransferGroupBehaviorRequest {
-            transfer_group: "fleet".into(),
-            behavior: pb::BackgroundTransferBehavior::Serialized.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(group.behavior(), pb::BackgroundTransferBehavior::Serialized);
+    use pb::BackgroundTransferBehavior as Behavior;
+    let h = Harness::start(&["--max-active", "4"]).await;
+    let group = h.client.set_group_behavior("fleet", Behavior::Serialized);
+    assert_eq!(group.await.unwrap().behavior(), Behavior::Serialized);
     let mut guids = Vec::new();
     for i in 0..4 {
         let path = format!("/g{i}");
-        origin.put(&path, Resource::new(test_bytes(5000, i)).hold_after(100));
+        h.origin
+            .put(&path, Resource::new(test_bytes(5000, i)).hold_after(100));
         let req = pb::CreateDownloadRequest {
             transfer_group: "fleet".into(),
-            ..create_request(&origin.url(&path), &format!("g{i}"))
+            ..create_request(&h.origin.url(&path), &format!("g{i}"))
         };
-        guids.push(client.create_download(req).await.unwrap().into_inner().guid);
+        guids.push(h.create_with(req).await.guid);
     }
-    origin.put("/solo", Resource::new(test_bytes(5000, 9)));
-    let solo = create(&mut client, &origin.url("/solo"), "solo").await;
+    h.origin.put("/solo", Resource::new(test_bytes(5000, 9)));
+    let solo = h.create(&h.origin.url("/solo"), "solo").await;
     // Outside the group, downloads still run in parallel.
-    wait_status(&mut client, &solo.guid, S::Completed).await;
-    wait_status(&mut client, &guids[0], S::Running).await;
+    h.wait_status(&solo.guid, S::Completed).await;
+    h.wait_status(&guids[0], S::Running).await;
     for g in &guids[1..] {
-        let op = get(&mut client, g).await;
+        let op = h.get(g).await;
         assert_eq!(status_of(&op), S::Idle);
-        assert_eq!(op.status_reason(), pb::StatusReason::WaitingForGroup);
+        assert_eq!(op.status_reason(), Reason::WaitingForGroup);
     }
     // g3 and everything queued after it (nothing) go to the front of the group: g3, g1, g2.
-    client
-        .make_current_in_transfer_group(pb::MakeCurrentInTransferGroupRequest {
-            guid: guids[3].clone(),
-        })
-        .await
-        .unwrap();
+    h.client.make_current(&guids[3]).await.unwrap();
     for i in 0..4 {
-        origin.release(&format!("/g{i}"));
+        h.origin.release(&format!("/g{i}"));
     }
     for g in &guids {
-        wait_status(&mut client, g, S::Completed).await;
+        h.wait_status(g, S::Completed).await;
     }
-    let order: Vec<String> = origin
+    let order: Vec<String> = h
+        .origin
         .requests()
         .into_iter()
         .map(|r| r.path)
@@ -695,17 +403,8 @@ async fn a_serialized_group_runs_one_at_a_time_and_make_current_reorders_it() {
         .collect();
     assert_eq!(order, ["/g0", "/g3", "/g1", "/g2"]);
 
-    let err = client
-        .make_current_in_transfer_group(pb::MakeCurrentInTransferGroupRequest { guid: solo.guid })
-        .await
-        .unwrap_err();
+    let err = h.client.make_current(&solo.guid).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let err = client
-        .set_transfer_group_behavior(pb::SetTransferGroupBehaviorRequest {
-            transfer_group: String::new(),
-            behavior: 1,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = h.client.set_group_behavior("", Behavior::Serialized).await;
+    assert_eq!(err.unwrap_err().code(), Code::InvalidArgument);
 }

@@ -5,188 +5,114 @@
 
 mod common;
 
-use common::origin::{Origin, Resource, test_bytes};
+use common::origin::{Resource, test_bytes};
 use common::*;
-use transferd::pb::backgroundtransfer::v1 as pb;
 
 #[tokio::test]
 async fn sigterm_checkpoints_and_a_restart_continues_every_download() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
+    let flags = ["--max-active", "2"];
+    let mut h = Harness::start(&flags).await;
     let running_body = test_bytes(1024 * 1024, 1);
     let held = 400_000u64;
-    origin.put(
+    h.origin.put("/done", Resource::new(test_bytes(5000, 2)));
+    h.origin.put("/queued", Resource::new(test_bytes(7000, 4)));
+
+    let done = h.create(&h.origin.url("/done"), "done.bin").await;
+    h.wait_status(&done.guid, S::Completed).await;
+    let paused = Resource::new(test_bytes(300_000, 3));
+    let paused = h.start_held("/paused", paused, 1000).await;
+    h.pause(&paused.guid).await;
+    h.origin.put(
         "/running",
         Resource::new(running_body.clone()).hold_after(held),
     );
-    origin.put("/done", Resource::new(test_bytes(5000, 2)));
-    origin.put(
-        "/paused",
-        Resource::new(test_bytes(300_000, 3)).hold_after(1000),
-    );
-    origin.put("/queued", Resource::new(test_bytes(7000, 4)));
-
-    let server = Server::start(dir.path(), &["--max-active", "2"]).await;
-    let mut client = server.client().await;
-    let done = create(&mut client, &origin.url("/done"), "done.bin").await;
-    wait_status(&mut client, &done.guid, S::Completed).await;
-    let paused = create(&mut client, &origin.url("/paused"), "paused.bin").await;
-    wait_bytes(&mut client, &paused.guid, 1000).await;
-    pause(&mut client, &paused.guid).await;
-    let running = create(&mut client, &origin.url("/running"), "running.bin").await;
-    let mut queued_req = create_request(&origin.url("/queued"), "queued.bin");
-    queued_req.set_priority(pb::BackgroundTransferPriority::Low);
+    let running = h.create(&h.origin.url("/running"), "running.bin").await;
     // Fill the second slot so the LOW download stays queued.
-    origin.put("/filler", Resource::new(test_bytes(4096, 5)).hold_after(10));
-    let filler = create(&mut client, &origin.url("/filler"), "filler.bin").await;
-    let queued = client
-        .create_download(queued_req)
-        .await
-        .unwrap()
-        .into_inner();
-    wait_bytes(&mut client, &running.guid, held).await;
-    assert_eq!(status_of(&get(&mut client, &queued.guid).await), S::Idle);
+    h.origin
+        .put("/filler", Resource::new(test_bytes(4096, 5)).hold_after(10));
+    let filler = h.create(&h.origin.url("/filler"), "filler.bin").await;
+    let mut queued = create_request(&h.origin.url("/queued"), "queued.bin");
+    queued.set_priority(pb::BackgroundTransferPriority::Low);
+    let queued = h.create_with(queued).await;
+    h.wait_bytes(&running.guid, held).await;
+    assert_eq!(h.status(&queued.guid).await, S::Idle);
 
     let mut streams = Vec::new();
     for guid in [&running.guid, &queued.guid] {
-        let mut s = client
-            .watch_download(pb::WatchDownloadRequest { guid: guid.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        s.message().await.unwrap().unwrap();
-        streams.push(s);
+        let mut stream = h.watch(guid).await;
+        next_message(&mut stream).await;
+        streams.push(stream);
     }
-    let mut all = client
-        .watch_downloads(pb::WatchDownloadsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    all.message().await.unwrap().unwrap();
+    let mut all = h.watch_all(None).await;
+    next_message(&mut all).await;
 
-    let code = server.terminate().await;
+    let code = h.server.terminate().await;
     assert_eq!(code, Some(0), "transferd must exit 0 on SIGTERM");
     // Streams end cleanly rather than breaking.
-    for mut s in streams {
-        loop {
-            match s.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => break,
-                Err(e) => panic!("stream broke on shutdown: {e:?}"),
-            }
-        }
+    for stream in streams {
+        read_to_end(stream).await;
     }
-    loop {
-        match all.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => break,
-            Err(e) => panic!("WatchDownloads broke on shutdown: {e:?}"),
-        }
-    }
+    read_to_end(all).await;
 
     // The checkpoint holds every byte received before the stop, fsynced.
-    origin.release("/running");
-    origin.release("/filler");
-    let server = Server::start(dir.path(), &["--max-active", "2"]).await;
-    let mut client = server.client().await;
-    let listed: Vec<String> = list_guids(&mut client).await;
-    assert_eq!(
-        listed,
-        [
-            &done.guid,
-            &paused.guid,
-            &running.guid,
-            &filler.guid,
-            &queued.guid
-        ]
-        .map(String::clone)
-    );
-    let done_now = get(&mut client, &done.guid).await;
+    h.origin.release("/running");
+    h.origin.release("/filler");
+    h.restart(&flags).await;
+    let listed = h.list_guids().await;
+    let created = [&done, &paused, &running, &filler, &queued];
+    assert_eq!(listed, created.map(|op| op.guid.clone()));
+    let done_now = h.get(&done.guid).await;
     assert_eq!(status_of(&done_now), S::Completed);
     assert_eq!(done_now.progress.unwrap().bytes_received, 5000);
-    assert_eq!(
-        status_of(&get(&mut client, &paused.guid).await),
-        S::PausedByApplication
-    );
+    assert_eq!(h.status(&paused.guid).await, S::PausedByApplication);
 
-    wait_status(&mut client, &running.guid, S::Completed).await;
-    let requests = origin.requests_for("/running");
+    h.wait_status(&running.guid, S::Completed).await;
+    let requests = h.origin.requests_for("/running");
     assert_eq!(requests.len(), 2);
     assert_eq!(
         requests[1].header("range"),
         Some(&*format!("bytes={held}-"))
     );
     assert!(requests[1].header("if-range").is_some());
-    assert_eq!(
-        sha256_file(&server.download_dir().join("running.bin")),
-        sha256(&running_body)
-    );
-    wait_status(&mut client, &queued.guid, S::Completed).await;
-    assert_eq!(
-        sha256_file(&server.download_dir().join("queued.bin")),
-        sha256(&test_bytes(7000, 4))
-    );
+    h.assert_file("running.bin", &running_body);
+    h.wait_status(&queued.guid, S::Completed).await;
+    h.assert_file("queued.bin", &test_bytes(7000, 4));
     // The paused one continues from its checkpoint when resumed.
-    origin.release("/paused");
-    resume(&mut client, &paused.guid).await;
-    wait_status(&mut client, &paused.guid, S::Completed).await;
+    h.origin.release("/paused");
+    h.resume(&paused.guid).await;
+    h.wait_status(&paused.guid, S::Completed).await;
     assert_eq!(
-        origin.requests_for("/paused")[1].header("range"),
+        h.origin.requests_for("/paused")[1].header("range"),
         Some("bytes=1000-")
     );
-    assert_eq!(
-        sha256_file(&server.download_dir().join("paused.bin")),
-        sha256(&test_bytes(300_000, 3))
-    );
+    h.assert_file("paused", &test_bytes(300_000, 3));
 }
 
 #[tokio::test]
 async fn sigkill_never_loses_an_acknowledged_download() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    origin.put(
+    let mut h = Harness::start(&["--max-active", "1"]).await;
+    h.origin.put(
         "/blocker",
         Resource::new(test_bytes(100_000, 1)).hold_after(50_000),
     );
-    for i in 0..20 {
-        origin.put(
-            &format!("/f{i}"),
-            Resource::new(test_bytes(10_000 + i, i as u64)),
-        );
-    }
-    let server = Server::start(dir.path(), &["--max-active", "1"]).await;
-    let mut client = server.client().await;
-    let blocker = create(&mut client, &origin.url("/blocker"), "blocker").await;
+    let blocker = h.create(&h.origin.url("/blocker"), "blocker").await;
     let mut guids = vec![blocker.guid.clone()];
     for i in 0..20 {
-        guids.push(
-            create(
-                &mut client,
-                &origin.url(&format!("/f{i}")),
-                &format!("f{i}"),
-            )
-            .await
-            .guid,
-        );
+        let path = format!("/f{i}");
+        h.origin
+            .put(&path, Resource::new(test_bytes(10_000 + i, i as u64)));
+        guids.push(h.create(&h.origin.url(&path), &format!("f{i}")).await.guid);
     }
-    server.kill().await;
+    h.server.kill().await;
 
-    origin.release("/blocker");
-    let server = Server::start(dir.path(), &["--max-active", "4"]).await;
-    let mut client = server.client().await;
-    let listed: Vec<String> = list_guids(&mut client).await;
-    assert_eq!(listed, guids);
-    wait_status(&mut client, &blocker.guid, S::Completed).await;
-    assert_eq!(
-        sha256_file(&server.download_dir().join("blocker")),
-        sha256(&test_bytes(100_000, 1))
-    );
+    h.origin.release("/blocker");
+    h.restart(&["--max-active", "4"]).await;
+    assert_eq!(h.list_guids().await, guids);
+    h.wait_status(&blocker.guid, S::Completed).await;
+    h.assert_file("blocker", &test_bytes(100_000, 1));
     for i in 0..20 {
-        wait_status(&mut client, &guids[i + 1], S::Completed).await;
-        assert_eq!(
-            sha256_file(&server.download_dir().join(format!("f{i}"))),
-            sha256(&test_bytes(10_000 + i, i as u64))
-        );
+        h.wait_status(&guids[i + 1], S::Completed).await;
+        h.assert_file(&format!("f{i}"), &test_bytes(10_000 + i, i as u64));
     }
 }
 
@@ -194,11 +120,8 @@ async fn sigkill_never_loses_an_acknowledged_download() {
 async fn a_corrupted_store_stops_the_server_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("transferd.db"), vec![0x42; 4096]).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_transferd"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let out = run_transferd(["--listen", "127.0.0.1:0", "--data-dir", data_dir]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("corrupted"), "{stderr}");
@@ -212,94 +135,61 @@ async fn a_corrupted_store_stops_the_server_with_a_clear_message() {
 #[tokio::test]
 async fn sigterm_under_load_ends_streams_and_exits_within_ten_seconds() {
     const N: usize = 50;
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
+    let flags = ["--max-active", "64"];
+    let mut h = Harness::start(&flags).await;
     let held = 100_000u64;
-    for i in 0..N {
-        origin.put(
-            &format!("/l{i}"),
-            Resource::new(test_bytes(300_000 + i, i as u64)).hold_after(held),
-        );
-    }
-    let server = Server::start(dir.path(), &["--max-active", "64"]).await;
-    let mut client = server.client().await;
     let mut guids = Vec::new();
     for i in 0..N {
-        guids.push(
-            create(
-                &mut client,
-                &origin.url(&format!("/l{i}")),
-                &format!("l{i}"),
-            )
-            .await
-            .guid,
-        );
+        let path = format!("/l{i}");
+        let resource = Resource::new(test_bytes(300_000 + i, i as u64)).hold_after(held);
+        h.origin.put(&path, resource);
+        guids.push(h.create(&h.origin.url(&path), &format!("l{i}")).await.guid);
     }
     let mut watchers = Vec::new();
     for guid in &guids {
-        wait_bytes(&mut client, guid, held).await;
-        let mut stream = client
-            .watch_download(pb::WatchDownloadRequest { guid: guid.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        stream.message().await.unwrap().unwrap();
-        watchers.push(tokio::spawn(async move {
-            loop {
-                match stream.message().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return Ok(()),
-                    Err(e) => return Err(e),
-                }
-            }
-        }));
+        h.wait_bytes(guid, held).await;
+        let mut stream = h.watch(guid).await;
+        next_message(&mut stream).await;
+        // Panics in the task, and so fails the join below, unless the stream ends cleanly.
+        watchers.push(tokio::spawn(read_to_end(stream)));
     }
 
     let started = std::time::Instant::now();
-    assert_eq!(server.terminate().await, Some(0));
+    assert_eq!(h.server.terminate().await, Some(0));
     // The contract's bound for a clean stop under load; a healthy stop takes well under a second.
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     for w in watchers {
-        w.await.unwrap().expect("streams end cleanly on shutdown");
+        w.await.expect("streams end cleanly on shutdown");
     }
 
     for i in 0..N {
-        origin.release(&format!("/l{i}"));
+        h.origin.release(&format!("/l{i}"));
     }
-    let server = Server::start(dir.path(), &["--max-active", "64"]).await;
-    let mut client = server.client().await;
+    h.restart(&flags).await;
     for (i, guid) in guids.iter().enumerate() {
-        wait_status(&mut client, guid, S::Completed).await;
-        let requests = origin.requests_for(&format!("/l{i}"));
+        h.wait_status(guid, S::Completed).await;
+        let requests = h.origin.requests_for(&format!("/l{i}"));
         assert_eq!(requests.len(), 2, "l{i}");
         assert_eq!(
             requests[1].header("range"),
             Some(&*format!("bytes={held}-")),
             "l{i}"
         );
-        assert_eq!(
-            sha256_file(&server.download_dir().join(format!("l{i}"))),
-            sha256(&test_bytes(300_000 + i, i as u64))
-        );
+        h.assert_file(&format!("l{i}"), &test_bytes(300_000 + i, i as u64));
     }
 }
 
 #[tokio::test]
 async fn a_store_from_a_newer_version_is_refused_not_misread() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]).await;
-    let mut client = server.client().await;
-    let op = create(&mut client, "http://127.0.0.1:9/x", "x").await;
-    assert_eq!(server.terminate().await, Some(0));
-    let db = dir.path().join("transferd.db");
+    let mut h = Harness::start(&[]).await;
+    let op = h.create("http://127.0.0.1:9/x", "x").await;
+    assert_eq!(h.server.terminate().await, Some(0));
+    let db = h.server.data_dir.join("transferd.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_transferd"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let data_dir = h.server.data_dir.to_str().unwrap();
+    let out = run_transferd(["--listen", "127.0.0.1:0", "--data-dir", data_dir]);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty(), "it must not announce an address");
     let stderr = String::from_utf8_lossy(&out.stderr);

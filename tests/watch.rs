@@ -5,9 +5,10 @@
 
 mod common;
 
-use common::origin::{Origin, Resource, test_bytes};
+use std::collections::{HashMap, HashSet};
+
+use common::origin::{Resource, test_bytes};
 use common::*;
-use transferd::pb::backgroundtransfer::v1 as pb;
 
 /// Statuses in the order they appeared, with consecutive repeats folded.
 fn status_sequence(messages: &[pb::BackgroundDownloadProgress]) -> Vec<S> {
@@ -22,39 +23,24 @@ fn status_sequence(messages: &[pb::BackgroundDownloadProgress]) -> Vec<S> {
 
 #[tokio::test]
 async fn watch_sends_current_state_then_every_change_and_ends_after_completion() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
+    let h = Harness::start(&["--max-active", "1"]).await;
     let body = test_bytes(512 * 1024, 1);
-    origin.put(
+    h.origin.put(
         "/blocker",
         Resource::new(test_bytes(4096, 2)).hold_after(10),
     );
-    origin.put("/w", Resource::new(body.clone()).hold_after(100_000));
-    let server = Server::start(dir.path(), &["--max-active", "1"]).await;
-    let mut client = server.client().await;
-    create(&mut client, &origin.url("/blocker"), "blocker").await;
-    let op = create(&mut client, &origin.url("/w"), "w.bin").await;
+    h.origin
+        .put("/w", Resource::new(body.clone()).hold_after(100_000));
+    h.create(&h.origin.url("/blocker"), "blocker").await;
+    let op = h.create(&h.origin.url("/w"), "w.bin").await;
     assert_eq!(status_of(&op), S::Idle);
 
     // The stream is open (its first message fixed) before anything changes.
-    let mut stream = client
-        .watch_download(pb::WatchDownloadRequest {
-            guid: op.guid.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let watcher = tokio::spawn(async move {
-        let mut messages = Vec::new();
-        while let Some(m) = stream.message().await.unwrap() {
-            messages.push(m);
-        }
-        messages
-    });
-    origin.release("/blocker");
+    let watcher = tokio::spawn(read_to_end(h.watch(&op.guid).await));
+    h.origin.release("/blocker");
     // The held body proves a message with partial bytes is sent while running.
-    wait_bytes(&mut client, &op.guid, 100_000).await;
-    origin.release("/w");
+    h.wait_bytes(&op.guid, 100_000).await;
+    h.origin.release("/w");
     let messages = watcher.await.unwrap();
 
     let first = &messages[0];
@@ -76,7 +62,7 @@ async fn watch_sends_current_state_then_every_change_and_ends_after_completion()
     assert_eq!(changed.len(), 1, "{messages:?}");
     assert_eq!(changed[0].status(), S::Running);
     assert_eq!(changed[0].total_bytes_to_receive, body.len() as u64);
-    assert!(messages.iter().all(|m| !m.has_restarted));
+    assert_eq!(restarts(&messages), 0, "{messages:?}");
     assert!(
         messages
             .windows(2)
@@ -89,46 +75,40 @@ async fn watch_sends_current_state_then_every_change_and_ends_after_completion()
 
 #[tokio::test]
 async fn many_watchers_each_see_the_whole_story() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
+    const WATCHERS: usize = 200;
+    let h = Harness::start(&[]).await;
     let body = test_bytes(256 * 1024, 3);
-    let server = Server::start(dir.path(), &[]).await;
-    let mut client = server.client().await;
-    origin.put("/m", Resource::new(body.clone()).hold_after(1000));
-    let op = create(&mut client, &origin.url("/m"), "m.bin").await;
-    wait_status(&mut client, &op.guid, S::Running).await;
+    h.origin
+        .put("/m", Resource::new(body.clone()).hold_after(1000));
+    let op = h.create(&h.origin.url("/m"), "m.bin").await;
+    h.wait_status(&op.guid, S::Running).await;
     let mut watchers = Vec::new();
-    let (subscribed_tx, mut subscribed_rx) = tokio::sync::mpsc::channel(200);
-    for i in 0..200 {
+    let (subscribed_tx, mut subscribed_rx) = tokio::sync::mpsc::channel(WATCHERS);
+    for i in 0..WATCHERS {
         // Spread the watchers over a few connections, as separate clients would.
-        let mut client = if i % 50 == 0 {
-            server.client().await
+        let client = if i % 50 == 0 {
+            h.server.client().await
         } else {
-            client.clone()
+            h.client.clone()
         };
         let guid = op.guid.clone();
         let subscribed = subscribed_tx.clone();
         watchers.push(tokio::spawn(async move {
-            let mut stream = client
-                .watch_download(pb::WatchDownloadRequest { guid })
-                .await
-                .unwrap()
-                .into_inner();
-            let mut messages = vec![stream.message().await.unwrap().unwrap()];
+            let mut stream = client.watch(&guid).await.unwrap();
+            let first = next_message(&mut stream).await;
             subscribed.send(()).await.unwrap();
-            while let Some(m) = stream.message().await.unwrap() {
-                messages.push(m);
-            }
+            let mut messages = vec![first];
+            messages.extend(read_to_end(stream).await);
             messages
         }));
     }
     // Pause only once every watcher has its first message, so each one sees the pause.
-    for _ in 0..200 {
+    for _ in 0..WATCHERS {
         subscribed_rx.recv().await.unwrap();
     }
-    pause(&mut client, &op.guid).await;
-    origin.release("/m");
-    resume(&mut client, &op.guid).await;
+    h.pause(&op.guid).await;
+    h.origin.release("/m");
+    h.resume(&op.guid).await;
     for w in watchers {
         let messages = w.await.unwrap();
         let seq = status_sequence(&messages);
@@ -136,24 +116,18 @@ async fn many_watchers_each_see_the_whole_story() {
         assert_eq!(seq.last(), Some(&S::Completed));
         assert!(seq.contains(&S::PausedByApplication), "{seq:?}");
         assert_eq!(messages.last().unwrap().bytes_received, body.len() as u64);
-        assert!(messages.iter().all(|m| !m.has_restarted));
+        assert_eq!(restarts(&messages), 0, "{messages:?}");
     }
-    assert_eq!(
-        sha256_file(&server.download_dir().join("m.bin")),
-        sha256(&body)
-    );
+    h.assert_file("m.bin", &body);
 }
 
 #[tokio::test]
 async fn watching_a_finished_download_sends_its_final_state_and_ends() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    origin.put("/f", Resource::new(test_bytes(1234, 4)));
-    let server = Server::start(dir.path(), &[]).await;
-    let mut client = server.client().await;
-    let op = create(&mut client, &origin.url("/f"), "f").await;
-    wait_status(&mut client, &op.guid, S::Completed).await;
-    let messages = watch_to_end(&mut client, &op.guid).await;
+    let h = Harness::start(&[]).await;
+    h.origin.put("/f", Resource::new(test_bytes(1234, 4)));
+    let op = h.create(&h.origin.url("/f"), "f").await;
+    h.wait_status(&op.guid, S::Completed).await;
+    let messages = h.watch_to_end(&op.guid).await;
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].status(), S::Completed);
     assert_eq!(messages[0].bytes_received, 1234);
@@ -161,66 +135,44 @@ async fn watching_a_finished_download_sends_its_final_state_and_ends() {
 
 #[tokio::test]
 async fn watch_downloads_streams_one_group_from_its_current_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start().await;
-    origin.put("/a", Resource::new(test_bytes(2000, 5)).hold_after(500));
-    origin.put("/b", Resource::new(test_bytes(3000, 6)));
-    origin.put("/c", Resource::new(test_bytes(4000, 7)));
-    let server = Server::start(dir.path(), &[]).await;
-    let mut client = server.client().await;
-    let in_group = |uri: String, file: &str| pb::CreateDownloadRequest {
+    let h = Harness::start(&[]).await;
+    h.origin
+        .put("/a", Resource::new(test_bytes(2000, 5)).hold_after(500));
+    h.origin.put("/b", Resource::new(test_bytes(3000, 6)));
+    h.origin.put("/c", Resource::new(test_bytes(4000, 7)));
+    let in_group = |path: &str, file: &str| pb::CreateDownloadRequest {
         transfer_group: "media".into(),
-        ..create_request(&uri, file)
+        ..create_request(&h.origin.url(path), file)
     };
-    let a = client
-        .create_download(in_group(origin.url("/a"), "a"))
-        .await
-        .unwrap()
-        .into_inner();
-    wait_status(&mut client, &a.guid, S::Running).await;
-    let mut events = client
-        .watch_downloads(pb::WatchDownloadsRequest {
-            transfer_group: Some("media".into()),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = events.message().await.unwrap().unwrap();
+    let a = h.create_with(in_group("/a", "a")).await;
+    h.wait_status(&a.guid, S::Running).await;
+    let mut events = h.watch_all(Some("media")).await;
+    let first = next_message(&mut events).await;
     assert_eq!(first.guid, a.guid);
     assert_eq!(first.progress.unwrap().status(), S::Running);
     // Another group's download never shows; a new one in the group does.
-    let c = create(&mut client, &origin.url("/c"), "c").await;
-    let b = client
-        .create_download(in_group(origin.url("/b"), "b"))
-        .await
-        .unwrap()
-        .into_inner();
-    origin.release("/a");
-    let mut done = std::collections::HashSet::new();
-    let mut per_guid: std::collections::HashMap<String, Vec<pb::BackgroundDownloadProgress>> =
-        Default::default();
-    while done.len() < 2 {
-        let event = tokio::time::timeout(DEADLINE, events.message())
-            .await
-            .expect("events keep coming")
-            .unwrap()
-            .unwrap();
-        assert_ne!(event.guid, c.guid, "an event from another group leaked");
-        let progress = event.progress.unwrap();
-        if progress.status() == S::Completed {
+    let c = h.create(&h.origin.url("/c"), "c").await;
+    let b = h.create_with(in_group("/b", "b")).await;
+    h.origin.release("/a");
+    let mut done = HashSet::new();
+    let events = read_until(&mut events, "both completed", |event| {
+        if event.progress.unwrap().status() == S::Completed {
             done.insert(event.guid.clone());
         }
-        per_guid.entry(event.guid).or_default().push(progress);
+        done.len() == 2
+    })
+    .await;
+    let mut per_guid: HashMap<String, Vec<pb::BackgroundDownloadProgress>> = HashMap::new();
+    for event in events {
+        assert_ne!(event.guid, c.guid, "an event from another group leaked");
+        per_guid
+            .entry(event.guid)
+            .or_default()
+            .push(event.progress.unwrap());
     }
     let b_seq = status_sequence(&per_guid[&b.guid]);
     assert_eq!(b_seq, [S::Idle, S::Running, S::Completed]);
-    assert_eq!(
-        per_guid[&b.guid]
-            .iter()
-            .filter(|m| m.has_response_changed)
-            .count(),
-        1
-    );
+    assert_eq!(responses_changed(&per_guid[&b.guid]), 1);
     assert_eq!(per_guid[&b.guid].last().unwrap().bytes_received, 3000);
     assert_eq!(per_guid[&a.guid].last().unwrap().bytes_received, 2000);
 }

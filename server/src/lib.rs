@@ -7,6 +7,7 @@
 //! - [`server`]: wiring. [`run`] serves on an already-bound listener until a shutdown future
 //!   completes, so tests start a real server on `127.0.0.1:0` in one line.
 //! - [`grpc`]: the gRPC layer; converts at the edge and maps errors to status codes.
+//! - [`client`]: a typed client for both services over one connection, for the tests and CLI.
 //! - [`engine`]: the transfer engine: registry, priority queue, scheduler, state machine and
 //!   transfer tasks. Knows nothing of gRPC.
 //! - [`conditions`]: network, cost, constrained-mode and disk conditions, and which paused
@@ -23,6 +24,7 @@
 //! - [`pb`]: generated protobuf code, quarantined.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -1,0 +1,138 @@
+//! The real `transferd` binary as a child process on an ephemeral port.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use transferd::client::Client;
+
+use super::{DEADLINE, netns};
+
+/// A running `transferd` process, killed when dropped.
+pub struct Server {
+    child: Option<Child>,
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
+    /// Its `--data-dir`.
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `transferd --listen 127.0.0.1:0 --data-dir DATA_DIR EXTRA...` and waits until it
+    /// announces its address.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let command = Command::new(env!("CARGO_BIN_EXE_transferd"));
+        Server::start_with(command, "127.0.0.1:0", data_dir, extra).await
+    }
+
+    /// Starts `transferd` inside a test network namespace, listening on its veth address.
+    pub async fn start_in(ns: &netns::Netns, data_dir: &Path, extra: &[&str]) -> Server {
+        let command = ns.command(env!("CARGO_BIN_EXE_transferd"));
+        Server::start_with(command, &format!("{}:0", ns.inner), data_dir, extra).await
+    }
+
+    async fn start_with(
+        mut command: Command,
+        listen: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Server {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("server.log"))
+            .unwrap();
+        let mut child = command
+            .arg("--listen")
+            .arg(listen)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("TRANSFERD_LOG", "transferd=debug,info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("transferd binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no `listening on` line; log:\n{}", read_log(data_dir)))
+            .unwrap()
+            .unwrap_or_else(|| panic!("transferd exited at start; log:\n{}", read_log(data_dir)));
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        Server {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// A new client on a connection of its own to this server.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.addr.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("client connects to {}: {e}", self.addr))
+    }
+
+    /// The default download directory.
+    pub fn download_dir(&self) -> PathBuf {
+        self.data_dir.join("downloads")
+    }
+
+    /// The server's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        read_log(&self.data_dir)
+    }
+
+    /// Whether the process was neither terminated nor killed by the test.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take().expect("the server is running");
+        let pid = child.id().expect("still running");
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::time::timeout(DEADLINE, child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap();
+        exit.code()
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("the server is running");
+        child.kill().await.unwrap();
+    }
+}
+
+fn read_log(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default()
+}
+
+/// Runs `transferd ARGS...` to completion (for flags and stores it must refuse).
+pub fn run_transferd<I, A>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<std::ffi::OsStr>,
+{
+    std::process::Command::new(env!("CARGO_BIN_EXE_transferd"))
+        .args(args)
+        .output()
+        .expect("transferd binary runs")
+}
