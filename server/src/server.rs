@@ -9,11 +9,10 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DefaultCostPolicy};
+use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::fetch::{Fetcher, Timeouts};
 use crate::grpc::{SystemService, TransferService};
-use crate::operation::CostPolicy;
 use crate::pb;
 use crate::pb::backgroundtransfer::v1::background_transfer_service_server::BackgroundTransferServiceServer;
 use crate::pb::backgroundtransfer::v1::transfer_system_service_server::TransferSystemServiceServer;
@@ -85,10 +84,7 @@ impl Transferd {
                     max_delay: config.retry_max_delay,
                 },
                 min_free_disk_bytes: config.min_free_disk,
-                default_cost_policy: match config.default_cost_policy {
-                    DefaultCostPolicy::Always => CostPolicy::Always,
-                    DefaultCostPolicy::UnrestrictedOnly => CostPolicy::UnrestrictedOnly,
-                },
+                default_cost_policy: config.default_cost_policy.into(),
             },
             store,
             Fetcher::new(Timeouts {
