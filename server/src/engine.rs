@@ -84,10 +84,10 @@ pub struct NewDownload {
     pub requested_uri: String,
     /// Relative result path; empty lets the server pick.
     pub result_file: String,
-    /// Priority (WinRT number).
-    pub priority: i32,
-    /// Cost policy (WinRT number).
-    pub cost_policy: i32,
+    /// Queue priority.
+    pub priority: Priority,
+    /// Metered-network policy.
+    pub cost_policy: CostPolicy,
     /// Transfer group.
     pub transfer_group: String,
     /// Extra request headers.
@@ -430,8 +430,6 @@ impl Engine {
         } = new;
         let uri = validate_uri(&requested_uri)?;
         let expected_sha256 = validate_sha256(&expected_sha256)?;
-        let priority = validate_priority(priority)?;
-        let cost_policy = validate_cost_policy(cost_policy)?;
         validate_group(&transfer_group)?;
         if request_headers.len() > MAX_REQUEST_HEADERS {
             return Err(Error::InvalidArgument(format!(
@@ -677,9 +675,8 @@ impl Engine {
     pub async fn set_cost_policy(
         &self,
         guid: &str,
-        cost_policy: i32,
+        cost_policy: CostPolicy,
     ) -> Result<DownloadView, Error> {
-        let cost_policy = validate_cost_policy(cost_policy)?;
         self.edit(guid, "change the cost policy of", |_, st| {
             st.settings.cost_policy = cost_policy;
             Ok(())
@@ -688,8 +685,11 @@ impl Engine {
     }
 
     /// Changes a download's priority; a queued download moves in the queue at once.
-    pub async fn set_priority(&self, guid: &str, priority: i32) -> Result<DownloadView, Error> {
-        let priority = validate_priority(priority)?;
+    pub async fn set_priority(
+        &self,
+        guid: &str,
+        priority: Priority,
+    ) -> Result<DownloadView, Error> {
         self.edit(guid, "change the priority of", |_, st| {
             st.settings.priority = priority;
             Ok(())
@@ -754,18 +754,17 @@ impl Engine {
     }
 
     /// Sets how a transfer group runs its downloads.
-    pub async fn set_group_behavior(&self, group: &str, behavior: i32) -> Result<Behavior, Error> {
+    pub async fn set_group_behavior(
+        &self,
+        group: &str,
+        behavior: Behavior,
+    ) -> Result<Behavior, Error> {
         if group.is_empty() {
             return Err(Error::InvalidArgument(
                 "transfer_group is empty; name the group whose behavior to set".into(),
             ));
         }
         validate_group(group)?;
-        let behavior = Behavior::from_code(behavior).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "behavior {behavior} is not a BackgroundTransferBehavior (PARALLEL 0, SERIALIZED 1)"
-            ))
-        })?;
         let name = group.to_string();
         self.store(move |store| store.save_group(&name, behavior))
             .await?;
@@ -1481,22 +1480,6 @@ fn illegal(guid: &str, action: &'static str, status: Status) -> Error {
         action,
         status,
     }
-}
-
-fn validate_priority(priority: i32) -> Result<Priority, Error> {
-    Priority::from_code(priority).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "priority {priority} is not a BackgroundTransferPriority (DEFAULT 0, HIGH 1, LOW 2)"
-        ))
-    })
-}
-
-fn validate_cost_policy(cost_policy: i32) -> Result<CostPolicy, Error> {
-    CostPolicy::from_code(cost_policy).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "cost_policy {cost_policy} is not a BackgroundTransferCostPolicy (DEFAULT 0, UNRESTRICTED_ONLY 1, ALWAYS 2)"
-        ))
-    })
 }
 
 fn validate_group(group: &str) -> Result<(), Error> {
