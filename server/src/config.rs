@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::operation::CostPolicy;
+
 /// Default gRPC address: loopback only, so a fresh install is not reachable from the network.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
@@ -46,6 +48,15 @@ pub enum DefaultCostPolicy {
     Always,
     /// Pause on costed networks.
     UnrestrictedOnly,
+}
+
+impl From<DefaultCostPolicy> for CostPolicy {
+    fn from(policy: DefaultCostPolicy) -> CostPolicy {
+        match policy {
+            DefaultCostPolicy::Always => CostPolicy::Always,
+            DefaultCostPolicy::UnrestrictedOnly => CostPolicy::UnrestrictedOnly,
+        }
+    }
 }
 
 /// How transferd runs.
@@ -112,23 +123,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// A configuration with every default, rooted at `data_dir`.
-    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Config {
-        Config {
-            listen: DEFAULT_LISTEN.parse().expect("default address parses"),
-            data_dir: data_dir.into(),
-            download_dir: None,
-            max_active: DEFAULT_MAX_ACTIVE,
-            connect_timeout: parse_duration(DEFAULT_CONNECT_TIMEOUT).expect("default parses"),
-            stall_timeout: parse_duration(DEFAULT_STALL_TIMEOUT).expect("default parses"),
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
-            retry_base_delay: parse_duration(DEFAULT_RETRY_BASE_DELAY).expect("default parses"),
-            retry_max_delay: parse_duration(DEFAULT_RETRY_MAX_DELAY).expect("default parses"),
-            min_free_disk: parse_bytes(DEFAULT_MIN_FREE_DISK).expect("default parses"),
-            default_cost_policy: DefaultCostPolicy::Always,
-        }
-    }
-
     /// The directory result files go to.
     pub fn download_dir(&self) -> PathBuf {
         self.download_dir
@@ -237,9 +231,45 @@ mod tests {
         }
     }
 
+    /// Parses `args` as the binary would, with the `TRANSFERD_*` environment variables switched
+    /// off so the test sees only the command line.
+    fn parse(args: &[&str]) -> Config {
+        use clap::{CommandFactory, FromArgMatches, Parser};
+
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        let matches = Cli::command()
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(std::iter::once("transferd").chain(args.iter().copied()))
+            .expect("command line parses");
+        Cli::from_arg_matches(&matches).expect("matches fit").config
+    }
+
+    /// The defaults are written once, in the clap attributes; an empty command line yields them
+    /// (which also proves every default string parses).
+    #[test]
+    fn an_empty_command_line_gives_the_defaults() {
+        let c = parse(&[]);
+        assert_eq!(c.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.download_dir, None);
+        assert_eq!(c.max_active, 6);
+        assert_eq!(c.connect_timeout, Duration::from_secs(30));
+        assert_eq!(c.stall_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_attempts, 5);
+        assert_eq!(c.retry_base_delay, Duration::from_secs(1));
+        assert_eq!(c.retry_max_delay, Duration::from_secs(300));
+        assert_eq!(c.min_free_disk, 256 << 20);
+        assert_eq!(CostPolicy::from(c.default_cost_policy), CostPolicy::Always);
+    }
+
     #[test]
     fn download_dir_defaults_under_data_dir() {
-        let c = Config::with_data_dir("/var/lib/transferd");
+        assert_eq!(parse(&[]).download_dir(), PathBuf::from("./data/downloads"));
+        let c = parse(&["--data-dir", "/var/lib/transferd"]);
         assert_eq!(
             c.download_dir(),
             PathBuf::from("/var/lib/transferd/downloads")

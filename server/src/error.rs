@@ -1,5 +1,5 @@
 //! Typed errors of the service. Each says what was wrong and what to do about it; the gRPC layer
-//! maps each to one status code in a single place (`grpc::status_from`).
+//! maps each to one status code in a single place (`grpc/status.rs`).
 
 use crate::operation::{Guid, Status};
 use crate::store::StoreError;

@@ -4,9 +4,11 @@
 //! The contract mirrors WinRT's `Windows.Networking.BackgroundTransfer`.
 //!
 //! # Layout
-//! - [`server`]: wiring. [`run`] serves on an already-bound listener until a shutdown future
-//!   completes, so tests start a real server on `127.0.0.1:0` in one line.
-//! - [`grpc`]: the gRPC layer; converts at the edge and maps errors to status codes.
+//! - [`server`]: wiring. [`server::Transferd`] opens the store and loads every download before
+//!   binding, then serves on an already-bound listener until a shutdown future completes.
+//! - [`grpc`]: the gRPC layer, one file per service. Converts at the edge, maps every error to
+//!   one status code, and [`grpc::routes`] gathers everything served (both services, health,
+//!   reflection) so layers that apply to every call go in one place.
 //! - [`client`]: a typed client for both services over one connection, for the tests and CLI.
 //! - [`engine`]: the transfer engine: registry, priority queue, scheduler, state machine and
 //!   transfer tasks. Knows nothing of gRPC.
@@ -39,4 +41,3 @@ pub mod server;
 pub mod store;
 
 pub use config::Config;
-pub use server::run;

@@ -1,77 +1,80 @@
 //! The domain model of a download: what was asked for ([`DownloadSpec`]), where it stands
 //! ([`Status`], [`Progress`]), what the server last said ([`ResponseInfo`]) and why it failed
-//! ([`TransferError`]). The rules of which status may follow which live here and nowhere else.
+//! ([`TransferError`]), with the numbers each enum has on the wire and in the store. It names
+//! the states and says which are terminal; which status may follow which is decided by the
+//! engine's transition function, not here.
 
 use std::collections::BTreeMap;
 
 /// Stable identifier of a download (a UUID in its hyphenated lower-case form).
 pub type Guid = String;
 
-/// Status of a download; the numbers are WinRT's `BackgroundTransferStatus`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Status {
-    /// Created or queued, waiting for a transfer slot.
-    Idle = 0,
-    /// Transferring.
-    Running = 1,
-    /// Paused by the client.
-    PausedByApplication = 2,
-    /// Paused because the cost policy forbids the current network.
-    PausedCostedNetwork = 3,
-    /// Paused for lack of network connectivity.
-    PausedNoNetwork = 4,
-    /// Finished; the result file is at its final path.
-    Completed = 5,
-    /// Cancelled by the client.
-    Canceled = 6,
-    /// Failed.
-    Error = 7,
-    /// Paused on one of the client's recoverable HTTP statuses.
-    PausedRecoverableWebErrorStatus = 8,
-    /// Paused by host resource constraints.
-    PausedSystemPolicy = 32,
+/// Declares a domain enum whose variants carry fixed numbers, with `ALL`, `code()` and
+/// `from_code()`. The numbers are WinRT's where WinRT has the enum; the store keeps them and the
+/// gRPC layer checks they match the protobuf enums, so the rule lives once, here.
+macro_rules! numbered_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$variant_meta:meta])* $variant:ident = $code:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$variant_meta])* $variant = $code, )+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order, for exhaustive checks.
+            pub const ALL: [$name; [$($code),+].len()] = [$($name::$variant),+];
+
+            /// This variant's number, as stored and as sent on the wire.
+            pub fn code(self) -> i32 {
+                self as i32
+            }
+
+            /// The variant with this number, if there is one.
+            pub fn from_code(code: i32) -> Option<$name> {
+                match code {
+                    $( $code => Some($name::$variant), )+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+numbered_enum! {
+    /// Status of a download; the numbers are WinRT's `BackgroundTransferStatus`.
+    pub enum Status {
+        /// Created or queued, waiting for a transfer slot.
+        Idle = 0,
+        /// Transferring.
+        Running = 1,
+        /// Paused by the client.
+        PausedByApplication = 2,
+        /// Paused because the cost policy forbids the current network.
+        PausedCostedNetwork = 3,
+        /// Paused for lack of network connectivity.
+        PausedNoNetwork = 4,
+        /// Finished; the result file is at its final path.
+        Completed = 5,
+        /// Cancelled by the client.
+        Canceled = 6,
+        /// Failed.
+        Error = 7,
+        /// Paused on one of the client's recoverable HTTP statuses.
+        PausedRecoverableWebErrorStatus = 8,
+        /// Paused by host resource constraints.
+        PausedSystemPolicy = 32,
+    }
 }
 
 impl Status {
-    /// Every status, for exhaustive round-trip checks.
-    pub const ALL: [Status; 10] = [
-        Status::Idle,
-        Status::Running,
-        Status::PausedByApplication,
-        Status::PausedCostedNetwork,
-        Status::PausedNoNetwork,
-        Status::Completed,
-        Status::Canceled,
-        Status::Error,
-        Status::PausedRecoverableWebErrorStatus,
-        Status::PausedSystemPolicy,
-    ];
-
     /// A terminal status never changes again: the download is finished for good.
     pub fn is_terminal(self) -> bool {
         matches!(self, Status::Completed | Status::Canceled | Status::Error)
-    }
-
-    /// Any of the paused statuses.
-    pub fn is_paused(self) -> bool {
-        matches!(
-            self,
-            Status::PausedByApplication
-                | Status::PausedCostedNetwork
-                | Status::PausedNoNetwork
-                | Status::PausedRecoverableWebErrorStatus
-                | Status::PausedSystemPolicy
-        )
-    }
-
-    /// The WinRT number of this status.
-    pub fn code(self) -> i32 {
-        self as i32
-    }
-
-    /// The status with this WinRT number.
-    pub fn from_code(code: i32) -> Option<Status> {
-        Status::ALL.into_iter().find(|s| s.code() == code)
     }
 
     /// The WinRT name, for logs and error messages.
@@ -91,15 +94,18 @@ impl Status {
     }
 }
 
-/// Queue position class; the numbers are WinRT's `BackgroundTransferPriority`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Priority {
-    /// Between HIGH and LOW.
-    Default = 0,
-    /// Runs first.
-    High = 1,
-    /// Runs last.
-    Low = 2,
+numbered_enum! {
+    /// Queue position class; the numbers are WinRT's `BackgroundTransferPriority`.
+    #[derive(Default)]
+    pub enum Priority {
+        /// Between HIGH and LOW.
+        #[default]
+        Default = 0,
+        /// Runs first.
+        High = 1,
+        /// Runs last.
+        Low = 2,
+    }
 }
 
 impl Priority {
@@ -111,47 +117,20 @@ impl Priority {
             Priority::Low => 2,
         }
     }
-
-    /// The WinRT number.
-    pub fn code(self) -> i32 {
-        self as i32
-    }
-
-    /// The priority with this WinRT number.
-    pub fn from_code(code: i32) -> Option<Priority> {
-        [Priority::Default, Priority::High, Priority::Low]
-            .into_iter()
-            .find(|p| p.code() == code)
-    }
 }
 
-/// Whether a download may use a metered network; the numbers are WinRT's
-/// `BackgroundTransferCostPolicy`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CostPolicy {
-    /// The server's default.
-    Default = 0,
-    /// Only unrestricted networks.
-    UnrestrictedOnly = 1,
-    /// Any network.
-    Always = 2,
-}
-
-impl CostPolicy {
-    /// The WinRT number.
-    pub fn code(self) -> i32 {
-        self as i32
-    }
-
-    /// The cost policy with this WinRT number.
-    pub fn from_code(code: i32) -> Option<CostPolicy> {
-        [
-            CostPolicy::Default,
-            CostPolicy::UnrestrictedOnly,
-            CostPolicy::Always,
-        ]
-        .into_iter()
-        .find(|p| p.code() == code)
+numbered_enum! {
+    /// Whether a download may use a metered network; the numbers are WinRT's
+    /// `BackgroundTransferCostPolicy`.
+    #[derive(Default)]
+    pub enum CostPolicy {
+        /// The server's default.
+        #[default]
+        Default = 0,
+        /// Only unrestricted networks.
+        UnrestrictedOnly = 1,
+        /// Any network.
+        Always = 2,
     }
 }
 
@@ -189,49 +168,37 @@ pub struct Settings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StatusReason {
     /// No particular reason: running, finished or failed.
-    Unspecified = 0,
+    Unspecified,
     /// IDLE, waiting for a transfer slot.
-    WaitingForSlot = 1,
+    WaitingForSlot,
     /// IDLE, waiting for its serialized group.
-    WaitingForGroup = 2,
+    WaitingForGroup,
     /// Paused by a client.
-    PausedByClient = 3,
+    PausedByClient,
     /// No network, as detected.
-    NetworkDownDetected = 4,
+    NetworkDownDetected,
     /// No network, as an operator said.
-    NetworkDownByOperator = 5,
+    NetworkDownByOperator,
     /// Costed network and an UNRESTRICTED_ONLY policy.
-    CostedNetwork = 6,
+    CostedNetwork,
     /// A recoverable HTTP status.
-    RecoverableWebError = 7,
+    RecoverableWebError,
     /// Free disk space below the minimum.
-    LowDiskSpace = 8,
+    LowDiskSpace,
     /// An operator's constrained mode.
-    ConstrainedMode = 9,
+    ConstrainedMode,
 }
 
-/// How a transfer group runs its downloads; the numbers are WinRT's
-/// `BackgroundTransferBehavior`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Behavior {
-    /// Side by side.
-    #[default]
-    Parallel = 0,
-    /// One at a time, in queue order.
-    Serialized = 1,
-}
-
-impl Behavior {
-    /// The WinRT number.
-    pub fn code(self) -> i32 {
-        self as i32
-    }
-
-    /// The behavior with this WinRT number.
-    pub fn from_code(code: i32) -> Option<Behavior> {
-        [Behavior::Parallel, Behavior::Serialized]
-            .into_iter()
-            .find(|b| b.code() == code)
+numbered_enum! {
+    /// How a transfer group runs its downloads; the numbers are WinRT's
+    /// `BackgroundTransferBehavior`.
+    #[derive(Default)]
+    pub enum Behavior {
+        /// Side by side.
+        #[default]
+        Parallel = 0,
+        /// One at a time, in queue order.
+        Serialized = 1,
     }
 }
 
@@ -246,35 +213,18 @@ pub struct TransferError {
     pub reason: ErrorReason,
 }
 
-/// The class of a transfer failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorReason {
-    /// The server answered with an HTTP error status.
-    HttpStatus = 1,
-    /// The connection failed: refused, reset, timed out, stalled or cut short.
-    Network = 2,
-    /// Writing the file failed (disk full, directory not writable).
-    Disk = 3,
-    /// The finished file does not have the expected SHA-256.
-    Integrity = 4,
-}
-
-impl ErrorReason {
-    /// The protobuf number.
-    pub fn code(self) -> i32 {
-        self as i32
-    }
-
-    /// The reason with this protobuf number.
-    pub fn from_code(code: i32) -> Option<ErrorReason> {
-        [
-            ErrorReason::HttpStatus,
-            ErrorReason::Network,
-            ErrorReason::Disk,
-            ErrorReason::Integrity,
-        ]
-        .into_iter()
-        .find(|r| r.code() == code)
+numbered_enum! {
+    /// The class of a transfer failure; the numbers are the protobuf `TransferErrorReason`'s
+    /// (0 there means unspecified).
+    pub enum ErrorReason {
+        /// The server answered with an HTTP error status.
+        HttpStatus = 1,
+        /// The connection failed: refused, reset, timed out, stalled or cut short.
+        Network = 2,
+        /// Writing the file failed (disk full, directory not writable).
+        Disk = 3,
+        /// The finished file does not have the expected SHA-256.
+        Integrity = 4,
     }
 }
 
@@ -346,9 +296,12 @@ mod tests {
     }
 
     #[test]
-    fn terminal_and_paused_are_disjoint() {
+    fn terminal_statuses_are_not_paused_ones() {
         for s in Status::ALL {
-            assert!(!(s.is_terminal() && s.is_paused()), "{s:?}");
+            assert!(
+                !(s.is_terminal() && s.name().starts_with("PAUSED_")),
+                "{s:?}"
+            );
         }
         let terminal: Vec<_> = Status::ALL
             .into_iter()

@@ -2,7 +2,8 @@
 //! gRPC layer converts at the edge.
 #![allow(missing_docs, clippy::all)]
 
-/// `backgroundtransfer.v1`: messages, the `BackgroundTransferService` client and server.
+/// `backgroundtransfer.v1`: messages, and the clients and servers of `BackgroundTransferService`
+/// and `TransferSystemService`.
 pub mod backgroundtransfer {
     /// Version 1 of the contract.
     pub mod v1 {

@@ -1,6 +1,6 @@
-//! Wiring: opens the store and the engine, serves the gRPC services (transfer, health,
-//! reflection v1 and v1alpha) on an already-bound listener, and shuts down in order: health
-//! flips to NOT_SERVING, new calls stop, streams end, transfers checkpoint.
+//! Wiring: opens the store and the engine, serves everything [`grpc::routes`] returns on an
+//! already-bound listener, and shuts down in order: health flips to NOT_SERVING, new calls stop,
+//! streams end, transfers checkpoint.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,14 +9,10 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DefaultCostPolicy};
+use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::fetch::{Fetcher, Timeouts};
-use crate::grpc::{SystemService, TransferService};
-use crate::operation::CostPolicy;
-use crate::pb;
-use crate::pb::backgroundtransfer::v1::background_transfer_service_server::BackgroundTransferServiceServer;
-use crate::pb::backgroundtransfer::v1::transfer_system_service_server::TransferSystemServiceServer;
+use crate::grpc;
 use crate::retry::RetryPolicy;
 use crate::store::{SqliteStore, StoreError};
 
@@ -48,15 +44,6 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Runs transferd on `listener` until `shutdown` completes, then shuts down cleanly.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    Transferd::open(config)?.serve(listener, shutdown).await
-}
-
 /// A transferd whose store is open and whose downloads are loaded, not yet serving. Opening
 /// before binding lets the binary refuse a bad store before it announces an address.
 #[derive(Debug)]
@@ -85,10 +72,7 @@ impl Transferd {
                     max_delay: config.retry_max_delay,
                 },
                 min_free_disk_bytes: config.min_free_disk,
-                default_cost_policy: match config.default_cost_policy {
-                    DefaultCostPolicy::Always => CostPolicy::Always,
-                    DefaultCostPolicy::UnrestrictedOnly => CostPolicy::UnrestrictedOnly,
-                },
+                default_cost_policy: config.default_cost_policy.into(),
             },
             store,
             Fetcher::new(Timeouts {
@@ -107,49 +91,20 @@ impl Transferd {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let Transferd { engine, token } = self;
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<BackgroundTransferServiceServer<TransferService>>()
-            .await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
-
+        let (routes, health) = grpc::routes(engine.clone()).await?;
         engine.start();
         let local = listener.local_addr().ok();
         tracing::info!(addr = ?local, "serving");
 
-        let stop = {
-            let token = token.clone();
-            let health = health.clone();
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down");
-                health
-                    .set_not_serving::<BackgroundTransferServiceServer<TransferService>>()
-                    .await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
-                // Streams end and transfers checkpoint once the token fires.
-                token.cancel();
-            }
+        let stop = async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            health.set_not_serving().await;
+            // Streams end and transfers checkpoint once the token fires.
+            token.cancel();
         };
         tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(BackgroundTransferServiceServer::new(TransferService::new(
-                engine.clone(),
-            )))
-            .add_service(TransferSystemServiceServer::new(SystemService::new(
-                engine.clone(),
-            )))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
             .await?;
         engine.drain().await;

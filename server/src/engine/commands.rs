@@ -11,7 +11,8 @@ use super::registry::PageRequest;
 use super::{DownloadView, Engine, Page, validate};
 use crate::error::Error;
 use crate::operation::{
-    Behavior, DownloadSpec, Guid, ResponseInfo, Settings, Status, StatusReason, Validators,
+    Behavior, CostPolicy, DownloadSpec, Guid, Priority, ResponseInfo, Settings, Status,
+    StatusReason, Validators,
 };
 use crate::paths;
 use crate::progress::{self, Message, Snapshot};
@@ -29,10 +30,10 @@ pub struct NewDownload {
     pub requested_uri: String,
     /// Relative result path; empty lets the server pick.
     pub result_file: String,
-    /// Priority (WinRT number).
-    pub priority: i32,
-    /// Cost policy (WinRT number).
-    pub cost_policy: i32,
+    /// Queue priority.
+    pub priority: Priority,
+    /// Metered-network policy.
+    pub cost_policy: CostPolicy,
     /// Transfer group.
     pub transfer_group: String,
     /// Extra request headers.
@@ -250,9 +251,8 @@ impl Engine {
     pub async fn set_cost_policy(
         &self,
         guid: &str,
-        cost_policy: i32,
+        cost_policy: CostPolicy,
     ) -> Result<DownloadView, Error> {
-        let cost_policy = validate::cost_policy(cost_policy)?;
         self.edit(guid, "change the cost policy of", |_, st| {
             st.settings.cost_policy = cost_policy;
             Ok(())
@@ -261,8 +261,11 @@ impl Engine {
     }
 
     /// Changes a download's priority; a queued download moves in the queue at once.
-    pub async fn set_priority(&self, guid: &str, priority: i32) -> Result<DownloadView, Error> {
-        let priority = validate::priority(priority)?;
+    pub async fn set_priority(
+        &self,
+        guid: &str,
+        priority: Priority,
+    ) -> Result<DownloadView, Error> {
         self.edit(guid, "change the priority of", |_, st| {
             st.settings.priority = priority;
             Ok(())
@@ -317,18 +320,17 @@ impl Engine {
     }
 
     /// Sets how a transfer group runs its downloads.
-    pub async fn set_group_behavior(&self, group: &str, behavior: i32) -> Result<Behavior, Error> {
+    pub async fn set_group_behavior(
+        &self,
+        group: &str,
+        behavior: Behavior,
+    ) -> Result<Behavior, Error> {
         if group.is_empty() {
             return Err(Error::InvalidArgument(
                 "transfer_group is empty; name the group whose behavior to set".into(),
             ));
         }
         validate::group(group)?;
-        let behavior = Behavior::from_code(behavior).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "behavior {behavior} is not a BackgroundTransferBehavior (PARALLEL 0, SERIALIZED 1)"
-            ))
-        })?;
         let name = group.to_string();
         self.store(move |store| store.save_group(&name, behavior))
             .await?;

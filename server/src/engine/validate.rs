@@ -46,8 +46,6 @@ pub(super) fn new_download(new: NewDownload) -> Result<CheckedDownload, Error> {
     } = new;
     let uri = uri(&requested_uri)?;
     let expected_sha256 = sha256(&expected_sha256)?;
-    let priority = self::priority(priority)?;
-    let cost_policy = self::cost_policy(cost_policy)?;
     group(&transfer_group)?;
     let mut headers = BTreeMap::new();
     for (name, value) in &request_headers {
@@ -104,24 +102,6 @@ fn recoverable_statuses(codes: Vec<u32>) -> Result<Vec<u16>, Error> {
     recoverable.sort_unstable();
     recoverable.dedup();
     Ok(recoverable)
-}
-
-/// A priority given by its WinRT number.
-pub(super) fn priority(priority: i32) -> Result<Priority, Error> {
-    Priority::from_code(priority).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "priority {priority} is not a BackgroundTransferPriority (DEFAULT 0, HIGH 1, LOW 2)"
-        ))
-    })
-}
-
-/// A cost policy given by its WinRT number.
-pub(super) fn cost_policy(cost_policy: i32) -> Result<CostPolicy, Error> {
-    CostPolicy::from_code(cost_policy).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "cost_policy {cost_policy} is not a BackgroundTransferCostPolicy (DEFAULT 0, UNRESTRICTED_ONLY 1, ALWAYS 2)"
-        ))
-    })
 }
 
 /// A transfer group name: bounded, without control characters. Empty means no group.

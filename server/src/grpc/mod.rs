@@ -1,0 +1,70 @@
+//! The gRPC layer of `backgroundtransfer.v1`: the only place that knows the wire. One file per
+//! service (`transfer.rs`, `system.rs`) whose handlers only convert and delegate to the engine,
+//! the conversions between protobuf and domain types (`convert.rs`), and the one table from
+//! domain errors to status codes (`status.rs`). No transfer logic lives here.
+//!
+//! [`routes`] gathers everything the server serves, so a layer that applies to every call (auth,
+//! metrics, load shedding) is added in one place.
+
+mod convert;
+mod status;
+mod system;
+mod transfer;
+
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::engine::Engine;
+use crate::pb;
+use pb::backgroundtransfer::v1::background_transfer_service_server::BackgroundTransferServiceServer;
+use pb::backgroundtransfer::v1::transfer_system_service_server::TransferSystemServiceServer;
+use system::SystemService;
+use transfer::TransferService;
+
+/// Everything transferd serves over gRPC, backed by `engine`: `BackgroundTransferService`,
+/// `TransferSystemService`, `grpc.health.v1` (already reporting SERVING) and server reflection in
+/// both versions (v1, and v1alpha for ghz and older tools). The returned [`Health`] flips the
+/// health service to NOT_SERVING at shutdown.
+pub async fn routes(engine: Engine) -> Result<(Routes, Health), tonic_reflection::server::Error> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<BackgroundTransferServiceServer<TransferService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let routes = Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(BackgroundTransferServiceServer::new(TransferService::new(
+            engine.clone(),
+        )))
+        .add_service(TransferSystemServiceServer::new(SystemService::new(engine)));
+    Ok((routes, Health { reporter }))
+}
+
+/// The health service's reporter, so the server can announce shutdown without naming the
+/// generated service types.
+#[derive(Clone, Debug)]
+pub struct Health {
+    reporter: HealthReporter,
+}
+
+impl Health {
+    /// Reports NOT_SERVING for the transfer service and for the server as a whole, so load
+    /// balancers and `transferd healthcheck` stop sending work before the listener closes.
+    pub async fn set_not_serving(&self) {
+        self.reporter
+            .set_not_serving::<BackgroundTransferServiceServer<TransferService>>()
+            .await;
+        self.reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+    }
+}

@@ -1,0 +1,206 @@
+//! `BackgroundTransferService`: the client API. Each handler converts its request, calls the
+//! engine and converts the answer; errors become status codes in [`super::status`].
+
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt};
+use tonic::{Request, Response, Status as GrpcStatus};
+
+use super::convert;
+use crate::engine::{Engine, NewDownload};
+use crate::pb::backgroundtransfer::v1 as pb;
+use pb::background_transfer_service_server::BackgroundTransferService;
+
+/// The `BackgroundTransferService` implementation.
+#[derive(Clone, Debug)]
+pub struct TransferService {
+    engine: Engine,
+}
+
+impl TransferService {
+    /// Serves `engine`.
+    pub fn new(engine: Engine) -> TransferService {
+        TransferService { engine }
+    }
+}
+
+type ProgressStream =
+    Pin<Box<dyn Stream<Item = Result<pb::BackgroundDownloadProgress, GrpcStatus>> + Send>>;
+type EventStream =
+    Pin<Box<dyn Stream<Item = Result<pb::DownloadProgressEvent, GrpcStatus>> + Send>>;
+
+#[tonic::async_trait]
+impl BackgroundTransferService for TransferService {
+    async fn create_download(
+        &self,
+        request: Request<pb::CreateDownloadRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let new = NewDownload::try_from(request.into_inner())?;
+        let view = self.engine.create(new).await?;
+        Ok(Response::new(view.into()))
+    }
+
+    async fn get_download(
+        &self,
+        request: Request<pb::GetDownloadRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::GetDownloadRequest { guid } = request.into_inner();
+        Ok(Response::new(self.engine.get(&guid)?.into()))
+    }
+
+    async fn list_downloads(
+        &self,
+        request: Request<pb::ListDownloadsRequest>,
+    ) -> Result<Response<pb::ListDownloadsResponse>, GrpcStatus> {
+        let pb::ListDownloadsRequest {
+            transfer_group,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let page = self.engine.list(
+            transfer_group.as_deref(),
+            usize::try_from(page_size).unwrap_or(usize::MAX),
+            &page_token,
+        )?;
+        Ok(Response::new(page.into()))
+    }
+
+    async fn pause_download(
+        &self,
+        request: Request<pb::PauseDownloadRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::PauseDownloadRequest { guid } = request.into_inner();
+        Ok(Response::new(self.engine.pause(&guid).await?.into()))
+    }
+
+    async fn resume_download(
+        &self,
+        request: Request<pb::ResumeDownloadRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::ResumeDownloadRequest { guid } = request.into_inner();
+        Ok(Response::new(self.engine.resume(&guid).await?.into()))
+    }
+
+    async fn cancel_download(
+        &self,
+        request: Request<pb::CancelDownloadRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::CancelDownloadRequest { guid } = request.into_inner();
+        Ok(Response::new(self.engine.cancel(&guid).await?.into()))
+    }
+
+    type WatchDownloadStream = ProgressStream;
+
+    async fn watch_download(
+        &self,
+        request: Request<pb::WatchDownloadRequest>,
+    ) -> Result<Response<Self::WatchDownloadStream>, GrpcStatus> {
+        let pb::WatchDownloadRequest { guid } = request.into_inner();
+        let stream = self
+            .engine
+            .watch(&guid)?
+            .map(|item| item.map(Into::into).map_err(Into::into));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type WatchDownloadsStream = EventStream;
+
+    async fn watch_downloads(
+        &self,
+        request: Request<pb::WatchDownloadsRequest>,
+    ) -> Result<Response<Self::WatchDownloadsStream>, GrpcStatus> {
+        let pb::WatchDownloadsRequest { transfer_group } = request.into_inner();
+        let stream = self.engine.watch_all(transfer_group).map(|item| {
+            item.map(|(guid, message)| convert::event(guid, message))
+                .map_err(Into::into)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_response_information(
+        &self,
+        request: Request<pb::GetResponseInformationRequest>,
+    ) -> Result<Response<pb::ResponseInformation>, GrpcStatus> {
+        let pb::GetResponseInformationRequest { guid } = request.into_inner();
+        let info = self.engine.response_information(&guid)?;
+        Ok(Response::new(info.into()))
+    }
+
+    async fn set_cost_policy(
+        &self,
+        request: Request<pb::SetCostPolicyRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::SetCostPolicyRequest { guid, cost_policy } = request.into_inner();
+        let cost_policy = convert::cost_policy(cost_policy)?;
+        let view = self.engine.set_cost_policy(&guid, cost_policy).await?;
+        Ok(Response::new(view.into()))
+    }
+
+    async fn set_priority(
+        &self,
+        request: Request<pb::SetPriorityRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::SetPriorityRequest { guid, priority } = request.into_inner();
+        let priority = convert::priority(priority)?;
+        let view = self.engine.set_priority(&guid, priority).await?;
+        Ok(Response::new(view.into()))
+    }
+
+    async fn set_request_header(
+        &self,
+        request: Request<pb::SetRequestHeaderRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::SetRequestHeaderRequest { guid, name, value } = request.into_inner();
+        let view = self.engine.set_request_header(&guid, &name, &value).await?;
+        Ok(Response::new(view.into()))
+    }
+
+    async fn remove_request_header(
+        &self,
+        request: Request<pb::RemoveRequestHeaderRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::RemoveRequestHeaderRequest { guid, name } = request.into_inner();
+        let view = self.engine.remove_request_header(&guid, &name).await?;
+        Ok(Response::new(view.into()))
+    }
+
+    async fn set_requested_uri(
+        &self,
+        request: Request<pb::SetRequestedUriRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::SetRequestedUriRequest {
+            guid,
+            requested_uri,
+        } = request.into_inner();
+        let view = self.engine.set_requested_uri(&guid, &requested_uri).await?;
+        Ok(Response::new(view.into()))
+    }
+
+    async fn set_transfer_group_behavior(
+        &self,
+        request: Request<pb::SetTransferGroupBehaviorRequest>,
+    ) -> Result<Response<pb::TransferGroup>, GrpcStatus> {
+        let pb::SetTransferGroupBehaviorRequest {
+            transfer_group,
+            behavior,
+        } = request.into_inner();
+        let behavior = convert::behavior(behavior)?;
+        let behavior = self
+            .engine
+            .set_group_behavior(&transfer_group, behavior)
+            .await?;
+        Ok(Response::new(convert::transfer_group(
+            transfer_group,
+            behavior,
+        )))
+    }
+
+    async fn make_current_in_transfer_group(
+        &self,
+        request: Request<pb::MakeCurrentInTransferGroupRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let pb::MakeCurrentInTransferGroupRequest { guid } = request.into_inner();
+        let view = self.engine.make_current_in_group(&guid).await?;
+        Ok(Response::new(view.into()))
+    }
+}
