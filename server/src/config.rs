@@ -71,7 +71,7 @@ pub struct Config {
     #[arg(long, env = "TRANSFERD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Directory result files are written under [default: <data-dir>/downloads]. Clients name
+    /// Directory result files are written under [default: DATA_DIR/downloads]. Clients name
     /// result files relative to it and cannot escape it.
     #[arg(long, env = "TRANSFERD_DOWNLOAD_DIR")]
     pub download_dir: Option<PathBuf>,

@@ -4,40 +4,51 @@
 //! The contract mirrors WinRT's `Windows.Networking.BackgroundTransfer`.
 //!
 //! # Layout
+//! A request flows down this list: the gRPC layer converts it, an engine command changes the
+//! download through its one transition function, the scheduler starts it, its transfer task
+//! drives the fetcher and checkpoints into the store, and the progress hub tells every watcher.
+//!
+//! Public, for the binary, the tests and clients:
 //! - [`server`]: wiring. [`server::Transferd`] opens the store and loads every download before
 //!   binding, then serves on an already-bound listener until a shutdown future completes.
-//! - [`grpc`]: the gRPC layer, one file per service. Converts at the edge, maps every error to
-//!   one status code, and [`grpc::routes`] gathers everything served (both services, health,
-//!   reflection) so layers that apply to every call go in one place.
 //! - [`client`]: a typed client for both services over one connection, for the tests and CLI.
-//! - [`engine`]: the transfer engine: registry, priority queue, scheduler, state machine and
-//!   transfer tasks. Knows nothing of gRPC.
-//! - [`conditions`]: network, cost, constrained-mode and disk conditions, and which paused
-//!   state they put a download in.
-//! - [`progress`]: progress fan-out to any number of watchers without ever slowing a transfer.
-//! - [`fetch`]: the HTTP fetcher; owns the Range / If-Range / restart rules and classifies
-//!   failures as transient or fatal.
-//! - [`retry`]: backoff with jitter, Retry-After, and the retry budget.
-//! - [`store`]: durable state behind the `Store` trait; SQLite (WAL) by default.
-//! - [`operation`]: the domain model of a download and its status rules.
-//! - [`paths`]: result-file validation, partial files and the atomic commit.
 //! - [`config`]: flags and environment variables.
-//! - [`error`]: typed errors.
 //! - [`pb`]: generated protobuf code, quarantined.
+//!
+//! Inside the crate:
+//! - `grpc/`: the gRPC layer, one file per service (`transfer.rs`, `system.rs`); `convert.rs`
+//!   converts at the edge (every protobuf number is checked there), `status.rs` is the one table
+//!   from errors to status codes, and `routes()` gathers everything served (both services,
+//!   health, reflection) so layers that apply to every call go in one place.
+//! - `engine/`: the transfer engine; knows nothing of gRPC. `commands.rs` (what clients ask),
+//!   `validate.rs` (request limits), `download.rs` (one download and the one transition
+//!   function), `registry.rs` (downloads by guid and creation order, result-file claims,
+//!   paging), `queue.rs` (the run queue), `scheduler.rs` (slots, priorities, serialized
+//!   groups), `transfer.rs` (the transfer task: attempts, checkpoints, commit), `host.rs` (host
+//!   conditions and their monitor). `mod.rs` documents the lock order.
+//! - `fetch/`: the HTTP fetcher; owns the Range / If-Range / restart rules and classifies
+//!   failures as transient or fatal.
+//! - `store/`: durable state behind the async `Store` trait with backend-neutral errors;
+//!   `sqlite.rs` is the embedded default, `conformance.rs` the suite every backend passes.
+//! - `progress`: progress fan-out to any number of watchers without ever slowing a transfer.
+//! - `retry`: backoff with jitter, Retry-After, and the retry budget.
+//! - `operation`: the domain model of a download: spec, settings, statuses and their numbers.
+//! - `paths`: result-file validation, partial files and the atomic commit.
+//! - `error`: typed errors of the engine.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod config;
-pub mod engine;
-pub mod error;
-pub mod fetch;
-pub mod grpc;
-pub mod operation;
-pub mod paths;
+pub(crate) mod engine;
+pub(crate) mod error;
+pub(crate) mod fetch;
+pub(crate) mod grpc;
+pub(crate) mod operation;
+pub(crate) mod paths;
 pub mod pb;
-pub mod progress;
-pub mod retry;
+pub(crate) mod progress;
+pub(crate) mod retry;
 pub mod server;
-pub mod store;
+pub(crate) mod store;
 
 pub use config::Config;

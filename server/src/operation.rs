@@ -47,6 +47,8 @@ macro_rules! numbered_enum {
 
 numbered_enum! {
     /// Status of a download; the numbers are WinRT's `BackgroundTransferStatus`.
+    // The variant names are WinRT's, PAUSED_RECOVERABLE_WEB_ERROR_STATUS included.
+    #[allow(clippy::enum_variant_names)]
     pub enum Status {
         /// Created or queued, waiting for a transfer slot.
         Idle = 0,

@@ -1,4 +1,4 @@
-//! Wiring: opens the store and the engine, serves everything [`grpc::routes`] returns on an
+//! Wiring: opens the store and the engine, serves everything `grpc::routes` returns on an
 //! already-bound listener, and shuts down in order: health flips to NOT_SERVING, new calls stop,
 //! streams end, transfers checkpoint.
 

@@ -46,7 +46,6 @@ use crate::store::{Store, StoreError};
 
 pub use commands::NewDownload;
 pub use host::Conditions;
-pub use registry::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 use download::Op;
 use host::Host;

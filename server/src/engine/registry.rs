@@ -10,10 +10,10 @@ use crate::error::Error;
 use crate::operation::{DownloadSpec, Guid, Status, StatusReason};
 
 /// Default page size of ListDownloads.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub(super) const DEFAULT_PAGE_SIZE: usize = 100;
 
 /// Largest page ListDownloads returns, so one call cannot build an unbounded response.
-pub const MAX_PAGE_SIZE: usize = 1000;
+pub(super) const MAX_PAGE_SIZE: usize = 1000;
 
 /// Every download the engine knows.
 #[derive(Debug, Default)]
