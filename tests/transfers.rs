@@ -104,8 +104,9 @@ async fn max_active_bounds_concurrent_transfers() {
             .put(&path, Resource::new(test_bytes(8192, i)).hold_after(100));
         guids.push(h.create(&h.origin.url(&path), &format!("f{i}")).await.guid);
     }
-    h.wait_status(&guids[0], S::Running).await;
-    h.wait_status(&guids[1], S::Running).await;
+    // Both hold at byte 100, so both requests have reached the origin.
+    h.wait_bytes(&guids[0], 100).await;
+    h.wait_bytes(&guids[1], 100).await;
     let mut statuses = Vec::new();
     for g in &guids {
         statuses.push(h.status(g).await);
