@@ -27,9 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::operation::{ErrorReason, ResponseInfo, Settings, TransferError, Validators};
 use response::Resume;
 
-pub use body::{CHECKPOINT_INTERVAL, PROGRESS_INTERVAL, WRITE_BUFFER_SIZE};
-pub use request::{RESERVED_HEADERS, check_user_header};
-pub use response::MAX_RETRY_AFTER;
+pub use body::WRITE_BUFFER_SIZE;
+pub use request::check_user_header;
 
 /// Redirects followed before giving up, as browsers and curl's default do.
 const MAX_REDIRECTS: usize = 10;
@@ -99,7 +98,7 @@ pub struct Failure {
     pub error: TransferError,
     /// Whether trying again may succeed (network trouble, 5xx, 429) or not (404, disk errors).
     pub transient: bool,
-    /// How long the server asked us to wait (Retry-After), bounded by [`MAX_RETRY_AFTER`].
+    /// How long the server asked us to wait (Retry-After), bounded by [`response::MAX_RETRY_AFTER`].
     pub retry_after: Option<Duration>,
     /// The host has no route to the origin: the network is down, not the origin.
     pub network_down: bool,
