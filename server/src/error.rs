@@ -8,7 +8,7 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The requested URI is not an absolute http(s) URI.
-    #[error("requested_uri `{uri}` is not usable: {reason}")]
+    #[error("requested_uri `{}` is not usable: {reason}", shorten(uri))]
     InvalidUri {
         /// The URI as given.
         uri: String,
@@ -16,7 +16,7 @@ pub enum Error {
         reason: String,
     },
     /// The result file path is not a plain relative path inside the download directory.
-    #[error("result_file `{path}` is not allowed: {reason}")]
+    #[error("result_file `{}` is not allowed: {reason}", shorten(path))]
     InvalidResultFile {
         /// The path as given.
         path: String,
@@ -27,7 +27,10 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
     /// No download has this guid.
-    #[error("no download with guid `{guid}`; ListDownloads shows the existing ones")]
+    #[error(
+        "no download with guid `{}`; ListDownloads shows the existing ones",
+        shorten(guid)
+    )]
     NotFound {
         /// The guid asked for.
         guid: Guid,
@@ -44,7 +47,8 @@ pub enum Error {
     },
     /// Another unfinished download already writes to this result file.
     #[error(
-        "result_file `{path}` is already the target of unfinished download `{guid}`; choose another name or cancel that download"
+        "result_file `{}` is already the target of unfinished download `{guid}`; choose another name or cancel that download",
+        shorten(path)
     )]
     ResultFileInUse {
         /// The result file.
@@ -64,13 +68,19 @@ pub enum Error {
         status: Status,
     },
     /// The call needs a download that belongs to a transfer group.
-    #[error("download `{guid}` belongs to no transfer group; create it with transfer_group set")]
+    #[error(
+        "download `{}` belongs to no transfer group; create it with transfer_group set",
+        shorten(guid)
+    )]
     NoGroup {
         /// The download.
         guid: Guid,
     },
     /// The download has not received an HTTP response yet.
-    #[error("download `{guid}` has not received an HTTP response yet; ask again once it has run")]
+    #[error(
+        "download `{}` has not received an HTTP response yet; ask again once it has run",
+        shorten(guid)
+    )]
     NoResponseYet {
         /// The download.
         guid: Guid,
@@ -83,10 +93,40 @@ pub enum Error {
     Storage(#[from] StoreError),
 }
 
+/// Longest piece of client input an error message repeats, in characters: enough to recognise
+/// it, and a huge guid, path or header name still makes a message that fits in gRPC metadata.
+const MAX_ECHO_CHARS: usize = 64;
+
+/// `input` as an error message repeats it: whole when short, else its start, an ellipsis and
+/// its length.
+pub(crate) fn shorten(input: &str) -> std::borrow::Cow<'_, str> {
+    if input.chars().count() <= MAX_ECHO_CHARS {
+        return input.into();
+    }
+    let start: String = input.chars().take(MAX_ECHO_CHARS - 16).collect();
+    format!("{start}… ({} bytes)", input.len()).into()
+}
+
 fn hint(status: Status) -> &'static str {
     if status.is_terminal() {
         " (finished downloads cannot change; create a new download instead)"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_input_is_shortened_in_messages() {
+        assert_eq!(shorten("short"), "short");
+        let long = "x".repeat(20_000);
+        let shown = shorten(&long);
+        assert!(shown.len() < 100, "{shown}");
+        assert!(shown.ends_with("… (20000 bytes)"), "{shown}");
+        let message = Error::NotFound { guid: long }.to_string();
+        assert!(message.len() < 200, "{message}");
     }
 }

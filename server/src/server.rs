@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -103,9 +104,20 @@ impl Transferd {
             // Streams end and transfers checkpoint once the token fires.
             token.cancel();
         };
+        // tonic applies its own `tcp_nodelay` only to listeners it binds itself, so accepted
+        // sockets get TCP_NODELAY here: without it, small responses on a connection that
+        // multiplexes calls (every gRPC channel does) wait ~40 ms for delayed ACKs.
+        let incoming = TcpListenerStream::new(listener).map(|accepted| {
+            if let Ok(socket) = &accepted {
+                if let Err(e) = socket.set_nodelay(true) {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+                }
+            }
+            accepted
+        });
         tonic::transport::Server::builder()
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+            .serve_with_incoming_shutdown(incoming, stop)
             .await?;
         engine.drain().await;
         tracing::info!("stopped");

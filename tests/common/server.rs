@@ -92,6 +92,11 @@ impl Server {
         read_log(&self.data_dir)
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Whether the process was neither terminated nor killed by the test.
     pub fn is_running(&self) -> bool {
         self.child.is_some()

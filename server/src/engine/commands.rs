@@ -151,7 +151,7 @@ impl Engine {
     ) -> Result<Page, Error> {
         let request = PageRequest::parse(page_size, page_token)?;
         let core = self.lock();
-        let (page, more) = core.registry.page(group, request);
+        let (page, more) = core.registry.page(group, request)?;
         let downloads = page.iter().map(|op| core.view(op)).collect();
         drop(core);
         let next_page_token = match (more, page.last()) {

@@ -37,16 +37,19 @@ pub(super) struct PageRequest {
 }
 
 impl PageRequest {
-    /// Reads a page token and a requested size (0 for the default, capped at the maximum).
+    /// Reads a page token and a requested size (0 for the default, capped at the maximum). A
+    /// token is the creation sequence of a page's last download, written as the server writes
+    /// it: decimal digits without sign or leading zeros.
     pub(super) fn parse(page_size: usize, page_token: &str) -> Result<PageRequest, Error> {
         let after = if page_token.is_empty() {
             0
         } else {
-            page_token.parse().map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "page_token `{page_token}` is not a token returned by ListDownloads"
-                ))
-            })?
+            let canonical =
+                page_token.bytes().all(|b| b.is_ascii_digit()) && !page_token.starts_with('0');
+            canonical
+                .then(|| page_token.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| not_issued(page_token))?
         };
         let size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -54,6 +57,14 @@ impl PageRequest {
         };
         Ok(PageRequest { after, size })
     }
+}
+
+/// A page token the server did not hand out.
+fn not_issued(page_token: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "page_token `{}` is not a token returned by ListDownloads; pass the next_page_token of the previous page, or none for the first page",
+        crate::error::shorten(page_token)
+    ))
 }
 
 impl Registry {
@@ -93,8 +104,16 @@ impl Registry {
         }
     }
 
-    /// A page of downloads (of one group, or all) and whether more follow.
-    pub(super) fn page(&self, group: Option<&str>, page: PageRequest) -> (Vec<Arc<Op>>, bool) {
+    /// A page of downloads (of one group, or all) and whether more follow. A page that starts
+    /// after a download not yet created was never handed out.
+    pub(super) fn page(
+        &self,
+        group: Option<&str>,
+        page: PageRequest,
+    ) -> Result<(Vec<Arc<Op>>, bool), Error> {
+        if page.after > self.last_seq {
+            return Err(not_issued(&page.after.to_string()));
+        }
         let mut matching = self
             .by_seq
             .range(page.after + 1..)
@@ -102,7 +121,7 @@ impl Registry {
             .filter(|op| group.is_none_or(|g| op.spec.transfer_group == g));
         let downloads: Vec<Arc<Op>> = matching.by_ref().take(page.size).cloned().collect();
         let more = matching.next().is_some();
-        (downloads, more)
+        Ok((downloads, more))
     }
 
     /// The unfinished downloads of a transfer group.
@@ -169,7 +188,9 @@ mod tests {
                 size: MAX_PAGE_SIZE
             }
         );
-        let err = PageRequest::parse(10, "abc").unwrap_err();
-        assert!(err.to_string().contains("not a token"), "{err}");
+        for bad in ["abc", "+1", "-1", "01", " 1", "18446744073709551616"] {
+            let err = PageRequest::parse(10, bad).unwrap_err();
+            assert!(err.to_string().contains("not a token"), "{bad}: {err}");
+        }
     }
 }

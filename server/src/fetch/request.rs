@@ -66,15 +66,18 @@ fn user_headers(headers: &BTreeMap<String, String>) -> HeaderMap {
 
 /// Checks a client's extra request header; `Err` says why it is refused.
 pub fn check_user_header(name: &str, value: &str) -> Result<(), String> {
-    let parsed = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("request header name `{name}` is not a valid HTTP header name"))?;
+    let name_shown = crate::error::shorten(name);
+    let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+        format!("request header name `{name_shown}` is not a valid HTTP header name")
+    })?;
     if RESERVED_HEADERS.contains(&parsed.as_str()) {
         return Err(format!(
-            "request header `{name}` is managed by transferd and cannot be set"
+            "request header `{name_shown}` is managed by transferd and cannot be set"
         ));
     }
-    HeaderValue::from_str(value)
-        .map_err(|_| format!("request header `{name}` has a value that is not valid in HTTP"))?;
+    HeaderValue::from_str(value).map_err(|_| {
+        format!("request header `{name_shown}` has a value that is not valid in HTTP")
+    })?;
     Ok(())
 }
 
