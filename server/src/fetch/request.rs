@@ -1,0 +1,92 @@
+//! Building the request of an attempt: the client's own headers, the headers transferd manages
+//! itself ([`RESERVED_HEADERS`]), and `Range` / `If-Range` when resuming.
+
+use std::collections::BTreeMap;
+
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use tokio_util::sync::CancellationToken;
+
+use super::{Failure, Fetcher, Job};
+
+/// Request headers the fetcher manages itself; clients may not set them.
+pub const RESERVED_HEADERS: [&str; 9] = [
+    "host",
+    "range",
+    "if-range",
+    "accept-encoding",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+];
+
+impl Fetcher {
+    /// Sends the request, ranged from `offset` when it is not 0; `None` if `stop` fired first.
+    pub(super) async fn request(
+        &self,
+        job: &Job<'_>,
+        offset: u64,
+        stop: &CancellationToken,
+    ) -> Result<Option<reqwest::Response>, Failure> {
+        let mut request = self
+            .client
+            .get(&job.settings.requested_uri)
+            .headers(user_headers(&job.settings.request_headers))
+            // The entity bytes exactly as served: no transparent decompression that would make
+            // byte offsets and lengths disagree with the server's.
+            .header(header::ACCEPT_ENCODING, "identity");
+        if offset > 0 {
+            request = request.header(header::RANGE, format!("bytes={offset}-"));
+            if let Some(v) = job.validators.if_range() {
+                request = request.header(header::IF_RANGE, v);
+            }
+        }
+        tokio::select! {
+            r = request.send() => r
+                .map(Some)
+                .map_err(|e| Failure::network("request failed", &e)),
+            () = stop.cancelled() => Ok(None),
+        }
+    }
+}
+
+fn user_headers(headers: &BTreeMap<String, String>) -> HeaderMap {
+    // Names and values were validated when the download was created.
+    headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Checks a client's extra request header; `Err` says why it is refused.
+pub fn check_user_header(name: &str, value: &str) -> Result<(), String> {
+    let parsed = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("request header name `{name}` is not a valid HTTP header name"))?;
+    if RESERVED_HEADERS.contains(&parsed.as_str()) {
+        return Err(format!(
+            "request header `{name}` is managed by transferd and cannot be set"
+        ));
+    }
+    HeaderValue::from_str(value)
+        .map_err(|_| format!("request header `{name}` has a value that is not valid in HTTP"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_headers_are_checked() {
+        assert!(check_user_header("Authorization", "Bearer abc").is_ok());
+        assert!(check_user_header("Range", "bytes=0-").is_err());
+        assert!(check_user_header("bad header", "x").is_err());
+        assert!(check_user_header("x-ok", "line\nbreak").is_err());
+    }
+}
