@@ -28,7 +28,7 @@ use crate::operation::{
 use crate::paths;
 use crate::progress::{self, Bus, Hub, Message, Snapshot};
 use crate::retry::RetryPolicy;
-use crate::store::{Record, Store, StoreError};
+use crate::store::{self, Record, Store};
 
 /// Default page size of ListDownloads.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -359,7 +359,7 @@ impl Op {
 impl Engine {
     /// Opens the engine on a store: loads every download and queues the unfinished ones to
     /// continue from their checkpoints. Nothing runs until [`Engine::start`].
-    pub fn open(
+    pub async fn open(
         config: EngineConfig,
         store: Arc<dyn Store>,
         fetcher: Fetcher,
@@ -372,21 +372,28 @@ impl Engine {
             queue: BTreeSet::new(),
             active: 0,
             active_in_group: HashMap::new(),
-            groups: store.load_groups()?.into_iter().collect(),
+            groups: store.load_groups().await?.into_iter().collect(),
             next_seq: 0,
             claimed: HashMap::new(),
             conditions: Conditions::new(config.min_free_disk_bytes, config.default_cost_policy),
             disk_full_at: None,
             probe_targets: Vec::new(),
         };
-        for mut record in store.load()? {
-            // A download that was running, or paused by conditions, when the server stopped
-            // waits for a slot again; conditions are measured afresh.
-            if record.status == Status::Running || conditions::is_automatic_pause(record.status) {
-                record.status = Status::Idle;
+        let mut after_seq = 0;
+        loop {
+            let page = store.load_page(after_seq, store::LOAD_PAGE_SIZE).await?;
+            let Some(last) = page.last() else { break };
+            after_seq = last.spec.seq;
+            for mut record in page {
+                // A download that was running, or paused by conditions, when the server stopped
+                // waits for a slot again; conditions are measured afresh.
+                if record.status == Status::Running || conditions::is_automatic_pause(record.status)
+                {
+                    record.status = Status::Idle;
+                }
+                let op = Op::from_record(record, &bus);
+                registry.insert(op);
             }
-            let op = Op::from_record(record, &bus);
-            registry.insert(op);
         }
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -518,7 +525,7 @@ impl Engine {
             queue_order: i64::try_from(seq).unwrap_or(i64::MAX),
         };
         let op = Op::from_record(record.clone(), &self.inner.bus);
-        if let Err(e) = self.store(move |store| store.insert(&record)).await {
+        if let Err(e) = self.inner.store.insert(&record).await {
             self.inner.lock().claimed.remove(&op.spec.result_file);
             return Err(e.into());
         }
@@ -766,9 +773,7 @@ impl Engine {
                 "behavior {behavior} is not a BackgroundTransferBehavior (PARALLEL 0, SERIALIZED 1)"
             ))
         })?;
-        let name = group.to_string();
-        self.store(move |store| store.save_group(&name, behavior))
-            .await?;
+        self.inner.store.save_group(group, behavior).await?;
         {
             let mut reg = self.inner.lock();
             match behavior {
@@ -1357,19 +1362,7 @@ impl Engine {
     async fn persist(&self, op: &Arc<Op>) -> Result<(), Error> {
         let _serial = op.persist.lock().await;
         let record = op.record();
-        Ok(self.store(move |store| store.save(&record)).await?)
-    }
-
-    /// Runs a store call on the blocking pool: SQLite commits fsync, which must not stall the
-    /// async workers.
-    async fn store(
-        &self,
-        call: impl FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
-    ) -> Result<(), StoreError> {
-        let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || call(store.as_ref()))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Interrupted(e.to_string())))
+        Ok(self.inner.store.save(&record).await?)
     }
 }
 

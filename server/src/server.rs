@@ -54,7 +54,10 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    Transferd::open(config)?.serve(listener, shutdown).await
+    Transferd::open(config)
+        .await?
+        .serve(listener, shutdown)
+        .await
 }
 
 /// A transferd whose store is open and whose downloads are loaded, not yet serving. Opening
@@ -67,13 +70,13 @@ pub struct Transferd {
 
 impl Transferd {
     /// Prepares the directories, opens the store and loads every download.
-    pub fn open(config: Config) -> Result<Transferd, ServeError> {
+    pub async fn open(config: Config) -> Result<Transferd, ServeError> {
         let download_dir = config.download_dir();
         std::fs::create_dir_all(&download_dir).map_err(|source| ServeError::Io {
             path: download_dir.clone(),
             source,
         })?;
-        let store = Arc::new(SqliteStore::open(&config.data_dir)?);
+        let store = Arc::new(SqliteStore::open(&config.data_dir).await?);
         let token = CancellationToken::new();
         let engine = Engine::open(
             EngineConfig {
@@ -96,7 +99,8 @@ impl Transferd {
                 stall: config.stall_timeout,
             })?,
             token.clone(),
-        )?;
+        )
+        .await?;
         Ok(Transferd { engine, token })
     }
 
