@@ -67,7 +67,7 @@ fn main() -> ExitCode {
 
 async fn serve(config: transferd::Config) -> anyhow::Result<()> {
     let listen = config.listen;
-    let transferd = transferd::server::Transferd::open(config)?;
+    let transferd = transferd::server::Transferd::open(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -55,13 +55,13 @@ pub struct Transferd {
 
 impl Transferd {
     /// Prepares the directories, opens the store and loads every download.
-    pub fn open(config: Config) -> Result<Transferd, ServeError> {
+    pub async fn open(config: Config) -> Result<Transferd, ServeError> {
         let download_dir = config.download_dir();
         std::fs::create_dir_all(&download_dir).map_err(|source| ServeError::Io {
             path: download_dir.clone(),
             source,
         })?;
-        let store = Arc::new(SqliteStore::open(&config.data_dir)?);
+        let store = Arc::new(SqliteStore::open(&config.data_dir).await?);
         let token = CancellationToken::new();
         let engine = Engine::open(
             EngineConfig {
@@ -81,7 +81,8 @@ impl Transferd {
                 stall: config.stall_timeout,
             })?,
             token.clone(),
-        )?;
+        )
+        .await?;
         Ok(Transferd { engine, token })
     }
 

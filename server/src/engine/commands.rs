@@ -80,7 +80,7 @@ impl Engine {
             queue_order: i64::try_from(seq).unwrap_or(i64::MAX),
         };
         let op = Op::from_record(record.clone(), &self.inner.bus);
-        if let Err(e) = self.store(move |store| store.insert(&record)).await {
+        if let Err(e) = self.inner.store.insert(&record).await {
             self.lock().registry.release_claim(&op.spec);
             return Err(e.into());
         }
@@ -331,9 +331,7 @@ impl Engine {
             ));
         }
         validate::group(group)?;
-        let name = group.to_string();
-        self.store(move |store| store.save_group(&name, behavior))
-            .await?;
+        self.inner.store.save_group(group, behavior).await?;
         self.lock().slots.set_behavior(group, behavior);
         tracing::info!(group, ?behavior, "transfer group behavior set");
         self.schedule();

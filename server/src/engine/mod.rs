@@ -42,7 +42,7 @@ use crate::fetch::Fetcher;
 use crate::operation::{CostPolicy, DownloadSpec, Settings, Status, StatusReason, TransferError};
 use crate::progress::{Bus, Message};
 use crate::retry::RetryPolicy;
-use crate::store::{Store, StoreError};
+use crate::store::{self, Store};
 
 pub use commands::NewDownload;
 pub use host::Conditions;
@@ -145,7 +145,7 @@ struct Core {
 impl Engine {
     /// Opens the engine on a store: loads every download and queues the unfinished ones to
     /// continue from their checkpoints. Nothing runs until [`Engine::start`].
-    pub fn open(
+    pub async fn open(
         config: EngineConfig,
         store: Arc<dyn Store>,
         fetcher: Fetcher,
@@ -155,21 +155,26 @@ impl Engine {
         let mut core = Core {
             registry: Registry::default(),
             queue: RunQueue::default(),
-            slots: Slots::new(store.load_groups()?),
+            slots: Slots::new(store.load_groups().await?),
             host: Host::new(Conditions::new(
                 config.min_free_disk_bytes,
                 config.default_cost_policy,
             )),
         };
-        for mut record in store.load()? {
-            // A download that was running, or paused by conditions, when the server stopped
-            // waits for a slot again; conditions are measured afresh. This is how a stored
-            // record is read back, not a status change: nothing has run yet.
-            if record.status == Status::Running || host::is_automatic_pause(record.status) {
-                record.status = Status::Idle;
+        let mut after_seq = 0;
+        loop {
+            let page = store.load_page(after_seq, store::LOAD_PAGE_SIZE).await?;
+            let Some(last) = page.last() else { break };
+            after_seq = last.spec.seq;
+            for mut record in page {
+                // A download that was running, or paused by conditions, when the server stopped
+                // waits for a slot again; conditions are measured afresh. This is how a stored
+                // record is read back, not a status change: nothing has run yet.
+                if record.status == Status::Running || host::is_automatic_pause(record.status) {
+                    record.status = Status::Idle;
+                }
+                core.add(Op::from_record(record, &bus));
             }
-            let op = Op::from_record(record, &bus);
-            core.add(op);
         }
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -220,19 +225,7 @@ impl Engine {
     async fn persist(&self, op: &Arc<Op>) -> Result<(), Error> {
         let _serial = op.persist.lock().await;
         let record = op.record();
-        Ok(self.store(move |store| store.save(&record)).await?)
-    }
-
-    /// Runs a store call on the blocking pool: SQLite commits fsync, which must not stall the
-    /// async workers.
-    async fn store(
-        &self,
-        call: impl FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
-    ) -> Result<(), StoreError> {
-        let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || call(store.as_ref()))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Interrupted(e.to_string())))
+        Ok(self.inner.store.save(&record).await?)
     }
 }
 

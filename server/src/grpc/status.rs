@@ -40,14 +40,14 @@ fn code(error: &Error) -> Code {
 
 /// The store's part of the table: a store that cannot be reached now may work on retry
 /// (UNAVAILABLE); damaged data will not heal by retrying (DATA_LOSS); a newer schema needs the
-/// operator to act (FAILED_PRECONDITION).
+/// operator to act (FAILED_PRECONDITION); a call that contradicts what is stored lost a race
+/// the client may retry (ABORTED).
 fn store_status(e: &StoreError) -> Code {
     match e {
-        StoreError::Interrupted(_) | StoreError::Sqlite(_) | StoreError::Io { .. } => {
-            Code::Unavailable
-        }
-        StoreError::Corrupt { .. } | StoreError::BadRow { .. } => Code::DataLoss,
+        StoreError::Unavailable(_) => Code::Unavailable,
+        StoreError::Corrupt(_) => Code::DataLoss,
         StoreError::NewerSchema { .. } => Code::FailedPrecondition,
+        StoreError::Conflict(_) => Code::Aborted,
     }
 }
 
@@ -82,40 +82,23 @@ mod tests {
     fn store_cases() -> Vec<(StoreError, Code)> {
         vec![
             (
-                StoreError::Corrupt {
-                    path: "/data/transferd.db".into(),
-                    detail: "file is not a database".into(),
-                },
+                StoreError::Unavailable("the database is locked".into()),
+                Code::Unavailable,
+            ),
+            (
+                StoreError::Corrupt("stored download `g` is unreadable".into()),
                 Code::DataLoss,
             ),
             (
                 StoreError::NewerSchema {
-                    path: "/data/transferd.db".into(),
                     found: 99,
+                    supported: 1,
                 },
                 Code::FailedPrecondition,
             ),
             (
-                StoreError::BadRow {
-                    guid: "g".into(),
-                    detail: "unknown status 9".into(),
-                },
-                Code::DataLoss,
-            ),
-            (
-                StoreError::Sqlite(rusqlite::Error::InvalidQuery),
-                Code::Unavailable,
-            ),
-            (
-                StoreError::Interrupted("panicked".into()),
-                Code::Unavailable,
-            ),
-            (
-                StoreError::Io {
-                    path: "/data".into(),
-                    source: std::io::Error::other("read-only file system"),
-                },
-                Code::Unavailable,
+                StoreError::Conflict("download `g` is already stored".into()),
+                Code::Aborted,
             ),
         ]
     }

@@ -1,0 +1,484 @@
+//! The embedded SQLite store: one file in WAL mode that operators can open with the `sqlite3`
+//! CLI. Every SQLite call runs on tokio's blocking pool, since commits fsync and must not stall
+//! the async workers. SQLite errors are classified into [`StoreError`] here and never leave
+//! this module.
+
+mod row;
+
+use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, named_params};
+
+use super::{Record, Store, StoreError, StoreFuture};
+use crate::operation::Behavior;
+use row::{FIXED_COLUMNS, Row, STATE_COLUMNS};
+
+/// How long a store call waits for a lock held by another connection (for example an operator's
+/// `sqlite3` shell) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The embedded SQLite store.
+#[derive(Debug)]
+pub struct SqliteStore {
+    // A std mutex, not a tokio one: it is only taken on blocking threads, for one short
+    // synchronous call, never across an await. The Arc lets those threads hold it.
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// The schema version this build writes, kept in SQLite's `user_version`. A database with a
+    /// higher one was written by a newer transferd and is refused rather than misread.
+    pub const SCHEMA_VERSION: i64 = 1;
+
+    /// File name of the database inside `--data-dir`.
+    pub const DB_FILE: &str = "transferd.db";
+
+    /// Opens (or creates) the store in `data_dir`. Refuses a corrupted store or one written by
+    /// a newer version instead of starting empty. Its errors name the database file: they are
+    /// meant for the operator starting transferd.
+    pub async fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        let data_dir = data_dir.to_path_buf();
+        let conn = tokio::task::spawn_blocking(move || open_connection(&data_dir))
+            .await
+            .unwrap_or_else(|e| Err(unfinished(e)))?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `call` on the blocking pool with the connection.
+    fn call<T, F>(&self, call: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || call(&lock(&conn)))
+                .await
+                .unwrap_or_else(|e| Err(unfinished(e)))
+        })
+    }
+}
+
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding the lock cannot leave SQLite half-written (every write is one
+    // statement), so a poisoned lock is still safe to use.
+    conn.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn open_connection(data_dir: &Path) -> Result<Connection, StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot prepare {}: {e}; check --data-dir and its permissions",
+            data_dir.display()
+        ))
+    })?;
+    let path = data_dir.join(SqliteStore::DB_FILE);
+    let failed = |e| open_failed(&path, e);
+    let conn = Connection::open(&path).map_err(failed)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(failed)?;
+    // Reading the header first turns "file is not a database" into a clear refusal.
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(failed)?;
+    if version > SqliteStore::SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found: version,
+            supported: SqliteStore::SCHEMA_VERSION,
+        });
+    }
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(failed)?;
+    if check != "ok" {
+        return Err(corrupt_at(&path, &check));
+    }
+    // WAL lets readers (an operator's sqlite3 shell) work while transferd writes; FULL makes
+    // every commit survive power loss, not only a process crash: an acknowledged
+    // CreateDownload must never be lost.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(failed)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(failed)?;
+    if version == 0 {
+        conn.execute_batch(SCHEMA_V1).map_err(failed)?;
+    }
+    Ok(conn)
+}
+
+const SCHEMA_V1: &str = "
+BEGIN;
+CREATE TABLE downloads (
+    guid                  TEXT PRIMARY KEY,
+    seq                   INTEGER NOT NULL UNIQUE,
+    result_file           TEXT NOT NULL,
+    transfer_group        TEXT NOT NULL,
+    expected_sha256       TEXT,
+    recoverable_statuses  TEXT NOT NULL,
+    requested_uri         TEXT NOT NULL,
+    request_headers       TEXT NOT NULL,
+    priority              INTEGER NOT NULL,
+    cost_policy           INTEGER NOT NULL,
+    status                INTEGER NOT NULL,
+    checkpoint_bytes      INTEGER NOT NULL,
+    total_bytes           INTEGER NOT NULL,
+    etag                  TEXT,
+    last_modified         TEXT,
+    response_status       INTEGER,
+    response_uri          TEXT,
+    response_resumable    INTEGER,
+    response_headers      TEXT,
+    error_message         TEXT,
+    error_http_status     INTEGER,
+    error_reason          INTEGER,
+    attempts              INTEGER NOT NULL,
+    web_error_status      INTEGER,
+    queue_order           INTEGER NOT NULL
+);
+CREATE TABLE transfer_groups (
+    name      TEXT PRIMARY KEY,
+    behavior  INTEGER NOT NULL
+);
+PRAGMA user_version = 1;
+COMMIT;
+";
+
+/// Every column, fixed ones first.
+static COLUMNS: LazyLock<Vec<&str>> =
+    LazyLock::new(|| FIXED_COLUMNS.iter().chain(STATE_COLUMNS).copied().collect());
+
+static SELECT_PAGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM downloads WHERE seq > :after ORDER BY seq LIMIT :limit",
+        COLUMNS.join(", ")
+    )
+});
+
+static INSERT: LazyLock<String> = LazyLock::new(|| {
+    let placeholders: Vec<String> = COLUMNS.iter().map(|c| format!(":{c}")).collect();
+    format!(
+        "INSERT INTO downloads ({}) VALUES ({})",
+        COLUMNS.join(", "),
+        placeholders.join(", ")
+    )
+});
+
+static UPDATE: LazyLock<String> = LazyLock::new(|| {
+    let sets: Vec<String> = STATE_COLUMNS
+        .iter()
+        .map(|c| format!("{c} = :{c}"))
+        .collect();
+    format!(
+        "UPDATE downloads SET {} WHERE guid = :guid",
+        sets.join(", ")
+    )
+});
+
+impl Store for SqliteStore {
+    fn load_page(&self, after_seq: u64, limit: usize) -> StoreFuture<'_, Vec<Record>> {
+        let after = row::to_i64(after_seq);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |conn| {
+            let fail = |e| failed("reading stored downloads", e);
+            let mut stmt = conn.prepare_cached(&SELECT_PAGE).map_err(fail)?;
+            let rows = stmt
+                .query_map(named_params! {":after": after, ":limit": limit}, Row::read)
+                .map_err(fail)?;
+            rows.map(|row| row.map_err(fail)?.into_record()).collect()
+        })
+    }
+
+    fn insert<'a>(&'a self, record: &'a Record) -> StoreFuture<'a, ()> {
+        let row = Row::from_record(record);
+        self.call(move |conn| {
+            let fail = |e| failed(&format!("storing new download `{}`", row.guid), e);
+            let mut stmt = conn.prepare_cached(&INSERT).map_err(fail)?;
+            stmt.execute(&*row.params()).map_err(fail)?;
+            Ok(())
+        })
+    }
+
+    fn save<'a>(&'a self, record: &'a Record) -> StoreFuture<'a, ()> {
+        let row = Row::from_record(record);
+        self.call(move |conn| {
+            let fail = |e| failed(&format!("saving download `{}`", row.guid), e);
+            let params: Vec<_> = row
+                .params()
+                .into_iter()
+                .filter(|(name, _)| *name == ":guid" || STATE_COLUMNS.contains(&&name[1..]))
+                .collect();
+            let mut stmt = conn.prepare_cached(&UPDATE).map_err(fail)?;
+            if stmt.execute(&*params).map_err(fail)? != 1 {
+                return Err(StoreError::Conflict(format!(
+                    "download `{}` cannot be saved: it was never stored",
+                    row.guid
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn load_groups(&self) -> StoreFuture<'_, Vec<(String, Behavior)>> {
+        self.call(|conn| {
+            let fail = |e| failed("reading transfer groups", e);
+            let mut stmt = conn
+                .prepare_cached("SELECT name, behavior FROM transfer_groups ORDER BY name")
+                .map_err(fail)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get("name")?, r.get("behavior")?)))
+                .map_err(fail)?;
+            rows.map(|row| {
+                let (name, code): (String, i64) = row.map_err(fail)?;
+                let behavior = i32::try_from(code)
+                    .ok()
+                    .and_then(Behavior::from_code)
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "stored transfer group `{name}` is unreadable: unknown behavior {code}"
+                        ))
+                    })?;
+                Ok((name, behavior))
+            })
+            .collect()
+        })
+    }
+
+    fn save_group<'a>(&'a self, group: &'a str, behavior: Behavior) -> StoreFuture<'a, ()> {
+        let group = group.to_string();
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT INTO transfer_groups (name, behavior) VALUES (:name, :behavior) \
+                 ON CONFLICT(name) DO UPDATE SET behavior = excluded.behavior",
+                named_params! {":name": group, ":behavior": behavior.code()},
+            )
+            .map_err(|e| failed(&format!("saving transfer group `{group}`"), e))?;
+            Ok(())
+        })
+    }
+}
+
+/// What a SQLite failure says about the store, whichever call it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Unavailable,
+    Corrupt,
+    Conflict,
+}
+
+fn classify(e: &rusqlite::Error) -> Class {
+    use rusqlite::ErrorCode as Code;
+    match e {
+        rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
+            // The file is damaged, or is not a SQLite database at all.
+            Code::DatabaseCorrupt | Code::NotADatabase => Class::Corrupt,
+            // A UNIQUE rule of the schema refused the write: it contradicts what is stored.
+            Code::ConstraintViolation => Class::Conflict,
+            // Another connection held the lock past BUSY_TIMEOUT, the disk failed or is full,
+            // the file cannot be opened or written (permissions, a read-only mount), memory ran
+            // out: this call changed nothing, and a later one may succeed once that passes.
+            Code::DatabaseBusy
+            | Code::DatabaseLocked
+            | Code::SystemIoFailure
+            | Code::DiskFull
+            | Code::CannotOpen
+            | Code::PermissionDenied
+            | Code::ReadOnly
+            | Code::FileLockingProtocolFailed
+            | Code::OutOfMemory
+            | Code::OperationInterrupted => Class::Unavailable,
+            // The rest (misuse, a value too big, a schema changed under a statement) say
+            // nothing about the stored data: the call could not be carried out.
+            _ => Class::Unavailable,
+        },
+        // A stored value of the wrong type, out of range or not UTF-8, or a missing column: a
+        // row this version cannot interpret.
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::InvalidColumnName(_)
+        | rusqlite::Error::Utf8Error(..) => Class::Corrupt,
+        _ => Class::Unavailable,
+    }
+}
+
+/// The error of a call made while serving. Its message reaches clients, so it says which
+/// download or group failed and never names the database file.
+fn failed(what: &str, e: rusqlite::Error) -> StoreError {
+    let message = format!("{what}: {e}");
+    match classify(&e) {
+        Class::Unavailable => StoreError::Unavailable(message),
+        Class::Corrupt => StoreError::Corrupt(message),
+        Class::Conflict => StoreError::Conflict(message),
+    }
+}
+
+/// The error of opening the database at `path`, for the operator starting transferd.
+fn open_failed(path: &Path, e: rusqlite::Error) -> StoreError {
+    match classify(&e) {
+        Class::Corrupt => corrupt_at(path, &e.to_string()),
+        Class::Unavailable | Class::Conflict => StoreError::Unavailable(format!(
+            "cannot open the store at {} ({e}); check that transferd may read and write it and \
+             its directory, that the disk has space, and that no other program holds it locked",
+            path.display()
+        )),
+    }
+}
+
+fn corrupt_at(path: &Path, detail: &str) -> StoreError {
+    StoreError::Corrupt(format!(
+        "the store at {} is corrupted or not a transferd database ({detail}); restore it from a \
+         backup or move it away to start empty",
+        path.display()
+    ))
+}
+
+/// A blocking call that did not finish: it panicked, or the runtime is shutting down.
+fn unfinished(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Unavailable(format!("a store call did not finish: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operation::{CostPolicy, Priority, Status};
+    use crate::store::conformance::{self, Fixture};
+
+    struct SqliteFixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture for SqliteFixture {
+        const SCHEMA_VERSION: i64 = SqliteStore::SCHEMA_VERSION;
+
+        async fn open() -> (Self, Box<dyn Store>) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(dir.path()).await.unwrap();
+            (SqliteFixture { dir }, Box::new(store))
+        }
+
+        async fn reopen(&self) -> Result<Box<dyn Store>, StoreError> {
+            Ok(Box::new(SqliteStore::open(self.dir.path()).await?))
+        }
+
+        async fn set_schema_version(&self, version: i64) {
+            let conn = Connection::open(self.dir.path().join(SqliteStore::DB_FILE)).unwrap();
+            conn.pragma_update(None, "user_version", version).unwrap();
+        }
+    }
+
+    mod conformance_suite {
+        use super::SqliteFixture;
+        super::conformance::suite!(SqliteFixture);
+    }
+
+    #[tokio::test]
+    async fn refuses_garbage_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SqliteStore::DB_FILE);
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = SqliteStore::open(dir.path()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        // The operator learns which file and what to do.
+        let message = err.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("restore it from a backup"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path()).await.unwrap());
+        let conn = Connection::open(dir.path().join(SqliteStore::DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", SqliteStore::SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = SqliteStore::open(dir.path()).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found, .. } if found == SqliteStore::SCHEMA_VERSION + 1),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_schema_column_is_read_and_written() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path()).await.unwrap());
+        let conn = Connection::open(dir.path().join(SqliteStore::DB_FILE)).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name FROM pragma_table_info('downloads') ORDER BY name")
+            .unwrap();
+        let in_schema: Vec<String> = stmt
+            .query_map([], |r| r.get("name"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut in_row: Vec<&str> = COLUMNS.clone();
+        in_row.sort_unstable();
+        assert_eq!(in_schema, in_row);
+    }
+
+    /// A database written before columns were bound by name opens and reads unchanged.
+    #[tokio::test]
+    async fn reads_a_version_1_database_as_written_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SqliteStore::DB_FILE);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO downloads VALUES ('g1', 3, 'f.bin', 'grp', NULL, '[503]', \
+             'http://h/x', '{\"x-k\":\"v\"}', 1, 2, 2, 10, 20, '\"e\"', NULL, 206, 'http://h/y', \
+             1, '{\"etag\":\"\\\"e\\\"\"}', NULL, NULL, NULL, 4, NULL, 9);",
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let loaded = store.load_page(0, 10).await.unwrap();
+        let [r] = &loaded[..] else {
+            panic!("{loaded:?}")
+        };
+        assert_eq!(
+            (&*r.spec.guid, r.spec.seq, &*r.spec.transfer_group),
+            ("g1", 3, "grp")
+        );
+        assert_eq!(r.spec.recoverable_web_error_statuses, vec![503]);
+        assert_eq!(r.settings.request_headers["x-k"], "v");
+        assert_eq!(
+            (r.settings.priority, r.settings.cost_policy, r.status),
+            (
+                Priority::High,
+                CostPolicy::Always,
+                Status::PausedByApplication
+            )
+        );
+        assert_eq!((r.checkpoint_bytes, r.total_bytes, r.attempts), (10, 20, 4));
+        let response = r.response.as_ref().unwrap();
+        assert!(response.is_resumable);
+        assert_eq!(response.headers["etag"], "\"e\"");
+        assert_eq!(r.queue_order, 9);
+    }
+
+    #[test]
+    fn sqlite_errors_are_classified() {
+        use rusqlite::ffi;
+        let code = |c| classify(&rusqlite::Error::SqliteFailure(ffi::Error::new(c), None));
+        for c in [
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_LOCKED,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_READONLY,
+        ] {
+            assert_eq!(code(c), Class::Unavailable, "{c}");
+        }
+        assert_eq!(code(ffi::SQLITE_CORRUPT), Class::Corrupt);
+        assert_eq!(code(ffi::SQLITE_NOTADB), Class::Corrupt);
+        assert_eq!(code(ffi::SQLITE_CONSTRAINT_UNIQUE), Class::Conflict);
+        let unreadable =
+            rusqlite::Error::InvalidColumnType(0, "seq".into(), rusqlite::types::Type::Text);
+        assert_eq!(classify(&unreadable), Class::Corrupt);
+    }
+}

@@ -1,0 +1,239 @@
+//! How a [`Record`] maps to the columns of the `downloads` table. The column list is written
+//! once, in the `row!` invocation below: reads go by column name and writes bind named
+//! parameters (`:guid`), so no statement depends on column order.
+
+use std::collections::BTreeMap;
+
+use rusqlite::ToSql;
+
+use crate::operation::{
+    CostPolicy, DownloadSpec, ErrorReason, Priority, ResponseInfo, Settings, Status, TransferError,
+    Validators,
+};
+use crate::store::{Record, StoreError};
+
+/// Declares [`Row`] with one field per column, the column lists, and the two ways values cross
+/// the SQLite boundary, from a single list of columns.
+macro_rules! row {
+    (
+        fixed { $($fixed:ident: $fixed_ty:ty,)* }
+        state { $($state:ident: $state_ty:ty,)* }
+    ) => {
+        /// A download as SQLite values, one field per column. Kept flat and readable so
+        /// operators can query it with the sqlite3 CLI.
+        pub(super) struct Row {
+            $(pub(super) $fixed: $fixed_ty,)*
+            $(pub(super) $state: $state_ty,)*
+        }
+
+        /// Columns written once, by `insert`.
+        pub(super) const FIXED_COLUMNS: &[&str] = &[$(stringify!($fixed)),*];
+        /// Columns `save` rewrites.
+        pub(super) const STATE_COLUMNS: &[&str] = &[$(stringify!($state)),*];
+
+        impl Row {
+            /// Reads a row selected with every column, by column name.
+            pub(super) fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+                Ok(Row {
+                    $($fixed: r.get(stringify!($fixed))?,)*
+                    $($state: r.get(stringify!($state))?,)*
+                })
+            }
+
+            /// Every column as a named parameter: `:column` and its value.
+            pub(super) fn params(&self) -> Vec<(&'static str, &dyn ToSql)> {
+                vec![
+                    $((concat!(":", stringify!($fixed)), &self.$fixed as &dyn ToSql),)*
+                    $((concat!(":", stringify!($state)), &self.$state as &dyn ToSql),)*
+                ]
+            }
+        }
+    };
+}
+
+row! {
+    fixed {
+        guid: String,
+        seq: i64,
+        result_file: String,
+        transfer_group: String,
+        expected_sha256: Option<String>,
+        recoverable_statuses: String,
+    }
+    state {
+        requested_uri: String,
+        request_headers: String,
+        priority: i64,
+        cost_policy: i64,
+        status: i64,
+        checkpoint_bytes: i64,
+        total_bytes: i64,
+        etag: Option<String>,
+        last_modified: Option<String>,
+        response_status: Option<i64>,
+        response_uri: Option<String>,
+        response_resumable: Option<bool>,
+        response_headers: Option<String>,
+        error_message: Option<String>,
+        error_http_status: Option<i64>,
+        error_reason: Option<i64>,
+        attempts: i64,
+        web_error_status: Option<i64>,
+        queue_order: i64,
+    }
+}
+
+impl Row {
+    /// The columns of `record`.
+    pub(super) fn from_record(record: &Record) -> Row {
+        let Record {
+            spec,
+            settings,
+            status,
+            checkpoint_bytes,
+            total_bytes,
+            validators,
+            response,
+            error,
+            attempts,
+            web_error_status,
+            queue_order,
+        } = record;
+        let DownloadSpec {
+            guid,
+            seq,
+            result_file,
+            transfer_group,
+            expected_sha256,
+            recoverable_web_error_statuses,
+        } = spec;
+        let Settings {
+            requested_uri,
+            request_headers,
+            priority,
+            cost_policy,
+        } = settings;
+        Row {
+            guid: guid.clone(),
+            seq: to_i64(*seq),
+            result_file: result_file.clone(),
+            transfer_group: transfer_group.clone(),
+            expected_sha256: expected_sha256.clone(),
+            recoverable_statuses: serde_json::to_string(recoverable_web_error_statuses)
+                .expect("a list of numbers always serialises"),
+            requested_uri: requested_uri.clone(),
+            request_headers: headers_to_json(request_headers),
+            priority: priority.code().into(),
+            cost_policy: cost_policy.code().into(),
+            status: status.code().into(),
+            checkpoint_bytes: to_i64(*checkpoint_bytes),
+            total_bytes: to_i64(*total_bytes),
+            etag: validators.etag.clone(),
+            last_modified: validators.last_modified.clone(),
+            response_status: response.as_ref().map(|r| r.status_code.into()),
+            response_uri: response.as_ref().map(|r| r.actual_uri.clone()),
+            response_resumable: response.as_ref().map(|r| r.is_resumable),
+            response_headers: response.as_ref().map(|r| headers_to_json(&r.headers)),
+            error_message: error.as_ref().map(|e| e.message.clone()),
+            error_http_status: error.as_ref().and_then(|e| e.http_status.map(i64::from)),
+            error_reason: error.as_ref().map(|e| e.reason.code().into()),
+            attempts: (*attempts).into(),
+            web_error_status: web_error_status.map(i64::from),
+            queue_order: *queue_order,
+        }
+    }
+
+    /// The record this row holds, or [`StoreError::Corrupt`] if a value cannot be interpreted.
+    pub(super) fn into_record(self) -> Result<Record, StoreError> {
+        let guid = self.guid.clone();
+        let bad = |detail: String| {
+            StoreError::Corrupt(format!("stored download `{guid}` is unreadable: {detail}"))
+        };
+        let code = |v: i64, what: &str| {
+            i32::try_from(v).map_err(|_| bad(format!("{what} {v} is out of range")))
+        };
+        let status = Status::from_code(code(self.status, "status")?)
+            .ok_or_else(|| bad(format!("unknown status {}", self.status)))?;
+        let priority = Priority::from_code(code(self.priority, "priority")?)
+            .ok_or_else(|| bad(format!("unknown priority {}", self.priority)))?;
+        let cost_policy = CostPolicy::from_code(code(self.cost_policy, "cost policy")?)
+            .ok_or_else(|| bad(format!("unknown cost policy {}", self.cost_policy)))?;
+        let request_headers = headers_from_json(&self.request_headers).map_err(&bad)?;
+        let recoverable_web_error_statuses: Vec<u16> =
+            serde_json::from_str(&self.recoverable_statuses)
+                .map_err(|e| bad(format!("recoverable statuses are not valid JSON: {e}")))?;
+        let response = match self.response_status {
+            None => None,
+            Some(status_code) => Some(ResponseInfo {
+                is_resumable: self.response_resumable.unwrap_or(false),
+                actual_uri: self.response_uri.unwrap_or_default(),
+                status_code: u16::try_from(status_code)
+                    .map_err(|_| bad(format!("HTTP status {status_code} is out of range")))?,
+                headers: match &self.response_headers {
+                    Some(json) => headers_from_json(json).map_err(&bad)?,
+                    None => BTreeMap::new(),
+                },
+            }),
+        };
+        let error = match self.error_message {
+            None => None,
+            Some(message) => {
+                let code = self.error_reason.unwrap_or(0);
+                let reason = i32::try_from(code)
+                    .ok()
+                    .and_then(ErrorReason::from_code)
+                    .ok_or_else(|| bad(format!("unknown error reason {code}")))?;
+                Some(TransferError {
+                    message,
+                    http_status: self.error_http_status.and_then(|s| u16::try_from(s).ok()),
+                    reason,
+                })
+            }
+        };
+        Ok(Record {
+            spec: DownloadSpec {
+                guid: self.guid,
+                seq: to_u64(self.seq),
+                result_file: self.result_file,
+                transfer_group: self.transfer_group,
+                expected_sha256: self.expected_sha256,
+                recoverable_web_error_statuses,
+            },
+            settings: Settings {
+                requested_uri: self.requested_uri,
+                request_headers,
+                priority,
+                cost_policy,
+            },
+            status,
+            checkpoint_bytes: to_u64(self.checkpoint_bytes),
+            total_bytes: to_u64(self.total_bytes),
+            validators: Validators {
+                etag: self.etag,
+                last_modified: self.last_modified,
+            },
+            response,
+            error,
+            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
+            web_error_status: self.web_error_status.and_then(|s| u16::try_from(s).ok()),
+            queue_order: self.queue_order,
+        })
+    }
+}
+
+// SQLite integers are signed 64-bit; byte counts and sequence numbers never reach 2^63.
+pub(super) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn headers_to_json(headers: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(headers).expect("a string map always serialises")
+}
+
+fn headers_from_json(json: &str) -> Result<BTreeMap<String, String>, String> {
+    serde_json::from_str(json).map_err(|e| format!("header map is not valid JSON: {e}"))
+}
