@@ -7,6 +7,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
 use super::{Failure, Fetcher, Job};
+use crate::operation::Validators;
 
 /// Request headers the fetcher manages itself; clients may not set them.
 pub const RESERVED_HEADERS: [&str; 9] = [
@@ -22,10 +23,12 @@ pub const RESERVED_HEADERS: [&str; 9] = [
 ];
 
 impl Fetcher {
-    /// Sends the request, ranged from `offset` when it is not 0; `None` if `stop` fired first.
+    /// Sends the request, ranged from `offset` when it is not 0 and guarded by `validators`;
+    /// `None` if `stop` fired first.
     pub(super) async fn request(
         &self,
         job: &Job<'_>,
+        validators: &Validators,
         offset: u64,
         stop: &CancellationToken,
     ) -> Result<Option<reqwest::Response>, Failure> {
@@ -38,7 +41,7 @@ impl Fetcher {
             .header(header::ACCEPT_ENCODING, "identity");
         if offset > 0 {
             request = request.header(header::RANGE, format!("bytes={offset}-"));
-            if let Some(v) = job.validators.if_range() {
+            if let Some(v) = validators.if_range() {
                 request = request.header(header::IF_RANGE, v);
             }
         }
