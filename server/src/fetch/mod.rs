@@ -13,9 +13,12 @@
 //! # Layout
 //! - `mod.rs`: the [`Fetcher`] and the course of one attempt; what goes in ([`Job`]) and comes
 //!   out ([`Outcome`], [`Failure`]), and the [`Observer`] the engine follows it with.
-//! - `request.rs`: building the request; the headers transferd manages itself.
-//! - `response.rs`: reading a response: resumability, validators, error statuses.
-//! - `body.rs`: streaming the body into the partial file and making it durable.
+//! - `request.rs`: building the request; the headers transferd manages itself; the redirects
+//!   it follows.
+//! - `response.rs`: reading a response: does a 206 fit, resumability, validators, error
+//!   statuses and redirects that were not followed.
+//! - `body.rs`: streaming the body into the partial file and making it durable, within its
+//!   announced length, the size limit and the low-speed rule.
 
 mod body;
 mod request;
@@ -33,9 +36,6 @@ use response::Resume;
 
 pub use body::WRITE_BUFFER_SIZE;
 pub use request::check_user_header;
-
-/// Redirects followed before giving up, as browsers and curl's default do.
-const MAX_REDIRECTS: usize = 10;
 
 /// A new HTTP response the engine should know about.
 #[derive(Clone, Debug)]
@@ -134,7 +134,7 @@ impl Failure {
     /// A connection failure, marked as "network down" when the host has no route. A refused
     /// redirect and a rejected TLS certificate are permanent: trying again meets them again.
     fn network(what: &str, e: &reqwest::Error) -> Failure {
-        if let Some(refused) = find_cause::<RedirectRefused>(e) {
+        if let Some(refused) = find_cause::<request::RedirectRefused>(e) {
             return Failure::fatal(TransferError {
                 message: refused.message.clone(),
                 http_status: Some(refused.status),
@@ -203,40 +203,6 @@ fn find_cause<'a, T: std::error::Error + 'static>(
     None
 }
 
-/// A redirect transferd will not follow: to another scheme, in a loop, or too many.
-#[derive(Debug)]
-struct RedirectRefused {
-    message: String,
-    status: u16,
-}
-
-impl std::fmt::Display for RedirectRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for RedirectRefused {}
-
-/// Follows at most [`MAX_REDIRECTS`] redirects to http(s) URLs never visited before in this
-/// request; anything else ends the request with a [`RedirectRefused`] saying what happened.
-fn redirect_policy() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
-        let status = attempt.status().as_u16();
-        let to = attempt.url();
-        let message = if !matches!(to.scheme(), "http" | "https") {
-            response::redirect_refused(to)
-        } else if attempt.previous().contains(to) {
-            format!("redirect loop: HTTP {status} back to {to}, which was already requested")
-        } else if attempt.previous().len() > MAX_REDIRECTS {
-            format!("too many redirects: more than {MAX_REDIRECTS}, the last HTTP {status} to {to}")
-        } else {
-            return attempt.follow();
-        };
-        attempt.error(RedirectRefused { message, status })
-    })
-}
-
 /// Whether a connection failed because the host has no route to the origin (no interface, no
 /// route, network unreachable), as opposed to the origin refusing or misbehaving.
 fn is_unreachable(e: &reqwest::Error) -> bool {
@@ -283,7 +249,7 @@ impl Fetcher {
             .user_agent(concat!("transferd/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.stall)
-            .redirect(redirect_policy())
+            .redirect(request::redirect_policy())
             .build()?;
         Ok(Fetcher { client, timeouts })
     }
