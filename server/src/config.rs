@@ -26,7 +26,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: &str = "30s";
 /// attempt, so a stalled server is noticed and retried instead of hanging silently.
 pub const DEFAULT_STALL_TIMEOUT: &str = "60s";
 
-/// Default retry budget: failed attempts in a row, without a byte of progress between them,
+/// Default retry budget: failed attempts in a row, none getting further into the file than any
+/// before,
 /// before a download ends in ERROR (Android retries 5 times).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
@@ -135,8 +136,8 @@ pub struct Config {
           value_parser = parse_max_file_size)]
     pub max_file_size: u64,
 
-    /// Retry budget: a download ends in ERROR after this many failed attempts in a row with no
-    /// progress between them. Connection faults, 5xx, 408 and 429 are retried; other HTTP
+    /// Retry budget: a download ends in ERROR after this many failed attempts in a row, none
+    /// getting further into the file than any before. Connection faults, 5xx, 408 and 429 are retried; other HTTP
     /// errors (404, 403, ...) fail at once.
     #[arg(long, env = "TRANSFERD_MAX_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS,
           value_parser = clap::value_parser!(u32).range(1..=1000))]

@@ -238,8 +238,9 @@ numbered_enum! {
 /// The latest HTTP response of a download (WinRT's `ResponseInformation`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResponseInfo {
-    /// Whether the server allows the download to continue with a Range request: it did not
-    /// refuse ranges and sent a validator (strong ETag or Last-Modified) to guard them.
+    /// Whether the server allows the download to continue with a Range request: it advertised
+    /// `Accept-Ranges: bytes` or honoured a range (and did not ignore one, answering 200), and
+    /// sent a validator (strong ETag or Last-Modified) to guard them.
     pub is_resumable: bool,
     /// The URI that answered, after redirects.
     pub actual_uri: String,

@@ -81,14 +81,14 @@ impl Speed {
     }
 
     /// A failure if the window that just ended brought too few bytes; starts the next window.
-    fn check(&mut self, received: u64) -> Option<Failure> {
-        let elapsed = self.since.elapsed();
+    fn check(&mut self, received: u64, now: tokio::time::Instant) -> Option<Failure> {
+        let elapsed = now.saturating_duration_since(self.since);
         if self.min_speed == 0 || elapsed < self.window {
             return None;
         }
         let got = received - self.at_start;
         let needed = u128::from(self.min_speed) * elapsed.as_millis() / 1000;
-        self.since = tokio::time::Instant::now();
+        self.since = now;
         self.at_start = received;
         (u128::from(got) < needed).then(|| {
             Failure::transient(TransferError {
@@ -149,7 +149,7 @@ pub(super) async fn stream_body<O: Observer>(
             chunk = response.chunk() => chunk,
             _ = ticker.tick() => {
                 observer.tick();
-                match speed.check(received) {
+                match speed.check(received, tokio::time::Instant::now()) {
                     Some(failure) => break End::Failed(failure),
                     None => continue,
                 }
@@ -172,7 +172,7 @@ pub(super) async fn stream_body<O: Observer>(
                 if overrun > 0 {
                     break End::Failed(overrun_failure(&expect, received));
                 }
-                if let Some(failure) = speed.check(received) {
+                if let Some(failure) = speed.check(received, tokio::time::Instant::now()) {
                     break End::Failed(failure);
                 }
                 if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
@@ -243,4 +243,71 @@ fn finished(expect: &Expect, received: u64) -> Result<Streamed, Failure> {
 async fn sync(out: &mut BufWriter<tokio::fs::File>) -> std::io::Result<()> {
     out.flush().await?;
     out.get_ref().sync_data().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expect(end: Option<u64>, total: u64) -> Expect {
+        Expect {
+            offset: 0,
+            end,
+            total,
+            max_bytes: u64::MAX,
+            window: Duration::from_secs(1),
+            min_speed: 100,
+        }
+    }
+
+    #[test]
+    fn only_the_known_length_completes_a_body() {
+        assert!(matches!(
+            finished(&expect(Some(1000), 1000), 1000),
+            Ok(Streamed::Complete(1000))
+        ));
+        assert!(matches!(
+            finished(&expect(None, 0), 77),
+            Ok(Streamed::Complete(77))
+        ));
+        // A range that ended where it said, short of the entity: continue it.
+        assert!(matches!(
+            finished(&expect(Some(600), 1000), 600),
+            Ok(Streamed::RangeEnded(600))
+        ));
+        // Cut short of its own end: a failed attempt.
+        let cut = finished(&expect(Some(1000), 1000), 400).unwrap_err();
+        assert!(cut.transient);
+        assert_eq!(
+            cut.error.message,
+            "the server closed the body after 400 of 1000 bytes"
+        );
+    }
+
+    #[test]
+    fn the_speed_rule_judges_whole_windows() {
+        let mut speed = Speed::new(&expect(None, 0));
+        let at = |ms| speed.since + Duration::from_millis(ms);
+        let (t900, t1000, t2000) = (at(900), at(1000), at(2000));
+        assert!(speed.check(0, t900).is_none(), "the window is not over yet");
+        assert!(
+            speed.check(100, t1000).is_none(),
+            "100 bytes in 1 s is 100 B/s"
+        );
+        let slow = speed
+            .check(199, t2000)
+            .expect("99 bytes in the next second");
+        assert!(slow.transient);
+        assert!(
+            slow.error.message.contains("only 99 bytes in 1.0s"),
+            "{}",
+            slow.error.message
+        );
+        let mut off = Speed::new(&Expect {
+            min_speed: 0,
+            ..expect(None, 0)
+        });
+        let later = off.since + Duration::from_secs(10);
+        assert!(off.check(0, later).is_none());
+    }
 }

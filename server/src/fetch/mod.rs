@@ -310,7 +310,7 @@ impl Fetcher {
                 Resume::RequestAgain(reason) => return Err(unusable_range(&response, reason)),
             };
             let end = self
-                .receive(job, response, part, ranged, &mut at, observer, stop)
+                .receive(job, response, part, &mut at, observer, stop)
                 .await?;
             match end {
                 body::Streamed::Complete(bytes) => return Ok(Outcome::Complete { bytes }),
@@ -334,19 +334,19 @@ impl Fetcher {
         }
     }
 
-    /// Writes one successful response into the partial file from `at.offset` (0 for a 200),
-    /// after checking its status and its size; `part` is what a fitting 206 carries.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes one successful response to a request ranged from `at.offset` (0: no Range) into
+    /// the partial file, from there or from 0 for a 200, after checking its status and its
+    /// size; `part` is what a fitting 206 carries.
     async fn receive<O: Observer>(
         &self,
         job: &Job<'_>,
         response: reqwest::Response,
         part: Option<response::Part>,
-        ranged: bool,
         at: &mut Position,
         observer: &O,
         stop: &CancellationToken,
     ) -> Result<body::Streamed, Failure> {
+        let ranged = at.offset > 0;
         let status = response.status();
         let (info, validators) = response::describe(&response, ranged);
         if let Some(failure) = response::unfollowed_redirect(&response) {

@@ -59,6 +59,10 @@ pub(super) fn check_resume(response: &reqwest::Response, offset: u64, known_tota
             Some(r) if known_total > 0 && r.end >= known_total => {
                 Resume::RequestAgain("206 range runs past the known entity length")
             }
+            // Then nothing could tell a complete file from one that stopped short.
+            Some(r) if known_total == 0 && r.total.is_none() => {
+                Resume::RequestAgain("206 with an unknown entity length, and none known before")
+            }
             Some(r) => Resume::Continue(Part {
                 end: r.end + 1,
                 total: r.total.unwrap_or(known_total),
