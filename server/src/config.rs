@@ -180,6 +180,11 @@ impl Config {
 /// Parses `250ms`, `30s`, `5m` or `1h` (a bare number is seconds), at most [`MAX_DURATION`].
 /// Zero is refused: every duration here is a timeout or a delay that must let time pass.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration_within(s, MAX_DURATION)
+}
+
+/// A duration as [`parse_duration`] reads it, of at most `max`.
+fn duration_within(s: &str, max: Duration) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
@@ -196,19 +201,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = n
         .checked_mul(scale_ms)
         .map(Duration::from_millis)
-        .filter(|d| *d <= MAX_DURATION)
-        .ok_or_else(|| format!("`{s}` is too long; at most {}", show(MAX_DURATION)))?;
+        .filter(|d| *d <= max)
+        .ok_or_else(|| format!("`{s}` is too long; at most {}", show(max)))?;
     if d.is_zero() {
         return Err("must be longer than zero".into());
-    }
-    Ok(d)
-}
-
-/// A duration of at most `max`.
-fn duration_within(s: &str, max: Duration) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d > max {
-        return Err(format!("`{}` is too long; at most {}", s.trim(), show(max)));
     }
     Ok(d)
 }

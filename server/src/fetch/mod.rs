@@ -434,7 +434,7 @@ fn unusable_range(response: &reqwest::Response, reason: &str) -> Failure {
     let status = response.status();
     Failure::transient(TransferError {
         message: format!(
-            "the server answered HTTP {} ({}) that does not fit the request: {reason}; nothing was written",
+            "the server answered HTTP {} ({}), which does not fit the request: {reason}; nothing was written",
             status.as_u16(),
             response::content_range_text(response)
         ),
