@@ -26,7 +26,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: &str = "30s";
 /// attempt, so a stalled server is noticed and retried instead of hanging silently.
 pub const DEFAULT_STALL_TIMEOUT: &str = "60s";
 
-/// Default retry budget: failed attempts in a row, without a byte of progress between them,
+/// Default retry budget: failed attempts in a row, none getting further into the file than any
+/// before,
 /// before a download ends in ERROR (Android retries 5 times).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
@@ -40,6 +41,33 @@ pub const DEFAULT_RETRY_MAX_DELAY: &str = "5m";
 /// Default free-space floor: enough headroom that a host does not fill its disk to the last
 /// byte (logs, the database and other programs need room), small next to typical volumes.
 pub const DEFAULT_MIN_FREE_DISK: &str = "256MiB";
+
+/// Default lowest average speed, in bytes/s, over a `--stall-timeout` window before an attempt
+/// counts as stalled (curl's `--speed-limit`, aria2's `--lowest-speed-limit`). 100 B/s is far
+/// below any link that is really moving data (a GPRS link shared by every active download
+/// still carries kilobytes a second, and a single TCP segment every 10 s is above it), yet a
+/// body trickling a byte a second is caught within one window instead of holding its slot
+/// forever. 0 switches the rule off.
+pub const DEFAULT_MIN_SPEED: &str = "100";
+
+/// Default largest file a download may have. A runaway (an endless chunked body, a wrong
+/// Content-Length) is stopped long before it fills a large volume, while no real download on a
+/// host like this (OS images, datasets, model weights) comes near it; lower it for origins you
+/// do not trust, and per download with `max_bytes`.
+pub const DEFAULT_MAX_FILE_SIZE: &str = "1TiB";
+
+/// Longest any duration flag may be: beyond a week a timeout or delay is a typo, and larger
+/// values overflow the clocks of the HTTP client (a panic, not an error).
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Longest `--connect-timeout`: resolving and connecting that takes longer is not coming back.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Longest `--stall-timeout` and `--retry-base-delay`: a silent origin is retried within the hour.
+pub const MAX_STALL_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Largest size flag: byte counts are stored as signed 64-bit integers.
+pub const MAX_SIZE: u64 = i64::MAX as u64;
 
 /// What DEFAULT cost policy means on this server.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,33 +109,51 @@ pub struct Config {
           value_parser = parse_max_active)]
     pub max_active: usize,
 
-    /// Time allowed to resolve an origin's host and connect to it (e.g. 500ms, 30s).
+    /// Time allowed to resolve an origin's host and connect to it (e.g. 500ms, 30s; at most
+    /// 10m).
     #[arg(long, env = "TRANSFERD_CONNECT_TIMEOUT", default_value = DEFAULT_CONNECT_TIMEOUT,
-          value_parser = parse_duration)]
+          value_parser = parse_connect_timeout)]
     pub connect_timeout: Duration,
 
-    /// A response or body that sends nothing for this long is a stalled attempt and is retried.
+    /// A response or body that sends nothing for this long is a stalled attempt and is retried
+    /// (at most 1h). It is also the window --min-speed is averaged over.
     #[arg(long, env = "TRANSFERD_STALL_TIMEOUT", default_value = DEFAULT_STALL_TIMEOUT,
-          value_parser = parse_duration)]
+          value_parser = parse_stall_timeout)]
     pub stall_timeout: Duration,
 
-    /// Retry budget: a download ends in ERROR after this many failed attempts in a row with no
-    /// progress between them. Connection faults, 5xx, 408 and 429 are retried; other HTTP
+    /// Lowest average body speed in bytes/s over each --stall-timeout window; slower is a
+    /// stalled attempt, retried and resumed like any other (e.g. 100, 4KiB; 0 switches it off).
+    /// The default, 100 B/s, never trips a link that is really moving data but catches a
+    /// trickle.
+    #[arg(long, env = "TRANSFERD_MIN_SPEED", default_value = DEFAULT_MIN_SPEED,
+          value_parser = parse_size)]
+    pub min_speed: u64,
+
+    /// Largest file any download may have (e.g. 10GiB; at least 1 byte). A declared length
+    /// above it fails the download before anything is written; a body that grows past it is
+    /// stopped and fails; nothing is committed. A download's own `max_bytes` can only lower it.
+    #[arg(long, env = "TRANSFERD_MAX_FILE_SIZE", default_value = DEFAULT_MAX_FILE_SIZE,
+          value_parser = parse_max_file_size)]
+    pub max_file_size: u64,
+
+    /// Retry budget: a download ends in ERROR after this many failed attempts in a row, none
+    /// getting further into the file than any before. Connection faults, 5xx, 408 and 429 are retried; other HTTP
     /// errors (404, 403, ...) fail at once.
     #[arg(long, env = "TRANSFERD_MAX_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_attempts: u32,
 
     /// Delay before the first retry; it doubles with every failure in a row, with jitter, up to
-    /// --retry-max-delay. A server's Retry-After (up to one hour) takes precedence.
+    /// --retry-max-delay (at most 1h). A server's Retry-After (up to one hour) takes
+    /// precedence.
     #[arg(long, env = "TRANSFERD_RETRY_BASE_DELAY", default_value = DEFAULT_RETRY_BASE_DELAY,
-          value_parser = parse_duration)]
+          value_parser = parse_stall_timeout)]
     pub retry_base_delay: Duration,
 
     /// Free space the download volume must keep: below it, downloads pause as
     /// PAUSED_SYSTEM_POLICY until space returns (e.g. 512MiB, 2GiB, or bytes).
     #[arg(long, env = "TRANSFERD_MIN_FREE_DISK", default_value = DEFAULT_MIN_FREE_DISK,
-          value_parser = parse_bytes)]
+          value_parser = parse_size)]
     pub min_free_disk: u64,
 
     /// What a download's DEFAULT cost policy means: `always` runs on costed networks too,
@@ -116,7 +162,7 @@ pub struct Config {
           default_value_t = DefaultCostPolicy::Always)]
     pub default_cost_policy: DefaultCostPolicy,
 
-    /// Longest delay between retries, Retry-After aside.
+    /// Longest delay between retries, Retry-After aside (at most 7 days).
     #[arg(long, env = "TRANSFERD_RETRY_MAX_DELAY", default_value = DEFAULT_RETRY_MAX_DELAY,
           value_parser = parse_duration)]
     pub retry_max_delay: Duration,
@@ -131,26 +177,74 @@ impl Config {
     }
 }
 
-/// Parses `250ms`, `30s`, `5m` or `1h` (a bare number is seconds). Zero is refused: every
-/// duration here is a timeout or a delay that must let time pass.
+/// Parses `250ms`, `30s`, `5m` or `1h` (a bare number is seconds), at most [`MAX_DURATION`].
+/// Zero is refused: every duration here is a timeout or a delay that must let time pass.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration_within(s, MAX_DURATION)
+}
+
+/// A duration as [`parse_duration`] reads it, of at most `max`.
+fn duration_within(s: &str, max: Duration) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let n: u64 = number
         .parse()
         .map_err(|_| format!("`{s}` is not a duration like 500ms, 30s, 5m or 1h"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+    let scale_ms: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
         _ => return Err(format!("`{s}` has an unknown unit; use ms, s, m or h")),
     };
+    let d = n
+        .checked_mul(scale_ms)
+        .map(Duration::from_millis)
+        .filter(|d| *d <= max)
+        .ok_or_else(|| format!("`{s}` is too long; at most {}", show(max)))?;
     if d.is_zero() {
         return Err("must be longer than zero".into());
     }
     Ok(d)
+}
+
+fn parse_connect_timeout(s: &str) -> Result<Duration, String> {
+    duration_within(s, MAX_CONNECT_TIMEOUT)
+}
+
+fn parse_stall_timeout(s: &str) -> Result<Duration, String> {
+    duration_within(s, MAX_STALL_TIMEOUT)
+}
+
+/// A bound as the flags spell it, for messages.
+fn show(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s % 86_400 == 0 => format!("{}h ({} days)", s / 3600, s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// A byte count of at most [`MAX_SIZE`].
+fn parse_size(s: &str) -> Result<u64, String> {
+    let n = parse_bytes(s)?;
+    if n > MAX_SIZE {
+        return Err(format!(
+            "`{}` is too large; at most {MAX_SIZE} bytes",
+            s.trim()
+        ));
+    }
+    Ok(n)
+}
+
+fn parse_max_file_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("must be at least 1 byte".into()),
+        n => Ok(n),
+    }
 }
 
 /// Parses a byte count: `0`, `1048576`, `64KiB`, `512MiB`, `2GiB`, `1TiB` (also KB/MB/GB/TB
@@ -231,6 +325,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn durations_and_sizes_are_bounded() {
+        assert_eq!(parse_duration("168h"), Ok(MAX_DURATION));
+        for huge in [
+            "169h",
+            "18446744073709551615s",
+            "18446744073709551615m",
+            "99999999999h",
+        ] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(e.contains("too long; at most 168h (7 days)"), "{huge}: {e}");
+        }
+        assert_eq!(parse_stall_timeout("1h"), Ok(MAX_STALL_TIMEOUT));
+        assert_eq!(
+            parse_stall_timeout("61m").unwrap_err(),
+            "`61m` is too long; at most 1h"
+        );
+        assert!(parse_connect_timeout("11m").is_err());
+        assert!(parse_size("8EiB").is_err());
+        assert!(parse_size("9223372036854775808").is_err());
+        assert_eq!(parse_size("9223372036854775807"), Ok(MAX_SIZE));
+        assert!(parse_max_file_size("0").is_err());
+        assert_eq!(parse_max_file_size("1"), Ok(1));
+    }
+
     /// Parses `args` as the binary would, with the `TRANSFERD_*` environment variables switched
     /// off so the test sees only the command line.
     fn parse(args: &[&str]) -> Config {
@@ -263,6 +382,8 @@ mod tests {
         assert_eq!(c.retry_base_delay, Duration::from_secs(1));
         assert_eq!(c.retry_max_delay, Duration::from_secs(300));
         assert_eq!(c.min_free_disk, 256 << 20);
+        assert_eq!(c.min_speed, 100);
+        assert_eq!(c.max_file_size, 1 << 40);
         assert_eq!(CostPolicy::from(c.default_cost_policy), CostPolicy::Always);
     }
 

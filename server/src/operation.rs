@@ -151,6 +151,9 @@ pub struct DownloadSpec {
     pub expected_sha256: Option<String>,
     /// HTTP statuses that pause the download instead of failing it.
     pub recoverable_web_error_statuses: Vec<u16>,
+    /// Largest file this download accepts, below the server's `--max-file-size`; `None` for
+    /// the server's limit alone.
+    pub max_bytes: Option<u64>,
 }
 
 /// What a client asked for that can be changed while the download lives.
@@ -227,14 +230,17 @@ numbered_enum! {
         Disk = 3,
         /// The finished file does not have the expected SHA-256.
         Integrity = 4,
+        /// The file is larger than `--max-file-size` or the download's `max_bytes`.
+        TooLarge = 5,
     }
 }
 
 /// The latest HTTP response of a download (WinRT's `ResponseInformation`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResponseInfo {
-    /// Whether the server allows the download to continue with a Range request: it did not
-    /// refuse ranges and sent a validator (strong ETag or Last-Modified) to guard them.
+    /// Whether the server allows the download to continue with a Range request: it advertised
+    /// `Accept-Ranges: bytes` or honoured a range (and did not ignore one, answering 200), and
+    /// sent a validator (strong ETag or Last-Modified) to guard them.
     pub is_resumable: bool,
     /// The URI that answered, after redirects.
     pub actual_uri: String,

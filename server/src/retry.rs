@@ -6,7 +6,7 @@ use std::time::Duration;
 /// The retry rules of the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Failed attempts in a row (with no progress between them) before giving up.
+    /// Failed attempts in a row (none getting further into the file than any before) before giving up.
     pub max_attempts: u32,
     /// Delay before the first retry.
     pub base_delay: Duration,

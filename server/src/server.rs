@@ -74,11 +74,13 @@ impl Transferd {
                 },
                 min_free_disk_bytes: config.min_free_disk,
                 default_cost_policy: config.default_cost_policy.into(),
+                max_file_size: config.max_file_size,
             },
             store,
             Fetcher::new(Timeouts {
                 connect: config.connect_timeout,
                 stall: config.stall_timeout,
+                min_speed: config.min_speed,
             })?,
             token.clone(),
         )

@@ -42,6 +42,8 @@ pub struct NewDownload {
     pub expected_sha256: String,
     /// HTTP statuses that pause instead of failing.
     pub recoverable_web_error_statuses: Vec<u32>,
+    /// Largest file accepted, in bytes; 0 for the server's `--max-file-size` alone.
+    pub max_bytes: u64,
 }
 
 impl Engine {
@@ -62,6 +64,7 @@ impl Engine {
                 transfer_group: checked.transfer_group,
                 expected_sha256: checked.expected_sha256,
                 recoverable_web_error_statuses: checked.recoverable_web_error_statuses,
+                max_bytes: checked.max_bytes,
             },
             settings: Settings {
                 requested_uri: checked.uri.to_string(),

@@ -69,6 +69,8 @@ pub struct EngineConfig {
     pub min_free_disk_bytes: u64,
     /// What DEFAULT cost policy means (ALWAYS or UNRESTRICTED_ONLY).
     pub default_cost_policy: CostPolicy,
+    /// Largest file any download may have.
+    pub max_file_size: u64,
 }
 
 /// A download as the outside world sees it.
@@ -250,6 +252,7 @@ mod fixtures {
                 transfer_group: group.into(),
                 expected_sha256: None,
                 recoverable_web_error_statuses: Vec::new(),
+                max_bytes: None,
             },
             settings: Settings {
                 requested_uri: "http://127.0.0.1/".into(),

@@ -3,10 +3,11 @@
 //! finished file, and at the end decides how the download goes on: completed, failed, paused
 //! on a recoverable web error, or back in the queue because the network or the disk gave out.
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::download::{Op, OpState};
@@ -51,6 +52,30 @@ impl Ending {
     }
 }
 
+/// Runs the work of a transfer, turning a panic in it into a failure: a bug met by one download
+/// (in transferd or a library it uses) ends that download in ERROR and frees its slot, instead
+/// of killing the task and leaving the download RUNNING forever.
+async fn catch_panic(work: impl Future<Output = Ending>) -> Ending {
+    match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(ending) => ending,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            tracing::error!(panic = %what, "the transfer task panicked");
+            Ending::Failed(TransferError {
+                message: format!(
+                    "the transfer stopped on an internal error (a bug; please report it): {what}"
+                ),
+                http_status: None,
+                reason: ErrorReason::Network,
+            })
+        }
+    }
+}
+
 /// The HTTP status of a failure, if the download's client listed it as recoverable.
 fn recoverable_status(spec: &DownloadSpec, failure: &Failure) -> Option<u16> {
     failure
@@ -72,17 +97,20 @@ impl Engine {
             tracing::warn!(error = %e, "could not record the start of the transfer");
         }
         let partial = paths::partial_path(&self.inner.config.download_dir, &op.spec.guid);
-        let ending = match self.run_attempts(&op, &partial, &stop).await {
-            // A whole body that was stopped before its commit is not complete: it stays where
-            // it is and the download goes on from its checkpoint.
-            Outcome::Complete { .. } if stop.is_cancelled() => Ending::Stopped,
-            Outcome::Complete { bytes } => match self.commit(&op, &partial).await {
-                Ok(()) => Ending::Completed { bytes },
-                Err(failure) => Ending::failed(failure, &op.spec),
-            },
-            Outcome::Failed(failure) => Ending::failed(failure, &op.spec),
-            Outcome::Stopped => Ending::Stopped,
-        };
+        let ending = catch_panic(async {
+            match self.run_attempts(&op, &partial, &stop).await {
+                // A whole body that was stopped before its commit is not complete: it stays
+                // where it is and the download goes on from its checkpoint.
+                Outcome::Complete { .. } if stop.is_cancelled() => Ending::Stopped,
+                Outcome::Complete { bytes } => match self.commit(&op, &partial).await {
+                    Ok(()) => Ending::Completed { bytes },
+                    Err(failure) => Ending::failed(failure, &op.spec),
+                },
+                Outcome::Failed(failure) => Ending::failed(failure, &op.spec),
+                Outcome::Stopped => Ending::Stopped,
+            }
+        })
+        .await;
         let (remove_partial, conditions_moved) = {
             let mut core = self.lock();
             let mut st = op.lock();
@@ -179,17 +207,23 @@ impl Engine {
     ) -> Outcome {
         let policy = self.inner.config.retry;
         let mut failures = 0u32;
+        // The furthest offset ever durable in this transfer: only getting past it is progress.
+        // An attempt that restarts from zero and fails again before reaching it made none.
+        let mut furthest = op.lock().checkpoint;
         loop {
-            let (outcome, progressed) = self.attempt(op, partial, stop).await;
+            let outcome = self.attempt(op, partial, stop).await;
             let Outcome::Failed(mut failure) = outcome else {
                 return outcome;
             };
-            {
+            let progressed = {
                 // Between attempts, progress shows what is on disk, where the next one resumes.
                 let mut st = op.lock();
                 st.bytes = st.checkpoint;
                 op.publish(&st);
-            }
+                let progressed = st.checkpoint > furthest;
+                furthest = furthest.max(st.checkpoint);
+                progressed
+            };
             // Offline, a full disk and a recoverable status pause instead of spending retries.
             if !failure.transient
                 || failure.network_down
@@ -199,8 +233,9 @@ impl Engine {
             {
                 return Outcome::Failed(failure);
             }
-            // A budget of failures in a row: an attempt that brought bytes starts a new count,
-            // so a flaky link slowly finishing a large file is not given up on.
+            // A budget of failures in a row: an attempt that got further than any before starts
+            // a new count, so a flaky link slowly finishing a large file is not given up on,
+            // while one that keeps losing the same bytes is.
             failures = if progressed { 1 } else { failures + 1 };
             if !policy.allows_another(failures) {
                 failure.error.message = format!(
@@ -219,15 +254,9 @@ impl Engine {
         }
     }
 
-    /// One HTTP attempt from the latest checkpoint. Returns its outcome and whether it brought
-    /// any body bytes. A connect failure counts as "network down" only when the host has no
-    /// route to the origin.
-    async fn attempt(
-        &self,
-        op: &Arc<Op>,
-        partial: &Path,
-        stop: &CancellationToken,
-    ) -> (Outcome, bool) {
+    /// One HTTP attempt from the latest checkpoint. A connect failure counts as "network down"
+    /// only when the host has no route to the origin.
+    async fn attempt(&self, op: &Arc<Op>, partial: &Path, stop: &CancellationToken) -> Outcome {
         let (settings, checkpoint, validators, total) = {
             let mut st = op.lock();
             st.attempts += 1;
@@ -244,13 +273,14 @@ impl Engine {
             checkpoint,
             validators: &validators,
             total,
+            max_bytes: op
+                .spec
+                .max_bytes
+                .map_or(self.inner.config.max_file_size, |own| {
+                    own.min(self.inner.config.max_file_size)
+                }),
         };
-        let observer = Progressor {
-            engine: self,
-            op,
-            progressed: AtomicBool::new(false),
-            start: AtomicU64::new(0),
-        };
+        let observer = Progressor { engine: self, op };
         let mut outcome = self.inner.fetcher.run(job, &observer, stop).await;
         if let Outcome::Failed(failure) = &mut outcome {
             if failure.network_down {
@@ -267,7 +297,7 @@ impl Engine {
                 }
             }
         }
-        (outcome, observer.progressed.load(Ordering::Relaxed))
+        outcome
     }
 
     /// Checks the expected SHA-256, if any, then moves the complete partial file to its result
@@ -318,11 +348,6 @@ impl Engine {
 struct Progressor<'a> {
     engine: &'a Engine,
     op: &'a Arc<Op>,
-    /// Whether this attempt received any body bytes: it made progress, so the retry budget
-    /// starts over.
-    progressed: AtomicBool,
-    /// Where this attempt's body started.
-    start: AtomicU64,
 }
 
 impl Observer for Progressor<'_> {
@@ -340,7 +365,6 @@ impl Observer for Progressor<'_> {
             st.restarts += 1;
             tracing::info!(offset, "restarted from byte 0");
         }
-        self.start.store(offset, Ordering::Relaxed);
         st.bytes = offset;
         st.total = total;
         st.validators = validators;
@@ -356,9 +380,6 @@ impl Observer for Progressor<'_> {
     }
 
     fn progress(&self, bytes_received: u64) {
-        if bytes_received > self.start.load(Ordering::Relaxed) {
-            self.progressed.store(true, Ordering::Relaxed);
-        }
         self.op.lock().bytes = bytes_received;
     }
 
@@ -372,5 +393,35 @@ impl Observer for Progressor<'_> {
         if let Err(e) = self.engine.persist(self.op).await {
             tracing::warn!(error = %e, "checkpoint not stored; the previous one stands");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_transfer_ends_failed_not_stuck() {
+        let ending = catch_panic(async {
+            let limits: Vec<u64> = Vec::new();
+            // A real panic: indexing past the end, as a bug would.
+            Ending::Completed {
+                bytes: limits[usize::from(limits.is_empty())],
+            }
+        })
+        .await;
+        let Ending::Failed(error) = ending else {
+            panic!("expected a failure, got {ending:?}");
+        };
+        assert!(
+            error
+                .message
+                .starts_with("the transfer stopped on an internal error")
+                && error.message.contains("index out of bounds"),
+            "{}",
+            error.message
+        );
+        let ending = catch_panic(async { Ending::Completed { bytes: 3 } }).await;
+        assert!(matches!(ending, Ending::Completed { bytes: 3 }));
     }
 }

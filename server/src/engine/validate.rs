@@ -30,6 +30,7 @@ pub(super) struct CheckedDownload {
     pub(super) request_headers: BTreeMap<String, String>,
     pub(super) expected_sha256: Option<String>,
     pub(super) recoverable_web_error_statuses: Vec<u16>,
+    pub(super) max_bytes: Option<u64>,
 }
 
 /// Checks every field of a new download.
@@ -43,6 +44,7 @@ pub(super) fn new_download(new: NewDownload) -> Result<CheckedDownload, Error> {
         request_headers,
         expected_sha256,
         recoverable_web_error_statuses,
+        max_bytes,
     } = new;
     let uri = uri(&requested_uri)?;
     let expected_sha256 = sha256(&expected_sha256)?;
@@ -66,6 +68,8 @@ pub(super) fn new_download(new: NewDownload) -> Result<CheckedDownload, Error> {
         request_headers: headers,
         expected_sha256,
         recoverable_web_error_statuses: recoverable,
+        // 0 on the wire means "no limit of its own".
+        max_bytes: (max_bytes > 0).then_some(max_bytes),
     })
 }
 

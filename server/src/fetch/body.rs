@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 use tokio_util::sync::CancellationToken;
 
-use super::{Failure, Observer, Outcome};
+use super::{Failure, Observer};
 use crate::operation::{ErrorReason, TransferError};
 
 /// Size of the write buffer between the socket and the partial file. Large writes keep the
@@ -30,6 +30,78 @@ enum End {
     Done,
     Stopped,
     Failed(Failure),
+}
+
+/// How a body that was written in full, or stopped, ended.
+#[derive(Debug)]
+pub(super) enum Streamed {
+    /// The whole entity is in the partial file, flushed and fsynced.
+    Complete(u64),
+    /// A 206 ended where its range said, short of the known entity length: the file holds
+    /// this many bytes, durably, and the rest is still to be asked for.
+    RangeEnded(u64),
+    /// `stop` fired; what arrived is durable.
+    Stopped,
+}
+
+/// What a body must be, and the limits it is held to.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Expect {
+    /// Where it is written from.
+    pub offset: u64,
+    /// Where it ends in the file, if the response said (Content-Length of a 200, Content-Range
+    /// of a 206).
+    pub end: Option<u64>,
+    /// The entity length, 0 if unknown.
+    pub total: u64,
+    /// Most bytes the file may have.
+    pub max_bytes: u64,
+    /// The window the speed is averaged over.
+    pub window: Duration,
+    /// Lowest average speed over a window, bytes/s; 0 for none.
+    pub min_speed: u64,
+}
+
+/// The low-speed rule: bytes received in each window, measured when the window is over.
+struct Speed {
+    window: Duration,
+    min_speed: u64,
+    since: tokio::time::Instant,
+    at_start: u64,
+}
+
+impl Speed {
+    fn new(expect: &Expect) -> Speed {
+        Speed {
+            window: expect.window,
+            min_speed: expect.min_speed,
+            since: tokio::time::Instant::now(),
+            at_start: expect.offset,
+        }
+    }
+
+    /// A failure if the window that just ended brought too few bytes; starts the next window.
+    fn check(&mut self, received: u64, now: tokio::time::Instant) -> Option<Failure> {
+        let elapsed = now.saturating_duration_since(self.since);
+        if self.min_speed == 0 || elapsed < self.window {
+            return None;
+        }
+        let got = received - self.at_start;
+        let needed = u128::from(self.min_speed) * elapsed.as_millis() / 1000;
+        self.since = now;
+        self.at_start = received;
+        (u128::from(got) < needed).then(|| {
+            Failure::transient(TransferError {
+                message: format!(
+                    "the server sent only {got} bytes in {:.1}s, slower than --min-speed {} bytes/s",
+                    elapsed.as_secs_f64(),
+                    self.min_speed
+                ),
+                http_status: None,
+                reason: ErrorReason::Network,
+            })
+        })
+    }
 }
 
 /// Opens the partial file for writing at `offset`, dropping anything past it.
@@ -56,37 +128,53 @@ pub(super) async fn open_partial(path: &Path, offset: u64) -> Result<tokio::fs::
         .map_err(|e| Failure::disk("opening the partial file failed", &e))
 }
 
-/// Writes the body into `file` (positioned at `offset`) until it ends, fails, or `stop` fires;
-/// whatever arrived is flushed, fsynced and reported durable before returning.
+/// Writes the body into `file` (positioned at `expect.offset`) until it ends, fails, or `stop`
+/// fires; whatever arrived is flushed, fsynced and reported durable before returning. A body
+/// longer than it said, or than `max_bytes`, is cut off there.
 pub(super) async fn stream_body<O: Observer>(
     mut response: reqwest::Response,
     file: tokio::fs::File,
-    offset: u64,
-    total: u64,
+    expect: Expect,
     observer: &O,
     stop: &CancellationToken,
-) -> Result<Outcome, Failure> {
+) -> Result<Streamed, Failure> {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER_SIZE, file);
-    let mut received = offset;
+    let mut received = expect.offset;
     let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_checkpoint = tokio::time::Instant::now();
+    let mut speed = Speed::new(&expect);
     let end = loop {
         let chunk = tokio::select! {
             chunk = response.chunk() => chunk,
             _ = ticker.tick() => {
                 observer.tick();
-                continue;
+                match speed.check(received, tokio::time::Instant::now()) {
+                    Some(failure) => break End::Failed(failure),
+                    None => continue,
+                }
             }
             () = stop.cancelled() => break End::Stopped,
         };
         match chunk {
-            Ok(Some(bytes)) => {
+            Ok(Some(mut bytes)) => {
+                let limit = expect.end.unwrap_or(u64::MAX).min(expect.max_bytes);
+                let overrun = (received + bytes.len() as u64).saturating_sub(limit);
+                if overrun > 0 {
+                    // Keep what fits: the file never holds a byte past what is allowed.
+                    bytes.truncate(bytes.len() - overrun as usize);
+                }
                 if let Err(e) = out.write_all(&bytes).await {
                     break End::Failed(Failure::disk("writing the partial file failed", &e));
                 }
                 received += bytes.len() as u64;
                 observer.progress(received);
+                if overrun > 0 {
+                    break End::Failed(overrun_failure(&expect, received));
+                }
+                if let Some(failure) = speed.check(received, tokio::time::Instant::now()) {
+                    break End::Failed(failure);
+                }
                 if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
                     if let Err(e) = sync(&mut out).await {
                         break End::Failed(Failure::disk("syncing the partial file failed", &e));
@@ -111,18 +199,115 @@ pub(super) async fn stream_body<O: Observer>(
     observer.progress(received);
     observer.durable(received).await;
     match end {
-        End::Stopped => Ok(Outcome::Stopped),
+        End::Stopped => Ok(Streamed::Stopped),
         End::Failed(e) => Err(e),
-        End::Done if total > 0 && received != total => Err(Failure::transient(TransferError {
-            message: format!("the server closed the body after {received} of {total} bytes"),
-            http_status: None,
-            reason: ErrorReason::Network,
-        })),
-        End::Done => Ok(Outcome::Complete { bytes: received }),
+        End::Done => finished(&expect, received),
     }
+}
+
+/// The failure of a body that ran past its end or past `max_bytes`.
+fn overrun_failure(expect: &Expect, received: u64) -> Failure {
+    if expect.end.is_none_or(|end| end > expect.max_bytes) {
+        return Failure::too_large(
+            format!("the body grew past {received} bytes"),
+            expect.max_bytes,
+        );
+    }
+    Failure::transient(TransferError {
+        message: format!(
+            "the server sent more than the {received} bytes it announced; the excess was dropped"
+        ),
+        http_status: None,
+        reason: ErrorReason::Network,
+    })
+}
+
+/// What a body that ended at `received` means: complete only at exactly the known entity
+/// length (or, when that is unknown, where the body ends); a range that ended short of it is
+/// continued; anything else was cut short.
+fn finished(expect: &Expect, received: u64) -> Result<Streamed, Failure> {
+    let total = expect.total;
+    if total == 0 || received == total {
+        return Ok(Streamed::Complete(received));
+    }
+    if expect.end == Some(received) && received < total {
+        return Ok(Streamed::RangeEnded(received));
+    }
+    Err(Failure::transient(TransferError {
+        message: format!("the server closed the body after {received} of {total} bytes"),
+        http_status: None,
+        reason: ErrorReason::Network,
+    }))
 }
 
 async fn sync(out: &mut BufWriter<tokio::fs::File>) -> std::io::Result<()> {
     out.flush().await?;
     out.get_ref().sync_data().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expect(end: Option<u64>, total: u64) -> Expect {
+        Expect {
+            offset: 0,
+            end,
+            total,
+            max_bytes: u64::MAX,
+            window: Duration::from_secs(1),
+            min_speed: 100,
+        }
+    }
+
+    #[test]
+    fn only_the_known_length_completes_a_body() {
+        assert!(matches!(
+            finished(&expect(Some(1000), 1000), 1000),
+            Ok(Streamed::Complete(1000))
+        ));
+        assert!(matches!(
+            finished(&expect(None, 0), 77),
+            Ok(Streamed::Complete(77))
+        ));
+        // A range that ended where it said, short of the entity: continue it.
+        assert!(matches!(
+            finished(&expect(Some(600), 1000), 600),
+            Ok(Streamed::RangeEnded(600))
+        ));
+        // Cut short of its own end: a failed attempt.
+        let cut = finished(&expect(Some(1000), 1000), 400).unwrap_err();
+        assert!(cut.transient);
+        assert_eq!(
+            cut.error.message,
+            "the server closed the body after 400 of 1000 bytes"
+        );
+    }
+
+    #[test]
+    fn the_speed_rule_judges_whole_windows() {
+        let mut speed = Speed::new(&expect(None, 0));
+        let at = |ms| speed.since + Duration::from_millis(ms);
+        let (t900, t1000, t2000) = (at(900), at(1000), at(2000));
+        assert!(speed.check(0, t900).is_none(), "the window is not over yet");
+        assert!(
+            speed.check(100, t1000).is_none(),
+            "100 bytes in 1 s is 100 B/s"
+        );
+        let slow = speed
+            .check(199, t2000)
+            .expect("99 bytes in the next second");
+        assert!(slow.transient);
+        assert!(
+            slow.error.message.contains("only 99 bytes in 1.0s"),
+            "{}",
+            slow.error.message
+        );
+        let mut off = Speed::new(&Expect {
+            min_speed: 0,
+            ..expect(None, 0)
+        });
+        let later = off.since + Duration::from_secs(10);
+        assert!(off.check(0, later).is_none());
+    }
 }

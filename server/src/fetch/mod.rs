@@ -1,17 +1,24 @@
 //! The HTTP fetcher: one attempt at transferring a download's body into its partial file. It
 //! owns the rules of resuming: `Range: bytes=N-` guarded by `If-Range` (a strong ETag, else
-//! Last-Modified), a 206 whose `Content-Range` must start exactly at N, and a clean restart from
-//! byte 0 whenever the server cannot or will not continue (200, 416, a mismatched range, a
-//! changed entity length, or no validator to guard the resume).
+//! Last-Modified), a 206 whose `Content-Range` must start exactly at N (0 when no Range was
+//! sent: a 206 nobody asked for is never written at offset 0), and a clean restart from byte 0
+//! whenever the server cannot or will not continue (200, 416, a mismatched range, a changed
+//! entity length, or no validator to guard the resume). The entity length, once known, is
+//! kept: a 206 that ends short of it is continued with another ranged request, and only
+//! exactly that many bytes complete the body. It also enforces the size limit, the low-speed
+//! rule, and which redirects are followed.
 //!
 //! It reports to the engine through [`Observer`] and knows nothing of queues, stores or gRPC.
 //!
 //! # Layout
 //! - `mod.rs`: the [`Fetcher`] and the course of one attempt; what goes in ([`Job`]) and comes
 //!   out ([`Outcome`], [`Failure`]), and the [`Observer`] the engine follows it with.
-//! - `request.rs`: building the request; the headers transferd manages itself.
-//! - `response.rs`: reading a response: resumability, validators, error statuses.
-//! - `body.rs`: streaming the body into the partial file and making it durable.
+//! - `request.rs`: building the request; the headers transferd manages itself; the redirects
+//!   it follows.
+//! - `response.rs`: reading a response: does a 206 fit, resumability, validators, error
+//!   statuses and redirects that were not followed.
+//! - `body.rs`: streaming the body into the partial file and making it durable, within its
+//!   announced length, the size limit and the low-speed rule.
 
 mod body;
 mod request;
@@ -29,9 +36,6 @@ use response::Resume;
 
 pub use body::WRITE_BUFFER_SIZE;
 pub use request::check_user_header;
-
-/// Redirects followed before giving up, as browsers and curl's default do.
-const MAX_REDIRECTS: usize = 10;
 
 /// A new HTTP response the engine should know about.
 #[derive(Clone, Debug)]
@@ -75,6 +79,8 @@ pub struct Job<'a> {
     pub validators: &'a Validators,
     /// Entity length recorded with that checkpoint, 0 if unknown.
     pub total: u64,
+    /// Largest entity accepted, in bytes: a longer one fails for good before or while writing.
+    pub max_bytes: u64,
 }
 
 /// How an attempt ended.
@@ -125,12 +131,44 @@ impl Failure {
         }
     }
 
-    /// A connection failure, marked as "network down" when the host has no route.
+    /// A connection failure, marked as "network down" when the host has no route. A refused
+    /// redirect and a rejected TLS certificate are permanent: trying again meets them again.
     fn network(what: &str, e: &reqwest::Error) -> Failure {
+        if let Some(refused) = find_cause::<request::RedirectRefused>(e) {
+            return Failure::fatal(TransferError {
+                message: refused.message.clone(),
+                http_status: Some(refused.status),
+                reason: ErrorReason::HttpStatus,
+            });
+        }
+        if let Some(tls) = find_cause::<rustls::Error>(e) {
+            if matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            ) {
+                return Failure::fatal(TransferError {
+                    message: format!("{what}: the server's TLS certificate was rejected: {tls}"),
+                    http_status: None,
+                    reason: ErrorReason::Network,
+                });
+            }
+        }
         Failure {
             network_down: is_unreachable(e),
             ..Failure::transient(network_error(what, e))
         }
+    }
+
+    /// A body that grew, or was declared, larger than `max_bytes`.
+    fn too_large(what: String, max_bytes: u64) -> Failure {
+        Failure::fatal(TransferError {
+            message: format!(
+                "{what}, more than the {max_bytes} bytes allowed (--max-file-size or the \
+                 download's max_bytes); nothing was written to the result file"
+            ),
+            http_status: None,
+            reason: ErrorReason::TooLarge,
+        })
     }
 
     /// A disk failure, marked when the disk is full.
@@ -140,6 +178,29 @@ impl Failure {
             ..Failure::fatal(disk_error(what, e))
         }
     }
+}
+
+/// The first error of type `T` in `e`'s chain, looking inside I/O errors too (their `source`
+/// skips the error they wrap).
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            if let Some(found) = find_cause::<T>(inner) {
+                return Some(found);
+            }
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// Whether a connection failed because the host has no route to the origin (no interface, no
@@ -167,12 +228,16 @@ pub struct Timeouts {
     pub connect: Duration,
     /// A response or body that sends nothing for this long is a stalled, failed attempt.
     pub stall: Duration,
+    /// Lowest average body speed in bytes/s over each `stall` window; slower is a stalled,
+    /// failed attempt. 0: no such rule.
+    pub min_speed: u64,
 }
 
 /// Issues the HTTP requests of downloads.
 #[derive(Clone, Debug)]
 pub struct Fetcher {
     client: reqwest::Client,
+    timeouts: Timeouts,
 }
 
 impl Fetcher {
@@ -184,9 +249,9 @@ impl Fetcher {
             .user_agent(concat!("transferd/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.stall)
-            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+            .redirect(request::redirect_policy())
             .build()?;
-        Ok(Fetcher { client })
+        Ok(Fetcher { client, timeouts })
     }
 
     /// Runs one attempt: request, then stream the body into the partial file until it is
@@ -214,61 +279,168 @@ impl Fetcher {
             Err(_) => 0,
         };
         // Never trust bytes beyond the checkpoint: they may not have reached the disk intact.
-        let mut offset = job.checkpoint.min(file_len);
-        let mut discarded = offset < job.checkpoint;
-        if offset > 0 && job.validators.if_range().is_none() {
+        let mut at = Position {
+            offset: job.checkpoint.min(file_len),
+            total: job.total,
+            validators: job.validators.clone(),
+            discarded: job.checkpoint > file_len,
+            durable: job.checkpoint,
+        };
+        if at.offset > 0 && at.validators.if_range().is_none() {
             // Without a validator a Range request cannot detect a changed file: start over
             // rather than splice two versions together.
-            offset = 0;
-            discarded = true;
+            at.restart();
         }
         // One retry from zero covers every "cannot continue" answer; a second would loop.
-        let mut ranged = offset > 0;
-        let response = loop {
-            let response = self.request(job, offset, stop).await?;
-            let Some(response) = response else {
+        let mut asked_again = false;
+        loop {
+            let ranged = at.offset > 0;
+            let Some(response) = self.request(job, &at.validators, at.offset, stop).await? else {
                 return Ok(Outcome::Stopped);
             };
-            if !ranged {
-                break response;
-            }
-            match response::check_resume(&response, offset, job.total) {
-                Resume::Continue => break response,
-                Resume::StartOver => break response,
-                Resume::RequestAgain(reason) => {
+            let part = match response::check_resume(&response, at.offset, at.total) {
+                Resume::Continue(part) => Some(part),
+                Resume::Whole => None,
+                Resume::RequestAgain(reason) if ranged && !asked_again => {
                     tracing::info!(reason, "resume refused; starting over");
-                    offset = 0;
-                    discarded = true;
-                    ranged = false;
+                    at.restart();
+                    asked_again = true;
+                    continue;
+                }
+                Resume::RequestAgain(reason) => return Err(unusable_range(&response, reason)),
+            };
+            let end = self
+                .receive(job, response, part, &mut at, observer, stop)
+                .await?;
+            match end {
+                body::Streamed::Complete(bytes) => return Ok(Outcome::Complete { bytes }),
+                body::Streamed::Stopped => return Ok(Outcome::Stopped),
+                body::Streamed::RangeEnded(received) => {
+                    // A 206 that ended short of the entity: ask for the rest, guarded as any
+                    // resume is.
+                    if at.validators.if_range().is_none() {
+                        return Err(Failure::transient(TransferError {
+                            message: format!(
+                                "the server sent bytes up to {received} of {} without a validator to continue them safely",
+                                at.total
+                            ),
+                            http_status: Some(StatusCode::PARTIAL_CONTENT.as_u16()),
+                            reason: ErrorReason::HttpStatus,
+                        }));
+                    }
+                    at.offset = received;
                 }
             }
-        };
+        }
+    }
+
+    /// Writes one successful response to a request ranged from `at.offset` (0: no Range) into
+    /// the partial file, from there or from 0 for a 200, after checking its status and its
+    /// size; `part` is what a fitting 206 carries.
+    async fn receive<O: Observer>(
+        &self,
+        job: &Job<'_>,
+        response: reqwest::Response,
+        part: Option<response::Part>,
+        at: &mut Position,
+        observer: &O,
+        stop: &CancellationToken,
+    ) -> Result<body::Streamed, Failure> {
+        let ranged = at.offset > 0;
         let status = response.status();
-        let (info, validators) = response::describe(&response);
+        let (info, validators) = response::describe(&response, ranged);
+        if let Some(failure) = response::unfollowed_redirect(&response) {
+            observer.error_response(info);
+            return Err(failure);
+        }
         if !status.is_success() {
             let retry_after = response::retry_after(response.headers());
             observer.error_response(info);
             return Err(response::http_failure(status, retry_after));
         }
-        let restarted = discarded || (ranged && status == StatusCode::OK);
-        if status == StatusCode::OK {
-            offset = 0;
+        let end = match &part {
+            Some(part) => {
+                at.total = part.total;
+                part.end
+            }
+            None => {
+                if ranged {
+                    at.discarded = true;
+                }
+                at.offset = 0;
+                at.total = response::entity_length(&response);
+                at.total
+            }
+        };
+        if at.total > job.max_bytes || end > job.max_bytes {
+            observer.error_response(info);
+            return Err(Failure::too_large(
+                format!("the server declared {} bytes", at.total.max(end)),
+                job.max_bytes,
+            ));
         }
-        let total = response::entity_length(&response);
-        let file = body::open_partial(job.partial, offset).await?;
+        at.validators = validators.clone();
+        let file = body::open_partial(job.partial, at.offset).await?;
         observer.response(ResponseStart {
             info,
             validators,
-            total,
-            offset,
-            restarted,
+            total: at.total,
+            offset: at.offset,
+            restarted: std::mem::take(&mut at.discarded),
         });
-        if offset < job.checkpoint {
+        if at.offset < at.durable {
             // The old checkpoint no longer describes the file; say so before writing anew.
-            observer.durable(offset).await;
+            observer.durable(at.offset).await;
+            at.durable = at.offset;
         }
-        body::stream_body(response, file, offset, total, observer, stop).await
+        let expect = body::Expect {
+            offset: at.offset,
+            end: (end > 0).then_some(end),
+            total: at.total,
+            max_bytes: job.max_bytes,
+            window: self.timeouts.stall,
+            min_speed: self.timeouts.min_speed,
+        };
+        body::stream_body(response, file, expect, observer, stop).await
     }
+}
+
+/// Where an attempt stands in the entity, across the requests it makes.
+struct Position {
+    /// Where the next body is written: the resume offset, or 0.
+    offset: u64,
+    /// The entity length known so far, 0 if unknown; a later answer may not forget it.
+    total: u64,
+    /// Validators of the entity being written.
+    validators: Validators,
+    /// Whether data was discarded since the last response was reported.
+    discarded: bool,
+    /// The checkpoint the engine holds.
+    durable: u64,
+}
+
+impl Position {
+    /// Start over from byte 0, of an entity not known yet.
+    fn restart(&mut self) {
+        self.offset = 0;
+        self.total = 0;
+        self.discarded = true;
+    }
+}
+
+/// A range answer that does not fit the request and cannot be helped by asking again: a failed
+/// attempt, nothing written.
+fn unusable_range(response: &reqwest::Response, reason: &str) -> Failure {
+    let status = response.status();
+    Failure::transient(TransferError {
+        message: format!(
+            "the server answered HTTP {} ({}), which does not fit the request: {reason}; nothing was written",
+            status.as_u16(),
+            response::content_range_text(response)
+        ),
+        http_status: Some(status.as_u16()),
+        reason: ErrorReason::HttpStatus,
+    })
 }
 
 fn network_error(what: &str, e: &reqwest::Error) -> TransferError {

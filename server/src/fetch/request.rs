@@ -1,5 +1,6 @@
 //! Building the request of an attempt: the client's own headers, the headers transferd manages
-//! itself ([`RESERVED_HEADERS`]), and `Range` / `If-Range` when resuming.
+//! itself ([`RESERVED_HEADERS`]), `Range` / `If-Range` when resuming, and which redirects are
+//! followed (http(s) only, no loops, at most [`MAX_REDIRECTS`]).
 
 use std::collections::BTreeMap;
 
@@ -7,6 +8,10 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
 use super::{Failure, Fetcher, Job};
+use crate::operation::Validators;
+
+/// Redirects followed before giving up, as browsers and curl's default do.
+const MAX_REDIRECTS: usize = 10;
 
 /// Request headers the fetcher manages itself; clients may not set them.
 pub const RESERVED_HEADERS: [&str; 9] = [
@@ -22,10 +27,12 @@ pub const RESERVED_HEADERS: [&str; 9] = [
 ];
 
 impl Fetcher {
-    /// Sends the request, ranged from `offset` when it is not 0; `None` if `stop` fired first.
+    /// Sends the request, ranged from `offset` when it is not 0 and guarded by `validators`;
+    /// `None` if `stop` fired first.
     pub(super) async fn request(
         &self,
         job: &Job<'_>,
+        validators: &Validators,
         offset: u64,
         stop: &CancellationToken,
     ) -> Result<Option<reqwest::Response>, Failure> {
@@ -38,7 +45,7 @@ impl Fetcher {
             .header(header::ACCEPT_ENCODING, "identity");
         if offset > 0 {
             request = request.header(header::RANGE, format!("bytes={offset}-"));
-            if let Some(v) = job.validators.if_range() {
+            if let Some(v) = validators.if_range() {
                 request = request.header(header::IF_RANGE, v);
             }
         }
@@ -49,6 +56,42 @@ impl Fetcher {
             () = stop.cancelled() => Ok(None),
         }
     }
+}
+
+/// A redirect transferd will not follow: to another scheme, in a loop, or too many.
+#[derive(Debug)]
+pub(super) struct RedirectRefused {
+    /// What happened, for the download's error.
+    pub(super) message: String,
+    /// The 3xx status of the refused redirect.
+    pub(super) status: u16,
+}
+
+impl std::fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// Follows at most [`MAX_REDIRECTS`] redirects to http(s) URLs never visited before in this
+/// request; anything else ends the request with a [`RedirectRefused`] saying what happened.
+pub(super) fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let status = attempt.status().as_u16();
+        let to = attempt.url();
+        let message = if !matches!(to.scheme(), "http" | "https") {
+            super::response::redirect_refused(to)
+        } else if attempt.previous().contains(to) {
+            format!("redirect loop: HTTP {status} back to {to}, which was already requested")
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            format!("too many redirects: more than {MAX_REDIRECTS}, the last HTTP {status} to {to}")
+        } else {
+            return attempt.follow();
+        };
+        attempt.error(RedirectRefused { message, status })
+    })
 }
 
 fn user_headers(headers: &BTreeMap<String, String>) -> HeaderMap {

@@ -19,45 +19,84 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Statuses that say "try again later": timeouts, rate limits and server-side trouble.
 const TRANSIENT_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
 
-/// What a response to a Range request means for the download.
+/// What a response means for the partial file, given what was asked for.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Resume {
-    /// A 206 that continues exactly where the partial file ends.
-    Continue,
-    /// A 200: the server sent the whole entity (Range ignored or If-Range failed).
-    StartOver,
-    /// The server cannot continue (416, a range that does not start at the offset, a changed
-    /// entity length): ask again without Range.
+    /// A 206 that starts exactly at the requested offset (0 when no Range was sent).
+    Continue(Part),
+    /// Not a range answer: a 200 (the whole entity: Range ignored or If-Range failed), or an
+    /// error status.
+    Whole,
+    /// A range answer that does not fit (416, a range that does not start at the offset, a
+    /// changed entity length, no usable Content-Range): the bytes must not be written there.
     RequestAgain(&'static str),
 }
 
-/// How the response to a request ranged from `offset` relates to the partial file, whose entity
-/// length is `known_total` (0 if unknown).
+/// The part of the entity a fitting 206 carries.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Part {
+    /// One past its last byte: where the body ends in the file.
+    pub end: u64,
+    /// The entity length: from Content-Range, else the one known before (0 if neither).
+    pub total: u64,
+}
+
+/// How the response to a request ranged from `offset` (0: no Range was sent) relates to the
+/// partial file, whose entity length is `known_total` (0 if unknown). Every 206 is checked,
+/// also one nobody asked for: its bytes must start where the file ends.
 pub(super) fn check_resume(response: &reqwest::Response, offset: u64, known_total: u64) -> Resume {
     match response.status() {
         StatusCode::PARTIAL_CONTENT => match content_range(response.headers()) {
+            Some(r) if r.start != offset && offset == 0 => {
+                Resume::RequestAgain("206 for a part that was not asked for")
+            }
             Some(r) if r.start != offset => {
                 Resume::RequestAgain("206 range does not start at the requested offset")
             }
             Some(r) if known_total > 0 && r.total.is_some_and(|t| t != known_total) => {
                 Resume::RequestAgain("entity length changed since the last request")
             }
-            Some(_) => Resume::Continue,
+            Some(r) if known_total > 0 && r.end >= known_total => {
+                Resume::RequestAgain("206 range runs past the known entity length")
+            }
+            // Then nothing could tell a complete file from one that stopped short.
+            Some(r) if known_total == 0 && r.total.is_none() => {
+                Resume::RequestAgain("206 with an unknown entity length, and none known before")
+            }
+            Some(r) => Resume::Continue(Part {
+                end: r.end + 1,
+                total: r.total.unwrap_or(known_total),
+            }),
             None => Resume::RequestAgain("206 without a usable Content-Range"),
         },
-        StatusCode::RANGE_NOT_SATISFIABLE => {
+        StatusCode::RANGE_NOT_SATISFIABLE if offset > 0 => {
             Resume::RequestAgain("416: the saved offset is beyond the entity")
         }
-        _ => Resume::StartOver,
+        _ => Resume::Whole,
     }
 }
 
-/// What the engine is told about a response, and the validators of the entity it carries.
-pub(super) fn describe(response: &reqwest::Response) -> (ResponseInfo, Validators) {
+/// The Content-Range of a response as sent, for messages.
+pub(super) fn content_range_text(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(header::CONTENT_RANGE)
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(80)
+                .collect()
+        })
+        .unwrap_or_else(|| "no Content-Range".into())
+}
+
+/// What the engine is told about a response to a request that was `ranged` or not, and the
+/// validators of the entity it carries.
+pub(super) fn describe(response: &reqwest::Response, ranged: bool) -> (ResponseInfo, Validators) {
     let headers = response.headers();
     let validators = validators_of(headers);
     let info = ResponseInfo {
-        is_resumable: is_resumable(headers, &validators),
+        is_resumable: is_resumable(response.status(), ranged, headers, &validators),
         actual_uri: response.url().to_string(),
         status_code: response.status().as_u16(),
         headers: header_map(headers),
@@ -65,20 +104,17 @@ pub(super) fn describe(response: &reqwest::Response) -> (ResponseInfo, Validator
     (info, validators)
 }
 
-/// The entity length a successful response announces, 0 if unknown.
+/// The entity length a 200 announces, 0 if unknown.
 pub(super) fn entity_length(response: &reqwest::Response) -> u64 {
-    let headers = response.headers();
-    if response.status() == StatusCode::PARTIAL_CONTENT {
-        content_range(headers).and_then(|r| r.total).unwrap_or(0)
-    } else {
-        content_length(headers).unwrap_or(0)
-    }
+    content_length(response.headers()).unwrap_or(0)
 }
 
 /// A parsed `Content-Range: bytes start-end/total`.
 #[derive(Debug, PartialEq, Eq)]
 struct ContentRange {
     start: u64,
+    /// The last byte, inclusive.
+    end: u64,
     total: Option<u64>,
 }
 
@@ -103,7 +139,7 @@ fn parse_content_range(v: &str) -> Option<ContentRange> {
     if total.is_some_and(|t| end >= t) {
         return None;
     }
-    Some(ContentRange { start, total })
+    Some(ContentRange { start, end, total })
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -130,12 +166,24 @@ fn validators_of(headers: &HeaderMap) -> Validators {
     }
 }
 
-fn is_resumable(headers: &HeaderMap, validators: &Validators) -> bool {
-    let refuses = headers
-        .get(header::ACCEPT_RANGES)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("none"));
-    !refuses && validators.if_range().is_some()
+/// Whether the download can go on with a Range request: the origin said it serves byte ranges
+/// (`Accept-Ranges: bytes`) or just served one (a 206), it did not ignore the range it was asked
+/// for (a 200 to a ranged request), and it sent a validator to guard the resume.
+fn is_resumable(
+    status: StatusCode,
+    ranged: bool,
+    headers: &HeaderMap,
+    validators: &Validators,
+) -> bool {
+    let advertises = headers
+        .get_all(header::ACCEPT_RANGES)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|unit| unit.trim().eq_ignore_ascii_case("bytes"));
+    let honoured = status == StatusCode::PARTIAL_CONTENT;
+    let ignored = ranged && status == StatusCode::OK;
+    (advertises || honoured) && !ignored && validators.if_range().is_some()
 }
 
 fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
@@ -172,6 +220,51 @@ pub(super) fn http_failure(status: StatusCode, retry_after: Option<Duration>) ->
     }
 }
 
+/// The failure a redirect the HTTP client did not follow means (a 3xx with a `Location`), fatal:
+/// a redirect to a scheme other than http(s) is refused by name, as is one the client could
+/// not follow. `None` for a 3xx without `Location`, an ordinary error status.
+pub(super) fn unfollowed_redirect(response: &reqwest::Response) -> Option<Failure> {
+    let status = response.status();
+    if !status.is_redirection() {
+        return None;
+    }
+    let location = response.headers().get(header::LOCATION)?;
+    let location = String::from_utf8_lossy(location.as_bytes());
+    let message = match response.url().join(&location) {
+        Ok(to) if !matches!(to.scheme(), "http" | "https") => redirect_refused(&to),
+        _ => format!(
+            "the server answered HTTP {} with a redirect to `{}` that cannot be followed",
+            status.as_u16(),
+            shorten(&location)
+        ),
+    };
+    Some(Failure::fatal(TransferError {
+        message,
+        http_status: Some(status.as_u16()),
+        reason: ErrorReason::HttpStatus,
+    }))
+}
+
+/// The message of a refused redirect to a scheme transferd does not fetch.
+pub(super) fn redirect_refused(to: &url::Url) -> String {
+    format!(
+        "redirect to {} refused: only http and https",
+        shorten(to.as_str())
+    )
+}
+
+/// Longest piece of an origin's text quoted in a message: enough to recognise it, never a flood.
+const QUOTE_LIMIT: usize = 200;
+
+fn shorten(text: &str) -> String {
+    if text.chars().count() <= QUOTE_LIMIT {
+        return text.to_string();
+    }
+    let mut short: String = text.chars().take(QUOTE_LIMIT).collect();
+    short.push('…');
+    short
+}
+
 /// `Retry-After` as delay-seconds or an HTTP date, bounded by [`MAX_RETRY_AFTER`].
 pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
@@ -195,6 +288,7 @@ mod tests {
             parse_content_range("bytes 100-199/1000"),
             Some(ContentRange {
                 start: 100,
+                end: 199,
                 total: Some(1000)
             })
         );
@@ -202,6 +296,7 @@ mod tests {
             parse_content_range("bytes 5-9/*"),
             Some(ContentRange {
                 start: 5,
+                end: 9,
                 total: None
             })
         );
@@ -260,13 +355,22 @@ mod tests {
     }
 
     #[test]
-    fn resumable_needs_a_validator_and_no_refusal() {
+    fn resumable_needs_ranges_advertised_or_honoured_and_a_validator() {
+        let ok = StatusCode::OK;
+        let partial = StatusCode::PARTIAL_CONTENT;
         let mut h = HeaderMap::new();
-        assert!(!is_resumable(&h, &validators_of(&h)));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        assert!(!is_resumable(ok, false, &h, &validators_of(&h)));
         h.insert(header::ETAG, HeaderValue::from_static("\"x\""));
-        assert!(is_resumable(&h, &validators_of(&h)));
+        assert!(is_resumable(ok, false, &h, &validators_of(&h)));
+        // A 200 to a ranged request ignored the range, whatever it advertises.
+        assert!(!is_resumable(ok, true, &h, &validators_of(&h)));
+        assert!(is_resumable(partial, true, &h, &validators_of(&h)));
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
-        assert!(!is_resumable(&h, &validators_of(&h)));
+        assert!(!is_resumable(ok, false, &h, &validators_of(&h)));
+        assert!(is_resumable(partial, true, &h, &validators_of(&h)));
+        h.remove(header::ACCEPT_RANGES);
+        assert!(!is_resumable(ok, false, &h, &validators_of(&h)));
     }
 
     #[test]

@@ -66,6 +66,7 @@ impl TryFrom<pb::CreateDownloadRequest> for NewDownload {
             request_headers,
             expected_sha256,
             recoverable_web_error_statuses,
+            max_bytes,
         } = request;
         Ok(NewDownload {
             requested_uri,
@@ -76,6 +77,7 @@ impl TryFrom<pb::CreateDownloadRequest> for NewDownload {
             request_headers: request_headers.into_iter().collect(),
             expected_sha256,
             recoverable_web_error_statuses,
+            max_bytes,
         })
     }
 }
@@ -138,6 +140,7 @@ impl From<ErrorReason> for pb::TransferErrorReason {
             ErrorReason::Network => P::Network,
             ErrorReason::Disk => P::Disk,
             ErrorReason::Integrity => P::Integrity,
+            ErrorReason::TooLarge => P::TooLarge,
         }
     }
 }
@@ -223,6 +226,7 @@ impl From<DownloadView> for pb::DownloadOperation {
             transfer_group,
             expected_sha256,
             recoverable_web_error_statuses,
+            max_bytes,
         } = spec;
         let Settings {
             requested_uri,
@@ -248,6 +252,7 @@ impl From<DownloadView> for pb::DownloadOperation {
                 .collect(),
             current_web_error_status: web_error_status.map_or(0, u32::from),
             status_reason: pb::StatusReason::from(reason).into(),
+            max_bytes: max_bytes.unwrap_or(0),
         }
     }
 }

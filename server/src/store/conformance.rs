@@ -60,6 +60,7 @@ fn record(guid: &str, seq: u64) -> Record {
             transfer_group: String::new(),
             expected_sha256: None,
             recoverable_web_error_statuses: Vec::new(),
+            max_bytes: None,
         },
         settings: Settings {
             requested_uri: format!("http://127.0.0.1/{guid}"),
@@ -90,6 +91,7 @@ fn full_record(guid: &str, seq: u64) -> Record {
             transfer_group: "nightly".into(),
             expected_sha256: Some("ab".repeat(32)),
             recoverable_web_error_statuses: vec![401, 403],
+            max_bytes: None,
         },
         settings: Settings {
             requested_uri: "https://example.test/a?b=c&d=é".into(),

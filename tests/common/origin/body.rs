@@ -95,6 +95,33 @@ pub(super) fn stream_body(
     .boxed()
 }
 
+/// A chunked body that repeats the resource's bytes until the client goes away.
+pub(super) fn endless_body(
+    state: &Arc<State>,
+    conn: &Arc<ConnCtl>,
+    resource: &Resource,
+    release: watch::Receiver<bool>,
+) -> ResponseBody {
+    let (tx, rx) = mpsc::channel(1);
+    let guard = OpenBody::new(state.clone());
+    let data = if resource.body.is_empty() {
+        Bytes::from_static(&[0; 4096])
+    } else {
+        resource.body.clone()
+    };
+    let throttle = resource.throttle;
+    tokio::spawn(async move {
+        while send_pieces(data.clone(), throttle, None, release.clone(), &tx).await {}
+        drop(guard);
+    });
+    ChannelBody {
+        rx,
+        conn: conn.clone(),
+        cutting: None,
+    }
+    .boxed()
+}
+
 /// Counts a sending task in [`Origin::open_responses`] for exactly as long as it lives.
 struct OpenBody(Arc<State>);
 

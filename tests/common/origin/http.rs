@@ -11,7 +11,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::watch;
 
-use super::body::{Cut, ResponseBody, stream_body};
+use super::body::{Cut, ResponseBody, endless_body, stream_body};
 use super::conn::ConnCtl;
 use super::resource::{Fault, Resource};
 use super::{RecordedRequest, State};
@@ -52,7 +52,20 @@ pub(super) fn handle(
     if status != StatusCode::OK {
         let mut resp = text_response(status, is_head);
         add_resource_headers(resp.headers_mut(), &resource);
+        if let Some(location) = &resource.location {
+            resp.headers_mut()
+                .insert(header::LOCATION, hv(location.clone()));
+        }
         return resp;
+    }
+    if let Some(Fault::Endless) = fault {
+        let mut resp = Response::new(endless_body(state, conn, &resource, release));
+        add_resource_headers(resp.headers_mut(), &resource);
+        return resp;
+    }
+    let mut resource = resource;
+    if let Some(Fault::Trickle(throttle)) = fault {
+        resource.throttle = Some(throttle);
     }
 
     let selection = match select(req.headers(), &resource, fault.as_ref()) {
@@ -150,6 +163,23 @@ fn select(
         content_range: None,
         slice: resource.body.clone(),
     };
+    if let Some(&Fault::Partial {
+        start,
+        end,
+        unknown_total,
+    }) = fault
+    {
+        let total = if unknown_total {
+            "*".into()
+        } else {
+            len.to_string()
+        };
+        return Ok(Selection {
+            status: StatusCode::PARTIAL_CONTENT,
+            content_range: Some(format!("bytes {start}-{end}/{total}")),
+            slice: resource.body.slice(start as usize..=end as usize),
+        });
+    }
     if resource.ignore_range {
         return Ok(whole);
     }

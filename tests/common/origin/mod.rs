@@ -21,7 +21,8 @@
 //! - `http`: the request handler: ranges, `If-Range`, status faults and response headers;
 //! - `body`: streamed bodies with throttle, hold and the faults that cut a connection;
 //! - `conn`: the accept loop and the socket wrapper that counts flushes and can reset;
-//! - `blackhole`: [`Blackhole`].
+//! - `blackhole`: [`Blackhole`];
+//! - `tls`: [`SelfSignedTls`], a TLS address with a certificate no client trusts.
 
 #![allow(dead_code)]
 
@@ -30,6 +31,7 @@ mod body;
 mod conn;
 mod http;
 mod resource;
+mod tls;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -45,6 +47,8 @@ use tokio::task::JoinHandle;
 pub use blackhole::Blackhole;
 #[allow(unused_imports)]
 pub use resource::{Fault, Resource, Throttle, test_bytes};
+#[allow(unused_imports)]
+pub use tls::SelfSignedTls;
 
 /// A running origin server on `127.0.0.1` (or the address given to [`Origin::start_on`]).
 /// Dropping it stops accepting connections and aborts every open connection.

@@ -35,6 +35,8 @@ pub struct Resource {
     /// Send `Accept-Ranges: bytes`. Only the header: ranges are still honoured without it, as
     /// RFC 9110 allows.
     pub accept_ranges: bool,
+    /// Sent as `Location`; with a 3xx [`Resource::status`] this makes the path a redirect.
+    pub location: Option<String>,
     /// What goes wrong on each request since the last [`Origin::put`] of this resource: the n-th
     /// request (counting every method, see [`Origin::hits`]) gets entry n; `None` entries and
     /// requests past the end are served normally.
@@ -79,6 +81,22 @@ pub enum Fault {
     /// clamped to the file (start at least 0 and at most the last byte). Any other request
     /// (no `Range`, `If-Range` mismatch, [`Resource::ignore_range`], 416) is served normally.
     ShiftRange(i64),
+    /// Whatever was asked (a Range or none), answer `206` with `Content-Range: bytes
+    /// start-end/len` (or `/*` when `unknown_total`) and exactly those bytes of the file: a
+    /// 206 nobody asked for, or a shorter range than asked.
+    Partial {
+        /// First byte sent.
+        start: u64,
+        /// Last byte sent, inclusive.
+        end: u64,
+        /// Send `*` instead of the entity length.
+        unknown_total: bool,
+    },
+    /// Send this response's body paced like [`Resource::throttle`]: `chunk` bytes, then `delay`.
+    Trickle(Throttle),
+    /// A `200` with a chunked body that never ends (the file's bytes over and over), as a
+    /// runaway or hostile origin would send.
+    Endless,
 }
 
 /// Pacing for a slow body: send `chunk` bytes, sleep `delay`, repeat.
@@ -106,8 +124,16 @@ impl Resource {
             throttle: None,
             hold_after: None,
             accept_ranges: true,
+            location: None,
             faults: Vec::new(),
         }
+    }
+
+    /// A redirect: `status` (a 3xx) with `Location: location`, sent verbatim.
+    pub fn redirect(status: u16, location: &str) -> Resource {
+        let mut r = Resource::new(Bytes::new()).status(status);
+        r.location = Some(location.to_owned());
+        r
     }
 
     /// Replace the `ETag` (`None` sends none).

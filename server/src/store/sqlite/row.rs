@@ -106,6 +106,7 @@ impl Row {
             transfer_group,
             expected_sha256,
             recoverable_web_error_statuses,
+            max_bytes: _, // stored from schema v2 (merge)
         } = spec;
         let Settings {
             requested_uri,
@@ -198,6 +199,7 @@ impl Row {
                 transfer_group: self.transfer_group,
                 expected_sha256: self.expected_sha256,
                 recoverable_web_error_statuses,
+                max_bytes: None, // stored from schema v2 (merge)
             },
             settings: Settings {
                 requested_uri: self.requested_uri,
