@@ -165,25 +165,32 @@ impl Engine {
     }
 
     /// Pauses a download: PAUSED_BY_APPLICATION, keeping its partial data. Returns once the
-    /// transfer has let go (request dropped, data checkpointed).
+    /// transfer has let go (request dropped, data checkpointed). A pause that arrives while the
+    /// finished file is being committed waits for the commit and is refused if it succeeded.
     pub async fn pause(&self, guid: &str) -> Result<DownloadView, Error> {
         let op = self.op(guid)?;
-        let changed = {
-            let mut core = self.lock();
-            let mut st = op.lock();
-            match st.status() {
-                Status::PausedByApplication => None,
-                _ => {
-                    core.transition(
-                        &op,
-                        &mut st,
-                        Status::PausedByApplication,
-                        StatusReason::PausedByClient,
-                    )
-                    .map_err(|e| illegal(guid, "pause", e.from))?;
-                    Some(st.task.as_ref().map(TaskHandle::stop))
+        let changed = loop {
+            let commit = {
+                let mut core = self.lock();
+                let mut st = op.lock();
+                match (st.commit_in_progress(), st.status()) {
+                    (Some(commit), _) => commit,
+                    (None, Status::PausedByApplication) => break None,
+                    (None, _) => {
+                        core.transition(
+                            &op,
+                            &mut st,
+                            Status::PausedByApplication,
+                            StatusReason::PausedByClient,
+                        )
+                        .map_err(|e| illegal(guid, "pause", e.from))?;
+                        break Some(st.task.as_ref().map(TaskHandle::stop));
+                    }
                 }
-            }
+            };
+            // The file is being committed: the pause applies to what the commit leaves (a
+            // COMPLETED download refuses it).
+            commit.cancelled().await;
         };
         let Some(running) = changed else {
             return Ok(self.view(&op));
@@ -225,15 +232,26 @@ impl Engine {
         Ok(self.view(&op))
     }
 
-    /// Cancels a download: CANCELED, terminal; its partial data is removed before it returns.
+    /// Cancels a download: CANCELED, terminal; its partial data is removed before it returns,
+    /// and no file appears at its result path. A cancel that arrives while the finished file is
+    /// being committed waits for the commit and is refused (COMPLETED) if it succeeded.
     pub async fn cancel(&self, guid: &str) -> Result<DownloadView, Error> {
         let op = self.op(guid)?;
-        let running = {
-            let mut core = self.lock();
-            let mut st = op.lock();
-            core.transition(&op, &mut st, Status::Canceled, StatusReason::Unspecified)
-                .map_err(|e| illegal(guid, "cancel", e.from))?;
-            st.task.as_ref().map(TaskHandle::stop)
+        let running = loop {
+            let commit = {
+                let mut core = self.lock();
+                let mut st = op.lock();
+                if let Some(commit) = st.commit_in_progress() {
+                    commit
+                } else {
+                    core.transition(&op, &mut st, Status::Canceled, StatusReason::Unspecified)
+                        .map_err(|e| illegal(guid, "cancel", e.from))?;
+                    break st.task.as_ref().map(TaskHandle::stop);
+                }
+            };
+            // The file is being committed: the cancel applies to what the commit leaves (a
+            // COMPLETED download refuses it, so a committed file is never called canceled).
+            commit.cancelled().await;
         };
         tracing::info!(guid, "canceled");
         match running {
