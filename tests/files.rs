@@ -159,3 +159,190 @@ async fn a_cancel_racing_the_commit_either_wins_with_no_file_or_sees_completed()
 async fn a_pause_racing_the_commit_either_wins_keeping_the_verified_body_or_sees_completed() {
     race_rounds(Racer::Pause).await;
 }
+
+/// A request for `file` that may replace what is there.
+fn replacing(uri: &str, file: &str) -> pb::CreateDownloadRequest {
+    pb::CreateDownloadRequest {
+        replace_existing: true,
+        ..create_request(uri, file)
+    }
+}
+
+#[tokio::test]
+async fn an_existing_result_file_is_already_exists_unless_the_client_asks_to_replace_it() {
+    let h = Harness::start(&[]).await;
+    let body = test_bytes(5000, 43);
+    h.origin.put("/new.bin", Resource::new(body.clone()));
+    let url = h.origin.url("/new.bin");
+    std::fs::create_dir_all(h.download_dir().join("dir")).unwrap();
+    std::fs::write(h.download_dir().join("dir/mine.txt"), b"not transferd's").unwrap();
+    // A dangling symlink is something at the path too.
+    std::os::unix::fs::symlink("nowhere", h.download_dir().join("dangling")).unwrap();
+    for file in ["dir/mine.txt", "dangling"] {
+        let err = h
+            .client
+            .create(create_request(&url, file))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+        assert!(err.message().contains("replace_existing"), "{err:?}");
+    }
+    assert!(h.list_guids().await.is_empty());
+    h.assert_file("dir/mine.txt", b"not transferd's");
+
+    let op = h.create_with(replacing(&url, "dir/mine.txt")).await;
+    assert!(op.replace_existing);
+    assert!(h.get(&op.guid).await.replace_existing);
+    h.wait_status(&op.guid, S::Completed).await;
+    h.assert_file("dir/mine.txt", &body);
+}
+
+#[tokio::test]
+async fn a_file_that_appears_before_the_commit_is_kept_and_the_download_ends_in_error() {
+    let h = Harness::start(&[]).await;
+    let body = test_bytes(300_000, 44);
+    let op = h
+        .start_held("/late.bin", Resource::new(body.clone()), 100_000)
+        .await;
+    std::fs::write(h.download_dir().join("late.bin"), b"arrived first").unwrap();
+    h.origin.release("/late.bin");
+    let finished = h.wait_finished(&op.guid).await;
+    assert_eq!(status_of(&finished), S::Error);
+    let message = finished.error.unwrap().message;
+    assert!(message.contains("was not replaced"), "{message}");
+    h.assert_file("late.bin", b"arrived first");
+    // The partial data is gone; only the file that arrived first remains.
+    assert_eq!(files_under(&h.download_dir()), ["late.bin"]);
+
+    // Asked to replace, the same race replaces it.
+    let op = h
+        .start_held_with("/late2.bin", Resource::new(body.clone()), 100_000, |r| {
+            r.replace_existing = true;
+            r.result_file = "late.bin".into();
+        })
+        .await;
+    h.origin.release("/late2.bin");
+    h.wait_status(&op.guid, S::Completed).await;
+    h.assert_file("late.bin", &body);
+}
+
+#[tokio::test]
+async fn a_symlink_out_of_the_download_dir_creates_nothing_outside() {
+    let h = Harness::start(&[]).await;
+    let outside = tempfile::tempdir().unwrap();
+    let dl = h.download_dir();
+    std::os::unix::fs::symlink(outside.path(), dl.join("link")).unwrap();
+    // A relative symlink that climbs out is no better.
+    std::os::unix::fs::symlink("..", dl.join("up")).unwrap();
+    h.origin.put("/x.bin", Resource::new(test_bytes(3000, 45)));
+    let url = h.origin.url("/x.bin");
+    for file in ["link/sub/x.bin", "link/x.bin", "up/sub/x.bin"] {
+        let err = h
+            .client
+            .create(create_request(&url, file))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{file}: {err:?}");
+        assert!(
+            err.message().contains("outside the download directory"),
+            "{err:?}"
+        );
+    }
+    // Planted after the download was created, the symlink is refused at the commit.
+    let body = test_bytes(200_000, 46);
+    let op = h
+        .start_held_with("/later.bin", Resource::new(body), 50_000, |r| {
+            r.result_file = "planted/sub/x.bin".into();
+        })
+        .await;
+    std::os::unix::fs::symlink(outside.path(), dl.join("planted")).unwrap();
+    h.origin.release("/later.bin");
+    let finished = h.wait_finished(&op.guid).await;
+    assert_eq!(status_of(&finished), S::Error);
+    let message = finished.error.unwrap().message;
+    assert!(
+        message.contains("outside the download directory"),
+        "{message}"
+    );
+    assert!(
+        std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+        "something was created outside"
+    );
+    assert!(!h.server.data_dir.join("sub").exists());
+}
+
+/// How many downloads commit while a directory on their path is swapped for a symlink.
+const SWAP_DOWNLOADS: usize = 120;
+
+#[tokio::test]
+async fn swapping_a_directory_for_a_symlink_while_downloads_commit_never_lands_a_file_outside() {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let h = Harness::start(&["--max-active", "8"]).await;
+    let outside = tempfile::tempdir().unwrap();
+    let (swap, other) = (
+        h.download_dir().join("swap"),
+        h.download_dir().join("other"),
+    );
+    std::fs::create_dir(&swap).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &other).unwrap();
+    let mut ops = Vec::new();
+    for i in 0..SWAP_DOWNLOADS {
+        let path = format!("/s{i}.bin");
+        // Held, so that they commit only once the swapping has begun.
+        h.origin.put(
+            &path,
+            Resource::new(test_bytes(2048, i as u64)).hold_after(1024),
+        );
+        let op = h
+            .create(&h.origin.url(&path), &format!("swap/f{i}.bin"))
+            .await;
+        ops.push(op.guid);
+    }
+    // `swap` flips between the real directory and a symlink out, atomically and as fast as the
+    // machine allows, while the downloads commit into it.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, swap, other) = (stop.clone(), swap.clone(), other.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                renameat_with(CWD, &swap, CWD, &other, RenameFlags::EXCHANGE).unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    for i in 0..SWAP_DOWNLOADS {
+        h.origin.release(&format!("/s{i}.bin"));
+    }
+    let mut completed = Vec::new();
+    for (i, guid) in ops.iter().enumerate() {
+        if status_of(&h.wait_finished(guid).await) == S::Completed {
+            completed.push(i);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    let landed: Vec<_> = std::fs::read_dir(outside.path())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(landed.is_empty(), "landed outside: {landed:?}");
+    // Every completed download is in the real directory, whatever its name is now.
+    let real = if swap.symlink_metadata().unwrap().is_dir() {
+        swap
+    } else {
+        other
+    };
+    for i in &completed {
+        assert_holds(
+            &real.join(format!("f{i}.bin")),
+            &test_bytes(2048, *i as u64),
+        );
+    }
+    eprintln!(
+        "{} of {SWAP_DOWNLOADS} completed inside during {swaps} swaps",
+        completed.len()
+    );
+}

@@ -151,6 +151,8 @@ pub struct DownloadSpec {
     pub expected_sha256: Option<String>,
     /// HTTP statuses that pause the download instead of failing it.
     pub recoverable_web_error_statuses: Vec<u16>,
+    /// Whether the commit may replace a file already at the result path.
+    pub replace_existing: bool,
 }
 
 /// What a client asked for that can be changed while the download lives.

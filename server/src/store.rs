@@ -441,6 +441,7 @@ impl Row {
             transfer_group,
             expected_sha256,
             recoverable_web_error_statuses,
+            replace_existing: _, // stored from schema v2 (merge)
         } = spec;
         let Settings {
             requested_uri,
@@ -533,6 +534,7 @@ impl Row {
                 transfer_group: self.transfer_group,
                 expected_sha256: self.expected_sha256,
                 recoverable_web_error_statuses,
+                replace_existing: false, // stored from schema v2 (merge)
             },
             settings: Settings {
                 requested_uri: self.requested_uri,
@@ -586,6 +588,7 @@ mod tests {
                 transfer_group: "g".into(),
                 expected_sha256: Some("ab".repeat(32)),
                 recoverable_web_error_statuses: vec![401, 403],
+                replace_existing: false,
             },
             settings: Settings {
                 requested_uri: "http://127.0.0.1/a".into(),

@@ -42,6 +42,8 @@ pub struct NewDownload {
     pub expected_sha256: String,
     /// HTTP statuses that pause instead of failing.
     pub recoverable_web_error_statuses: Vec<u32>,
+    /// Whether the download may replace a file already at its result path.
+    pub replace_existing: bool,
 }
 
 impl Engine {
@@ -52,8 +54,12 @@ impl Engine {
         }
         let checked = validate::new_download(new)?;
         let guid = uuid::Uuid::new_v4().to_string();
-        let (seq, result_file) =
-            self.claim_result_file(&guid, &checked.uri, checked.result_file)?;
+        let (seq, result_file) = self.claim_result_file(
+            &guid,
+            &checked.uri,
+            checked.result_file,
+            checked.replace_existing,
+        )?;
         let record = Record {
             spec: DownloadSpec {
                 guid: guid.clone(),
@@ -62,6 +68,7 @@ impl Engine {
                 transfer_group: checked.transfer_group,
                 expected_sha256: checked.expected_sha256,
                 recoverable_web_error_statuses: checked.recoverable_web_error_statuses,
+                replace_existing: checked.replace_existing,
             },
             settings: Settings {
                 requested_uri: checked.uri.to_string(),
@@ -94,13 +101,16 @@ impl Engine {
 
     /// Claims the result file (the one asked for, or one named after the URI) and a creation
     /// sequence number before the store write, so a concurrent create cannot take the same file
-    /// while this one is being stored.
+    /// while this one is being stored. A path that exists is refused unless `replace`, and one
+    /// that leads out of the download directory through a symlink always is.
     fn claim_result_file(
         &self,
         guid: &Guid,
         uri: &url::Url,
         requested: Option<String>,
+        replace: bool,
     ) -> Result<(u64, String), Error> {
+        let download_dir = &self.inner.config.download_dir;
         let mut core = self.lock();
         let result_file = match requested {
             Some(path) => {
@@ -110,12 +120,16 @@ impl Engine {
                         path,
                     });
                 }
-                path
+                match paths::result_exists(download_dir, &path) {
+                    Err(reason) => return Err(Error::InvalidResultFile { path, reason }),
+                    Ok(true) if !replace => return Err(Error::ResultFileExists { path }),
+                    Ok(_) => path,
+                }
             }
             None => {
                 let name = paths::name_from_uri(uri);
                 let taken = core.registry.holder(&name).is_some()
-                    || self.inner.config.download_dir.join(&name).exists();
+                    || paths::result_exists(download_dir, &name) != Ok(false);
                 if taken {
                     paths::with_guid_suffix(&name, guid)
                 } else {

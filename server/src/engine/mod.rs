@@ -257,6 +257,7 @@ mod fixtures {
                 transfer_group: group.into(),
                 expected_sha256: None,
                 recoverable_web_error_statuses: Vec::new(),
+                replace_existing: false,
             },
             settings: Settings {
                 requested_uri: "http://127.0.0.1/".into(),

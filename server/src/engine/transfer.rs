@@ -16,7 +16,7 @@ use crate::fetch::{Failure, Job, Observer, Outcome, ResponseStart};
 use crate::operation::{
     DownloadSpec, ErrorReason, ResponseInfo, Status, StatusReason, TransferError,
 };
-use crate::paths;
+use crate::paths::{self, CommitError};
 
 /// How a transfer ends for its download, decided from the last attempt's outcome.
 #[derive(Debug)]
@@ -294,7 +294,7 @@ impl Engine {
             }
             st.committing = true;
         }
-        match self.commit(op, partial).await {
+        match self.commit(op).await {
             Ok(()) => Ending::Completed { bytes },
             Err(failure) => Ending::failed(failure, &op.spec),
         }
@@ -327,15 +327,29 @@ impl Engine {
         .unwrap_or_else(|e| Err(disk("the verify task failed", std::io::Error::other(e))))
     }
 
-    /// Moves the complete partial file to its result path: fsync, rename, fsync the directory.
-    async fn commit(&self, op: &Op, partial: &Path) -> Result<(), Failure> {
+    /// Moves the complete partial file to its result path: rename (never replacing a file
+    /// that appeared there unless the download may), fsync the directory.
+    async fn commit(&self, op: &Op) -> Result<(), Failure> {
         let download_dir = self.inner.config.download_dir.clone();
-        let target = download_dir.join(&op.spec.result_file);
-        let partial = partial.to_path_buf();
+        let DownloadSpec {
+            guid,
+            result_file,
+            replace_existing,
+            ..
+        } = op.spec.clone();
         let disk = |what: &str, e: std::io::Error| Failure::disk(what, &e);
         tokio::task::spawn_blocking(move || {
-            paths::commit(&download_dir, &partial, &target)
-                .map_err(|e| disk("could not move the finished file into place", e))
+            match paths::commit(&download_dir, &guid, &result_file, replace_existing) {
+                Ok(()) => Ok(()),
+                Err(CommitError::Exists) => Err(Failure::fatal(TransferError {
+                    message: format!(
+                        "`{result_file}` appeared in the download directory before the download finished; it was not replaced and the downloaded bytes were discarded (create the download with replace_existing to replace a file)"
+                    ),
+                    http_status: None,
+                    reason: ErrorReason::Disk,
+                })),
+                Err(CommitError::Io(e)) => Err(disk("could not move the finished file into place", e)),
+            }
         })
         .await
         .unwrap_or_else(|e| Err(disk("the commit task failed", std::io::Error::other(e))))

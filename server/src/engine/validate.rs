@@ -30,6 +30,7 @@ pub(super) struct CheckedDownload {
     pub(super) request_headers: BTreeMap<String, String>,
     pub(super) expected_sha256: Option<String>,
     pub(super) recoverable_web_error_statuses: Vec<u16>,
+    pub(super) replace_existing: bool,
 }
 
 /// Checks every field of a new download.
@@ -43,6 +44,7 @@ pub(super) fn new_download(new: NewDownload) -> Result<CheckedDownload, Error> {
         request_headers,
         expected_sha256,
         recoverable_web_error_statuses,
+        replace_existing,
     } = new;
     let uri = uri(&requested_uri)?;
     let expected_sha256 = sha256(&expected_sha256)?;
@@ -66,6 +68,7 @@ pub(super) fn new_download(new: NewDownload) -> Result<CheckedDownload, Error> {
         request_headers: headers,
         expected_sha256,
         recoverable_web_error_statuses: recoverable,
+        replace_existing,
     })
 }
 

@@ -66,6 +66,7 @@ impl TryFrom<pb::CreateDownloadRequest> for NewDownload {
             request_headers,
             expected_sha256,
             recoverable_web_error_statuses,
+            replace_existing,
         } = request;
         Ok(NewDownload {
             requested_uri,
@@ -76,6 +77,7 @@ impl TryFrom<pb::CreateDownloadRequest> for NewDownload {
             request_headers: request_headers.into_iter().collect(),
             expected_sha256,
             recoverable_web_error_statuses,
+            replace_existing,
         })
     }
 }
@@ -223,6 +225,7 @@ impl From<DownloadView> for pb::DownloadOperation {
             transfer_group,
             expected_sha256,
             recoverable_web_error_statuses,
+            replace_existing,
         } = spec;
         let Settings {
             requested_uri,
@@ -248,6 +251,7 @@ impl From<DownloadView> for pb::DownloadOperation {
                 .collect(),
             current_web_error_status: web_error_status.map_or(0, u32::from),
             status_reason: pb::StatusReason::from(reason).into(),
+            replace_existing,
         }
     }
 }
