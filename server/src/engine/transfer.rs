@@ -371,14 +371,19 @@ impl Engine {
 /// The byte count of a body that is already whole on disk: checkpointed up to the entity's
 /// known length and still that long, as a pause or shutdown that won against the commit leaves
 /// it. It goes straight to verify and commit instead of asking the origin again, which would
-/// answer 416 and make the download start over.
+/// answer 416 and make the download start over. Only while the download still points where
+/// that body came from: a re-pointed (or redirected) one asks, and If-Range decides.
 fn complete_on_disk(op: &Op, partial: &Path) -> Option<u64> {
-    let (checkpoint, total) = {
+    let (checkpoint, total, same_uri) = {
         let st = op.lock();
-        (st.checkpoint, st.total)
+        let same_uri = st
+            .response
+            .as_ref()
+            .is_some_and(|r| r.actual_uri == st.settings.requested_uri);
+        (st.checkpoint, st.total, same_uri)
     };
     let on_disk = std::fs::metadata(partial).ok()?.len();
-    (total > 0 && checkpoint == total && on_disk == total).then_some(total)
+    (same_uri && total > 0 && checkpoint == total && on_disk == total).then_some(total)
 }
 
 /// The engine's side of a running attempt.
