@@ -103,10 +103,17 @@ async fn a_live_result_file_cannot_be_targeted_twice() {
     assert_eq!(err.code(), Code::AlreadyExists);
     assert!(err.message().contains(&first.guid), "{}", err.message());
     assert_eq!(h.list_guids().await.len(), 1);
-    // Once the first is finished, the file may be written again (it is replaced atomically).
+    // Once the first is finished, a download that asks to replace the file may write it again
+    // (it is replaced atomically).
     h.origin.release("/a");
     h.wait_status(&first.guid, S::Completed).await;
-    let second = h.create(&h.origin.url("/b"), "same.bin").await;
+    let second = h
+        .create_with(pb::CreateDownloadRequest {
+            replace_existing: true,
+            ..create_request(&h.origin.url("/b"), "same.bin")
+        })
+        .await;
+    assert!(second.replace_existing);
     h.wait_status(&second.guid, S::Completed).await;
     h.assert_file("same.bin", &test_bytes(4096, 2));
 }

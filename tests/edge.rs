@@ -54,7 +54,7 @@ fn socket_fds(pid: u32, inodes: &[u64]) -> Vec<i32> {
 async fn accepted_connections_have_tcp_nodelay() {
     let h = Harness::start(&[]).await;
     h.system_status().await;
-    let pid = h.server.pid().expect("the server runs");
+    let pid = h.server.pid();
     let inodes = established_inodes(pid, h.server.addr.port());
     assert!(
         !inodes.is_empty(),

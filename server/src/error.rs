@@ -56,6 +56,14 @@ pub enum Error {
         /// The download that holds it.
         guid: Guid,
     },
+    /// A file already exists at the result path and the client did not ask to replace it.
+    #[error(
+        "result_file `{path}` already exists in the download directory; choose another name, remove it, or set replace_existing to replace it"
+    )]
+    ResultFileExists {
+        /// The result file.
+        path: String,
+    },
     /// The call needs a paused download.
     #[error(
         "download `{guid}` is {}; pause it first (its URI can change only while it is PAUSED_BY_APPLICATION or PAUSED_RECOVERABLE_WEB_ERROR_STATUS)",

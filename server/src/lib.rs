@@ -34,11 +34,13 @@
 //! - `retry`: backoff with jitter, Retry-After, and the retry budget.
 //! - `operation`: the domain model of a download: spec, settings, statuses and their numbers.
 //! - `paths`: result-file validation, partial files and the atomic commit.
+//! - `datadir`: the lock that keeps a second process off a data directory.
 //! - `error`: typed errors of the engine.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod config;
+pub(crate) mod datadir;
 pub(crate) mod engine;
 pub(crate) mod error;
 pub(crate) mod fetch;

@@ -154,6 +154,8 @@ pub struct DownloadSpec {
     /// Largest file this download accepts, below the server's `--max-file-size`; `None` for
     /// the server's limit alone.
     pub max_bytes: Option<u64>,
+    /// Whether the commit may replace a file already at the result path.
+    pub replace_existing: bool,
 }
 
 /// What a client asked for that can be changed while the download lives.

@@ -1,8 +1,21 @@
 //! Result-file paths: a client names a file relative to `--download-dir` and can never write
 //! outside it. Partial data lives in a staging directory inside the download directory, so the
 //! final rename stays on one filesystem and is atomic.
+//!
+//! Every directory, partial file and rename below the download directory is resolved from an
+//! open handle of it with `openat2(RESOLVE_BENEATH)`: a symlink that points out of it (planted
+//! or swapped in while a download commits) fails the operation instead of being followed, one
+//! component at a time, so not even a parent directory is created outside. Symlinks that stay
+//! inside still work. The commit renames with `RENAME_NOREPLACE` unless the download may replace
+//! an existing file.
 
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::io::Errno;
 
 use crate::error::Error;
 use crate::operation::Guid;
@@ -20,6 +33,28 @@ const MAX_COMPONENT_LEN: usize = 255;
 
 /// Longest name the server picks itself, leaving room for a uniqueness suffix.
 const MAX_PICKED_NAME_LEN: usize = 200;
+
+/// Mode of the directories transferd creates, before the umask (as `mkdir -p` does).
+const DIR_MODE: u32 = 0o777;
+
+/// Mode of partial (and so result) files, before the umask (as `std::fs::File::create` does).
+const FILE_MODE: u32 = 0o666;
+
+/// How every path below the download directory is resolved: never out of it, whatever a symlink
+/// says (an absolute target or `..` past the start fails with `EXDEV`), and never through a
+/// `/proc` magic link.
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
+
+/// Why a finished file could not be committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Something already exists at the result path and the download may not replace it.
+    #[error("the result path already exists")]
+    Exists,
+    /// The filesystem refused, or the path leads outside the download directory.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
 
 /// Checks a client-supplied result path and returns it in normal form (components joined by
 /// `/`). Rejects anything that could leave the download directory.
@@ -116,7 +151,7 @@ pub fn with_guid_suffix(name: &str, guid: &Guid) -> String {
 
 /// Where the partial data of a download lives.
 pub fn partial_path(download_dir: &Path, guid: &Guid) -> PathBuf {
-    download_dir.join(PARTIAL_DIR).join(format!("{guid}.part"))
+    download_dir.join(PARTIAL_DIR).join(partial_name(guid))
 }
 
 /// Free bytes on the filesystem holding `dir`, as an unprivileged writer sees them.
@@ -142,23 +177,132 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-/// Moves a complete, fsynced partial file to `target` atomically (rename within one
-/// filesystem) and makes the rename durable by syncing the directory. Refuses a target whose
-/// directory resolves outside `download_dir`, e.g. through a symlink planted inside it.
-pub fn commit(download_dir: &Path, partial: &Path, target: &Path) -> std::io::Result<()> {
-    let parent = target
-        .parent()
-        .ok_or_else(|| std::io::Error::other("result path has no directory"))?;
-    std::fs::create_dir_all(parent)?;
-    let root = download_dir.canonicalize()?;
-    if !parent.canonicalize()?.starts_with(&root) {
-        return Err(std::io::Error::other(format!(
-            "{} resolves outside the download directory",
-            parent.display()
-        )));
+/// Moves a download's complete, fsynced partial file to `result_file` atomically (a rename
+/// within one filesystem) and makes the rename durable by syncing the directory. Parent
+/// directories are created beneath the download directory; a path that leads out of it through
+/// a symlink is refused. Unless `replace`, an existing file at the result path stays and the
+/// commit fails with [`CommitError::Exists`].
+pub fn commit(
+    download_dir: &Path,
+    guid: &Guid,
+    result_file: &str,
+    replace: bool,
+) -> Result<(), CommitError> {
+    let root = open_root(download_dir)?;
+    let staging = open_dir_beneath(&root, PARTIAL_DIR)?;
+    let (parent_path, name) = result_file.rsplit_once('/').unwrap_or(("", result_file));
+    let parent = make_dirs(&root, parent_path)?;
+    let partial = partial_name(guid);
+    let renamed = if replace {
+        rustix::fs::renameat(&staging, &partial, &parent, name)
+    } else {
+        rename_no_replace(&staging, &partial, &parent, name)
+    };
+    match renamed {
+        Ok(()) => {}
+        Err(Errno::EXIST) => return Err(CommitError::Exists),
+        Err(e) => return Err(CommitError::Io(e.into())),
     }
-    std::fs::rename(partial, target)?;
-    std::fs::File::open(parent)?.sync_all()
+    rustix::fs::fsync(&parent).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Renames without ever replacing what is at the target.
+fn rename_no_replace(
+    from_dir: &OwnedFd,
+    from: &str,
+    to_dir: &OwnedFd,
+    to: &str,
+) -> rustix::io::Result<()> {
+    match rustix::fs::renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE) {
+        // A filesystem without RENAME_NOREPLACE: a hard link never replaces either, and the
+        // partial name is then dropped.
+        Err(Errno::INVAL) => {
+            rustix::fs::linkat(from_dir, from, to_dir, to, AtFlags::empty())?;
+            rustix::fs::unlinkat(from_dir, from, AtFlags::empty())
+        }
+        renamed => renamed,
+    }
+}
+
+/// Whether something (a file, a directory, a symlink) is at `result_file` in the download
+/// directory. `Err` says why the path leads outside it; other failures count as "nothing
+/// there" and are left for the commit to report.
+pub fn result_exists(download_dir: &Path, result_file: &str) -> Result<bool, String> {
+    let Ok(root) = open_root(download_dir) else {
+        return Ok(false);
+    };
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat2(&root, result_file, flags, Mode::empty(), BENEATH) {
+        Ok(_) => Ok(true),
+        Err(Errno::XDEV) => Err(escape(result_file).to_string()),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Opens a download's partial file for writing, creating it and the staging directory if
+/// needed, resolved beneath the download directory (`partial` is a [`partial_path`]) and never
+/// through a symlink.
+pub fn open_partial(partial: &Path) -> io::Result<File> {
+    let not_partial = || io::Error::other(format!("{} is not a partial file", partial.display()));
+    let name = partial.file_name().ok_or_else(not_partial)?;
+    let download_dir = partial
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(not_partial)?;
+    let staging = make_dirs(&open_root(download_dir)?, PARTIAL_DIR)?;
+    let flags = OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&staging, name, flags, Mode::from_raw_mode(FILE_MODE))?;
+    Ok(File::from(fd))
+}
+
+/// The file name of a download's partial file inside [`PARTIAL_DIR`].
+fn partial_name(guid: &Guid) -> String {
+    format!("{guid}.part")
+}
+
+fn open_root(download_dir: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(download_dir, flags, Mode::empty())?)
+}
+
+/// Opens the directory `path` (relative, `/`-separated; empty for the root itself) beneath the
+/// root.
+fn open_dir_beneath(root: &OwnedFd, path: &str) -> io::Result<OwnedFd> {
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+    let path = if path.is_empty() { "." } else { path };
+    rustix::fs::openat2(root, path, flags, Mode::empty(), BENEATH).map_err(|e| match e {
+        Errno::XDEV => escape(path),
+        e => e.into(),
+    })
+}
+
+/// Opens the directory `path` beneath the root, creating what is missing one component at a
+/// time: each is made inside the handle of its parent, and the path so far is opened again
+/// beneath the root, so a component swapped for a symlink out of the tree fails there.
+fn make_dirs(root: &OwnedFd, path: &str) -> io::Result<OwnedFd> {
+    let mut dir = open_dir_beneath(root, "")?;
+    if path.is_empty() {
+        return Ok(dir);
+    }
+    let mut end = 0;
+    for part in path.split('/') {
+        match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(DIR_MODE)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        end += part.len();
+        dir = open_dir_beneath(root, &path[..end])?;
+        end += 1;
+    }
+    Ok(dir)
+}
+
+/// The error of a path that a symlink leads out of the download directory.
+fn escape(path: &str) -> io::Error {
+    io::Error::other(format!(
+        "`{path}` leads outside the download directory through a symlink; refused"
+    ))
 }
 
 #[cfg(test)]
@@ -195,6 +339,56 @@ mod tests {
         }
         let long = "x".repeat(MAX_COMPONENT_LEN + 1);
         assert!(validate_result_file(&long).is_err());
+    }
+
+    /// A download directory with a staged partial file for guid `g`.
+    fn staged(body: &[u8]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = open_partial(&partial_path(dir.path(), &"g".to_string())).unwrap();
+        std::io::Write::write_all(&mut file, body).unwrap();
+        dir
+    }
+
+    #[test]
+    fn commits_into_new_directories_and_never_replaces_unless_asked() {
+        let dir = staged(b"new");
+        let g = "g".to_string();
+        commit(dir.path(), &g, "a/b/c.bin", false).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a/b/c.bin")).unwrap(), b"new");
+        assert_eq!(result_exists(dir.path(), "a/b/c.bin"), Ok(true));
+        assert_eq!(result_exists(dir.path(), "a/x"), Ok(false));
+
+        let mut file = open_partial(&partial_path(dir.path(), &g)).unwrap();
+        std::io::Write::write_all(&mut file, b"newer").unwrap();
+        assert!(matches!(
+            commit(dir.path(), &g, "a/b/c.bin", false),
+            Err(CommitError::Exists)
+        ));
+        assert_eq!(std::fs::read(dir.path().join("a/b/c.bin")).unwrap(), b"new");
+        commit(dir.path(), &g, "a/b/c.bin", true).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("a/b/c.bin")).unwrap(),
+            b"newer"
+        );
+    }
+
+    #[test]
+    fn symlinks_lead_nowhere_outside_but_work_inside() {
+        let outside = tempfile::tempdir().unwrap();
+        let dir = staged(b"x");
+        let g = "g".to_string();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
+        std::os::unix::fs::symlink("..", dir.path().join("up")).unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("in")).unwrap();
+        for escaping in ["out/x", "out/sub/x", "up/x"] {
+            assert!(result_exists(dir.path(), escaping).is_err(), "{escaping}");
+            let err = commit(dir.path(), &g, escaping, false).unwrap_err();
+            assert!(err.to_string().contains("outside"), "{escaping}: {err}");
+        }
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+        commit(dir.path(), &g, "in/sub/x", false).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("real/sub/x")).unwrap(), b"x");
     }
 
     #[test]

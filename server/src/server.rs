@@ -11,6 +11,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::datadir::DataDirLock;
 use crate::engine::{Engine, EngineConfig};
 use crate::fetch::{Fetcher, Timeouts};
 use crate::grpc;
@@ -20,6 +21,9 @@ use crate::store::{SqliteStore, StoreError};
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// Another process holds the data directory, or it cannot be locked.
+    #[error(transparent)]
+    Locked(#[from] crate::datadir::LockError),
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -51,11 +55,15 @@ pub enum ServeError {
 pub struct Transferd {
     engine: Engine,
     token: CancellationToken,
+    /// Held until the server has stopped.
+    lock: DataDirLock,
 }
 
 impl Transferd {
-    /// Prepares the directories, opens the store and loads every download.
+    /// Locks the data directory (before anything else touches it), prepares the download
+    /// directory, opens the store and loads every download.
     pub async fn open(config: Config) -> Result<Transferd, ServeError> {
+        let lock = DataDirLock::acquire(&config.data_dir)?;
         let download_dir = config.download_dir();
         std::fs::create_dir_all(&download_dir).map_err(|source| ServeError::Io {
             path: download_dir.clone(),
@@ -85,7 +93,11 @@ impl Transferd {
             token.clone(),
         )
         .await?;
-        Ok(Transferd { engine, token })
+        Ok(Transferd {
+            engine,
+            token,
+            lock,
+        })
     }
 
     /// Serves on `listener` until `shutdown` completes, then shuts down cleanly.
@@ -94,7 +106,11 @@ impl Transferd {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let Transferd { engine, token } = self;
+        let Transferd {
+            engine,
+            token,
+            lock,
+        } = self;
         let (routes, health) = grpc::routes(engine.clone()).await?;
         engine.start();
         let local = listener.local_addr().ok();
@@ -123,6 +139,7 @@ impl Transferd {
             .serve_with_incoming_shutdown(incoming, stop)
             .await?;
         engine.drain().await;
+        drop(lock);
         tracing::info!("stopped");
         Ok(())
     }

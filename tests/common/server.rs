@@ -82,6 +82,14 @@ impl Server {
             .unwrap_or_else(|e| panic!("client connects to {}: {e}", self.addr))
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the server is running")
+    }
+
     /// The default download directory.
     pub fn download_dir(&self) -> PathBuf {
         self.data_dir.join("downloads")
@@ -90,11 +98,6 @@ impl Server {
     /// The server's log so far, for failure messages.
     pub fn log(&self) -> String {
         read_log(&self.data_dir)
-    }
-
-    /// The process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
     }
 
     /// Whether the process was neither terminated nor killed by the test.

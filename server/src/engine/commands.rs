@@ -44,6 +44,8 @@ pub struct NewDownload {
     pub recoverable_web_error_statuses: Vec<u32>,
     /// Largest file accepted, in bytes; 0 for the server's `--max-file-size` alone.
     pub max_bytes: u64,
+    /// Whether the download may replace a file already at its result path.
+    pub replace_existing: bool,
 }
 
 impl Engine {
@@ -54,8 +56,12 @@ impl Engine {
         }
         let checked = validate::new_download(new)?;
         let guid = uuid::Uuid::new_v4().to_string();
-        let (seq, result_file) =
-            self.claim_result_file(&guid, &checked.uri, checked.result_file)?;
+        let (seq, result_file) = self.claim_result_file(
+            &guid,
+            &checked.uri,
+            checked.result_file,
+            checked.replace_existing,
+        )?;
         let record = Record {
             spec: DownloadSpec {
                 guid: guid.clone(),
@@ -65,6 +71,7 @@ impl Engine {
                 expected_sha256: checked.expected_sha256,
                 recoverable_web_error_statuses: checked.recoverable_web_error_statuses,
                 max_bytes: checked.max_bytes,
+                replace_existing: checked.replace_existing,
             },
             settings: Settings {
                 requested_uri: checked.uri.to_string(),
@@ -97,13 +104,16 @@ impl Engine {
 
     /// Claims the result file (the one asked for, or one named after the URI) and a creation
     /// sequence number before the store write, so a concurrent create cannot take the same file
-    /// while this one is being stored.
+    /// while this one is being stored. A path that exists is refused unless `replace`, and one
+    /// that leads out of the download directory through a symlink always is.
     fn claim_result_file(
         &self,
         guid: &Guid,
         uri: &url::Url,
         requested: Option<String>,
+        replace: bool,
     ) -> Result<(u64, String), Error> {
+        let download_dir = &self.inner.config.download_dir;
         let mut core = self.lock();
         let result_file = match requested {
             Some(path) => {
@@ -113,12 +123,16 @@ impl Engine {
                         path,
                     });
                 }
-                path
+                match paths::result_exists(download_dir, &path) {
+                    Err(reason) => return Err(Error::InvalidResultFile { path, reason }),
+                    Ok(true) if !replace => return Err(Error::ResultFileExists { path }),
+                    Ok(_) => path,
+                }
             }
             None => {
                 let name = paths::name_from_uri(uri);
                 let taken = core.registry.holder(&name).is_some()
-                    || self.inner.config.download_dir.join(&name).exists();
+                    || paths::result_exists(download_dir, &name) != Ok(false);
                 if taken {
                     paths::with_guid_suffix(&name, guid)
                 } else {
@@ -168,25 +182,32 @@ impl Engine {
     }
 
     /// Pauses a download: PAUSED_BY_APPLICATION, keeping its partial data. Returns once the
-    /// transfer has let go (request dropped, data checkpointed).
+    /// transfer has let go (request dropped, data checkpointed). A pause that arrives while the
+    /// finished file is being committed waits for the commit and is refused if it succeeded.
     pub async fn pause(&self, guid: &str) -> Result<DownloadView, Error> {
         let op = self.op(guid)?;
-        let changed = {
-            let mut core = self.lock();
-            let mut st = op.lock();
-            match st.status() {
-                Status::PausedByApplication => None,
-                _ => {
-                    core.transition(
-                        &op,
-                        &mut st,
-                        Status::PausedByApplication,
-                        StatusReason::PausedByClient,
-                    )
-                    .map_err(|e| illegal(guid, "pause", e.from))?;
-                    Some(st.task.as_ref().map(TaskHandle::stop))
+        let changed = loop {
+            let commit = {
+                let mut core = self.lock();
+                let mut st = op.lock();
+                match (st.commit_in_progress(), st.status()) {
+                    (Some(commit), _) => commit,
+                    (None, Status::PausedByApplication) => break None,
+                    (None, _) => {
+                        core.transition(
+                            &op,
+                            &mut st,
+                            Status::PausedByApplication,
+                            StatusReason::PausedByClient,
+                        )
+                        .map_err(|e| illegal(guid, "pause", e.from))?;
+                        break Some(st.task.as_ref().map(TaskHandle::stop));
+                    }
                 }
-            }
+            };
+            // The file is being committed: the pause applies to what the commit leaves (a
+            // COMPLETED download refuses it).
+            commit.cancelled().await;
         };
         let Some(running) = changed else {
             return Ok(self.view(&op));
@@ -228,15 +249,26 @@ impl Engine {
         Ok(self.view(&op))
     }
 
-    /// Cancels a download: CANCELED, terminal; its partial data is removed before it returns.
+    /// Cancels a download: CANCELED, terminal; its partial data is removed before it returns,
+    /// and no file appears at its result path. A cancel that arrives while the finished file is
+    /// being committed waits for the commit and is refused (COMPLETED) if it succeeded.
     pub async fn cancel(&self, guid: &str) -> Result<DownloadView, Error> {
         let op = self.op(guid)?;
-        let running = {
-            let mut core = self.lock();
-            let mut st = op.lock();
-            core.transition(&op, &mut st, Status::Canceled, StatusReason::Unspecified)
-                .map_err(|e| illegal(guid, "cancel", e.from))?;
-            st.task.as_ref().map(TaskHandle::stop)
+        let running = loop {
+            let commit = {
+                let mut core = self.lock();
+                let mut st = op.lock();
+                if let Some(commit) = st.commit_in_progress() {
+                    commit
+                } else {
+                    core.transition(&op, &mut st, Status::Canceled, StatusReason::Unspecified)
+                        .map_err(|e| illegal(guid, "cancel", e.from))?;
+                    break st.task.as_ref().map(TaskHandle::stop);
+                }
+            };
+            // The file is being committed: the cancel applies to what the commit leaves (a
+            // COMPLETED download refuses it, so a committed file is never called canceled).
+            commit.cancelled().await;
         };
         tracing::info!(guid, "canceled");
         match running {

@@ -52,6 +52,10 @@ pub(super) struct OpState {
     pub(super) attempts: u32,
     /// Set while a transfer task owns the partial file (and holds a transfer slot).
     pub(super) task: Option<TaskHandle>,
+    /// Set while its transfer task moves the verified file to its result path: the commit has
+    /// been claimed while RUNNING, and no status change but the task's own may happen until it
+    /// is known whether the file is in place (see [`Core::transition`]).
+    pub(super) committing: bool,
 }
 
 /// The handles of a running transfer task.
@@ -114,7 +118,9 @@ impl Core {
     /// everything that follows from a status in step: a download is in the run queue exactly
     /// while it is IDLE, holds its result-file claim until it is terminal, takes a transfer
     /// slot when it starts RUNNING (the slot is given back when its task lets go, see
-    /// [`Core::let_go`]), and watchers see every change.
+    /// [`Core::let_go`]), and watchers see every change. While the download is committing, every
+    /// move is refused: the task clears the flag and moves it to what the commit left; callers
+    /// that must not fail wait for that (`OpState::commit_in_progress`).
     pub(super) fn transition(
         &mut self,
         op: &Op,
@@ -123,6 +129,9 @@ impl Core {
         reason: StatusReason,
     ) -> Result<(), IllegalMove> {
         let from = st.status;
+        if st.committing {
+            return Err(IllegalMove { from });
+        }
         if !legal(from, to) {
             debug_assert!(
                 !(to == Status::Running || to == Status::Completed),
@@ -159,6 +168,15 @@ impl OpState {
     /// The current status (changed only by [`Core::transition`]).
     pub(super) fn status(&self) -> Status {
         self.status
+    }
+
+    /// While its transfer task commits the finished file, what fires once the commit's outcome
+    /// is the download's status.
+    pub(super) fn commit_in_progress(&self) -> Option<CancellationToken> {
+        self.task
+            .as_ref()
+            .filter(|_| self.committing)
+            .map(|task| task.done.clone())
     }
 }
 
@@ -212,6 +230,7 @@ impl Op {
                 restarts: 0,
                 attempts,
                 task: None,
+                committing: false,
             }),
             persist: tokio::sync::Mutex::new(()),
             spec,

@@ -212,6 +212,11 @@ impl Engine {
             {
                 continue;
             }
+            if st.committing {
+                // The commit decides; if it leaves the download unfinished, the transfer's end
+                // reconciles again.
+                continue;
+            }
             let moved = match core.host.blocks(st.settings.cost_policy) {
                 Some((to, reason)) if status != to || st.reason != reason => {
                     if let Some(task) = &st.task {

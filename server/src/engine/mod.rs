@@ -20,6 +20,10 @@
 //! way round. Both are std mutexes held only for short synchronous sections, never across an
 //! await. Store writes of one download are serialised by its async `persist` lock and always
 //! write the latest state, so an older write can never land after a newer one.
+//!
+//! A transfer claims the commit of its finished file under both locks, and only while RUNNING;
+//! until the rename's outcome is its status, no other status change happens (the transition
+//! function refuses it), and pause and cancel wait for that outcome.
 
 pub mod commands;
 mod download;
@@ -253,6 +257,7 @@ mod fixtures {
                 expected_sha256: None,
                 recoverable_web_error_statuses: Vec::new(),
                 max_bytes: None,
+                replace_existing: false,
             },
             settings: Settings {
                 requested_uri: "http://127.0.0.1/".into(),

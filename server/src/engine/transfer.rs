@@ -17,7 +17,7 @@ use crate::fetch::{Failure, Job, Observer, Outcome, ResponseStart};
 use crate::operation::{
     DownloadSpec, ErrorReason, ResponseInfo, Status, StatusReason, TransferError,
 };
-use crate::paths;
+use crate::paths::{self, CommitError};
 
 /// How a transfer ends for its download, decided from the last attempt's outcome.
 #[derive(Debug)]
@@ -98,14 +98,15 @@ impl Engine {
         }
         let partial = paths::partial_path(&self.inner.config.download_dir, &op.spec.guid);
         let ending = catch_panic(async {
-            match self.run_attempts(&op, &partial, &stop).await {
+            let outcome = match complete_on_disk(&op, &partial) {
+                Some(bytes) => Outcome::Complete { bytes },
+                None => self.run_attempts(&op, &partial, &stop).await,
+            };
+            match outcome {
                 // A whole body that was stopped before its commit is not complete: it stays
                 // where it is and the download goes on from its checkpoint.
                 Outcome::Complete { .. } if stop.is_cancelled() => Ending::Stopped,
-                Outcome::Complete { bytes } => match self.commit(&op, &partial).await {
-                    Ok(()) => Ending::Completed { bytes },
-                    Err(failure) => Ending::failed(failure, &op.spec),
-                },
+                Outcome::Complete { bytes } => self.finish(&op, &partial, &stop, bytes).await,
                 Outcome::Failed(failure) => Ending::failed(failure, &op.spec),
                 Outcome::Stopped => Ending::Stopped,
             }
@@ -114,6 +115,7 @@ impl Engine {
         let (remove_partial, conditions_moved) = {
             let mut core = self.lock();
             let mut st = op.lock();
+            st.committing = false;
             core.let_go(&op, &mut st);
             let conditions_moved = if st.status() == Status::Running {
                 self.settle(&mut core, &op, &mut st, ending)
@@ -300,32 +302,84 @@ impl Engine {
         outcome
     }
 
-    /// Checks the expected SHA-256, if any, then moves the complete partial file to its result
-    /// path: fsync, rename, fsync the directory.
-    async fn commit(&self, op: &Op, partial: &Path) -> Result<(), Failure> {
-        let download_dir = self.inner.config.download_dir.clone();
-        let target = download_dir.join(&op.spec.result_file);
+    /// Verifies a complete body, claims the commit and commits it. Exactly one of a commit and
+    /// a client's pause or cancel wins: the claim is refused once the download has left
+    /// RUNNING (the partial file then stays, or goes with a cancel), and once it is claimed,
+    /// pause and cancel wait for its outcome (see `OpState::commit_in_progress`).
+    async fn finish(
+        &self,
+        op: &Op,
+        partial: &Path,
+        stop: &CancellationToken,
+        bytes: u64,
+    ) -> Ending {
+        if let Err(failure) = self.verify(op, partial).await {
+            return Ending::failed(failure, &op.spec);
+        }
+        {
+            let _core = self.lock();
+            let mut st = op.lock();
+            if st.status() != Status::Running || stop.is_cancelled() {
+                return Ending::Stopped;
+            }
+            st.committing = true;
+        }
+        match self.commit(op).await {
+            Ok(()) => Ending::Completed { bytes },
+            Err(failure) => Ending::failed(failure, &op.spec),
+        }
+    }
+
+    /// Checks the expected SHA-256 of the finished file, if the client gave one.
+    async fn verify(&self, op: &Op, partial: &Path) -> Result<(), Failure> {
+        let Some(expected) = op.spec.expected_sha256.clone() else {
+            return Ok(());
+        };
         let partial = partial.to_path_buf();
-        let expected = op.spec.expected_sha256.clone();
         let result_file = op.spec.result_file.clone();
         let disk = |what: &str, e: std::io::Error| Failure::disk(what, &e);
         tokio::task::spawn_blocking(move || {
-            if let Some(expected) = expected {
-                // Hashing the whole file covers bytes from every attempt and restart alike.
-                let actual = paths::sha256_file(&partial)
-                    .map_err(|e| disk("could not read the finished file to verify it", e))?;
-                if actual != expected {
-                    return Err(Failure::fatal(TransferError {
-                        message: format!(
-                            "the downloaded bytes have SHA-256 {actual}, not the expected {expected}; nothing was written to `{result_file}`"
-                        ),
-                        http_status: None,
-                        reason: ErrorReason::Integrity,
-                    }));
-                }
+            // Hashing the whole file covers bytes from every attempt and restart alike.
+            let actual = paths::sha256_file(&partial)
+                .map_err(|e| disk("could not read the finished file to verify it", e))?;
+            if actual != expected {
+                return Err(Failure::fatal(TransferError {
+                    message: format!(
+                        "the downloaded bytes have SHA-256 {actual}, not the expected {expected}; nothing was written to `{result_file}`"
+                    ),
+                    http_status: None,
+                    reason: ErrorReason::Integrity,
+                }));
             }
-            paths::commit(&download_dir, &partial, &target)
-                .map_err(|e| disk("could not move the finished file into place", e))
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(disk("the verify task failed", std::io::Error::other(e))))
+    }
+
+    /// Moves the complete partial file to its result path: rename (never replacing a file
+    /// that appeared there unless the download may), fsync the directory.
+    async fn commit(&self, op: &Op) -> Result<(), Failure> {
+        let download_dir = self.inner.config.download_dir.clone();
+        let DownloadSpec {
+            guid,
+            result_file,
+            replace_existing,
+            ..
+        } = op.spec.clone();
+        let disk = |what: &str, e: std::io::Error| Failure::disk(what, &e);
+        tokio::task::spawn_blocking(move || {
+            match paths::commit(&download_dir, &guid, &result_file, replace_existing) {
+                Ok(()) => Ok(()),
+                Err(CommitError::Exists) => Err(Failure::fatal(TransferError {
+                    message: format!(
+                        "`{result_file}` appeared in the download directory before the download finished; it was not replaced and the downloaded bytes were discarded (create the download with replace_existing to replace a file)"
+                    ),
+                    http_status: None,
+                    reason: ErrorReason::Disk,
+                })),
+                Err(CommitError::Io(e)) => Err(disk("could not move the finished file into place", e)),
+            }
         })
         .await
         .unwrap_or_else(|e| Err(disk("the commit task failed", std::io::Error::other(e))))
@@ -342,6 +396,24 @@ impl Engine {
             }
         }
     }
+}
+
+/// The byte count of a body that is already whole on disk: checkpointed up to the entity's
+/// known length and still that long, as a pause or shutdown that won against the commit leaves
+/// it. It goes straight to verify and commit instead of asking the origin again, which would
+/// answer 416 and make the download start over. Only while the download still points where
+/// that body came from: a re-pointed (or redirected) one asks, and If-Range decides.
+fn complete_on_disk(op: &Op, partial: &Path) -> Option<u64> {
+    let (checkpoint, total, same_uri) = {
+        let st = op.lock();
+        let same_uri = st
+            .response
+            .as_ref()
+            .is_some_and(|r| r.actual_uri == st.settings.requested_uri);
+        (st.checkpoint, st.total, same_uri)
+    };
+    let on_disk = std::fs::metadata(partial).ok()?.len();
+    (same_uri && total > 0 && checkpoint == total && on_disk == total).then_some(total)
 }
 
 /// The engine's side of a running attempt.

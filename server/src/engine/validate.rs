@@ -31,6 +31,7 @@ pub(super) struct CheckedDownload {
     pub(super) expected_sha256: Option<String>,
     pub(super) recoverable_web_error_statuses: Vec<u16>,
     pub(super) max_bytes: Option<u64>,
+    pub(super) replace_existing: bool,
 }
 
 /// Checks every field of a new download.
@@ -45,6 +46,7 @@ pub(super) fn new_download(new: NewDownload) -> Result<CheckedDownload, Error> {
         expected_sha256,
         recoverable_web_error_statuses,
         max_bytes,
+        replace_existing,
     } = new;
     let uri = uri(&requested_uri)?;
     let expected_sha256 = sha256(&expected_sha256)?;
@@ -70,6 +72,7 @@ pub(super) fn new_download(new: NewDownload) -> Result<CheckedDownload, Error> {
         recoverable_web_error_statuses: recoverable,
         // 0 on the wire means "no limit of its own".
         max_bytes: (max_bytes > 0).then_some(max_bytes),
+        replace_existing,
     })
 }
 

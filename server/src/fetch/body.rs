@@ -107,15 +107,12 @@ impl Speed {
 /// Opens the partial file for writing at `offset`, dropping anything past it.
 pub(super) async fn open_partial(path: &Path, offset: u64) -> Result<tokio::fs::File, Failure> {
     let open = async {
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(path)
-            .await?;
+        // Resolved beneath the download directory, never through a symlink out of it.
+        let owned = path.to_path_buf();
+        let file = tokio::task::spawn_blocking(move || crate::paths::open_partial(&owned))
+            .await
+            .map_err(std::io::Error::other)??;
+        let mut file = tokio::fs::File::from_std(file);
         // Drop anything past the resume point: unverified bytes, or a restart's old data.
         file.set_len(offset).await?;
         file.seek(SeekFrom::Start(offset)).await?;

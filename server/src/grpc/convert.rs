@@ -67,6 +67,7 @@ impl TryFrom<pb::CreateDownloadRequest> for NewDownload {
             expected_sha256,
             recoverable_web_error_statuses,
             max_bytes,
+            replace_existing,
         } = request;
         Ok(NewDownload {
             requested_uri,
@@ -78,6 +79,7 @@ impl TryFrom<pb::CreateDownloadRequest> for NewDownload {
             expected_sha256,
             recoverable_web_error_statuses,
             max_bytes,
+            replace_existing,
         })
     }
 }
@@ -227,6 +229,7 @@ impl From<DownloadView> for pb::DownloadOperation {
             expected_sha256,
             recoverable_web_error_statuses,
             max_bytes,
+            replace_existing,
         } = spec;
         let Settings {
             requested_uri,
@@ -253,6 +256,7 @@ impl From<DownloadView> for pb::DownloadOperation {
             current_web_error_status: web_error_status.map_or(0, u32::from),
             status_reason: pb::StatusReason::from(reason).into(),
             max_bytes: max_bytes.unwrap_or(0),
+            replace_existing,
         }
     }
 }

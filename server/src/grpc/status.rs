@@ -32,7 +32,7 @@ fn code(error: &Error) -> Code {
         | Error::NoResponseYet { .. }
         | Error::NotPaused { .. }
         | Error::NoGroup { .. } => Code::FailedPrecondition,
-        Error::ResultFileInUse { .. } => Code::AlreadyExists,
+        Error::ResultFileInUse { .. } | Error::ResultFileExists { .. } => Code::AlreadyExists,
         Error::ShuttingDown => Code::Unavailable,
         Error::Storage(e) => store_status(e),
     }
@@ -73,9 +73,10 @@ mod tests {
             Error::NoResponseYet { .. } => 8,
             Error::ShuttingDown => 9,
             Error::Storage(_) => 10,
+            Error::ResultFileExists { .. } => 11,
         }
     }
-    const VARIANTS: usize = 11;
+    const VARIANTS: usize = 12;
 
     /// One of each store error with its code. The store's errors are being reworked on another
     /// branch; this and [`store_status`] are what a merge swaps.
@@ -142,6 +143,10 @@ mod tests {
                     path: "a".into(),
                     guid: guid(),
                 },
+                Code::AlreadyExists,
+            ),
+            (
+                Error::ResultFileExists { path: "a".into() },
                 Code::AlreadyExists,
             ),
             (

@@ -61,6 +61,7 @@ fn record(guid: &str, seq: u64) -> Record {
             expected_sha256: None,
             recoverable_web_error_statuses: Vec::new(),
             max_bytes: None,
+            replace_existing: false,
         },
         settings: Settings {
             requested_uri: format!("http://127.0.0.1/{guid}"),
@@ -92,6 +93,7 @@ fn full_record(guid: &str, seq: u64) -> Record {
             expected_sha256: Some("ab".repeat(32)),
             recoverable_web_error_statuses: vec![401, 403],
             max_bytes: None,
+            replace_existing: false,
         },
         settings: Settings {
             requested_uri: "https://example.test/a?b=c&d=é".into(),

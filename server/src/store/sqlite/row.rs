@@ -106,7 +106,8 @@ impl Row {
             transfer_group,
             expected_sha256,
             recoverable_web_error_statuses,
-            max_bytes: _, // stored from schema v2 (merge)
+            max_bytes: _,        // stored from schema v2 (merge)
+            replace_existing: _, // stored from schema v2 (merge)
         } = spec;
         let Settings {
             requested_uri,
@@ -199,7 +200,8 @@ impl Row {
                 transfer_group: self.transfer_group,
                 expected_sha256: self.expected_sha256,
                 recoverable_web_error_statuses,
-                max_bytes: None, // stored from schema v2 (merge)
+                max_bytes: None,         // stored from schema v2 (merge)
+                replace_existing: false, // stored from schema v2 (merge)
             },
             settings: Settings {
                 requested_uri: self.requested_uri,

@@ -1,0 +1,102 @@
+//! The data-directory lock: one transferd per `--data-dir`. Two processes on one directory
+//! would run the same downloads into the same partial files and commit holes, so the second
+//! refuses to start before it opens the store. The lock is an `flock` on
+//! `<data-dir>/transferd.lock`, which the kernel releases when the process dies however it dies
+//! (even SIGKILL), so a crash never leaves a stale lock behind; the file's content (the holder's
+//! pid) only serves the message.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::FlockOperation;
+
+/// Name of the lock file inside the data directory.
+pub const LOCK_FILE: &str = "transferd.lock";
+
+/// Why the data directory could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the lock.
+    #[error(
+        "data directory {} is in use by another transferd{}; stop it or choose another --data-dir",
+        dir.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Held {
+        /// The data directory.
+        dir: PathBuf,
+        /// The holder's pid, if it wrote one.
+        pid: Option<u32>,
+    },
+    /// The lock file could not be created, locked or written.
+    #[error("cannot lock data directory {}: {source}", dir.display())]
+    Io {
+        /// The data directory.
+        dir: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The held lock; the directory stays locked until it is dropped (or the process ends).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Creates the data directory if needed and takes its lock without waiting, writing this
+    /// process's pid into the lock file.
+    pub fn acquire(dir: &Path) -> Result<DataDirLock, LockError> {
+        let io = |source| LockError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        // Not truncated on open: the holder's pid must survive a failed attempt to read it.
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(io)?;
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut content = String::new();
+                let _ = file.read_to_string(&mut content);
+                return Err(LockError::Held {
+                    dir: dir.to_path_buf(),
+                    pid: content.trim().parse().ok(),
+                });
+            }
+            Err(e) => return Err(io(e.into())),
+        }
+        file.set_len(0).map_err(io)?;
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        writeln!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_one_directory_is_refused_with_the_holders_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = DataDirLock::acquire(dir.path()).unwrap();
+        let err = DataDirLock::acquire(dir.path()).unwrap_err();
+        let pid = std::process::id();
+        assert!(
+            matches!(err, LockError::Held { pid: Some(p), .. } if p == pid),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&format!("pid {pid}")), "{err}");
+        drop(held);
+        DataDirLock::acquire(dir.path()).unwrap();
+    }
+}
