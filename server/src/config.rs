@@ -120,6 +120,12 @@ pub struct Config {
     #[arg(long, env = "TRANSFERD_RETRY_MAX_DELAY", default_value = DEFAULT_RETRY_MAX_DELAY,
           value_parser = parse_duration)]
     pub retry_max_delay: Duration,
+
+    /// Forget finished downloads (COMPLETED, CANCELED, ERROR) this long after they finished
+    /// (e.g. 30m, 24h, 168h). Unset keeps them until DeleteDownload. Result files
+    /// are never removed by this.
+    #[arg(long, env = "TRANSFERD_RETAIN_FINISHED", value_parser = parse_duration)]
+    pub retain_finished: Option<Duration>,
 }
 
 impl Config {

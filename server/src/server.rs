@@ -74,6 +74,7 @@ impl Transferd {
                 },
                 min_free_disk_bytes: config.min_free_disk,
                 default_cost_policy: config.default_cost_policy.into(),
+                retain_finished: config.retain_finished,
             },
             store,
             Fetcher::new(Timeouts {

@@ -5,6 +5,7 @@
 //! progress in step with the new status.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +53,8 @@ pub(super) struct OpState {
     pub(super) attempts: u32,
     /// Set while a transfer task owns the partial file (and holds a transfer slot).
     pub(super) task: Option<TaskHandle>,
+    /// When it reached its terminal status; set only by [`Core::transition`].
+    finished_at: Option<SystemTime>,
 }
 
 /// The handles of a running transfer task.
@@ -138,7 +141,10 @@ impl Core {
         match to {
             Status::Idle => self.queue.push(op.queue_key(st)),
             Status::Running => self.slots.acquire(&op.spec.transfer_group),
-            s if s.is_terminal() => self.registry.release_claim(&op.spec),
+            s if s.is_terminal() => {
+                st.finished_at = Some(SystemTime::now());
+                self.registry.release_claim(&op.spec);
+            }
             _ => {}
         }
         op.publish(st);
@@ -160,6 +166,11 @@ impl OpState {
     pub(super) fn status(&self) -> Status {
         self.status
     }
+
+    /// When it finished (set by [`Core::transition`]); `None` while unfinished.
+    pub(super) fn finished_at(&self) -> Option<SystemTime> {
+        self.finished_at
+    }
 }
 
 impl Op {
@@ -177,6 +188,7 @@ impl Op {
             attempts,
             web_error_status,
             queue_order,
+            finished_at,
         } = record;
         let progress = Progress {
             bytes_received: if status == Status::Completed {
@@ -212,6 +224,7 @@ impl Op {
                 restarts: 0,
                 attempts,
                 task: None,
+                finished_at,
             }),
             persist: tokio::sync::Mutex::new(()),
             spec,
@@ -248,6 +261,7 @@ impl Op {
             attempts: st.attempts,
             web_error_status: st.web_error_status,
             queue_order: st.queue_order,
+            finished_at: st.finished_at,
         }
     }
 

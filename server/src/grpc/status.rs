@@ -31,7 +31,8 @@ fn code(error: &Error) -> Code {
         Error::IllegalTransition { .. }
         | Error::NoResponseYet { .. }
         | Error::NotPaused { .. }
-        | Error::NoGroup { .. } => Code::FailedPrecondition,
+        | Error::NoGroup { .. }
+        | Error::ResultFileNotRemoved { .. } => Code::FailedPrecondition,
         Error::ResultFileInUse { .. } => Code::AlreadyExists,
         Error::ShuttingDown => Code::Unavailable,
         Error::Storage(e) => store_status(e),
@@ -73,9 +74,10 @@ mod tests {
             Error::NoResponseYet { .. } => 8,
             Error::ShuttingDown => 9,
             Error::Storage(_) => 10,
+            Error::ResultFileNotRemoved { .. } => 11,
         }
     }
-    const VARIANTS: usize = 11;
+    const VARIANTS: usize = 12;
 
     /// One of each store error with its code. The store's errors are being reworked on another
     /// branch; this and [`store_status`] are what a merge swaps.
@@ -157,6 +159,14 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (Error::ShuttingDown, Code::Unavailable),
+            (
+                Error::ResultFileNotRemoved {
+                    guid: guid(),
+                    path: "a".into(),
+                    reason: "permission denied".into(),
+                },
+                Code::FailedPrecondition,
+            ),
         ];
         cases.extend(
             store_cases()
