@@ -281,4 +281,11 @@ mod tests {
             PathBuf::from("/var/lib/transferd/downloads")
         );
     }
+
+    #[test]
+    fn finished_downloads_are_kept_unless_a_retention_is_given() {
+        assert_eq!(parse(&[]).retain_finished, None);
+        let c = parse(&["--retain-finished", "24h"]);
+        assert_eq!(c.retain_finished, Some(Duration::from_secs(86_400)));
+    }
 }

@@ -69,8 +69,10 @@ impl Engine {
                 {
                     return false;
                 }
+                // Equal times (downloads finished before version 2 share the upgrade time)
+                // leave it unknown which committed last: keep the file.
                 let st = other.lock();
-                st.status() == Status::Completed && st.finished_at() > finished_at
+                st.status() == Status::Completed && st.finished_at() >= finished_at
             });
             let remove_file = delete_file && status == Status::Completed && !replaced_later;
             (op, remove_file)
