@@ -145,6 +145,24 @@ impl Client {
             .into_inner())
     }
 
+    /// `DeleteDownload`: forgets a finished download; with `delete_file`, a completed one's
+    /// result file is removed too.
+    pub async fn delete(
+        &self,
+        guid: &str,
+        delete_file: bool,
+    ) -> Result<pb::DeleteDownloadResponse, Status> {
+        let request = pb::DeleteDownloadRequest {
+            guid: guid.into(),
+            delete_file,
+        };
+        Ok(self
+            .transfers()
+            .delete_download(request)
+            .await?
+            .into_inner())
+    }
+
     /// `WatchDownload`: the progress of one download, its current state first; the stream ends
     /// after a terminal status.
     pub async fn watch(

@@ -166,6 +166,12 @@ pub struct Config {
     #[arg(long, env = "TRANSFERD_RETRY_MAX_DELAY", default_value = DEFAULT_RETRY_MAX_DELAY,
           value_parser = parse_duration)]
     pub retry_max_delay: Duration,
+
+    /// Forget finished downloads (COMPLETED, CANCELED, ERROR) this long after they finished
+    /// (e.g. 30m, 24h, 168h). Unset keeps them until DeleteDownload. Result files
+    /// are never removed by this.
+    #[arg(long, env = "TRANSFERD_RETAIN_FINISHED", value_parser = parse_duration)]
+    pub retain_finished: Option<Duration>,
 }
 
 impl Config {
@@ -395,5 +401,12 @@ mod tests {
             c.download_dir(),
             PathBuf::from("/var/lib/transferd/downloads")
         );
+    }
+
+    #[test]
+    fn finished_downloads_are_kept_unless_a_retention_is_given() {
+        assert_eq!(parse(&[]).retain_finished, None);
+        let c = parse(&["--retain-finished", "24h"]);
+        assert_eq!(c.retain_finished, Some(Duration::from_secs(86_400)));
     }
 }

@@ -93,6 +93,19 @@ pub enum Error {
         /// The download.
         guid: Guid,
     },
+    /// DeleteDownload was asked to remove the result file and could not; the download is kept.
+    #[error(
+        "cannot remove result_file `{}` of download `{guid}`: {reason}; the download was kept: fix the cause and delete again, or delete without delete_file",
+        shorten(path)
+    )]
+    ResultFileNotRemoved {
+        /// The download.
+        guid: Guid,
+        /// Its result file.
+        path: String,
+        /// Why it could not be removed.
+        reason: String,
+    },
     /// The server is shutting down and takes no new work.
     #[error("transferd is shutting down; retry against the restarted server")]
     ShuttingDown,

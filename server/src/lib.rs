@@ -24,16 +24,19 @@
 //!   `validate.rs` (request limits), `download.rs` (one download and the one transition
 //!   function), `registry.rs` (downloads by guid and creation order, result-file claims,
 //!   paging), `queue.rs` (the run queue), `scheduler.rs` (slots, priorities, serialized
-//!   groups), `transfer.rs` (the transfer task: attempts, checkpoints, commit), `host.rs` (host
-//!   conditions and their monitor). `mod.rs` documents the lock order.
+//!   groups), `transfer.rs` (the transfer task: attempts, checkpoints, commit), `retention.rs`
+//!   (DeleteDownload and `--retain-finished`), `host.rs` (host conditions and their monitor).
+//!   `mod.rs` documents the lock order.
 //! - `fetch/`: the HTTP fetcher; owns the Range / If-Range / restart rules and classifies
 //!   failures as transient or fatal.
 //! - `store/`: durable state behind the async `Store` trait with backend-neutral errors;
-//!   `sqlite.rs` is the embedded default, `conformance.rs` the suite every backend passes.
+//!   `sqlite.rs` is the embedded default (its schema and migrations in `sqlite/schema.rs`),
+//!   `trust.rs` the checks a loaded row must pass, `conformance.rs` the suite every backend
+//!   passes.
 //! - `progress`: progress fan-out to any number of watchers without ever slowing a transfer.
 //! - `retry`: backoff with jitter, Retry-After, and the retry budget.
 //! - `operation`: the domain model of a download: spec, settings, statuses and their numbers.
-//! - `paths`: result-file validation, partial files and the atomic commit.
+//! - `paths`: result-file validation, partial files, the atomic commit and result-file removal.
 //! - `datadir`: the lock that keeps a second process off a data directory.
 //! - `error`: typed errors of the engine.
 #![forbid(unsafe_code)]

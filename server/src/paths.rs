@@ -305,6 +305,40 @@ fn escape(path: &str) -> io::Error {
     ))
 }
 
+/// Removes a finished download's result file (`result_file`, a validated relative path) for
+/// DeleteDownload. Returns whether a file was removed: nothing there, or something other than a
+/// regular file (a symlink or a directory someone put in its place is not what transferd
+/// committed), is left alone and is not an error. Refuses a file whose directory resolves
+/// outside `download_dir`, and never follows a symlink in the last component (`remove_file`
+/// unlinks a link itself, and a link is skipped anyway). The checks and the removal are
+/// separate system calls; hardening against a directory swapped in between belongs here.
+pub fn remove_result_file(download_dir: &Path, result_file: &str) -> std::io::Result<bool> {
+    let target = download_dir.join(result_file);
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        return Err(std::io::Error::other("result path has no file name"));
+    };
+    let parent = match parent.canonicalize() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        resolved => resolved?,
+    };
+    if !parent.starts_with(download_dir.canonicalize()?) {
+        return Err(std::io::Error::other(format!(
+            "{} resolves outside the download directory",
+            target.display()
+        )));
+    }
+    let target = parent.join(name);
+    match std::fs::symlink_metadata(&target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+        Ok(meta) if !meta.file_type().is_file() => return Ok(false),
+        Ok(_) => {}
+    }
+    std::fs::remove_file(&target)?;
+    std::fs::File::open(&parent)?.sync_all()?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,5 +436,27 @@ mod tests {
         let g = "1a2b3c4d-0000-0000-0000-000000000000".to_string();
         assert_eq!(with_guid_suffix("model.bin", &g), "model-1a2b3c4d.bin");
         assert_eq!(with_guid_suffix("download", &g), "download-1a2b3c4d");
+    }
+
+    #[test]
+    fn removes_only_regular_files_inside_the_download_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let dir = root.path().join("dl");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/a.bin"), b"a").unwrap();
+        assert!(remove_result_file(&dir, "sub/a.bin").unwrap());
+        assert!(!dir.join("sub/a.bin").exists());
+        assert!(!remove_result_file(&dir, "sub/a.bin").unwrap());
+        assert!(!remove_result_file(&dir, "missing/a.bin").unwrap());
+        // A link in the file's place is left, and so is what it points to.
+        std::fs::write(outside.path().join("victim"), b"v").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("victim"), dir.join("link")).unwrap();
+        assert!(!remove_result_file(&dir, "link").unwrap());
+        assert!(outside.path().join("victim").exists());
+        // A directory link out of the download dir is refused.
+        std::os::unix::fs::symlink(outside.path(), dir.join("out")).unwrap();
+        assert!(remove_result_file(&dir, "out/victim").is_err());
+        assert!(outside.path().join("victim").exists());
     }
 }

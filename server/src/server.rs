@@ -83,6 +83,7 @@ impl Transferd {
                 min_free_disk_bytes: config.min_free_disk,
                 default_cost_policy: config.default_cost_policy.into(),
                 max_file_size: config.max_file_size,
+                retain_finished: config.retain_finished,
             },
             store,
             Fetcher::new(Timeouts {

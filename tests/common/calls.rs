@@ -92,6 +92,14 @@ impl Harness {
         must("CancelDownload", self.client.cancel(guid).await)
     }
 
+    /// Deletes a finished download (and with `delete_file` its result file).
+    pub async fn delete(&self, guid: &str, delete_file: bool) -> pb::DeleteDownloadResponse {
+        must(
+            "DeleteDownload",
+            self.client.delete(guid, delete_file).await,
+        )
+    }
+
     /// The guids of every download, in ListDownloads order, following every page.
     pub async fn list_guids(&self) -> Vec<String> {
         let downloads = must("ListDownloads", self.client.list_all(None).await);

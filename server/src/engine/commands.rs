@@ -88,6 +88,7 @@ impl Engine {
             attempts: 0,
             web_error_status: None,
             queue_order: i64::try_from(seq).unwrap_or(i64::MAX),
+            finished_at: None,
         };
         let op = Op::from_record(record.clone(), &self.inner.bus);
         if let Err(e) = self.inner.store.insert(&record).await {

@@ -5,6 +5,7 @@
 //! progress in step with the new status.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +57,8 @@ pub(super) struct OpState {
     /// been claimed while RUNNING, and no status change but the task's own may happen until it
     /// is known whether the file is in place (see [`Core::transition`]).
     pub(super) committing: bool,
+    /// When it reached its terminal status; set only by [`Core::transition`].
+    finished_at: Option<SystemTime>,
 }
 
 /// The handles of a running transfer task.
@@ -147,7 +150,10 @@ impl Core {
         match to {
             Status::Idle => self.queue.push(op.queue_key(st)),
             Status::Running => self.slots.acquire(&op.spec.transfer_group),
-            s if s.is_terminal() => self.registry.release_claim(&op.spec),
+            s if s.is_terminal() => {
+                st.finished_at = Some(SystemTime::now());
+                self.registry.release_claim(&op.spec);
+            }
             _ => {}
         }
         op.publish(st);
@@ -178,6 +184,11 @@ impl OpState {
             .filter(|_| self.committing)
             .map(|task| task.done.clone())
     }
+
+    /// When it finished (set by [`Core::transition`]); `None` while unfinished.
+    pub(super) fn finished_at(&self) -> Option<SystemTime> {
+        self.finished_at
+    }
 }
 
 impl Op {
@@ -195,6 +206,7 @@ impl Op {
             attempts,
             web_error_status,
             queue_order,
+            finished_at,
         } = record;
         let progress = Progress {
             bytes_received: if status == Status::Completed {
@@ -231,6 +243,7 @@ impl Op {
                 attempts,
                 task: None,
                 committing: false,
+                finished_at,
             }),
             persist: tokio::sync::Mutex::new(()),
             spec,
@@ -267,6 +280,7 @@ impl Op {
             attempts: st.attempts,
             web_error_status: st.web_error_status,
             queue_order: st.queue_order,
+            finished_at: st.finished_at,
         }
     }
 

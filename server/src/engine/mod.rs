@@ -12,6 +12,7 @@
 //! - `queue`: the run queue, a type that keeps its order and its index in step.
 //! - `scheduler`: transfer slots, priorities and serialized groups.
 //! - `transfer`: the task that transfers one download: attempts, retries, checkpoints, commit.
+//! - `retention`: forgetting finished downloads: DeleteDownload and `--retain-finished`.
 //! - `host`: host conditions (network, cost, constrained mode, disk) and their monitor.
 //!
 //! # Locking
@@ -30,6 +31,7 @@ mod download;
 mod host;
 mod queue;
 mod registry;
+mod retention;
 mod scheduler;
 mod transfer;
 mod validate;
@@ -50,6 +52,7 @@ use crate::store::{self, Store};
 
 pub use commands::NewDownload;
 pub use host::Conditions;
+pub use retention::Deleted;
 
 use download::Op;
 use host::Host;
@@ -75,6 +78,8 @@ pub struct EngineConfig {
     pub default_cost_policy: CostPolicy,
     /// Largest file any download may have.
     pub max_file_size: u64,
+    /// How long finished downloads are kept; `None` keeps them forever.
+    pub retain_finished: Option<Duration>,
 }
 
 /// A download as the outside world sees it.
@@ -167,12 +172,20 @@ impl Engine {
                 config.default_cost_policy,
             )),
         };
+        if let Some(retain) = config.retain_finished {
+            let pruned = retention::prune_store(&*store, retain).await?;
+            if !pruned.is_empty() {
+                tracing::info!(count = pruned.len(), "pruned finished downloads");
+            }
+        }
         let mut after_seq = 0;
+        let mut check = store::LoadCheck::default();
         loop {
             let page = store.load_page(after_seq, store::LOAD_PAGE_SIZE).await?;
             let Some(last) = page.last() else { break };
             after_seq = last.spec.seq;
             for mut record in page {
+                check.admit(&record)?;
                 // A download that was running, or paused by conditions, when the server stopped
                 // waits for a slot again; conditions are measured afresh. This is how a stored
                 // record is read back, not a status change: nothing has run yet.
@@ -204,6 +217,12 @@ impl Engine {
         self.inner
             .tasks
             .spawn(async move { engine.monitor().await });
+        if let Some(retain) = self.inner.config.retain_finished {
+            let engine = self.clone();
+            self.inner
+                .tasks
+                .spawn(async move { engine.prune_periodically(retain).await });
+        }
         self.schedule();
     }
 
@@ -274,6 +293,7 @@ mod fixtures {
             attempts: 0,
             web_error_status: None,
             queue_order: seq as i64,
+            finished_at: None,
         };
         Op::from_record(record, &Bus::default())
     }

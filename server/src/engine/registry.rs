@@ -104,6 +104,15 @@ impl Registry {
         }
     }
 
+    /// Forgets a finished download. Its creation sequence is not handed out again, so page
+    /// tokens issued before stay valid.
+    pub(super) fn remove(&mut self, guid: &str) -> Option<Arc<Op>> {
+        let op = self.ops.remove(guid)?;
+        self.by_seq.remove(&op.spec.seq);
+        self.release_claim(&op.spec);
+        Some(op)
+    }
+
     /// A page of downloads (of one group, or all) and whether more follow. A page that starts
     /// after a download not yet created was never handed out.
     pub(super) fn page(

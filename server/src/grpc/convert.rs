@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::engine::Conditions;
-use crate::engine::{DownloadView, NewDownload, Page, SystemView};
+use crate::engine::{Deleted, DownloadView, NewDownload, Page, SystemView};
 use crate::error::Error;
 use crate::operation::{
     Behavior, CostPolicy, DownloadSpec, ErrorReason, Priority, Progress, ResponseInfo, Settings,
@@ -257,6 +257,19 @@ impl From<DownloadView> for pb::DownloadOperation {
             status_reason: pb::StatusReason::from(reason).into(),
             max_bytes: max_bytes.unwrap_or(0),
             replace_existing,
+        }
+    }
+}
+
+impl From<Deleted> for pb::DeleteDownloadResponse {
+    fn from(deleted: Deleted) -> Self {
+        let Deleted {
+            view,
+            result_file_deleted,
+        } = deleted;
+        pb::DeleteDownloadResponse {
+            operation: Some(view.into()),
+            result_file_deleted,
         }
     }
 }

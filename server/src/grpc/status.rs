@@ -31,7 +31,8 @@ fn code(error: &Error) -> Code {
         Error::IllegalTransition { .. }
         | Error::NoResponseYet { .. }
         | Error::NotPaused { .. }
-        | Error::NoGroup { .. } => Code::FailedPrecondition,
+        | Error::NoGroup { .. }
+        | Error::ResultFileNotRemoved { .. } => Code::FailedPrecondition,
         Error::ResultFileInUse { .. } | Error::ResultFileExists { .. } => Code::AlreadyExists,
         Error::ShuttingDown => Code::Unavailable,
         Error::Storage(e) => store_status(e),
@@ -74,9 +75,10 @@ mod tests {
             Error::ShuttingDown => 9,
             Error::Storage(_) => 10,
             Error::ResultFileExists { .. } => 11,
+            Error::ResultFileNotRemoved { .. } => 12,
         }
     }
-    const VARIANTS: usize = 12;
+    const VARIANTS: usize = 13;
 
     /// One of each store error with its code. The store's errors are being reworked on another
     /// branch; this and [`store_status`] are what a merge swaps.
@@ -162,6 +164,14 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (Error::ShuttingDown, Code::Unavailable),
+            (
+                Error::ResultFileNotRemoved {
+                    guid: guid(),
+                    path: "a".into(),
+                    reason: "permission denied".into(),
+                },
+                Code::FailedPrecondition,
+            ),
         ];
         cases.extend(
             store_cases()

@@ -89,6 +89,16 @@ impl BackgroundTransferService for TransferService {
         Ok(Response::new(self.engine.cancel(&guid).await?.into()))
     }
 
+    async fn delete_download(
+        &self,
+        request: Request<pb::DeleteDownloadRequest>,
+    ) -> Result<Response<pb::DeleteDownloadResponse>, GrpcStatus> {
+        let pb::DeleteDownloadRequest { guid, delete_file } = request.into_inner();
+        Ok(Response::new(
+            self.engine.delete(&guid, delete_file).await?.into(),
+        ))
+    }
+
     type WatchDownloadStream = ProgressStream;
 
     async fn watch_download(

@@ -7,6 +7,8 @@ use crate::operation::{
     Behavior, CostPolicy, DownloadSpec, ErrorReason, Priority, ResponseInfo, Settings, Status,
     TransferError, Validators,
 };
+use std::time::{Duration, SystemTime};
+
 use crate::store::{Record, Store, StoreError};
 
 /// How the suite sets up one backend.
@@ -37,6 +39,9 @@ macro_rules! suite {
             groups_are_saved_overwritten_and_loaded,
             pages_follow_seq_order,
             newer_schema_is_refused,
+            finish_time_round_trips,
+            delete_forgets_a_download,
+            finished_downloads_are_pruned_by_age,
         );
     };
     (@cases $fixture:ty; $($case:ident,)*) => {
@@ -78,6 +83,7 @@ fn record(guid: &str, seq: u64) -> Record {
         attempts: 0,
         web_error_status: None,
         queue_order: i64::try_from(seq).unwrap(),
+        finished_at: None,
     }
 }
 
@@ -92,8 +98,8 @@ fn full_record(guid: &str, seq: u64) -> Record {
             transfer_group: "nightly".into(),
             expected_sha256: Some("ab".repeat(32)),
             recoverable_web_error_statuses: vec![401, 403],
-            max_bytes: None,
-            replace_existing: false,
+            max_bytes: Some(5 << 30),
+            replace_existing: true,
         },
         settings: Settings {
             requested_uri: "https://example.test/a?b=c&d=é".into(),
@@ -130,7 +136,13 @@ fn full_record(guid: &str, seq: u64) -> Record {
         attempts: 7,
         web_error_status: Some(403),
         queue_order: -5,
+        finished_at: Some(at_ms(1_700_000_000_123)),
     }
+}
+
+/// A time `ms` milliseconds after the Unix epoch: what a store keeps of a finish time.
+fn at_ms(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 async fn load_all(store: &dyn Store) -> Vec<Record> {
@@ -339,4 +351,74 @@ pub(crate) async fn newer_schema_is_refused<F: Fixture>() {
     );
     fixture.set_schema_version(F::SCHEMA_VERSION).await;
     assert_eq!(load_all(&*reopen(&fixture).await).await, vec![a]);
+}
+
+/// The finish time is saved when a download finishes, and read back to the millisecond.
+pub(crate) async fn finish_time_round_trips<F: Fixture>() {
+    let (fixture, store) = F::open().await;
+    let mut a = record("a", 1);
+    store.insert(&a).await.unwrap();
+    a.status = Status::Completed;
+    a.finished_at = Some(at_ms(1_763_000_000_001));
+    store.save(&a).await.unwrap();
+    drop(store);
+    assert_eq!(load_all(&*reopen(&fixture).await).await, vec![a]);
+}
+
+/// A deleted download is gone, also after a restart; deleting it again, or deleting a guid
+/// never stored, reports that nothing was deleted; the others stay.
+pub(crate) async fn delete_forgets_a_download<F: Fixture>() {
+    let (fixture, store) = F::open().await;
+    let (a, b) = (record("a", 1), full_record("b", 2));
+    store.insert(&a).await.unwrap();
+    store.insert(&b).await.unwrap();
+    assert!(store.delete("a").await.unwrap());
+    assert!(!store.delete("a").await.unwrap());
+    assert!(!store.delete("never").await.unwrap());
+    assert_eq!(load_all(&*store).await, vec![b.clone()]);
+    let err = store.save(&a).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    drop(store);
+    let store = reopen(&fixture).await;
+    assert_eq!(load_all(&*store).await, vec![b]);
+    // Its guid may be stored again (a new download never reuses one, but nothing forbids it).
+    store.insert(&a).await.unwrap();
+}
+
+/// Pruning forgets exactly the downloads that finished before the cutoff.
+pub(crate) async fn finished_downloads_are_pruned_by_age<F: Fixture>() {
+    let (fixture, store) = F::open().await;
+    let finished = |guid: &str, seq, ms| Record {
+        status: Status::Canceled,
+        finished_at: Some(at_ms(ms)),
+        ..record(guid, seq)
+    };
+    let old = finished("old", 1, 1_000);
+    let at_cutoff = finished("at-cutoff", 2, 2_000);
+    let recent = finished("recent", 3, 3_000);
+    let unfinished = record("unfinished", 4);
+    for r in [&old, &at_cutoff, &recent, &unfinished] {
+        store.insert(r).await.unwrap();
+    }
+    assert_eq!(
+        store.delete_finished_before(at_ms(2_000)).await.unwrap(),
+        vec!["old".to_string()]
+    );
+    assert_eq!(
+        store.delete_finished_before(at_ms(2_000)).await.unwrap(),
+        Vec::<String>::new()
+    );
+    drop(store);
+    let store = reopen(&fixture).await;
+    assert_eq!(
+        load_all(&*store).await,
+        vec![at_cutoff, recent, unfinished.clone()]
+    );
+    let mut pruned = store
+        .delete_finished_before(at_ms(u64::from(u32::MAX) * 1000))
+        .await
+        .unwrap();
+    pruned.sort();
+    assert_eq!(pruned, vec!["at-cutoff".to_string(), "recent".to_string()]);
+    assert_eq!(load_all(&*store).await, vec![unfinished]);
 }

@@ -7,21 +7,26 @@
 //! # Layout
 //! - `mod.rs`: the [`Store`] trait, the [`Record`] it stores and the backend-neutral
 //!   [`StoreError`].
-//! - `sqlite.rs`: the SQLite backend; the only place that knows SQL or `rusqlite`.
+//! - `sqlite.rs`: the SQLite backend; the only place that knows SQL or `rusqlite`. Its schema
+//!   and versioned migrations live in `sqlite/schema.rs`.
+//! - `trust.rs`: the backend-neutral checks a loaded download must pass before it is served.
 //! - `conformance.rs` (tests only): the one suite every backend must pass.
 
 #[cfg(test)]
 mod conformance;
 mod sqlite;
+mod trust;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::SystemTime;
 
 use crate::operation::{
-    Behavior, DownloadSpec, ResponseInfo, Settings, Status, TransferError, Validators,
+    Behavior, DownloadSpec, Guid, ResponseInfo, Settings, Status, TransferError, Validators,
 };
 
 pub use sqlite::SqliteStore;
+pub use trust::LoadCheck;
 
 /// How many downloads one [`Store::load_page`] call reads at start: enough that loading takes
 /// few round trips, few enough that no single query or page holds a large store in memory at
@@ -78,6 +83,9 @@ pub struct Record {
     pub web_error_status: Option<u16>,
     /// Position in the queue within its priority (creation order unless moved).
     pub queue_order: i64,
+    /// When it reached its terminal status (stored to the millisecond); `None` while it is
+    /// unfinished. `--retain-finished` counts from here.
+    pub finished_at: Option<SystemTime>,
 }
 
 /// A store call in flight.
@@ -108,4 +116,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn load_groups(&self) -> StoreFuture<'_, Vec<(String, Behavior)>>;
     /// Records how a transfer group runs, replacing what was recorded before.
     fn save_group<'a>(&'a self, group: &'a str, behavior: Behavior) -> StoreFuture<'a, ()>;
+    /// Forgets a download. `Ok(false)` if no download with this guid is stored (never stored,
+    /// or already deleted), so of two concurrent deletes exactly one sees `true`.
+    fn delete<'a>(&'a self, guid: &'a str) -> StoreFuture<'a, bool>;
+    /// Forgets every download that finished before `cutoff` and returns their guids. Downloads
+    /// without a finish time (unfinished ones) are kept.
+    fn delete_finished_before(&self, cutoff: SystemTime) -> StoreFuture<'_, Vec<Guid>>;
 }

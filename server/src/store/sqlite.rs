@@ -4,16 +4,19 @@
 //! this module.
 
 mod row;
+mod schema;
 
 use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, named_params};
 
 use super::{Record, Store, StoreError, StoreFuture};
-use crate::operation::Behavior;
+use crate::operation::{Behavior, Guid};
 use row::{FIXED_COLUMNS, Row, STATE_COLUMNS};
+#[cfg(test)]
+use schema::SCHEMA_V1;
 
 /// How long a store call waits for a lock held by another connection (for example an operator's
 /// `sqlite3` shell) before failing.
@@ -29,8 +32,9 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// The schema version this build writes, kept in SQLite's `user_version`. A database with a
-    /// higher one was written by a newer transferd and is refused rather than misread.
-    pub const SCHEMA_VERSION: i64 = 1;
+    /// higher one was written by a newer transferd and is refused rather than misread; an older
+    /// one is migrated at open.
+    pub const SCHEMA_VERSION: i64 = schema::SCHEMA_VERSION;
 
     /// File name of the database inside `--data-dir`.
     pub const DB_FILE: &str = "transferd.db";
@@ -103,48 +107,9 @@ fn open_connection(data_dir: &Path) -> Result<Connection, StoreError> {
         .map_err(failed)?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(failed)?;
-    if version == 0 {
-        conn.execute_batch(SCHEMA_V1).map_err(failed)?;
-    }
+    schema::migrate(&conn, version).map_err(failed)?;
     Ok(conn)
 }
-
-const SCHEMA_V1: &str = "
-BEGIN;
-CREATE TABLE downloads (
-    guid                  TEXT PRIMARY KEY,
-    seq                   INTEGER NOT NULL UNIQUE,
-    result_file           TEXT NOT NULL,
-    transfer_group        TEXT NOT NULL,
-    expected_sha256       TEXT,
-    recoverable_statuses  TEXT NOT NULL,
-    requested_uri         TEXT NOT NULL,
-    request_headers       TEXT NOT NULL,
-    priority              INTEGER NOT NULL,
-    cost_policy           INTEGER NOT NULL,
-    status                INTEGER NOT NULL,
-    checkpoint_bytes      INTEGER NOT NULL,
-    total_bytes           INTEGER NOT NULL,
-    etag                  TEXT,
-    last_modified         TEXT,
-    response_status       INTEGER,
-    response_uri          TEXT,
-    response_resumable    INTEGER,
-    response_headers      TEXT,
-    error_message         TEXT,
-    error_http_status     INTEGER,
-    error_reason          INTEGER,
-    attempts              INTEGER NOT NULL,
-    web_error_status      INTEGER,
-    queue_order           INTEGER NOT NULL
-);
-CREATE TABLE transfer_groups (
-    name      TEXT PRIMARY KEY,
-    behavior  INTEGER NOT NULL
-);
-PRAGMA user_version = 1;
-COMMIT;
-";
 
 /// Every column, fixed ones first.
 static COLUMNS: LazyLock<Vec<&str>> =
@@ -243,6 +208,33 @@ impl Store for SqliteStore {
                 Ok((name, behavior))
             })
             .collect()
+        })
+    }
+
+    fn delete<'a>(&'a self, guid: &'a str) -> StoreFuture<'a, bool> {
+        let guid = guid.to_string();
+        self.call(move |conn| {
+            let deleted = conn
+                .execute(
+                    "DELETE FROM downloads WHERE guid = :guid",
+                    named_params! {":guid": guid},
+                )
+                .map_err(|e| failed(&format!("deleting download `{guid}`"), e))?;
+            Ok(deleted == 1)
+        })
+    }
+
+    fn delete_finished_before(&self, cutoff: SystemTime) -> StoreFuture<'_, Vec<Guid>> {
+        let cutoff = schema::unix_millis(cutoff);
+        self.call(move |conn| {
+            let fail = |e| failed("pruning finished downloads", e);
+            let mut stmt = conn
+                .prepare_cached("DELETE FROM downloads WHERE finished_at < :cutoff RETURNING guid")
+                .map_err(fail)?;
+            let rows = stmt
+                .query_map(named_params! {":cutoff": cutoff}, |r| r.get("guid"))
+                .map_err(fail)?;
+            rows.map(|row| row.map_err(fail)).collect()
         })
     }
 

@@ -3,9 +3,11 @@
 //! parameters (`:guid`), so no statement depends on column order.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use rusqlite::ToSql;
 
+use super::schema;
 use crate::operation::{
     CostPolicy, DownloadSpec, ErrorReason, Priority, ResponseInfo, Settings, Status, TransferError,
     Validators,
@@ -59,6 +61,8 @@ row! {
         transfer_group: String,
         expected_sha256: Option<String>,
         recoverable_statuses: String,
+        max_bytes: Option<i64>,
+        replace_existing: bool,
     }
     state {
         requested_uri: String,
@@ -80,6 +84,7 @@ row! {
         attempts: i64,
         web_error_status: Option<i64>,
         queue_order: i64,
+        finished_at: Option<i64>,
     }
 }
 
@@ -98,6 +103,7 @@ impl Row {
             attempts,
             web_error_status,
             queue_order,
+            finished_at,
         } = record;
         let DownloadSpec {
             guid,
@@ -106,8 +112,8 @@ impl Row {
             transfer_group,
             expected_sha256,
             recoverable_web_error_statuses,
-            max_bytes: _,        // stored from schema v2 (merge)
-            replace_existing: _, // stored from schema v2 (merge)
+            max_bytes,
+            replace_existing,
         } = spec;
         let Settings {
             requested_uri,
@@ -123,6 +129,8 @@ impl Row {
             expected_sha256: expected_sha256.clone(),
             recoverable_statuses: serde_json::to_string(recoverable_web_error_statuses)
                 .expect("a list of numbers always serialises"),
+            max_bytes: max_bytes.map(to_i64),
+            replace_existing: *replace_existing,
             requested_uri: requested_uri.clone(),
             request_headers: headers_to_json(request_headers),
             priority: priority.code().into(),
@@ -142,6 +150,7 @@ impl Row {
             attempts: (*attempts).into(),
             web_error_status: web_error_status.map(i64::from),
             queue_order: *queue_order,
+            finished_at: finished_at.map(schema::unix_millis),
         }
     }
 
@@ -160,6 +169,7 @@ impl Row {
             .ok_or_else(|| bad(format!("unknown priority {}", self.priority)))?;
         let cost_policy = CostPolicy::from_code(code(self.cost_policy, "cost policy")?)
             .ok_or_else(|| bad(format!("unknown cost policy {}", self.cost_policy)))?;
+        let (checkpoint_bytes, total_bytes, finished_at) = self.progress().map_err(&bad)?;
         let request_headers = headers_from_json(&self.request_headers).map_err(&bad)?;
         let recoverable_web_error_statuses: Vec<u16> =
             serde_json::from_str(&self.recoverable_statuses)
@@ -200,8 +210,8 @@ impl Row {
                 transfer_group: self.transfer_group,
                 expected_sha256: self.expected_sha256,
                 recoverable_web_error_statuses,
-                max_bytes: None,         // stored from schema v2 (merge)
-                replace_existing: false, // stored from schema v2 (merge)
+                max_bytes: self.max_bytes.map(to_u64),
+                replace_existing: self.replace_existing,
             },
             settings: Settings {
                 requested_uri: self.requested_uri,
@@ -210,8 +220,8 @@ impl Row {
                 cost_policy,
             },
             status,
-            checkpoint_bytes: to_u64(self.checkpoint_bytes),
-            total_bytes: to_u64(self.total_bytes),
+            checkpoint_bytes,
+            total_bytes,
             validators: Validators {
                 etag: self.etag,
                 last_modified: self.last_modified,
@@ -221,7 +231,30 @@ impl Row {
             attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
             web_error_status: self.web_error_status.and_then(|s| u16::try_from(s).ok()),
             queue_order: self.queue_order,
+            finished_at,
         })
+    }
+}
+
+impl Row {
+    /// Checkpoint, total size and finish time. A negative byte count is refused rather than
+    /// read as zero: it is a row written by hand or by a broken build, and a resume from it
+    /// would trust a partial file it knows nothing about.
+    fn progress(&self) -> Result<(u64, u64, Option<SystemTime>), String> {
+        let count =
+            |v: i64, what: &str| u64::try_from(v).map_err(|_| format!("{what} {v} is negative"));
+        let finished_at = match self.finished_at {
+            None => None,
+            Some(ms) => Some(
+                schema::from_unix_millis(ms)
+                    .ok_or_else(|| format!("finish time {ms} is out of range"))?,
+            ),
+        };
+        Ok((
+            count(self.checkpoint_bytes, "checkpoint")?,
+            count(self.total_bytes, "total size")?,
+            finished_at,
+        ))
     }
 }
 

@@ -1,0 +1,180 @@
+//! The SQLite schema and its versioned migrations. The version lives in SQLite's
+//! `user_version`; a new database is created at version 1 and migrated like an old one, so
+//! every database reaches the current schema by the same steps.
+
+use std::time::SystemTime;
+
+use rusqlite::{Connection, named_params};
+
+use crate::operation::Status;
+
+/// The schema version this build writes. A database with a higher one was written by a newer
+/// transferd and is refused rather than misread.
+pub(super) const SCHEMA_VERSION: i64 = 2;
+
+/// Version 1: downloads and transfer groups.
+pub(super) const SCHEMA_V1: &str = "
+BEGIN;
+CREATE TABLE downloads (
+    guid                  TEXT PRIMARY KEY,
+    seq                   INTEGER NOT NULL UNIQUE,
+    result_file           TEXT NOT NULL,
+    transfer_group        TEXT NOT NULL,
+    expected_sha256       TEXT,
+    recoverable_statuses  TEXT NOT NULL,
+    requested_uri         TEXT NOT NULL,
+    request_headers       TEXT NOT NULL,
+    priority              INTEGER NOT NULL,
+    cost_policy           INTEGER NOT NULL,
+    status                INTEGER NOT NULL,
+    checkpoint_bytes      INTEGER NOT NULL,
+    total_bytes           INTEGER NOT NULL,
+    etag                  TEXT,
+    last_modified         TEXT,
+    response_status       INTEGER,
+    response_uri          TEXT,
+    response_resumable    INTEGER,
+    response_headers      TEXT,
+    error_message         TEXT,
+    error_http_status     INTEGER,
+    error_reason          INTEGER,
+    attempts              INTEGER NOT NULL,
+    web_error_status      INTEGER,
+    queue_order           INTEGER NOT NULL
+);
+CREATE TABLE transfer_groups (
+    name      TEXT PRIMARY KEY,
+    behavior  INTEGER NOT NULL
+);
+PRAGMA user_version = 1;
+COMMIT;
+";
+
+/// Version 2 adds when a download finished (milliseconds since the Unix epoch; NULL while
+/// unfinished), indexed for pruning, and the columns of two `DownloadSpec` fields: a byte limit
+/// (NULL for none) and whether an existing result file may be replaced.
+const V1_TO_V2: &str = "
+ALTER TABLE downloads ADD COLUMN finished_at INTEGER;
+ALTER TABLE downloads ADD COLUMN max_bytes INTEGER;
+ALTER TABLE downloads ADD COLUMN replace_existing INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX downloads_by_finished_at ON downloads (finished_at)
+    WHERE finished_at IS NOT NULL;
+";
+
+/// Brings a database at `version` (0 for a new one) to [`SCHEMA_VERSION`], one version per
+/// transaction, so an interrupted migration leaves the last completed version.
+pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
+    if version < 1 {
+        conn.execute_batch(SCHEMA_V1)?;
+    }
+    if version < 2 {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(V1_TO_V2)?;
+        // Downloads that finished under version 1 have no finish time: they count as finished
+        // now, so an operator who enables retention on upgrade loses nothing at once.
+        tx.execute(
+            &format!(
+                "UPDATE downloads SET finished_at = :now WHERE status IN ({})",
+                terminal_codes()
+            ),
+            named_params! {":now": unix_millis(SystemTime::now())},
+        )?;
+        tx.pragma_update(None, "user_version", 2)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The stored codes of the terminal statuses, as an SQL list.
+fn terminal_codes() -> String {
+    let codes: Vec<String> = Status::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| s.code().to_string())
+        .collect();
+    codes.join(", ")
+}
+
+/// A time as stored: milliseconds since the Unix epoch (0 for earlier times).
+pub(super) fn unix_millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A stored time back as a [`SystemTime`]; `None` for a negative value.
+pub(super) fn from_unix_millis(ms: i64) -> Option<SystemTime> {
+    let ms = u64::try_from(ms).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Store, StoreError};
+
+    /// A row written under version 1 with the values given as SQL.
+    fn v1_row(guid: &str, seq: i64, status: Status, checkpoint: i64) -> String {
+        format!(
+            "INSERT INTO downloads VALUES ('{guid}', {seq}, '{guid}.bin', '', NULL, '[]', \
+             'http://h/x', '{{}}', 0, 0, {}, {checkpoint}, 0, NULL, NULL, NULL, NULL, NULL, NULL, \
+             NULL, NULL, NULL, 0, NULL, {seq});",
+            status.code()
+        )
+    }
+
+    #[tokio::test]
+    async fn version_1_is_migrated_and_its_finished_downloads_count_as_finished_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(SqliteStore::DB_FILE)).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch(&v1_row("done", 1, Status::Completed, 5))
+            .unwrap();
+        conn.execute_batch(&v1_row("live", 2, Status::Idle, 0))
+            .unwrap();
+        drop(conn);
+        let before = SystemTime::now() - std::time::Duration::from_millis(1);
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let loaded = store.load_page(0, 10).await.unwrap();
+        let finished = loaded[0].finished_at.expect("stamped by the migration");
+        assert!(finished >= before, "{finished:?}");
+        assert_eq!(loaded[1].finished_at, None);
+        drop(store);
+        let conn = Connection::open(dir.path().join(SqliteStore::DB_FILE)).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let (max_bytes, replace): (Option<i64>, i64) = conn
+            .query_row(
+                "SELECT max_bytes, replace_existing FROM downloads WHERE guid = 'done'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((max_bytes, replace), (None, 0));
+    }
+
+    #[tokio::test]
+    async fn negative_byte_counts_are_refused_naming_the_download() {
+        for column in ["checkpoint_bytes", "total_bytes"] {
+            let dir = tempfile::tempdir().unwrap();
+            let conn = Connection::open(dir.path().join(SqliteStore::DB_FILE)).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute_batch(&v1_row("g-neg", 1, Status::Idle, 0))
+                .unwrap();
+            conn.execute_batch(&format!("UPDATE downloads SET {column} = -1"))
+                .unwrap();
+            drop(conn);
+            let store = SqliteStore::open(dir.path()).await.unwrap();
+            let err = store.load_page(0, 10).await.unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+            let message = err.to_string();
+            assert!(
+                message.contains("`g-neg`") && message.contains("negative"),
+                "{message}"
+            );
+        }
+    }
+}

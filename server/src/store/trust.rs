@@ -1,0 +1,134 @@
+//! What a stored download must satisfy before transferd serves it, whichever backend it came
+//! from. A row edited by hand, restored from the wrong backup or written by a buggy build could
+//! otherwise make transferd write outside its download directory or let two downloads overwrite
+//! one file; refusing to start with a message naming the download is safer than guessing.
+//! Values a backend cannot even represent (a negative byte count in SQLite) are refused by that
+//! backend when it reads the row.
+
+use std::collections::HashMap;
+
+use super::{Record, StoreError};
+use crate::operation::Guid;
+use crate::paths;
+
+/// Checks the downloads of one load, one at a time, in any order.
+#[derive(Debug, Default)]
+pub struct LoadCheck {
+    /// Result files claimed by the unfinished downloads admitted so far.
+    claimed: HashMap<String, Guid>,
+}
+
+impl LoadCheck {
+    /// Admits `record`, or refuses it as [`StoreError::Corrupt`] when it cannot be trusted: its
+    /// result path is not a plain path inside the download directory (in the normal form
+    /// transferd stores), or it is unfinished and another unfinished download already claims its
+    /// result file.
+    pub fn admit(&mut self, record: &Record) -> Result<(), StoreError> {
+        let spec = &record.spec;
+        let untrusted = |detail: String| {
+            StoreError::Corrupt(format!(
+                "stored download `{}` cannot be trusted: {detail}; delete or repair that row (sqlite3 CLI), or restore the store from a backup",
+                spec.guid
+            ))
+        };
+        match paths::validate_result_file(&spec.result_file) {
+            Ok(normal) if normal == spec.result_file => {}
+            Ok(_) => {
+                return Err(untrusted(format!(
+                    "result file `{}` is not in normal form",
+                    spec.result_file
+                )));
+            }
+            Err(e) => return Err(untrusted(e.to_string())),
+        }
+        if record.status.is_terminal() {
+            return Ok(());
+        }
+        if let Some(other) = self
+            .claimed
+            .insert(spec.result_file.clone(), spec.guid.clone())
+        {
+            return Err(untrusted(format!(
+                "unfinished download `{other}` claims the same result file `{}`",
+                spec.result_file
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operation::{CostPolicy, DownloadSpec, Priority, Settings, Status, Validators};
+
+    fn record(guid: &str, file: &str, status: Status) -> Record {
+        Record {
+            spec: DownloadSpec {
+                guid: guid.into(),
+                seq: 1,
+                result_file: file.into(),
+                transfer_group: String::new(),
+                expected_sha256: None,
+                recoverable_web_error_statuses: Vec::new(),
+                max_bytes: None,
+                replace_existing: false,
+            },
+            settings: Settings {
+                requested_uri: "http://127.0.0.1/".into(),
+                request_headers: Default::default(),
+                priority: Priority::Default,
+                cost_policy: CostPolicy::Default,
+            },
+            status,
+            checkpoint_bytes: 0,
+            total_bytes: 0,
+            validators: Validators::default(),
+            response: None,
+            error: None,
+            attempts: 0,
+            web_error_status: None,
+            queue_order: 1,
+            finished_at: None,
+        }
+    }
+
+    fn refused(check: &mut LoadCheck, r: &Record) -> String {
+        let err = check.admit(r).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        err.to_string()
+    }
+
+    #[test]
+    fn refuses_result_paths_that_escape() {
+        for bad in [
+            "../etc/passwd",
+            "/etc/passwd",
+            "a//b",
+            ".transferd-partial/x",
+        ] {
+            let message = refused(
+                &mut LoadCheck::default(),
+                &record("g1", bad, Status::Completed),
+            );
+            assert!(message.contains("`g1`"), "{message}");
+        }
+    }
+
+    #[test]
+    fn refuses_two_unfinished_downloads_on_one_file() {
+        let mut check = LoadCheck::default();
+        check
+            .admit(&record("done", "f", Status::Completed))
+            .unwrap();
+        check.admit(&record("a", "f", Status::Idle)).unwrap();
+        check.admit(&record("b", "g", Status::Running)).unwrap();
+        let message = refused(&mut check, &record("c", "f", Status::PausedByApplication));
+        assert!(
+            message.contains("`c`") && message.contains("`a`"),
+            "{message}"
+        );
+        // Finished downloads may share a file with anything: only one of them committed last.
+        check.admit(&record("old", "f", Status::Canceled)).unwrap();
+    }
+}
