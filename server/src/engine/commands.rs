@@ -16,7 +16,7 @@ use crate::operation::{
 };
 use crate::paths;
 use crate::progress::{self, Message, Snapshot};
-use crate::store::Record;
+use crate::store::{Record, StoreError};
 
 /// How long PauseDownload and CancelDownload wait for a running transfer to let go (drop its
 /// request, flush and checkpoint, or remove its data) before answering anyway. Letting go takes
@@ -91,12 +91,24 @@ impl Engine {
             finished_at: None,
         };
         let op = Op::from_record(record.clone(), &self.inner.bus);
-        if let Err(e) = self.inner.store.insert(&record).await {
-            self.lock().registry.release_claim(&op.spec);
-            return Err(e.into());
+        // The store write and what follows it run as their own task: a client that goes away
+        // mid-call drops this future, and must not leave a stored download the engine does not
+        // know, or a result file claimed by nobody.
+        let engine = self.clone();
+        let added = op.clone();
+        let stored = tokio::spawn(async move {
+            if let Err(e) = engine.inner.store.insert(&record).await {
+                engine.lock().registry.release_claim(&added.spec);
+                return Err(e);
+            }
+            engine.lock().add(added.clone());
+            added.hub.announce();
+            Ok(())
+        });
+        match stored.await {
+            Ok(result) => result?,
+            Err(e) => return Err(Error::Storage(StoreError::Unavailable(e.to_string()))),
         }
-        self.lock().add(op.clone());
-        op.hub.announce();
         tracing::info!(guid = %guid, file = %op.spec.result_file, "download created");
         // Conditions may hold it back at once (no network, costed, constrained).
         self.conditions_changed().await;
