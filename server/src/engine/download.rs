@@ -112,7 +112,8 @@ pub(super) fn client_owned_pause(status: Status) -> bool {
 impl Core {
     /// Moves a download to `to` for `reason`, if the state machine allows it, and keeps
     /// everything that follows from a status in step: a download is in the run queue exactly
-    /// while it is IDLE, holds its result-file claim until it is terminal, takes a transfer
+    /// while it is IDLE, holds its result-file claim and its place in the live index until it
+    /// is terminal, takes a transfer
     /// slot when it starts RUNNING (the slot is given back when its task lets go, see
     /// [`Core::let_go`]), and watchers see every change.
     pub(super) fn transition(
@@ -138,7 +139,7 @@ impl Core {
         match to {
             Status::Idle => self.queue.push(op.queue_key(st)),
             Status::Running => self.slots.acquire(&op.spec.transfer_group),
-            s if s.is_terminal() => self.registry.release_claim(&op.spec),
+            s if s.is_terminal() => self.registry.retire(&op.spec),
             _ => {}
         }
         op.publish(st);
