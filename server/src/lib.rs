@@ -22,8 +22,8 @@
 //!   health, reflection) so layers that apply to every call go in one place.
 //! - `engine/`: the transfer engine; knows nothing of gRPC. `commands.rs` (what clients ask),
 //!   `validate.rs` (request limits), `download.rs` (one download and the one transition
-//!   function), `registry.rs` (downloads by guid and creation order, result-file claims,
-//!   paging), `queue.rs` (the run queue), `scheduler.rs` (slots, priorities, serialized
+//!   function), `registry.rs` (downloads by guid and creation order, the index of live
+//!   downloads, result-file claims, paging, the lazy WatchDownloads snapshot walk), `queue.rs` (the run queue), `scheduler.rs` (slots, priorities, serialized
 //!   groups), `transfer.rs` (the transfer task: attempts, checkpoints, commit), `host.rs` (host
 //!   conditions and their monitor). `mod.rs` documents the lock order.
 //! - `fetch/`: the HTTP fetcher; owns the Range / If-Range / restart rules and classifies
