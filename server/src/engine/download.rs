@@ -113,9 +113,8 @@ impl Core {
     /// Moves a download to `to` for `reason`, if the state machine allows it, and keeps
     /// everything that follows from a status in step: a download is in the run queue exactly
     /// while it is IDLE, holds its result-file claim and its place in the live index until it
-    /// is terminal, takes a transfer
-    /// slot when it starts RUNNING (the slot is given back when its task lets go, see
-    /// [`Core::let_go`]), and watchers see every change.
+    /// is terminal, takes a transfer slot when it starts RUNNING (the slot is given back when
+    /// its task lets go, see [`Core::let_go`]), and watchers see every change.
     pub(super) fn transition(
         &mut self,
         op: &Op,

@@ -198,9 +198,10 @@ impl Engine {
         }
     }
 
-    /// Puts every live download in the state the current conditions call for: downloads that may not
-    /// run pause (a running one drops its request and keeps its data), and downloads paused by
-    /// conditions that no longer hold are queued again. Returns the downloads that changed.
+    /// Puts every live download in the state the current conditions call for: downloads that
+    /// may not run pause (a running one drops its request and keeps its data), and downloads
+    /// paused by conditions that no longer hold are queued again. Returns the downloads that
+    /// changed.
     pub(super) fn reconcile(&self) -> Vec<Arc<Op>> {
         let mut core = self.lock();
         let ops: Vec<Arc<Op>> = core.registry.live().cloned().collect();
