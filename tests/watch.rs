@@ -176,3 +176,54 @@ async fn watch_downloads_streams_one_group_from_its_current_state() {
     assert_eq!(per_guid[&b.guid].last().unwrap().bytes_received, 3000);
     assert_eq!(per_guid[&a.guid].last().unwrap().bytes_received, 2000);
 }
+
+#[tokio::test]
+async fn the_snapshot_of_many_downloads_arrives_complete_in_order_then_live_events_follow() {
+    // More downloads than the server walks per page, so the snapshot spans several pages.
+    const DOWNLOADS: usize = 700;
+    let h = Harness::start(&["--max-active", "1"]).await;
+    // The first download holds the only slot for the whole test, so the rest stay quiet.
+    h.origin
+        .put("/held", Resource::new(test_bytes(4096, 8)).hold_after(0));
+    let mut created = Vec::new();
+    for i in 0..DOWNLOADS {
+        let op = h.create(&h.origin.url("/held"), &format!("many-{i}")).await;
+        created.push(op.guid);
+    }
+    h.wait_status(&created[0], S::Running).await;
+    // Most stored downloads are finished, as on a long-lived server.
+    for guid in created.iter().skip(1).step_by(3) {
+        h.cancel(guid).await;
+    }
+    let mut expected = Vec::new();
+    for guid in &created {
+        expected.push((guid.clone(), h.status(guid).await));
+    }
+
+    let mut events = h.watch_all(None).await;
+    let mut snapshot = Vec::new();
+    for _ in 0..DOWNLOADS {
+        let event = next_message(&mut events).await;
+        snapshot.push((event.guid, event.progress.unwrap().status()));
+    }
+    assert_eq!(
+        snapshot, expected,
+        "the snapshot is every download once, in creation order"
+    );
+
+    // Then live events, each once: a change to a download already sent, and a new download.
+    let live = &created[2];
+    assert_eq!(h.status(live).await, S::Idle);
+    h.cancel(live).await;
+    let late = h.create(&h.origin.url("/held"), "late").await;
+    let first = next_message(&mut events).await;
+    assert_eq!(
+        (first.guid.as_str(), first.progress.unwrap().status()),
+        (live.as_str(), S::Canceled)
+    );
+    let second = next_message(&mut events).await;
+    assert_eq!(
+        (second.guid.as_str(), second.progress.unwrap().status()),
+        (late.guid.as_str(), S::Idle)
+    );
+}

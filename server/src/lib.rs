@@ -22,11 +22,12 @@
 //!   health, reflection) so layers that apply to every call go in one place.
 //! - `engine/`: the transfer engine; knows nothing of gRPC. `commands.rs` (what clients ask),
 //!   `validate.rs` (request limits), `download.rs` (one download and the one transition
-//!   function), `registry.rs` (downloads by guid and creation order, result-file claims,
-//!   paging), `queue.rs` (the run queue), `scheduler.rs` (slots, priorities, serialized
-//!   groups), `transfer.rs` (the transfer task: attempts, checkpoints, commit), `retention.rs`
-//!   (DeleteDownload and `--retain-finished`), `host.rs` (host conditions and their monitor).
-//!   `mod.rs` documents the lock order.
+//!   function), `registry.rs` (downloads by guid and creation order, the index of live
+//!   downloads, result-file claims, paging, the lazy WatchDownloads snapshot walk), `queue.rs`
+//!   (the run queue), `scheduler.rs` (slots, priorities, serialized groups), `transfer.rs` (the
+//!   transfer task: attempts, checkpoints, commit), `retention.rs` (DeleteDownload and
+//!   `--retain-finished`), `host.rs` (host conditions and their monitor). `mod.rs` documents
+//!   the lock order.
 //! - `fetch/`: the HTTP fetcher; owns the Range / If-Range / restart rules and classifies
 //!   failures as transient or fatal.
 //! - `store/`: durable state behind the async `Store` trait with backend-neutral errors;

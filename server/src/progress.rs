@@ -7,8 +7,10 @@
 //! bytes. The one-shot flags `has_response_changed` and `has_restarted` are not stored as
 //! booleans that coalescing could lose: the hub publishes monotonic response and restart
 //! counters, and each watcher derives the flags from the counters it has already seen.
+//!
+//! `all` holds the WatchDownloads stream: a lazy walk of the first snapshot, then bus events.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use futures_util::Stream;
@@ -16,6 +18,10 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::operation::{Guid, Progress};
+
+mod all;
+
+pub use all::{Catalog, watch_all};
 
 /// Status changes a hub remembers for watchers that fell behind. Downloads change status a
 /// handful of times; a watcher more than this many changes behind is told so and its stream
@@ -298,84 +304,6 @@ pub fn watch_one(
     })
 }
 
-/// Streams every download's progress (or one group's): the current state of each, then every
-/// change, until `shutdown` fires. `current` lists the downloads in scope, read after `events`
-/// subscribed, so an event that raced the read is recognised by its version and not sent twice.
-pub fn watch_all(
-    events: broadcast::Receiver<Event>,
-    current: Vec<(Arc<str>, Snapshot)>,
-    group: Option<String>,
-    shutdown: CancellationToken,
-) -> impl Stream<Item = Result<(Arc<str>, Message), Lagged>> + Send + 'static {
-    struct Seen {
-        cursor: FlagCursor,
-        version: u64,
-    }
-    struct State {
-        events: broadcast::Receiver<Event>,
-        seen: HashMap<Arc<str>, Seen>,
-        pending: VecDeque<Result<(Arc<str>, Message), Lagged>>,
-        done: bool,
-        group: Option<String>,
-        shutdown: CancellationToken,
-    }
-    let mut state = State {
-        events,
-        seen: HashMap::with_capacity(current.len()),
-        pending: VecDeque::with_capacity(current.len()),
-        done: false,
-        group,
-        shutdown,
-    };
-    for (guid, snapshot) in current {
-        let (cursor, message) = FlagCursor::first(&snapshot);
-        let version = snapshot.version;
-        state.seen.insert(guid.clone(), Seen { cursor, version });
-        state.pending.push_back(Ok((guid, message)));
-    }
-    futures_util::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(item) = st.pending.pop_front() {
-                return Some((item, st));
-            }
-            if st.done {
-                return None;
-            }
-            let event = tokio::select! {
-                e = st.events.recv() => e,
-                () = st.shutdown.cancelled() => return None,
-            };
-            let event = match event {
-                Ok(event) => event,
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    st.pending.push_back(Err(Lagged));
-                    st.done = true;
-                    continue;
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            };
-            if st.group.as_deref().is_some_and(|g| *g != *event.group) {
-                continue;
-            }
-            let snapshot = event.snapshot;
-            let message = match st.seen.get_mut(&event.guid) {
-                Some(seen) if snapshot.version <= seen.version => continue,
-                Some(seen) => {
-                    seen.version = snapshot.version;
-                    seen.cursor.next(&snapshot)
-                }
-                None => {
-                    let (cursor, message) = FlagCursor::first(&snapshot);
-                    let version = snapshot.version;
-                    st.seen.insert(event.guid.clone(), Seen { cursor, version });
-                    message
-                }
-            };
-            st.pending.push_back(Ok((event.guid, message)));
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,30 +417,5 @@ mod tests {
         stream.next().await.unwrap().unwrap();
         shutdown.cancel();
         assert!(stream.next().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn watch_all_sends_current_states_then_changes_without_duplicates() {
-        let bus = Bus::default();
-        let a = Hub::new(&"a".to_string(), "g1", p(0, Status::Idle), bus.clone());
-        let b = Hub::new(&"b".to_string(), "g2", p(0, Status::Idle), bus.clone());
-        let events = bus.subscribe();
-        // Published after subscribing but before the current states were read: the version
-        // tells the watcher it already has it.
-        a.publish(p(0, Status::Running), 1, 0);
-        let current = vec![(Arc::from("a"), a.current())];
-        let mut stream = Box::pin(watch_all(
-            events,
-            current,
-            Some("g1".into()),
-            CancellationToken::new(),
-        ));
-        let (guid, first) = stream.next().await.unwrap().unwrap();
-        assert_eq!((&*guid, first.progress.status), ("a", Status::Running));
-        b.publish(p(5, Status::Running), 1, 0);
-        a.publish(p(100, Status::Completed), 1, 0);
-        let (guid, next) = stream.next().await.unwrap().unwrap();
-        assert_eq!((&*guid, next.progress.status), ("a", Status::Completed));
-        assert!(!next.has_response_changed);
     }
 }

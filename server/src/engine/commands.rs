@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::download::{Op, OpState, TaskHandle, client_owned_pause};
-use super::registry::PageRequest;
+use super::registry::{PageRequest, SnapshotWalk};
 use super::{DownloadView, Engine, Page, validate};
 use crate::error::Error;
 use crate::operation::{
@@ -15,7 +15,7 @@ use crate::operation::{
     StatusReason, Validators,
 };
 use crate::paths;
-use crate::progress::{self, Message, Snapshot};
+use crate::progress::{self, Message};
 use crate::store::{Record, StoreError};
 
 /// How long PauseDownload and CancelDownload wait for a running transfer to let go (drop its
@@ -442,15 +442,8 @@ impl Engine {
     ) -> impl futures_util::Stream<Item = Result<(Arc<str>, Message), progress::Lagged>> + use<>
     {
         let events = self.inner.bus.subscribe();
-        let current: Vec<(Arc<str>, Snapshot)> = {
-            let core = self.lock();
-            core.registry
-                .all()
-                .filter(|op| group.as_deref().is_none_or(|g| op.spec.transfer_group == g))
-                .map(|op| (Arc::from(op.spec.guid.as_str()), op.hub.current()))
-                .collect()
-        };
-        progress::watch_all(events, current, group, self.inner.shutdown.clone())
+        let walk = SnapshotWalk::new(&self.inner, group.clone());
+        progress::watch_all(events, walk, group, self.inner.shutdown.clone())
     }
 
     /// Applies a live edit to a non-terminal download, keeping its queue position consistent,

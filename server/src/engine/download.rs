@@ -119,11 +119,12 @@ pub(super) fn client_owned_pause(status: Status) -> bool {
 impl Core {
     /// Moves a download to `to` for `reason`, if the state machine allows it, and keeps
     /// everything that follows from a status in step: a download is in the run queue exactly
-    /// while it is IDLE, holds its result-file claim until it is terminal, takes a transfer
-    /// slot when it starts RUNNING (the slot is given back when its task lets go, see
-    /// [`Core::let_go`]), and watchers see every change. While the download is committing, every
-    /// move is refused: the task clears the flag and moves it to what the commit left; callers
-    /// that must not fail wait for that (`OpState::commit_in_progress`).
+    /// while it is IDLE, holds its result-file claim and its place in the live index until it
+    /// is terminal, takes a transfer slot when it starts RUNNING (the slot is given back when
+    /// its task lets go, see [`Core::let_go`]), and watchers see every change. While the
+    /// download is committing, every move is refused: the task clears the flag and moves it to
+    /// what the commit left; callers that must not fail wait for that
+    /// (`OpState::commit_in_progress`).
     pub(super) fn transition(
         &mut self,
         op: &Op,
@@ -152,7 +153,7 @@ impl Core {
             Status::Running => self.slots.acquire(&op.spec.transfer_group),
             s if s.is_terminal() => {
                 st.finished_at = Some(SystemTime::now());
-                self.registry.release_claim(&op.spec);
+                self.registry.retire(&op.spec);
             }
             _ => {}
         }

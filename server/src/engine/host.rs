@@ -198,12 +198,13 @@ impl Engine {
         }
     }
 
-    /// Puts every download in the state the current conditions call for: downloads that may not
-    /// run pause (a running one drops its request and keeps its data), and downloads paused by
-    /// conditions that no longer hold are queued again. Returns the downloads that changed.
+    /// Puts every live download in the state the current conditions call for: downloads that
+    /// may not run pause (a running one drops its request and keeps its data), and downloads
+    /// paused by conditions that no longer hold are queued again. Returns the downloads that
+    /// changed.
     pub(super) fn reconcile(&self) -> Vec<Arc<Op>> {
         let mut core = self.lock();
-        let ops: Vec<Arc<Op>> = core.registry.all().cloned().collect();
+        let ops: Vec<Arc<Op>> = core.registry.live().cloned().collect();
         let mut changed = Vec::new();
         for op in ops {
             let mut st = op.lock();

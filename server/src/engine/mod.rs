@@ -243,7 +243,7 @@ impl Engine {
 
     /// The engine-wide lock (see the module docs for the lock order).
     fn lock(&self) -> MutexGuard<'_, Core> {
-        self.inner.core.lock().unwrap_or_else(|e| e.into_inner())
+        lock_core(&self.inner)
     }
 
     /// Writes the download's latest state to the store.
@@ -252,6 +252,11 @@ impl Engine {
         let record = op.record();
         Ok(self.inner.store.save(&record).await?)
     }
+}
+
+/// The engine-wide lock of `inner` (see the module docs for the lock order).
+fn lock_core(inner: &Inner) -> MutexGuard<'_, Core> {
+    inner.core.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Downloads and engine state built in memory for the engine's unit tests.

@@ -1,13 +1,16 @@
 //! The registry: every download by guid and by creation order (the order of ListDownloads and
-//! its page tokens), and the result files claimed by unfinished downloads.
+//! its page tokens), the index of live (unfinished) downloads that conditions, reordering and
+//! creates walk, the result files claimed by unfinished downloads, and the lazy walk that
+//! feeds WatchDownloads its first snapshot.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::download::Op;
-use super::{Core, DownloadView};
+use super::{Core, DownloadView, Inner};
 use crate::error::Error;
 use crate::operation::{DownloadSpec, Guid, Status, StatusReason};
+use crate::progress::{self, Snapshot};
 
 /// Default page size of ListDownloads.
 pub(super) const DEFAULT_PAGE_SIZE: usize = 100;
@@ -20,11 +23,26 @@ pub(super) const MAX_PAGE_SIZE: usize = 1000;
 pub(super) struct Registry {
     ops: HashMap<Guid, Arc<Op>>,
     /// Every download by creation sequence: ListDownloads order and its page tokens.
-    by_seq: BTreeMap<u64, Arc<Op>>,
+    by_seq: BTreeMap<u64, Listed>,
+    /// The unfinished downloads by creation sequence, kept in step by [`Core::add`] and
+    /// [`Core::transition`]: what creates, condition changes and reordering walk, so their cost
+    /// follows the live downloads and not every download ever stored.
+    live: BTreeMap<u64, Arc<Op>>,
     /// Result files claimed by unfinished downloads.
     claimed: HashMap<String, Guid>,
     /// The highest creation sequence handed out.
     last_seq: u64,
+    /// Downloads added so far. Creates store concurrently, so creation order is not the order
+    /// downloads are added in; a WatchDownloads snapshot is "every download added before the
+    /// watcher subscribed", told apart by this count.
+    added: u64,
+}
+
+/// A download in creation order, with the count of downloads added before it and it.
+#[derive(Debug)]
+struct Listed {
+    op: Arc<Op>,
+    added: u64,
 }
 
 /// Where a page of ListDownloads starts and how long it is.
@@ -79,9 +97,14 @@ impl Registry {
             .ok_or_else(|| Error::NotFound { guid: guid.into() })
     }
 
-    /// Every download, in creation order.
+    /// Every download, finished or not, in creation order.
     pub(super) fn all(&self) -> impl Iterator<Item = &Arc<Op>> {
-        self.by_seq.values()
+        self.by_seq.values().map(|listed| &listed.op)
+    }
+
+    /// The unfinished downloads, in creation order.
+    pub(super) fn live(&self) -> impl Iterator<Item = &Arc<Op>> {
+        self.live.values()
     }
 
     /// The unfinished download that holds `path`, if any.
@@ -97,6 +120,13 @@ impl Registry {
         self.last_seq
     }
 
+    /// Forgets a download as live: it reached a terminal status. Only [`Core::transition`]
+    /// calls this, so the live index holds exactly the unfinished downloads.
+    pub(super) fn retire(&mut self, spec: &DownloadSpec) {
+        self.live.remove(&spec.seq);
+        self.release_claim(spec);
+    }
+
     /// Gives a result file back (its download finished, or was never stored).
     pub(super) fn release_claim(&mut self, spec: &DownloadSpec) {
         if self.claimed.get(&spec.result_file) == Some(&spec.guid) {
@@ -109,6 +139,7 @@ impl Registry {
     pub(super) fn remove(&mut self, guid: &str) -> Option<Arc<Op>> {
         let op = self.ops.remove(guid)?;
         self.by_seq.remove(&op.spec.seq);
+        self.live.remove(&op.spec.seq);
         self.release_claim(&op.spec);
         Some(op)
     }
@@ -126,7 +157,7 @@ impl Registry {
         let mut matching = self
             .by_seq
             .range(page.after + 1..)
-            .map(|(_, op)| op)
+            .map(|(_, listed)| &listed.op)
             .filter(|op| group.is_none_or(|g| op.spec.transfer_group == g));
         let downloads: Vec<Arc<Op>> = matching.by_ref().take(page.size).cloned().collect();
         let more = matching.next().is_some();
@@ -135,21 +166,107 @@ impl Registry {
 
     /// The unfinished downloads of a transfer group.
     pub(super) fn live_members(&self, group: &str) -> Vec<Arc<Op>> {
-        self.by_seq
+        self.live
             .values()
-            .filter(|o| o.spec.transfer_group == group && !o.lock().status().is_terminal())
+            .filter(|o| o.spec.transfer_group == group)
             .cloned()
             .collect()
+    }
+
+    /// Marks the downloads added so far: a snapshot walk started now covers exactly them.
+    pub(super) fn mark(&self) -> u64 {
+        self.added
+    }
+
+    /// Up to `limit` downloads (of one group, or all) added by `mark`, in creation order after
+    /// creation sequence `after`.
+    fn walk_page(
+        &self,
+        group: Option<&str>,
+        mark: u64,
+        after: u64,
+        limit: usize,
+    ) -> Vec<(u64, Arc<Op>)> {
+        self.by_seq
+            .range(after + 1..)
+            .filter(|(_, l)| l.added <= mark && group.is_none_or(|g| l.op.spec.transfer_group == g))
+            .take(limit)
+            .map(|(seq, l)| (*seq, l.op.clone()))
+            .collect()
+    }
+
+    /// Whether the download with this guid was added by `mark`.
+    fn added_by(&self, guid: &str, mark: u64) -> bool {
+        self.ops
+            .get(guid)
+            .and_then(|op| self.by_seq.get(&op.spec.seq))
+            .is_some_and(|l| l.added <= mark)
     }
 
     fn insert(&mut self, op: Arc<Op>, unfinished: bool) {
         if unfinished {
             self.claimed
                 .insert(op.spec.result_file.clone(), op.spec.guid.clone());
+            self.live.insert(op.spec.seq, op.clone());
         }
         self.last_seq = self.last_seq.max(op.spec.seq);
-        self.by_seq.insert(op.spec.seq, op.clone());
+        self.added += 1;
+        let listed = Listed {
+            op: op.clone(),
+            added: self.added,
+        };
+        self.by_seq.insert(op.spec.seq, listed);
         self.ops.insert(op.spec.guid.clone(), op);
+    }
+}
+
+/// Downloads a WatchDownloads snapshot walks per step: enough to keep the stream busy, few
+/// enough that an unread stream holds little and the engine lock is held briefly.
+const WALK_PAGE_SIZE: usize = 256;
+
+/// WatchDownloads' first snapshot, read from the registry a page at a time as the client reads:
+/// every download (of one group, or all) added before the watcher subscribed.
+#[derive(Debug)]
+pub(super) struct SnapshotWalk {
+    /// Weak, so an open stream does not keep a stopped engine alive.
+    engine: Weak<Inner>,
+    group: Option<String>,
+    mark: u64,
+}
+
+impl SnapshotWalk {
+    /// A walk of what `engine` holds now. Call after subscribing to the bus, so every download
+    /// added later is announced to the watcher.
+    pub(super) fn new(engine: &Arc<Inner>, group: Option<String>) -> SnapshotWalk {
+        let mark = super::lock_core(engine).registry.mark();
+        SnapshotWalk {
+            engine: Arc::downgrade(engine),
+            group,
+            mark,
+        }
+    }
+}
+
+impl progress::Catalog for SnapshotWalk {
+    fn next_page(&mut self, after: u64) -> Vec<(u64, Arc<str>, Snapshot)> {
+        let Some(engine) = self.engine.upgrade() else {
+            return Vec::new();
+        };
+        let page = super::lock_core(&engine).registry.walk_page(
+            self.group.as_deref(),
+            self.mark,
+            after,
+            WALK_PAGE_SIZE,
+        );
+        page.into_iter()
+            .map(|(seq, op)| (seq, Arc::from(op.spec.guid.as_str()), op.hub.current()))
+            .collect()
+    }
+
+    fn walked(&self, guid: &str) -> bool {
+        self.engine
+            .upgrade()
+            .is_some_and(|e| super::lock_core(&e).registry.added_by(guid, self.mark))
     }
 }
 
@@ -179,7 +296,85 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{core, op};
     use super::*;
+    use crate::operation::Priority;
+
+    fn live_guids(core: &Core) -> Vec<String> {
+        core.registry.live().map(|o| o.spec.guid.clone()).collect()
+    }
+
+    #[test]
+    fn the_live_index_holds_exactly_the_unfinished_downloads() {
+        let statuses = [
+            Status::Idle,
+            Status::Completed,
+            Status::PausedByApplication,
+            Status::Canceled,
+            Status::PausedNoNetwork,
+            Status::Error,
+        ];
+        let ops: Vec<Arc<Op>> = (0..statuses.len())
+            .map(|i| op(i as u64 + 1, "grp", Priority::Default, statuses[i]))
+            .collect();
+        let mut core = core(&[], &ops);
+        assert_eq!(live_guids(&core), ["g1", "g3", "g5"]);
+        assert_eq!(core.registry.live_members("grp").len(), 3);
+        let moves = [
+            (0, Status::Running, StatusReason::Unspecified),
+            (2, Status::Idle, StatusReason::WaitingForSlot),
+            (0, Status::Completed, StatusReason::Unspecified),
+            (4, Status::Canceled, StatusReason::Unspecified),
+            (2, Status::PausedByApplication, StatusReason::PausedByClient),
+        ];
+        for (i, to, reason) in moves {
+            let mut st = ops[i].lock();
+            core.transition(&ops[i], &mut st, to, reason).unwrap();
+            drop(st);
+            let unfinished: Vec<String> = ops
+                .iter()
+                .filter(|o| !o.lock().status().is_terminal())
+                .map(|o| o.spec.guid.clone())
+                .collect();
+            assert_eq!(
+                live_guids(&core),
+                unfinished,
+                "after moving g{} to {to:?}",
+                i + 1
+            );
+        }
+        assert_eq!(live_guids(&core), ["g3"]);
+        // A refused move changes nothing.
+        let mut st = ops[1].lock();
+        assert!(
+            core.transition(&ops[1], &mut st, Status::Idle, StatusReason::WaitingForSlot)
+                .is_err()
+        );
+        drop(st);
+        assert_eq!(live_guids(&core), ["g3"]);
+        assert_eq!(core.registry.live_members("grp").len(), 1);
+        assert!(core.registry.live_members("other").is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_walk_covers_what_was_added_before_its_mark_in_creation_order() {
+        let mut core = core(&[], &[]);
+        // Creation sequence 2 is stored first: creates store concurrently.
+        core.add(op(2, "a", Priority::Default, Status::Idle));
+        core.add(op(1, "b", Priority::Default, Status::Completed));
+        let mark = core.registry.mark();
+        core.add(op(3, "a", Priority::Default, Status::Idle));
+        core.add(op(0, "a", Priority::Default, Status::Idle));
+        let seqs = |page: Vec<(u64, Arc<Op>)>| page.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        assert_eq!(seqs(core.registry.walk_page(None, mark, 0, 10)), [1, 2]);
+        assert_eq!(seqs(core.registry.walk_page(None, mark, 0, 1)), [1]);
+        assert_eq!(seqs(core.registry.walk_page(None, mark, 1, 1)), [2]);
+        assert!(core.registry.walk_page(None, mark, 2, 1).is_empty());
+        assert_eq!(seqs(core.registry.walk_page(Some("a"), mark, 0, 10)), [2]);
+        assert!(core.registry.added_by("g1", mark) && core.registry.added_by("g2", mark));
+        assert!(!core.registry.added_by("g3", mark) && !core.registry.added_by("g0", mark));
+        assert!(!core.registry.added_by("nope", mark));
+    }
 
     #[test]
     fn page_tokens_and_sizes() {
