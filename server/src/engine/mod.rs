@@ -266,40 +266,16 @@ mod fixtures {
 
     use super::download::Op;
     use super::*;
-    use crate::operation::{Behavior, Priority, Validators};
+    use crate::operation::{Behavior, Priority};
     use crate::progress::Bus;
-    use crate::store::Record;
 
     /// A download created `seq`-th, in `group`, with `priority`, stored in `status`.
     pub(super) fn op(seq: u64, group: &str, priority: Priority, status: Status) -> Arc<Op> {
-        let record = Record {
-            spec: DownloadSpec {
-                guid: format!("g{seq}"),
-                seq,
-                result_file: format!("f{seq}"),
-                transfer_group: group.into(),
-                expected_sha256: None,
-                recoverable_web_error_statuses: Vec::new(),
-                max_bytes: None,
-                replace_existing: false,
-            },
-            settings: Settings {
-                requested_uri: "http://127.0.0.1/".into(),
-                request_headers: Default::default(),
-                priority,
-                cost_policy: CostPolicy::Default,
-            },
-            status,
-            checkpoint_bytes: 0,
-            total_bytes: 0,
-            validators: Validators::default(),
-            response: None,
-            error: None,
-            attempts: 0,
-            web_error_status: None,
-            queue_order: seq as i64,
-            finished_at: None,
-        };
+        let mut record = crate::store::conformance::record(&format!("g{seq}"), seq);
+        record.spec.result_file = format!("f{seq}");
+        record.spec.transfer_group = group.into();
+        record.settings.priority = priority;
+        record.status = status;
         Op::from_record(record, &Bus::default())
     }
 

@@ -55,8 +55,9 @@ macro_rules! suite {
 }
 pub(crate) use suite;
 
-/// A download as just created: every optional field empty.
-fn record(guid: &str, seq: u64) -> Record {
+/// A download as just created: every optional field empty. Other unit tests build their
+/// records from it too.
+pub(crate) fn record(guid: &str, seq: u64) -> Record {
     Record {
         spec: DownloadSpec {
             guid: guid.into(),

@@ -13,7 +13,7 @@
 //! - `conformance.rs` (tests only): the one suite every backend must pass.
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 mod sqlite;
 mod trust;
 

@@ -60,37 +60,13 @@ impl LoadCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operation::{CostPolicy, DownloadSpec, Priority, Settings, Status, Validators};
+    use crate::operation::Status;
 
     fn record(guid: &str, file: &str, status: Status) -> Record {
-        Record {
-            spec: DownloadSpec {
-                guid: guid.into(),
-                seq: 1,
-                result_file: file.into(),
-                transfer_group: String::new(),
-                expected_sha256: None,
-                recoverable_web_error_statuses: Vec::new(),
-                max_bytes: None,
-                replace_existing: false,
-            },
-            settings: Settings {
-                requested_uri: "http://127.0.0.1/".into(),
-                request_headers: Default::default(),
-                priority: Priority::Default,
-                cost_policy: CostPolicy::Default,
-            },
-            status,
-            checkpoint_bytes: 0,
-            total_bytes: 0,
-            validators: Validators::default(),
-            response: None,
-            error: None,
-            attempts: 0,
-            web_error_status: None,
-            queue_order: 1,
-            finished_at: None,
-        }
+        let mut record = crate::store::conformance::record(guid, 1);
+        record.spec.result_file = file.into();
+        record.status = status;
+        record
     }
 
     fn refused(check: &mut LoadCheck, r: &Record) -> String {
