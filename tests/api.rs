@@ -229,11 +229,7 @@ async fn health_and_reflection_are_served() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let h = Harness::start(&[]).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = h.server.channel().await;
     let mut health = HealthClient::new(channel.clone());
     for service in ["", "backgroundtransfer.v1.BackgroundTransferService"] {
         let status = health

@@ -203,11 +203,7 @@ impl tonic::codec::Decoder for RawDecoder {
 #[tokio::test]
 async fn a_request_that_is_not_protobuf_is_invalid_argument() {
     let h = Harness::start(&[]).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = h.server.channel().await;
     let service = "/backgroundtransfer.v1.BackgroundTransferService";
     // Field 1 with wire type 7, which does not exist; then a truncated length-delimited field.
     for (method, body) in [

@@ -305,12 +305,13 @@ pub fn watch_one(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::operation::Status;
     use futures_util::StreamExt;
 
-    fn p(bytes: u64, status: Status) -> Progress {
+    /// Progress of `bytes` out of 100 in `status`.
+    pub(super) fn p(bytes: u64, status: Status) -> Progress {
         Progress {
             bytes_received: bytes,
             total_bytes_to_receive: 100,

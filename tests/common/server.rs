@@ -82,6 +82,16 @@ impl Server {
             .unwrap_or_else(|e| panic!("client connects to {}: {e}", self.addr))
     }
 
+    /// A raw gRPC channel to this server, for services and calls the typed client does not
+    /// make (health, reflection, hand-made request bodies).
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("channel connects to {}: {e}", self.addr))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child

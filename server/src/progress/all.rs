@@ -135,18 +135,11 @@ impl<C: Catalog> WatchAll<C> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::p;
     use super::super::{Bus, Hub};
     use super::*;
-    use crate::operation::{Progress, Status};
+    use crate::operation::Status;
     use futures_util::StreamExt;
-
-    fn p(bytes: u64, status: Status) -> Progress {
-        Progress {
-            bytes_received: bytes,
-            total_bytes_to_receive: 100,
-            status,
-        }
-    }
 
     /// A snapshot walk over hubs, reading each hub's state only when its page is walked.
     struct Hubs {
