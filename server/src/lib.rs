@@ -20,6 +20,7 @@
 //!   converts at the edge (every protobuf number is checked there), `status.rs` is the one table
 //!   from errors to status codes, and `routes()` gathers everything served (both services,
 //!   health, reflection) so layers that apply to every call go in one place.
+//! - `auth/`: who is calling: the caller's name, tenant and role, established once per call.
 //! - `engine/`: the transfer engine; knows nothing of gRPC. `commands.rs` (what clients ask),
 //!   `validate.rs` (request limits), `download.rs` (one download and the one transition
 //!   function), `registry.rs` (downloads by guid and creation order, the index of live
@@ -42,6 +43,7 @@
 //! - `error`: typed errors of the engine.
 #![forbid(unsafe_code)]
 
+pub(crate) mod auth;
 pub mod client;
 pub mod config;
 pub(crate) mod datadir;

@@ -136,6 +136,7 @@ impl Transferd {
             accepted
         });
         tonic::transport::Server::builder()
+            .layer(grpc::identify_layer())
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop)
             .await?;

@@ -13,9 +13,11 @@ mod system;
 mod transfer;
 
 use tonic::service::Routes;
+use tonic::service::interceptor::InterceptorLayer;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::Caller;
 use crate::engine::Engine;
 use crate::pb;
 use pb::backgroundtransfer::v1::background_transfer_service_server::BackgroundTransferServiceServer;
@@ -48,6 +50,22 @@ pub async fn routes(engine: Engine) -> Result<(Routes, Health), tonic_reflection
         )))
         .add_service(TransferSystemServiceServer::new(SystemService::new(engine)));
     Ok((routes, Health { reporter }))
+}
+
+/// The layer that establishes who is calling, composed once where the server is built so no
+/// route can be served without it: it puts the call's [`Caller`] in the request's extensions,
+/// where handlers find it with [`Caller::of`]. Without authentication every call runs as
+/// [`Caller::local`].
+pub fn identify_layer() -> InterceptorLayer<Identify> {
+    InterceptorLayer::new(identify_local)
+}
+
+/// How a call's identity is established: sees the call's metadata, adds its [`Caller`].
+pub type Identify = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+fn identify_local(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    request.extensions_mut().insert(Caller::local());
+    Ok(request)
 }
 
 /// The health service's reporter, so the server can announce shutdown without naming the
