@@ -77,6 +77,9 @@ pub(crate) struct Caller {
     pub(crate) tenant: Tenant,
     /// What it may do.
     pub(crate) role: Role,
+    /// Most unfinished downloads its tenant may have at once, from its token entry; `None` for
+    /// no limit. CreateDownload beyond it is RESOURCE_EXHAUSTED.
+    pub(crate) max_live_downloads: Option<u64>,
 }
 
 impl Caller {
@@ -86,6 +89,7 @@ impl Caller {
             name: Arc::from("local"),
             tenant: Tenant::default_tenant(),
             role: Role::Admin,
+            max_live_downloads: None,
         }
     }
 
@@ -122,6 +126,7 @@ mod tests {
             name: Arc::from("ingest"),
             tenant: Tenant::new("media"),
             role: Role::User,
+            max_live_downloads: None,
         };
         assert!(media.sees(&Tenant::new("media")));
         assert!(!media.sees(&Tenant::new("ml")));
