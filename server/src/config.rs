@@ -69,6 +69,20 @@ pub const MAX_STALL_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Largest size flag: byte counts are stored as signed 64-bit integers.
 pub const MAX_SIZE: u64 = i64::MAX as u64;
 
+/// Default cap on calls being handled at once: far above what 2 cores serve concurrently (a
+/// call is handled in well under a millisecond), low enough that a flood of creates waiting on
+/// the store cannot pile up without bound.
+pub const DEFAULT_MAX_INFLIGHT_CALLS: usize = 1024;
+
+/// Default cap on open streams (WatchDownload, WatchDownloads, health Watch, reflection). An
+/// idle stream costs a few KiB, one never read at most its HTTP/2 window (64 KiB), so this
+/// bounds their memory to about 1 GiB in the worst case while allowing thousands of watchers.
+pub const DEFAULT_MAX_STREAMS: usize = 16_384;
+
+/// Default cap on one tenant's open streams: half the total, so one tenant cannot take every
+/// stream from the others.
+pub const DEFAULT_MAX_STREAMS_PER_TENANT: usize = 8_192;
+
 /// What DEFAULT cost policy means on this server.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DefaultCostPolicy {
@@ -172,6 +186,23 @@ pub struct Config {
     /// are never removed by this.
     #[arg(long, env = "TRANSFERD_RETAIN_FINISHED", value_parser = parse_duration)]
     pub retain_finished: Option<Duration>,
+
+    /// Most calls handled at once, over all connections; beyond it a call is answered
+    /// RESOURCE_EXHAUSTED at once. Health checks are never refused.
+    #[arg(long, env = "TRANSFERD_MAX_INFLIGHT_CALLS", default_value_t = DEFAULT_MAX_INFLIGHT_CALLS,
+          value_parser = parse_positive)]
+    pub max_inflight_calls: usize,
+
+    /// Most open streams (WatchDownload, WatchDownloads, health Watch, reflection) in total;
+    /// beyond it a new stream is answered RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TRANSFERD_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS,
+          value_parser = parse_positive)]
+    pub max_streams: usize,
+
+    /// Most open streams of one tenant (without --auth-tokens, every caller is one tenant).
+    #[arg(long, env = "TRANSFERD_MAX_STREAMS_PER_TENANT",
+          default_value_t = DEFAULT_MAX_STREAMS_PER_TENANT, value_parser = parse_positive)]
+    pub max_streams_per_tenant: usize,
 }
 
 impl Config {
@@ -280,6 +311,20 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(scale)
         .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// A count of at least 1, below the semaphore limit of tokio (which `usize::MAX` exceeds).
+fn parse_positive(s: &str) -> Result<usize, String> {
+    /// Far beyond any useful cap, and within tokio's semaphore limit.
+    const MAX_CAP: usize = 1 << 24;
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    if (1..=MAX_CAP).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be between 1 and {MAX_CAP}"))
+    }
 }
 
 fn parse_max_active(s: &str) -> Result<usize, String> {
@@ -391,6 +436,10 @@ mod tests {
         assert_eq!(c.min_speed, 100);
         assert_eq!(c.max_file_size, 1 << 40);
         assert_eq!(CostPolicy::from(c.default_cost_policy), CostPolicy::Always);
+        assert_eq!(c.max_inflight_calls, 1024);
+        assert_eq!(c.max_streams, 16_384);
+        assert_eq!(c.max_streams_per_tenant, 8_192);
+        assert!(parse_positive("0").is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::datadir::DataDirLock;
 use crate::engine::{Engine, EngineConfig};
 use crate::fetch::{Fetcher, Timeouts};
 use crate::grpc;
+use crate::grpc::limits::{LimitLayer, LimitsConfig};
 use crate::retry::RetryPolicy;
 use crate::store::{SqliteStore, StoreError};
 
@@ -55,6 +56,7 @@ pub enum ServeError {
 pub struct Transferd {
     engine: Engine,
     token: CancellationToken,
+    limits: LimitsConfig,
     /// Held until the server has stopped.
     lock: DataDirLock,
 }
@@ -97,6 +99,11 @@ impl Transferd {
         Ok(Transferd {
             engine,
             token,
+            limits: LimitsConfig {
+                max_inflight_calls: config.max_inflight_calls,
+                max_streams: config.max_streams,
+                max_streams_per_tenant: config.max_streams_per_tenant,
+            },
             lock,
         })
     }
@@ -110,6 +117,7 @@ impl Transferd {
         let Transferd {
             engine,
             token,
+            limits,
             lock,
         } = self;
         let (routes, health) = grpc::routes(engine.clone()).await?;
@@ -137,6 +145,7 @@ impl Transferd {
         });
         tonic::transport::Server::builder()
             .layer(grpc::identify_layer())
+            .layer(LimitLayer::new(limits))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop)
             .await?;

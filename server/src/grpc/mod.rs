@@ -8,6 +8,7 @@
 
 pub(crate) mod codec;
 mod convert;
+pub mod limits;
 mod status;
 mod system;
 mod transfer;
