@@ -13,24 +13,15 @@
 //! Build the server first, then run, for example:
 //! `cargo build --release && cargo run --release --example store_growth -- --stored 100000`
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+mod support;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use support::{rss_kib, start_origin, start_server};
 use transferd::client::Client;
 use transferd::pb::backgroundtransfer::v1 as pb;
-
-/// The body every download fetches: tiny, so the server's own work dominates.
-const BODY: &[u8] = b"transferd store growth benchmark\n";
 
 /// Creates in flight while filling the store (the measured windows use one at a time).
 const FILL_CONCURRENCY: usize = 16;
@@ -95,7 +86,8 @@ async fn main() -> anyhow::Result<()> {
         .prefix("run-")
         .tempdir_in(&args.dir)?;
     let origin = start_origin().await?;
-    let (mut server, addr) = start_server(&args.bin, run_dir.path()).await?;
+    let (mut server, addr) =
+        start_server(&args.bin, run_dir.path(), &["--max-active", "1"]).await?;
     let pid = server.id().context("server pid")?;
     let client = Client::connect(&addr).await?;
     let uri = format!("http://{origin}/file");
@@ -204,63 +196,4 @@ async fn open_unread_streams(
         streams.push(client.watch_all(None).await?);
     }
     Ok(streams)
-}
-
-/// Resident set size of a process, in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("no VmRSS line")?;
-    Ok(line.trim().trim_end_matches("kB").trim().parse()?)
-}
-
-/// Starts the release binary on `data_dir` and returns it with the address it listens on.
-async fn start_server(bin: &Path, data_dir: &Path) -> anyhow::Result<(Child, String)> {
-    let log = std::fs::File::create(data_dir.join("server.log"))?;
-    let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--max-active", "1", "--data-dir"])
-        .arg(data_dir.join("data"))
-        .env("TRANSFERD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "cannot start {}; run `cargo build --release` first",
-                bin.display()
-            )
-        })?;
-    let stdout = child.stdout.take().context("server stdout")?;
-    let line = BufReader::new(stdout)
-        .lines()
-        .next_line()
-        .await?
-        .context("the server exited at start")?;
-    let addr = line
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .to_string();
-    Ok((child, addr))
-}
-
-/// A tiny HTTP/1.1 origin that answers every request with [`BODY`].
-async fn start_origin() -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(BODY))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(socket), service)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
 }

@@ -1,0 +1,82 @@
+//! What the load drivers share: the release server started on a fresh data directory, a tiny
+//! local origin, and the server's resident memory.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The body every download fetches: tiny, so the server's own work dominates.
+pub const BODY: &[u8] = b"transferd load driver\n";
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS line")?;
+    Ok(line.trim().trim_end_matches("kB").trim().parse()?)
+}
+
+/// Starts the release binary with `flags` on `data_dir` and returns it with the address it listens on.
+pub async fn start_server(
+    bin: &Path,
+    data_dir: &Path,
+    flags: &[&str],
+) -> anyhow::Result<(Child, String)> {
+    let log = std::fs::File::create(data_dir.join("server.log"))?;
+    let mut child = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir.join("data"))
+        .args(flags)
+        .env("TRANSFERD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {}; run `cargo build --release` first",
+                bin.display()
+            )
+        })?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let line = BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await?
+        .context("the server exited at start")?;
+    let addr = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_string();
+    Ok((child, addr))
+}
+
+/// A tiny HTTP/1.1 origin that answers every request with [`BODY`].
+pub async fn start_origin() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_req| async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(BODY))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
