@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::egress::Cidr;
+use crate::fetch::PinnedName;
 use crate::operation::CostPolicy;
 
 /// Default gRPC address: loopback only, so a fresh install is not reachable from the network.
@@ -172,6 +174,37 @@ pub struct Config {
     /// are never removed by this.
     #[arg(long, env = "TRANSFERD_RETAIN_FINISHED", value_parser = parse_duration)]
     pub retain_finished: Option<Duration>,
+
+    /// Never connect to addresses in CIDR (e.g. 10.0.0.0/8, fd00::/8, or one address);
+    /// repeatable, or comma-separated in the variable. Added to the default deny list of
+    /// link-local and cloud-metadata ranges; the most specific matching range decides.
+    #[arg(
+        long,
+        env = "TRANSFERD_DENY_EGRESS",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub deny_egress: Vec<Cidr>,
+
+    /// Allow connections to addresses in CIDR, overriding a less specific denied range (the
+    /// default deny list included); repeatable, or comma-separated in the variable.
+    #[arg(
+        long,
+        env = "TRANSFERD_ALLOW_EGRESS",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow_egress: Vec<Cidr>,
+
+    /// Resolve HOST to ADDR instead of asking DNS (like curl's --resolve, without the port);
+    /// repeatable, or comma-separated in the variable. The egress policy still applies to ADDR.
+    #[arg(
+        long,
+        env = "TRANSFERD_RESOLVE",
+        value_name = "HOST:ADDR",
+        value_delimiter = ','
+    )]
+    pub resolve: Vec<PinnedName>,
 }
 
 impl Config {
@@ -391,6 +424,28 @@ mod tests {
         assert_eq!(c.min_speed, 100);
         assert_eq!(c.max_file_size, 1 << 40);
         assert_eq!(CostPolicy::from(c.default_cost_policy), CostPolicy::Always);
+        assert!(c.deny_egress.is_empty() && c.allow_egress.is_empty() && c.resolve.is_empty());
+    }
+
+    #[test]
+    fn egress_flags_repeat() {
+        let c = parse(&[
+            "--deny-egress",
+            "10.0.0.0/8",
+            "--deny-egress",
+            "fd00::/8,127.0.0.2",
+            "--allow-egress",
+            "10.1.0.0/16",
+            "--resolve",
+            "a.test:127.0.0.2",
+        ]);
+        let shown = |v: &[Cidr]| v.iter().map(Cidr::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            shown(&c.deny_egress),
+            ["10.0.0.0/8", "fd00::/8", "127.0.0.2/32"]
+        );
+        assert_eq!(shown(&c.allow_egress), ["10.1.0.0/16"]);
+        assert_eq!(c.resolve, vec!["a.test:127.0.0.2".parse().unwrap()]);
     }
 
     #[test]
