@@ -96,20 +96,23 @@ impl FromStr for Cidr {
                 .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {width}"))?
         };
         let cidr = match addr {
-            IpAddr::V6(v6) if prefix >= 96 && v6.to_ipv4_mapped().is_some() => Cidr {
-                addr: IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)),
-                prefix: prefix - 96,
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => Cidr {
+                    addr: v4.into(),
+                    prefix: prefix - 96,
+                },
+                None => Cidr { addr, prefix },
             },
             _ => Cidr { addr, prefix },
         };
-        let bits = match cidr.addr {
-            IpAddr::V4(a) => u128::from(u32::from(a)),
-            IpAddr::V6(a) => u128::from(a),
+        let (bits, width) = match cidr.addr {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+            IpAddr::V6(a) => (u128::from(a), 128),
         };
-        let width = if cidr.addr.is_ipv4() { 32 } else { 128 };
         let host_bits = u32::from(width - cidr.prefix);
-        if host_bits > 0 && bits.checked_shl(128 - host_bits).unwrap_or(0) != 0 {
-            let network = bits.checked_shr(host_bits).unwrap_or(0) << host_bits;
+        // The address with its host bits cleared (a shift by 128 overflows; the value is 0 then).
+        let network = bits.checked_shr(host_bits).unwrap_or(0) << host_bits.min(127);
+        if network != bits {
             let network = match cidr.addr {
                 IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(network as u32)),
                 IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(network)),
