@@ -335,6 +335,14 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_lists_the_default_deny_list() {
+        let readme = include_str!("../../README.md");
+        for (range, _) in DEFAULT_DENY {
+            assert!(readme.contains(&format!("| `{range}` |")), "{range}");
+        }
+    }
+
+    #[test]
     fn embedded_ipv4_addresses_are_judged_as_ipv4_too() {
         let p = policy(&["127.0.0.2/32"], &[]);
         for bad in [
