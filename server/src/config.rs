@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::egress::Cidr;
+use crate::fetch::PinnedName;
 use crate::operation::CostPolicy;
 
 /// Default gRPC address: loopback only, so a fresh install is not reachable from the network.
@@ -203,6 +205,36 @@ pub struct Config {
     #[arg(long, env = "TRANSFERD_MAX_STREAMS_PER_TENANT",
           default_value_t = DEFAULT_MAX_STREAMS_PER_TENANT, value_parser = parse_positive)]
     pub max_streams_per_tenant: usize,
+    /// Never connect to addresses in CIDR (e.g. 10.0.0.0/8, fd00::/8, or one address);
+    /// repeatable, or comma-separated in the variable. Added to the default deny list of
+    /// link-local and cloud-metadata ranges; the most specific matching range decides.
+    #[arg(
+        long,
+        env = "TRANSFERD_DENY_EGRESS",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub deny_egress: Vec<Cidr>,
+
+    /// Allow connections to addresses in CIDR, overriding a less specific denied range (the
+    /// default deny list included); repeatable, or comma-separated in the variable.
+    #[arg(
+        long,
+        env = "TRANSFERD_ALLOW_EGRESS",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow_egress: Vec<Cidr>,
+
+    /// Resolve HOST to ADDR instead of asking DNS (like curl's --resolve, without the port);
+    /// repeatable, or comma-separated in the variable. The egress policy still applies to ADDR.
+    #[arg(
+        long,
+        env = "TRANSFERD_RESOLVE",
+        value_name = "HOST:ADDR",
+        value_delimiter = ','
+    )]
+    pub resolve: Vec<PinnedName>,
 }
 
 impl Config {
@@ -440,6 +472,28 @@ mod tests {
         assert_eq!(c.max_streams, 16_384);
         assert_eq!(c.max_streams_per_tenant, 8_192);
         assert!(parse_positive("0").is_err());
+        assert!(c.deny_egress.is_empty() && c.allow_egress.is_empty() && c.resolve.is_empty());
+    }
+
+    #[test]
+    fn egress_flags_repeat() {
+        let c = parse(&[
+            "--deny-egress",
+            "10.0.0.0/8",
+            "--deny-egress",
+            "fd00::/8,127.0.0.2",
+            "--allow-egress",
+            "10.1.0.0/16",
+            "--resolve",
+            "a.test:127.0.0.2",
+        ]);
+        let shown = |v: &[Cidr]| v.iter().map(Cidr::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            shown(&c.deny_egress),
+            ["10.0.0.0/8", "fd00::/8", "127.0.0.2/32"]
+        );
+        assert_eq!(shown(&c.allow_egress), ["10.1.0.0/16"]);
+        assert_eq!(c.resolve, vec!["a.test:127.0.0.2".parse().unwrap()]);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   binding, then serves on an already-bound listener until a shutdown future completes.
 //! - [`client`]: a typed client for both services over one connection, for the tests and CLI.
 //! - [`config`]: flags and environment variables.
+//! - [`egress`]: the egress policy: which addresses the fetcher may connect to.
 //! - [`pb`]: generated protobuf code, quarantined.
 //!
 //! Inside the crate:
@@ -47,6 +48,7 @@ pub(crate) mod auth;
 pub mod client;
 pub mod config;
 pub(crate) mod datadir;
+pub mod egress;
 pub(crate) mod engine;
 pub(crate) mod error;
 pub(crate) mod fetch;

@@ -234,6 +234,8 @@ numbered_enum! {
         Integrity = 4,
         /// The file is larger than `--max-file-size` or the download's `max_bytes`.
         TooLarge = 5,
+        /// The egress policy denies the address the download would connect to.
+        Policy = 6,
     }
 }
 

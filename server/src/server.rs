@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::datadir::DataDirLock;
+use crate::egress::EgressPolicy;
 use crate::engine::{Engine, EngineConfig};
 use crate::fetch::{Fetcher, Timeouts};
 use crate::grpc;
@@ -88,11 +89,15 @@ impl Transferd {
                 retain_finished: config.retain_finished,
             },
             store,
-            Fetcher::new(Timeouts {
-                connect: config.connect_timeout,
-                stall: config.stall_timeout,
-                min_speed: config.min_speed,
-            })?,
+            Fetcher::new(
+                Timeouts {
+                    connect: config.connect_timeout,
+                    stall: config.stall_timeout,
+                    min_speed: config.min_speed,
+                },
+                Arc::new(EgressPolicy::new(&config.deny_egress, &config.allow_egress)),
+                &config.resolve,
+            )?,
             token.clone(),
         )
         .await?;

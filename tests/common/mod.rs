@@ -71,6 +71,13 @@ impl Harness {
         Harness::assemble(server, Origin::start().await, Some(dir)).await
     }
 
+    /// [`Harness::start`], with extra environment variables for the server (e.g. `HTTP_PROXY`).
+    pub async fn start_env(flags: &[&str], env: &[(&str, &str)]) -> Harness {
+        let dir = tempfile::tempdir().expect("create a temporary data directory");
+        let server = Server::start_env(dir.path(), flags, env).await;
+        Harness::assemble(server, Origin::start().await, Some(dir)).await
+    }
+
     /// Starts `transferd FLAGS...` on `data_dir`, which the test owns (e.g. next to a mount it
     /// made, which must outlive the server).
     pub async fn start_at(data_dir: &Path, flags: &[&str]) -> Harness {

@@ -26,6 +26,13 @@ impl Server {
         Server::start_with(command, "127.0.0.1:0", data_dir, extra).await
     }
 
+    /// [`Server::start`] with extra environment variables (e.g. `HTTP_PROXY`).
+    pub async fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_transferd"));
+        command.envs(env.iter().copied());
+        Server::start_with(command, "127.0.0.1:0", data_dir, extra).await
+    }
+
     /// Starts `transferd` inside a test network namespace, listening on its veth address.
     pub async fn start_in(ns: &netns::Netns, data_dir: &Path, extra: &[&str]) -> Server {
         let command = ns.command(env!("CARGO_BIN_EXE_transferd"));

@@ -54,7 +54,7 @@ impl Engine {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let checked = validate::new_download(new)?;
+        let checked = validate::new_download(new, self.inner.fetcher.egress())?;
         let guid = uuid::Uuid::new_v4().to_string();
         let (seq, result_file) = self.claim_result_file(
             &guid,
@@ -353,7 +353,7 @@ impl Engine {
     /// Points a paused download at a new URI. On resume it continues if the new resource has the
     /// same validators and length (If-Range and Content-Range decide), and restarts otherwise.
     pub async fn set_requested_uri(&self, guid: &str, uri: &str) -> Result<DownloadView, Error> {
-        let uri = validate::uri(uri)?;
+        let uri = validate::uri(uri, self.inner.fetcher.egress())?;
         self.edit(guid, "change the URI of", |guid, st| {
             if !client_owned_pause(st.status()) {
                 return Err(Error::NotPaused {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::commands::NewDownload;
+use crate::egress::EgressPolicy;
 use crate::error::Error;
 use crate::fetch;
 use crate::operation::{CostPolicy, Priority};
@@ -34,8 +35,11 @@ pub(super) struct CheckedDownload {
     pub(super) replace_existing: bool,
 }
 
-/// Checks every field of a new download.
-pub(super) fn new_download(new: NewDownload) -> Result<CheckedDownload, Error> {
+/// Checks every field of a new download; its URI also against the egress policy.
+pub(super) fn new_download(
+    new: NewDownload,
+    egress: &EgressPolicy,
+) -> Result<CheckedDownload, Error> {
     let NewDownload {
         requested_uri,
         result_file,
@@ -48,7 +52,7 @@ pub(super) fn new_download(new: NewDownload) -> Result<CheckedDownload, Error> {
         max_bytes,
         replace_existing,
     } = new;
-    let uri = uri(&requested_uri)?;
+    let uri = uri(&requested_uri, egress)?;
     let expected_sha256 = sha256(&expected_sha256)?;
     group(&transfer_group)?;
     let mut headers = BTreeMap::new();
@@ -135,8 +139,9 @@ fn sha256(hex: &str) -> Result<Option<String>, Error> {
     Ok(Some(hex.to_ascii_lowercase()))
 }
 
-/// An absolute http(s) URI with a host, of bounded length.
-pub(super) fn uri(uri: &str) -> Result<url::Url, Error> {
+/// An absolute http(s) URI with a host, of bounded length, whose host is not a literal address
+/// the egress policy denies (a name is checked when it resolves, at every connection).
+pub(super) fn uri(uri: &str, egress: &EgressPolicy) -> Result<url::Url, Error> {
     let invalid = |reason: &str| Error::InvalidUri {
         uri: uri.chars().take(200).collect(),
         reason: reason.into(),
@@ -159,6 +164,9 @@ pub(super) fn uri(uri: &str) -> Result<url::Url, Error> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(invalid("it has no host"));
     }
+    egress
+        .check_url(&parsed)
+        .map_err(|denied| invalid(&denied.to_string()))?;
     Ok(parsed)
 }
 
@@ -193,11 +201,19 @@ mod tests {
 
     #[test]
     fn uris_and_hashes() {
-        assert!(uri("https://example.com/a").is_ok());
+        let egress = &EgressPolicy::new(&[], &[]);
+        assert!(uri("https://example.com/a", egress).is_ok());
         for bad in ["", "ftp://example.com/a", "http://", "not a uri"] {
-            assert!(uri(bad).is_err(), "{bad:?}");
+            assert!(uri(bad, egress).is_err(), "{bad:?}");
         }
-        assert!(uri(&format!("http://h/{}", "a".repeat(MAX_URI_LEN))).is_err());
+        assert!(uri(&format!("http://h/{}", "a".repeat(MAX_URI_LEN)), egress).is_err());
+        assert_eq!(
+            uri("http://169.254.169.254/latest", egress)
+                .unwrap_err()
+                .to_string(),
+            "requested_uri `http://169.254.169.254/latest` is not usable: egress to \
+             169.254.169.254 is denied by policy (default deny 169.254.0.0/16)"
+        );
         assert_eq!(sha256("").unwrap(), None);
         assert_eq!(sha256(&"AB".repeat(32)).unwrap(), Some("ab".repeat(32)));
         assert!(sha256("abc").is_err());

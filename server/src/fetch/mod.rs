@@ -14,7 +14,10 @@
 //! - `mod.rs`: the [`Fetcher`] and the course of one attempt; what goes in ([`Job`]) and comes
 //!   out ([`Outcome`], [`Failure`]), and the [`Observer`] the engine follows it with.
 //! - `request.rs`: building the request; the headers transferd manages itself; the redirects
-//!   it follows.
+//!   it follows, and the egress check of a literal address, before the request and at every
+//!   redirect.
+//! - `resolve.rs`: name resolution under the egress policy, so a name is checked by the
+//!   address it resolves to, at every connection.
 //! - `response.rs`: reading a response: does a 206 fit, resumability, validators, error
 //!   statuses and redirects that were not followed.
 //! - `body.rs`: streaming the body into the partial file and making it durable, within its
@@ -22,20 +25,24 @@
 
 mod body;
 mod request;
+mod resolve;
 mod response;
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::egress::EgressPolicy;
 use crate::operation::{ErrorReason, ResponseInfo, Settings, TransferError, Validators};
 use response::Resume;
 
 pub use body::WRITE_BUFFER_SIZE;
 pub use request::check_user_header;
+pub use resolve::PinnedName;
 
 /// A new HTTP response the engine should know about.
 #[derive(Clone, Debug)]
@@ -138,8 +145,15 @@ impl Failure {
             return Failure::fatal(TransferError {
                 message: refused.message.clone(),
                 http_status: Some(refused.status),
-                reason: ErrorReason::HttpStatus,
+                reason: if refused.by_policy {
+                    ErrorReason::Policy
+                } else {
+                    ErrorReason::HttpStatus
+                },
             });
+        }
+        if let Some(denied) = find_cause::<resolve::NameDenied>(e) {
+            return Failure::policy(format!("{what}: {denied}"));
         }
         if let Some(tls) = find_cause::<rustls::Error>(e) {
             if matches!(
@@ -157,6 +171,15 @@ impl Failure {
             network_down: is_unreachable(e),
             ..Failure::transient(network_error(what, e))
         }
+    }
+
+    /// A connection the egress policy forbids; none was attempted.
+    fn policy(message: String) -> Failure {
+        Failure::fatal(TransferError {
+            message: format!("{message}; no connection was attempted"),
+            http_status: None,
+            reason: ErrorReason::Policy,
+        })
     }
 
     /// A body that grew, or was declared, larger than `max_bytes`.
@@ -238,20 +261,39 @@ pub struct Timeouts {
 pub struct Fetcher {
     client: reqwest::Client,
     timeouts: Timeouts,
+    egress: Arc<EgressPolicy>,
 }
 
 impl Fetcher {
-    /// A fetcher with these timeouts, using rustls.
-    pub fn new(timeouts: Timeouts) -> Result<Fetcher, reqwest::Error> {
+    /// A fetcher with these timeouts, using rustls, that connects only where `egress` allows,
+    /// resolving the `pinned` names to their given addresses instead of asking DNS.
+    pub fn new(
+        timeouts: Timeouts,
+        egress: Arc<EgressPolicy>,
+        pinned: &[PinnedName],
+    ) -> Result<Fetcher, reqwest::Error> {
         // reqwest is built without a bundled crypto provider; install ring once per process.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .user_agent(concat!("transferd/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.stall)
-            .redirect(request::redirect_policy())
+            .redirect(request::redirect_policy(egress.clone()))
+            .dns_resolver(resolve::PolicyResolver::new(egress.clone(), pinned))
+            // A proxy from the environment (HTTP_PROXY and the like) would resolve and connect
+            // on transferd's behalf, out of the egress policy's sight.
+            .no_proxy()
             .build()?;
-        Ok(Fetcher { client, timeouts })
+        Ok(Fetcher {
+            client,
+            timeouts,
+            egress,
+        })
+    }
+
+    /// Where this fetcher may connect.
+    pub fn egress(&self) -> &EgressPolicy {
+        &self.egress
     }
 
     /// Runs one attempt: request, then stream the body into the partial file until it is

@@ -1,13 +1,17 @@
 //! Building the request of an attempt: the client's own headers, the headers transferd manages
 //! itself ([`RESERVED_HEADERS`]), `Range` / `If-Range` when resuming, and which redirects are
-//! followed (http(s) only, no loops, at most [`MAX_REDIRECTS`]).
+//! followed (http(s) only, no loops, at most [`MAX_REDIRECTS`], never to a literal address the
+//! egress policy denies). A literal address is checked here because reqwest connects to it
+//! without resolving, so the policy's resolver never sees it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
 use super::{Failure, Fetcher, Job};
+use crate::egress::EgressPolicy;
 use crate::operation::Validators;
 
 /// Redirects followed before giving up, as browsers and curl's default do.
@@ -36,9 +40,17 @@ impl Fetcher {
         offset: u64,
         stop: &CancellationToken,
     ) -> Result<Option<reqwest::Response>, Failure> {
+        let uri = &job.settings.requested_uri;
+        // A download stored before the policy changed may point at an address denied now.
+        if let Ok(url) = url::Url::parse(uri) {
+            if let Err(denied) = self.egress.check_url(&url) {
+                let uri = crate::error::shorten(uri);
+                return Err(Failure::policy(format!("requested_uri {uri}: {denied}")));
+            }
+        }
         let mut request = self
             .client
-            .get(&job.settings.requested_uri)
+            .get(uri)
             .headers(user_headers(&job.settings.request_headers))
             // The entity bytes exactly as served: no transparent decompression that would make
             // byte offsets and lengths disagree with the server's.
@@ -58,13 +70,16 @@ impl Fetcher {
     }
 }
 
-/// A redirect transferd will not follow: to another scheme, in a loop, or too many.
+/// A redirect transferd will not follow: to another scheme, in a loop, too many, or to an
+/// address the egress policy denies.
 #[derive(Debug)]
 pub(super) struct RedirectRefused {
     /// What happened, for the download's error.
     pub(super) message: String,
     /// The 3xx status of the refused redirect.
     pub(super) status: u16,
+    /// Refused by the egress policy.
+    pub(super) by_policy: bool,
 }
 
 impl std::fmt::Display for RedirectRefused {
@@ -76,11 +91,23 @@ impl std::fmt::Display for RedirectRefused {
 impl std::error::Error for RedirectRefused {}
 
 /// Follows at most [`MAX_REDIRECTS`] redirects to http(s) URLs never visited before in this
-/// request; anything else ends the request with a [`RedirectRefused`] saying what happened.
-pub(super) fn redirect_policy() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
+/// request and not to a literal address `egress` denies (a name is checked when it resolves);
+/// anything else ends the request with a [`RedirectRefused`] saying what happened.
+pub(super) fn redirect_policy(egress: Arc<EgressPolicy>) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
         let status = attempt.status().as_u16();
         let to = attempt.url();
+        if let Err(denied) = egress.check_url(to) {
+            let message = format!(
+                "HTTP {status} redirect to {} refused: {denied}; no connection was attempted",
+                crate::error::shorten(to.as_str())
+            );
+            return attempt.error(RedirectRefused {
+                message,
+                status,
+                by_policy: true,
+            });
+        }
         let message = if !matches!(to.scheme(), "http" | "https") {
             super::response::redirect_refused(to)
         } else if attempt.previous().contains(to) {
@@ -90,7 +117,11 @@ pub(super) fn redirect_policy() -> reqwest::redirect::Policy {
         } else {
             return attempt.follow();
         };
-        attempt.error(RedirectRefused { message, status })
+        attempt.error(RedirectRefused {
+            message,
+            status,
+            by_policy: false,
+        })
     })
 }
 

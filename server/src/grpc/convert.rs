@@ -143,6 +143,7 @@ impl From<ErrorReason> for pb::TransferErrorReason {
             ErrorReason::Disk => P::Disk,
             ErrorReason::Integrity => P::Integrity,
             ErrorReason::TooLarge => P::TooLarge,
+            ErrorReason::Policy => P::Policy,
         }
     }
 }

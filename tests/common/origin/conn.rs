@@ -26,6 +26,7 @@ pub(super) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    state.connections.fetch_add(1, Ordering::SeqCst);
                     connections.spawn(serve_connection(stream, state.clone()));
                 }
                 // Usually fd exhaustion; back off instead of spinning.

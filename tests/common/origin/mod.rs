@@ -84,6 +84,8 @@ struct State {
     inner: Mutex<Inner>,
     /// Response bodies whose sending task is still running.
     open_bodies: AtomicUsize,
+    /// Connections accepted, whether or not a request followed.
+    connections: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -192,6 +194,12 @@ impl Origin {
     /// once.
     pub fn open_responses(&self) -> usize {
         self.state.open_bodies.load(Ordering::SeqCst)
+    }
+
+    /// How many TCP connections the origin has accepted, whether or not a request followed:
+    /// for tests that prove no connection was made at all.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 }
 
