@@ -1,7 +1,16 @@
 # transferd container image.
 #
 #   docker build -t transferd .
-#   docker run -d -p 50051:50051 -v transferd-data:/data transferd
+#   docker run -d -p 50051:50051 -v transferd-data:/data \
+#       -v "$PWD/tokens.toml:/etc/transferd/tokens.toml:ro" \
+#       -e TRANSFERD_AUTH_TOKENS=/etc/transferd/tokens.toml transferd
+#
+# The image listens on 0.0.0.0, which is not loopback, so transferd refuses to start without a
+# token file (`transferd hash-token` makes a token; see the README's Security section) or an
+# explicit `--allow-unauthenticated` (TRANSFERD_ALLOW_UNAUTHENTICATED=true) for a network where
+# every client that can reach the port is trusted:
+#
+#   docker run -d -p 127.0.0.1:50051:50051 -v transferd-data:/data transferd --allow-unauthenticated
 #
 # Downloads land in /data/downloads; the download database lives in /data too.
 
@@ -51,7 +60,7 @@ VOLUME ["/data"]
 EXPOSE 50051
 USER 10001:10001
 
-# `transferd healthcheck` asks the gRPC health service at TRANSFERD_LISTEN.
+# `transferd healthcheck` asks the gRPC health service at TRANSFERD_LISTEN; health needs no token.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["/usr/local/bin/transferd", "healthcheck"]
 

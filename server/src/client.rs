@@ -14,6 +14,8 @@
 //! e.g. into a spawned task that reads a stream.
 
 use tonic::Status;
+use tonic::metadata::{AsciiMetadataValue, errors::InvalidMetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::pb::backgroundtransfer::v1 as pb;
@@ -31,8 +33,26 @@ const LIST_ALL_PAGE_SIZE: u32 = 1000;
 /// A connection to one transferd, for both of its services. Cloning it shares the connection.
 #[derive(Clone, Debug)]
 pub struct Client {
-    transfers: BackgroundTransferServiceClient<Channel>,
-    system: TransferSystemServiceClient<Channel>,
+    transfers: BackgroundTransferServiceClient<Authorized>,
+    system: TransferSystemServiceClient<Authorized>,
+}
+
+/// The channel every call goes through: it adds the bearer token, if the client has one.
+type Authorized = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to every call, or nothing without a token.
+#[derive(Clone, Debug, Default)]
+struct Bearer(Option<AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 impl Client {
@@ -52,17 +72,35 @@ impl Client {
     /// A client over an existing channel, so a caller can configure the transport itself (TLS,
     /// timeouts, an auth interceptor's channel) without any change to the methods.
     pub fn from_channel(channel: Channel) -> Client {
+        Client::with_bearer(channel, Bearer::default())
+    }
+
+    /// A client over `channel` that sends `token` as `authorization: Bearer <token>` on every
+    /// call, for a transferd started with `--auth-tokens`. Fails if the token cannot be sent as
+    /// metadata (it must be printable ASCII).
+    pub fn from_channel_with_token(
+        channel: Channel,
+        token: &str,
+    ) -> Result<Client, InvalidMetadataValue> {
+        let value = format!("Bearer {token}").parse()?;
+        Ok(Client::with_bearer(channel, Bearer(Some(value))))
+    }
+
+    fn with_bearer(channel: Channel, bearer: Bearer) -> Client {
         Client {
-            transfers: BackgroundTransferServiceClient::new(channel.clone()),
-            system: TransferSystemServiceClient::new(channel),
+            transfers: BackgroundTransferServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            system: TransferSystemServiceClient::with_interceptor(channel, bearer),
         }
     }
 
-    fn transfers(&self) -> BackgroundTransferServiceClient<Channel> {
+    fn transfers(&self) -> BackgroundTransferServiceClient<Authorized> {
         self.transfers.clone()
     }
 
-    fn system(&self) -> TransferSystemServiceClient<Channel> {
+    fn system(&self) -> TransferSystemServiceClient<Authorized> {
         self.system.clone()
     }
 

@@ -235,9 +235,51 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub resolve: Vec<PinnedName>,
+    /// TOML file of bearer tokens (each a name, a tenant, a role and the token's SHA-256).
+    /// Every call must then send `authorization: Bearer <token>`; health and reflection stay
+    /// open. Re-read on SIGHUP. Unset: no authentication, and only loopback addresses serve.
+    #[arg(long, env = "TRANSFERD_AUTH_TOKENS", value_name = "FILE")]
+    pub auth_tokens: Option<PathBuf>,
+
+    /// Serve without authentication on a non-loopback address, where anyone who can reach the
+    /// port controls every download. Only for a network you trust; logged at WARN on start.
+    #[arg(long, env = "TRANSFERD_ALLOW_UNAUTHENTICATED", conflicts_with = "auth_tokens",
+          value_parser = clap::builder::BoolishValueParser::new(),
+          action = clap::ArgAction::SetTrue)]
+    pub allow_unauthenticated: bool,
+}
+
+/// Why a configuration may not serve: it would expose an unauthenticated server to the network.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to serve on {listen} without authentication: anyone who can reach it would \
+     control every download. Either configure tokens with --auth-tokens FILE \
+     (TRANSFERD_AUTH_TOKENS; `transferd hash-token` makes one), or pass \
+     --allow-unauthenticated (TRANSFERD_ALLOW_UNAUTHENTICATED=true) if only trusted clients \
+     can reach this address, or listen on a loopback address such as 127.0.0.1"
+)]
+pub struct ExposedError {
+    /// The address asked for.
+    pub listen: SocketAddr,
 }
 
 impl Config {
+    /// Refuses to serve unauthenticated on an address other machines can reach: without
+    /// `--auth-tokens`, only a loopback `--listen` is allowed, unless `--allow-unauthenticated`
+    /// says the operator means it. Checked before anything is bound.
+    pub fn check_exposure(&self) -> Result<(), ExposedError> {
+        if self.auth_tokens.is_some() || self.allow_unauthenticated {
+            return Ok(());
+        }
+        // `to_canonical` so that an IPv4-mapped loopback (::ffff:127.0.0.1) counts as one.
+        if self.listen.ip().to_canonical().is_loopback() {
+            return Ok(());
+        }
+        Err(ExposedError {
+            listen: self.listen,
+        })
+    }
+
     /// The directory result files go to.
     pub fn download_dir(&self) -> PathBuf {
         self.download_dir
@@ -504,6 +546,35 @@ mod tests {
             c.download_dir(),
             PathBuf::from("/var/lib/transferd/downloads")
         );
+    }
+
+    #[test]
+    fn unauthenticated_serving_is_refused_beyond_loopback() {
+        for loopback in [
+            "127.0.0.1:1",
+            "127.1.2.3:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(
+                parse(&["--listen", loopback]).check_exposure().is_ok(),
+                "{loopback}"
+            );
+        }
+        for exposed in ["0.0.0.0:1", "[::]:1", "192.0.2.1:1", "[2001:db8::1]:1"] {
+            let e = parse(&["--listen", exposed]).check_exposure().unwrap_err();
+            let message = e.to_string();
+            assert!(message.contains(&format!("refusing to serve on {}", e.listen)));
+            assert!(
+                message.contains("--auth-tokens FILE")
+                    && message.contains("--allow-unauthenticated")
+            );
+        }
+        let tokens = parse(&["--listen", "0.0.0.0:1", "--auth-tokens", "t.toml"]);
+        assert!(tokens.check_exposure().is_ok());
+        let allowed = parse(&["--listen", "0.0.0.0:1", "--allow-unauthenticated"]);
+        assert!(allowed.allow_unauthenticated && allowed.check_exposure().is_ok());
+        assert!(!parse(&[]).allow_unauthenticated && parse(&[]).auth_tokens.is_none());
     }
 
     #[test]

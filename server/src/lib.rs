@@ -12,6 +12,8 @@
 //! - [`server`]: wiring. [`server::Transferd`] opens the store and loads every download before
 //!   binding, then serves on an already-bound listener until a shutdown future completes.
 //! - [`client`]: a typed client for both services over one connection, for the tests and CLI.
+//! - [`auth`]: who is calling: the caller's name, tenant and role, established once per call;
+//!   public for its token file ([`auth::tokens`]), which the binary hashes and reloads.
 //! - [`config`]: flags and environment variables.
 //! - [`egress`]: the egress policy: which addresses the fetcher may connect to.
 //! - [`pb`]: generated protobuf code, quarantined.
@@ -20,8 +22,9 @@
 //! - `grpc/`: the gRPC layer, one file per service (`transfer.rs`, `system.rs`); `convert.rs`
 //!   converts at the edge (every protobuf number is checked there), `status.rs` is the one table
 //!   from errors to status codes, and `routes()` gathers everything served (both services,
-//!   health, reflection) so layers that apply to every call go in one place.
-//! - `auth/`: who is calling: the caller's name, tenant and role, established once per call.
+//!   health, reflection) so layers that apply to every call go in one place. `identify.rs` is
+//!   the layer in front of every route (bearer token, caller, role check) and `roles.rs` the one
+//!   table of the least role each method needs.
 //! - `engine/`: the transfer engine; knows nothing of gRPC. `commands.rs` (what clients ask),
 //!   `validate.rs` (request limits), `download.rs` (one download and the one transition
 //!   function), `registry.rs` (downloads by guid and creation order, the index of live
@@ -44,7 +47,7 @@
 //! - `error`: typed errors of the engine.
 #![forbid(unsafe_code)]
 
-pub(crate) mod auth;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub(crate) mod datadir;

@@ -1,6 +1,7 @@
 //! The `transferd` binary: parses configuration, sets up logging, binds, and runs the service
-//! until SIGTERM or SIGINT. `transferd healthcheck` probes a running server (for container
-//! HEALTHCHECKs).
+//! until SIGTERM or SIGINT; SIGHUP re-reads the token file. `transferd healthcheck` probes a
+//! running server (for container HEALTHCHECKs); `transferd hash-token` hashes or makes a token
+//! for the token file.
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -32,10 +33,19 @@ enum Command {
         #[arg(long, env = "TRANSFERD_HEALTHCHECK_ADDR")]
         addr: Option<SocketAddr>,
     },
+    /// Print the SHA-256 of TOKEN, for `token_sha256` in the --auth-tokens file. Without TOKEN,
+    /// make a new random token and print it, then the line to paste into the file.
+    HashToken {
+        /// The token to hash; `-` reads it from standard input (one line).
+        token: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::HashToken { token }) = &cli.command {
+        return report(hash_token(token.as_deref()));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("TRANSFERD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -54,8 +64,13 @@ fn main() -> ExitCode {
         Some(Command::Healthcheck { addr }) => {
             runtime.block_on(healthcheck(addr.unwrap_or(cli.config.listen)))
         }
+        Some(Command::HashToken { .. }) => unreachable!("handled before the runtime starts"),
         None => runtime.block_on(serve(cli.config)),
     };
+    report(result)
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -68,6 +83,12 @@ fn main() -> ExitCode {
 async fn serve(config: transferd::Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let transferd = transferd::server::Transferd::open(config).await?;
+    if let Some(tokens) = transferd.tokens() {
+        // Installed before the address is announced: until then SIGHUP would end the process.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP to reload the token file")?;
+        tokio::spawn(reload_on_hangup(hangup, tokens));
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -76,6 +97,50 @@ async fn serve(config: transferd::Config) -> anyhow::Result<()> {
     // Announced on stdout so scripts and tests that pass port 0 learn the real port.
     println!("listening on {addr}");
     server.await.context("server task failed")??;
+    Ok(())
+}
+
+/// Re-reads the token file on every SIGHUP. A bad file keeps the tokens in force.
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    tokens: std::sync::Arc<transferd::auth::tokens::TokenFile>,
+) {
+    while hangup.recv().await.is_some() {
+        let file = tokens.path().display();
+        match tokens.reload() {
+            Ok(count) => tracing::info!(%file, tokens = count, "token file reloaded"),
+            Err(e) => tracing::error!(
+                error = %e,
+                "token file NOT reloaded; the previous tokens stay in force until it is fixed"
+            ),
+        }
+    }
+}
+
+/// `transferd hash-token [TOKEN]`.
+fn hash_token(token: Option<&str>) -> anyhow::Result<()> {
+    use transferd::auth::tokens::{check_token, generate_token, token_sha256};
+    let token = match token {
+        Some("-") => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the token from standard input")?;
+            line.trim_end_matches(['\n', '\r']).to_owned()
+        }
+        Some(token) => token.to_owned(),
+        None => {
+            let token = generate_token().context("cannot read random bytes from the OS")?;
+            eprintln!(
+                "A new token (first line: give it to the client, keep it secret) and the line \
+                 for its [[tokens]] entry in the --auth-tokens file:"
+            );
+            println!("{token}\ntoken_sha256 = \"{}\"", token_sha256(&token));
+            return Ok(());
+        }
+    };
+    check_token(&token).map_err(|why| anyhow::anyhow!("{why}; clients could not send it"))?;
+    println!("{}", token_sha256(&token));
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::tokens::{TokenFile, TokenFileError};
 use crate::config::Config;
 use crate::datadir::DataDirLock;
 use crate::egress::EgressPolicy;
@@ -23,6 +24,12 @@ use crate::store::{SqliteStore, StoreError};
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The configuration would serve unauthenticated beyond loopback.
+    #[error(transparent)]
+    Exposed(#[from] crate::config::ExposedError),
+    /// The token file is missing or wrong.
+    #[error(transparent)]
+    Tokens(#[from] TokenFileError),
     /// Another process holds the data directory, or it cannot be locked.
     #[error(transparent)]
     Locked(#[from] crate::datadir::LockError),
@@ -58,14 +65,35 @@ pub struct Transferd {
     engine: Engine,
     token: CancellationToken,
     limits: LimitsConfig,
+    /// The bearer tokens in force, if authentication is configured.
+    tokens: Option<Arc<TokenFile>>,
     /// Held until the server has stopped.
     lock: DataDirLock,
 }
 
 impl Transferd {
-    /// Locks the data directory (before anything else touches it), prepares the download
-    /// directory, opens the store and loads every download.
+    /// Refuses a configuration that would serve unauthenticated beyond loopback, reads the
+    /// token file, locks the data directory (before anything else touches it), prepares the
+    /// download directory, opens the store and loads every download.
     pub async fn open(config: Config) -> Result<Transferd, ServeError> {
+        config.check_exposure()?;
+        let tokens = match &config.auth_tokens {
+            Some(path) => {
+                let tokens = TokenFile::load(path)?;
+                tracing::info!(file = %path.display(), tokens = tokens.len(), "authentication on");
+                Some(Arc::new(tokens))
+            }
+            None => {
+                if config.allow_unauthenticated {
+                    tracing::warn!(
+                        listen = %config.listen,
+                        "serving WITHOUT authentication (--allow-unauthenticated): anyone who \
+                         can reach this address controls every download"
+                    );
+                }
+                None
+            }
+        };
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let download_dir = config.download_dir();
         std::fs::create_dir_all(&download_dir).map_err(|source| ServeError::Io {
@@ -109,8 +137,15 @@ impl Transferd {
                 max_streams: config.max_streams,
                 max_streams_per_tenant: config.max_streams_per_tenant,
             },
+            tokens,
             lock,
         })
+    }
+
+    /// The token file in force, if authentication is configured, so the binary can reload it
+    /// on SIGHUP.
+    pub fn tokens(&self) -> Option<Arc<TokenFile>> {
+        self.tokens.clone()
     }
 
     /// Serves on `listener` until `shutdown` completes, then shuts down cleanly.
@@ -123,6 +158,7 @@ impl Transferd {
             engine,
             token,
             limits,
+            tokens,
             lock,
         } = self;
         let (routes, health) = grpc::routes(engine.clone()).await?;
@@ -149,7 +185,7 @@ impl Transferd {
             accepted
         });
         tonic::transport::Server::builder()
-            .layer(grpc::identify_layer())
+            .layer(grpc::identify_layer(tokens))
             .layer(LimitLayer::new(limits))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop)

@@ -12,6 +12,8 @@
 //! - [`wait`]: waiting for a download's state, and reading progress streams;
 //! - [`disk`]: small tmpfs mounts for the disk tests;
 //! - [`netns`]: network namespaces for the connectivity tests;
+//! - [`tokens`]: token files and clients that send a bearer token;
+//! - [`rpcs`]: every RPC of both services in one call, and the state they could change;
 //! - [`origin`]: the HTTP origin the downloads fetch from.
 #![allow(dead_code)]
 
@@ -19,7 +21,9 @@ pub mod calls;
 pub mod disk;
 pub mod netns;
 pub mod origin;
+pub mod rpcs;
 pub mod server;
+pub mod tokens;
 pub mod wait;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +39,8 @@ pub use calls::{create_request, status_of};
 pub use pb::BackgroundTransferStatus as S;
 #[allow(unused_imports)]
 pub use server::{Server, run_transferd};
+#[allow(unused_imports)]
+pub use tokens::Token;
 #[allow(unused_imports)]
 pub use transferd::client::Client;
 #[allow(unused_imports)]

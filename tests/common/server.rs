@@ -34,9 +34,25 @@ impl Server {
     }
 
     /// Starts `transferd` inside a test network namespace, listening on its veth address.
+    /// That address is not loopback, so the server runs with `--allow-unauthenticated` (the
+    /// namespace is the test's own; nothing else can reach it).
     pub async fn start_in(ns: &netns::Netns, data_dir: &Path, extra: &[&str]) -> Server {
         let command = ns.command(env!("CARGO_BIN_EXE_transferd"));
-        Server::start_with(command, &format!("{}:0", ns.inner), data_dir, extra).await
+        let mut extra = extra.to_vec();
+        extra.push("--allow-unauthenticated");
+        Server::start_with(command, &format!("{}:0", ns.inner), data_dir, &extra).await
+    }
+
+    /// Starts `transferd --listen LISTEN --data-dir DATA_DIR EXTRA...` (for the listen-address
+    /// rules); [`Server::addr`] is then the loopback address of the announced port, so the
+    /// test's calls stay on loopback.
+    pub async fn start_listening(listen: &str, data_dir: &Path, extra: &[&str]) -> Server {
+        let command = Command::new(env!("CARGO_BIN_EXE_transferd"));
+        let mut server = Server::start_with(command, listen, data_dir, extra).await;
+        if server.addr.ip().is_unspecified() {
+            server.addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        server
     }
 
     async fn start_with(

@@ -8,17 +8,20 @@
 
 pub(crate) mod codec;
 mod convert;
+mod identify;
 pub mod limits;
+mod roles;
 mod status;
 mod system;
 mod transfer;
 
+use std::sync::Arc;
+
 use tonic::service::Routes;
-use tonic::service::interceptor::InterceptorLayer;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::auth::Caller;
+use crate::auth::tokens::TokenFile;
 use crate::engine::Engine;
 use crate::pb;
 use pb::backgroundtransfer::v1::background_transfer_service_server::BackgroundTransferServiceServer;
@@ -54,20 +57,15 @@ pub async fn routes(engine: Engine) -> Result<(Routes, Health), tonic_reflection
 }
 
 /// The layer that establishes who is calling, composed once where the server is built so no
-/// route can be served without it: it puts the call's [`Caller`] in the request's extensions,
-/// where handlers find it with [`Caller::of`]. Without authentication every call runs as
-/// [`Caller::local`].
-pub fn identify_layer() -> InterceptorLayer<Identify> {
-    InterceptorLayer::new(identify_local)
+/// route can be served without it: it authenticates the call's bearer token against `tokens`,
+/// puts the call's [`Caller`](crate::auth::Caller) in the request's extensions (where handlers
+/// find it with `Caller::of`), and refuses a call outside the caller's role. Without a token
+/// file every call runs as `Caller::local`.
+pub fn identify_layer(tokens: Option<Arc<TokenFile>>) -> IdentifyLayer {
+    IdentifyLayer::new(tokens)
 }
 
-/// How a call's identity is established: sees the call's metadata, adds its [`Caller`].
-pub type Identify = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-
-fn identify_local(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    request.extensions_mut().insert(Caller::local());
-    Ok(request)
-}
+pub use identify::IdentifyLayer;
 
 /// The health service's reporter, so the server can announce shutdown without naming the
 /// generated service types.
