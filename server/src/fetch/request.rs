@@ -76,13 +76,20 @@ impl std::fmt::Display for RedirectRefused {
 impl std::error::Error for RedirectRefused {}
 
 /// Follows at most [`MAX_REDIRECTS`] redirects to http(s) URLs never visited before in this
-/// request; anything else ends the request with a [`RedirectRefused`] saying what happened.
+/// request; anything else ends the request with a [`RedirectRefused`] saying what happened. A
+/// redirect to a URL with userinfo (`user:password@`) is refused too: the HTTP client would
+/// carry those credentials to the new host and into its own logs, and no client gave them.
 pub(super) fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let status = attempt.status().as_u16();
         let to = attempt.url();
         let message = if !matches!(to.scheme(), "http" | "https") {
             super::response::redirect_refused(to)
+        } else if !to.username().is_empty() || to.password().is_some() {
+            format!(
+                "redirect to {} refused: it carries credentials (user:password@)",
+                crate::redact::uri(to.as_str())
+            )
         } else if attempt.previous().contains(to) {
             format!("redirect loop: HTTP {status} back to {to}, which was already requested")
         } else if attempt.previous().len() > MAX_REDIRECTS {
