@@ -175,11 +175,7 @@ impl Row {
             .ok_or_else(|| bad(format!("unknown cost policy {}", self.cost_policy)))?;
         let (checkpoint_bytes, total_bytes, finished_at) = self.progress().map_err(&bad)?;
         let request_headers = headers_from_json(&self.request_headers).map_err(&bad)?;
-        let sensitive_headers: BTreeSet<String> = serde_json::from_str(&self.sensitive_headers)
-            .map_err(|e| bad(format!("sensitive header names are not valid JSON: {e}")))?;
-        let recoverable_web_error_statuses: Vec<u16> =
-            serde_json::from_str(&self.recoverable_statuses)
-                .map_err(|e| bad(format!("recoverable statuses are not valid JSON: {e}")))?;
+        let (sensitive_headers, recoverable_web_error_statuses) = self.lists().map_err(&bad)?;
         let response = match self.response_status {
             None => None,
             Some(status_code) => Some(ResponseInfo {
@@ -244,6 +240,15 @@ impl Row {
 }
 
 impl Row {
+    /// The header names marked sensitive, and the recoverable statuses: JSON lists.
+    fn lists(&self) -> Result<(BTreeSet<String>, Vec<u16>), String> {
+        let sensitive = serde_json::from_str(&self.sensitive_headers)
+            .map_err(|e| format!("sensitive header names are not valid JSON: {e}"))?;
+        let recoverable = serde_json::from_str(&self.recoverable_statuses)
+            .map_err(|e| format!("recoverable statuses are not valid JSON: {e}"))?;
+        Ok((sensitive, recoverable))
+    }
+
     /// Checkpoint, total size and finish time. A negative byte count is refused rather than
     /// read as zero: it is a row written by hand or by a broken build, and a resume from it
     /// would trust a partial file it knows nothing about.
