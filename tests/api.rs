@@ -148,9 +148,10 @@ async fn operation_echoes_what_was_asked_and_sends_request_headers() {
     assert_eq!(op.priority(), pb::BackgroundTransferPriority::Low);
     assert_eq!(op.cost_policy(), pb::BackgroundTransferCostPolicy::Always);
     assert_eq!(op.transfer_group, "nightly");
+    // Sent as given, echoed redacted (README, Secrets).
     assert_eq!(
         op.request_headers.get("authorization").map(String::as_str),
-        Some("Bearer t0ken")
+        Some("[redacted]")
     );
     assert!(uuid_like(&op.guid), "{}", op.guid);
     let p = op.progress.unwrap();

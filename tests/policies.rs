@@ -247,7 +247,8 @@ async fn a_recoverable_status_pauses_and_a_new_header_repairs_it() {
             .request_headers
             .get("authorization")
             .map(String::as_str),
-        Some("Bearer fresh")
+        Some("[redacted]"),
+        "a secret is echoed redacted"
     );
     let err = h.client.set_request_header(&op.guid, "Range", "bytes=0-");
     assert_eq!(err.await.unwrap_err().code(), Code::InvalidArgument);

@@ -278,6 +278,27 @@ impl Client {
             guid: guid.into(),
             name: name.into(),
             value: value.into(),
+            sensitive: false,
+        };
+        Ok(self
+            .transfers()
+            .set_request_header(request)
+            .await?
+            .into_inner())
+    }
+
+    /// `SetRequestHeader` with the header marked sensitive: its value is sent, never returned.
+    pub async fn set_sensitive_request_header(
+        &self,
+        guid: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<pb::DownloadOperation, Status> {
+        let request = pb::SetRequestHeaderRequest {
+            guid: guid.into(),
+            name: name.into(),
+            value: value.into(),
+            sensitive: true,
         };
         Ok(self
             .transfers()
@@ -306,10 +327,20 @@ impl Client {
         guid: &str,
         requested_uri: &str,
     ) -> Result<pb::DownloadOperation, Status> {
-        let request = pb::SetRequestedUriRequest {
+        self.set_requested_uri_with(pb::SetRequestedUriRequest {
             guid: guid.into(),
             requested_uri: requested_uri.into(),
-        };
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// `SetRequestedUri` from a full request: a new URI with headers set (and names marked
+    /// sensitive) in the same call.
+    pub async fn set_requested_uri_with(
+        &self,
+        request: pb::SetRequestedUriRequest,
+    ) -> Result<pb::DownloadOperation, Status> {
         Ok(self
             .transfers()
             .set_requested_uri(request)

@@ -4,15 +4,32 @@
 //! `<data-dir>/transferd.lock`, which the kernel releases when the process dies however it dies
 //! (even SIGKILL), so a crash never leaves a stale lock behind; the file's content (the holder's
 //! pid) only serves the message.
+//!
+//! The directory holds the store, and the store holds the downloads' secrets (their
+//! credentials), so a directory transferd creates is private to its user ([`create_private`]).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
 
 /// Name of the lock file inside the data directory.
 pub const LOCK_FILE: &str = "transferd.lock";
+
+/// Mode of a data directory transferd creates: only its own user may list or enter it. A
+/// directory that already exists keeps the mode its operator gave it.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and any missing parents with [`PRIVATE_DIR_MODE`] (less the umask); an
+/// existing directory is left as it is.
+pub fn create_private(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+}
 
 /// Why the data directory could not be locked.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +70,7 @@ impl DataDirLock {
             dir: dir.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        create_private(dir).map_err(io)?;
         // Not truncated on open: the holder's pid must survive a failed attempt to read it.
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -84,6 +101,18 @@ impl DataDirLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_created_data_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("new/data");
+        let _held = DataDirLock::acquire(&dir).unwrap();
+        for created in [dir.as_path(), dir.parent().unwrap()] {
+            let mode = std::fs::metadata(created).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, PRIVATE_DIR_MODE, "{}", created.display());
+        }
+    }
 
     #[test]
     fn a_second_lock_on_one_directory_is_refused_with_the_holders_pid() {

@@ -42,6 +42,8 @@
 //! - `progress`: progress fan-out to any number of watchers without ever slowing a transfer.
 //! - `retry`: backoff with jitter, Retry-After, and the retry budget.
 //! - `operation`: the domain model of a download: spec, settings, statuses and their numbers.
+//! - `redact`: which request headers are sensitive, and the one way secrets (their values, URI
+//!   userinfo) are shown in responses and logs: as a fixed marker.
 //! - `paths`: result-file validation, partial files, the atomic commit and result-file removal.
 //! - `datadir`: the lock that keeps a second process off a data directory.
 //! - `error`: typed errors of the engine.
@@ -60,6 +62,7 @@ pub(crate) mod operation;
 pub(crate) mod paths;
 pub mod pb;
 pub(crate) mod progress;
+pub(crate) mod redact;
 pub(crate) mod retry;
 pub mod server;
 pub(crate) mod store;

@@ -4,7 +4,10 @@
 //! the states and says which are terminal; which status may follow which is decided by the
 //! engine's transition function, not here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::redact;
 
 /// Stable identifier of a download (a UUID in its hyphenated lower-case form).
 pub type Guid = String;
@@ -158,17 +161,44 @@ pub struct DownloadSpec {
     pub replace_existing: bool,
 }
 
-/// What a client asked for that can be changed while the download lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a client asked for that can be changed while the download lives. It holds the
+/// download's secrets (sensitive header values, the URI's userinfo), so its `Debug` shows them
+/// as [`redact::MARKER`]: a log line that prints it cannot leak them.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Settings {
     /// The http(s) URI to fetch.
     pub requested_uri: String,
     /// Extra request headers (names in lower case).
     pub request_headers: BTreeMap<String, String>,
+    /// Names (lower case) of request headers the download marked sensitive, beyond the
+    /// built-in rule of [`redact::is_sensitive`]. Marks are never removed.
+    pub sensitive_headers: BTreeSet<String>,
     /// Queue priority.
     pub priority: Priority,
     /// Metered-network policy.
     pub cost_policy: CostPolicy,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Settings {
+            requested_uri,
+            request_headers,
+            sensitive_headers,
+            priority,
+            cost_policy,
+        } = self;
+        f.debug_struct("Settings")
+            .field("requested_uri", &redact::uri(requested_uri))
+            .field(
+                "request_headers",
+                &redact::request_headers(request_headers, sensitive_headers),
+            )
+            .field("sensitive_headers", sensitive_headers)
+            .field("priority", priority)
+            .field("cost_policy", cost_policy)
+            .finish()
+    }
 }
 
 /// Why a download is in its current status.

@@ -84,6 +84,13 @@ impl Harness {
         Harness::assemble(server, Origin::start().await, Some(dir)).await
     }
 
+    /// [`Harness::start`] with the server's log filter `filter`.
+    pub async fn start_logging(flags: &[&str], filter: &str) -> Harness {
+        let dir = tempfile::tempdir().expect("create a temporary data directory");
+        let server = Server::start_logging(dir.path(), flags, filter).await;
+        Harness::assemble(server, Origin::start().await, Some(dir)).await
+    }
+
     /// Starts `transferd FLAGS...` on `data_dir`, which the test owns (e.g. next to a mount it
     /// made, which must outlive the server).
     pub async fn start_at(data_dir: &Path, flags: &[&str]) -> Harness {
@@ -109,7 +116,8 @@ impl Harness {
         }
     }
 
-    /// Starts a new `transferd FLAGS...` (on `127.0.0.1`) on the same data directory, after
+    /// Starts a new `transferd FLAGS...` (on `127.0.0.1`, with the same log filter) on the same
+    /// data directory, after
     /// the test stopped the old one with [`Server::terminate`] or [`Server::kill`], and
     /// reconnects [`Harness::client`] to it. The origin keeps running.
     pub async fn restart(&mut self, flags: &[&str]) {
@@ -117,7 +125,8 @@ impl Harness {
             !self.server.is_running(),
             "stop the server (terminate or kill) before restarting it"
         );
-        self.server = Server::start(&self.server.data_dir, flags).await;
+        let (data_dir, filter) = (&self.server.data_dir, &self.server.log_filter);
+        self.server = Server::start_logging(data_dir, flags, filter).await;
         self.client = self.server.client().await;
     }
 

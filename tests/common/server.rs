@@ -9,6 +9,9 @@ use transferd::client::Client;
 
 use super::{DEADLINE, netns};
 
+/// The server's log filter (`TRANSFERD_LOG`) unless a test asks for another.
+pub const LOG_FILTER: &str = "transferd=debug,info";
+
 /// A running `transferd` process, killed when dropped.
 pub struct Server {
     child: Option<Child>,
@@ -16,21 +19,29 @@ pub struct Server {
     pub addr: std::net::SocketAddr,
     /// Its `--data-dir`.
     pub data_dir: PathBuf,
+    /// Its `TRANSFERD_LOG` filter, kept for a restart.
+    pub log_filter: String,
 }
 
 impl Server {
     /// Starts `transferd --listen 127.0.0.1:0 --data-dir DATA_DIR EXTRA...` and waits until it
     /// announces its address.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_logging(data_dir, extra, LOG_FILTER).await
+    }
+
+    /// [`Server::start`] with the log filter `filter` (e.g. `trace`, to prove what never
+    /// reaches the log).
+    pub async fn start_logging(data_dir: &Path, extra: &[&str], filter: &str) -> Server {
         let command = Command::new(env!("CARGO_BIN_EXE_transferd"));
-        Server::start_with(command, "127.0.0.1:0", data_dir, extra).await
+        Server::start_with(command, "127.0.0.1:0", data_dir, extra, filter).await
     }
 
     /// [`Server::start`] with extra environment variables (e.g. `HTTP_PROXY`).
     pub async fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_transferd"));
         command.envs(env.iter().copied());
-        Server::start_with(command, "127.0.0.1:0", data_dir, extra).await
+        Server::start_with(command, "127.0.0.1:0", data_dir, extra, LOG_FILTER).await
     }
 
     /// Starts `transferd` inside a test network namespace, listening on its veth address.
@@ -40,7 +51,8 @@ impl Server {
         let command = ns.command(env!("CARGO_BIN_EXE_transferd"));
         let mut extra = extra.to_vec();
         extra.push("--allow-unauthenticated");
-        Server::start_with(command, &format!("{}:0", ns.inner), data_dir, &extra).await
+        let listen = format!("{}:0", ns.inner);
+        Server::start_with(command, &listen, data_dir, &extra, LOG_FILTER).await
     }
 
     /// Starts `transferd --listen LISTEN --data-dir DATA_DIR EXTRA...` (for the listen-address
@@ -48,7 +60,7 @@ impl Server {
     /// test's calls stay on loopback.
     pub async fn start_listening(listen: &str, data_dir: &Path, extra: &[&str]) -> Server {
         let command = Command::new(env!("CARGO_BIN_EXE_transferd"));
-        let mut server = Server::start_with(command, listen, data_dir, extra).await;
+        let mut server = Server::start_with(command, listen, data_dir, extra, LOG_FILTER).await;
         if server.addr.ip().is_unspecified() {
             server.addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
@@ -60,6 +72,7 @@ impl Server {
         listen: &str,
         data_dir: &Path,
         extra: &[&str],
+        log_filter: &str,
     ) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -73,7 +86,7 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
-            .env("TRANSFERD_LOG", "transferd=debug,info")
+            .env("TRANSFERD_LOG", log_filter)
             .stdout(Stdio::piped())
             .stderr(log)
             .kill_on_drop(true)
@@ -95,6 +108,7 @@ impl Server {
             child: Some(child),
             addr,
             data_dir: data_dir.to_path_buf(),
+            log_filter: log_filter.to_string(),
         }
     }
 

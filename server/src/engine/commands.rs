@@ -2,7 +2,7 @@
 //! cancel it, and edit it while it lives. Each command checks its input, changes state through
 //! the one transition function, stores the result and lets conditions and the scheduler react.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use crate::operation::{
 };
 use crate::paths;
 use crate::progress::{self, Message};
+use crate::redact;
 use crate::store::{Record, StoreError};
 
 /// How long PauseDownload and CancelDownload wait for a running transfer to let go (drop its
@@ -38,6 +39,8 @@ pub struct NewDownload {
     pub transfer_group: String,
     /// Extra request headers.
     pub request_headers: BTreeMap<String, String>,
+    /// Names of headers whose values are secrets, beyond the built-in rule.
+    pub sensitive_headers: Vec<String>,
     /// Expected SHA-256 in hex; empty for none.
     pub expected_sha256: String,
     /// HTTP statuses that pause instead of failing.
@@ -76,6 +79,7 @@ impl Engine {
             settings: Settings {
                 requested_uri: checked.uri.to_string(),
                 request_headers: checked.request_headers,
+                sensitive_headers: checked.sensitive_headers,
                 priority: checked.priority,
                 cost_policy: checked.cost_policy,
             },
@@ -321,17 +325,29 @@ impl Engine {
         .await
     }
 
-    /// Sets a request header for the download's next requests.
+    /// Sets a request header for the download's next requests, and marks it sensitive if asked
+    /// (an existing mark stays either way).
     pub async fn set_request_header(
         &self,
         guid: &str,
         name: &str,
         value: &str,
+        sensitive: bool,
     ) -> Result<DownloadView, Error> {
         // Checked before the download is looked up, as a malformed request is wrong anywhere.
         validate::set_header(&mut BTreeMap::new(), name, value)?;
+        let marks: BTreeSet<String> = sensitive
+            .then(|| name.to_ascii_lowercase())
+            .into_iter()
+            .collect();
         self.edit(guid, "set a request header of", |_, st| {
-            validate::set_header(&mut st.settings.request_headers, name, value)
+            // Both checked before either changes, so a refusal leaves the download as it was.
+            let settings = &mut st.settings;
+            let mut marked = settings.sensitive_headers.clone();
+            validate::mark_sensitive(&mut marked, marks)?;
+            validate::set_header(&mut settings.request_headers, name, value)?;
+            settings.sensitive_headers = marked;
+            Ok(())
         })
         .await
     }
@@ -350,10 +366,23 @@ impl Engine {
         .await
     }
 
-    /// Points a paused download at a new URI. On resume it continues if the new resource has the
-    /// same validators and length (If-Range and Content-Range decide), and restarts otherwise.
-    pub async fn set_requested_uri(&self, guid: &str, uri: &str) -> Result<DownloadView, Error> {
+    /// Points a paused download at a new URI, setting `headers` and marking `sensitive` names in
+    /// the same step. On another origin its sensitive headers are dropped first (see
+    /// [`repoint`]). On resume it continues if the new resource has the same validators and
+    /// length (If-Range and Content-Range decide), and restarts otherwise.
+    pub async fn set_requested_uri(
+        &self,
+        guid: &str,
+        uri: &str,
+        headers: &BTreeMap<String, String>,
+        sensitive: &[String],
+    ) -> Result<DownloadView, Error> {
         let uri = validate::uri(uri, self.inner.fetcher.egress())?;
+        let marks = validate::sensitive_names(sensitive)?;
+        let mut checked = BTreeMap::new();
+        for (name, value) in headers {
+            validate::set_header(&mut checked, name, value)?;
+        }
         self.edit(guid, "change the URI of", |guid, st| {
             if !client_owned_pause(st.status()) {
                 return Err(Error::NotPaused {
@@ -361,7 +390,10 @@ impl Engine {
                     status: st.status(),
                 });
             }
-            st.settings.requested_uri = uri.to_string();
+            // Changed on a copy, so a refused header (one too many) leaves the download as it was.
+            let mut next = st.settings.clone();
+            repoint(&mut next, &uri, &checked, marks)?;
+            st.settings = next;
             Ok(())
         })
         .await
@@ -476,6 +508,32 @@ impl Engine {
     fn view(&self, op: &Op) -> DownloadView {
         self.lock().view(op)
     }
+}
+
+/// Points `settings` at `uri`. When the origin (scheme, host, port) changes, every sensitive
+/// header (the built-in rule and the download's marks, `marks` included) is dropped before
+/// `headers` are set: a re-pointed download never carries a secret to a host it was not given
+/// for, unless the same call gives it again.
+fn repoint(
+    settings: &mut Settings,
+    uri: &url::Url,
+    headers: &BTreeMap<String, String>,
+    marks: BTreeSet<String>,
+) -> Result<(), Error> {
+    let same_origin =
+        url::Url::parse(&settings.requested_uri).is_ok_and(|old| old.origin() == uri.origin());
+    validate::mark_sensitive(&mut settings.sensitive_headers, marks)?;
+    if !same_origin {
+        let marked = &settings.sensitive_headers;
+        settings
+            .request_headers
+            .retain(|name, _| !redact::is_sensitive(name, marked));
+    }
+    for (name, value) in headers {
+        validate::set_header(&mut settings.request_headers, name, value)?;
+    }
+    settings.requested_uri = uri.to_string();
+    Ok(())
 }
 
 fn illegal(guid: &str, action: &'static str, status: Status) -> Error {

@@ -1,7 +1,7 @@
 //! Request limits and the checks of what clients send: a new download's fields and the values
 //! of live edits. Each check says what was wrong and what is accepted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::commands::NewDownload;
 use crate::egress::EgressPolicy;
@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::fetch;
 use crate::operation::{CostPolicy, Priority};
 use crate::paths;
+use crate::redact;
 
 /// Longest accepted requested URI, in bytes: what common servers and proxies accept.
 const MAX_URI_LEN: usize = 8 * 1024;
@@ -29,6 +30,7 @@ pub(super) struct CheckedDownload {
     pub(super) cost_policy: CostPolicy,
     pub(super) transfer_group: String,
     pub(super) request_headers: BTreeMap<String, String>,
+    pub(super) sensitive_headers: BTreeSet<String>,
     pub(super) expected_sha256: Option<String>,
     pub(super) recoverable_web_error_statuses: Vec<u16>,
     pub(super) max_bytes: Option<u64>,
@@ -47,12 +49,14 @@ pub(super) fn new_download(
         cost_policy,
         transfer_group,
         request_headers,
+        sensitive_headers,
         expected_sha256,
         recoverable_web_error_statuses,
         max_bytes,
         replace_existing,
     } = new;
     let uri = uri(&requested_uri, egress)?;
+    let sensitive_headers = sensitive_names(&sensitive_headers)?;
     let expected_sha256 = sha256(&expected_sha256)?;
     group(&transfer_group)?;
     let mut headers = BTreeMap::new();
@@ -72,6 +76,7 @@ pub(super) fn new_download(
         cost_policy,
         transfer_group,
         request_headers: headers,
+        sensitive_headers,
         expected_sha256,
         recoverable_web_error_statuses: recoverable,
         // 0 on the wire means "no limit of its own".
@@ -81,12 +86,22 @@ pub(super) fn new_download(
 }
 
 /// Sets a request header (name in lower case), within the limit on how many a download has.
+/// The redaction marker is refused as a value: it is what a client copied from a response, not
+/// the secret it stands for.
 pub(super) fn set_header(
     headers: &mut BTreeMap<String, String>,
     name: &str,
     value: &str,
 ) -> Result<(), Error> {
     fetch::check_user_header(name, value).map_err(Error::InvalidArgument)?;
+    if value == redact::MARKER {
+        return Err(Error::InvalidArgument(format!(
+            "request header `{}` has the value {}, which transferd shows in place of a secret; \
+             send the real value",
+            crate::error::shorten(name),
+            redact::MARKER
+        )));
+    }
     let name = name.to_ascii_lowercase();
     if !headers.contains_key(&name) && headers.len() >= MAX_REQUEST_HEADERS {
         return Err(Error::InvalidArgument(format!(
@@ -94,6 +109,38 @@ pub(super) fn set_header(
         )));
     }
     headers.insert(name, value.to_string());
+    Ok(())
+}
+
+/// Names of headers to mark sensitive: valid header names, at most as many as a download may
+/// have headers, in lower case.
+pub(super) fn sensitive_names(names: &[String]) -> Result<BTreeSet<String>, Error> {
+    if names.len() > MAX_REQUEST_HEADERS {
+        return Err(Error::InvalidArgument(format!(
+            "at most {MAX_REQUEST_HEADERS} sensitive_headers are allowed"
+        )));
+    }
+    names
+        .iter()
+        .map(|name| {
+            fetch::check_user_header(name, "").map_err(Error::InvalidArgument)?;
+            Ok(name.to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// Adds `names` to a download's sensitivity marks, within the limit on how many it may have;
+/// on error nothing is added.
+pub(super) fn mark_sensitive(
+    marked: &mut BTreeSet<String>,
+    names: BTreeSet<String>,
+) -> Result<(), Error> {
+    if marked.union(&names).count() > MAX_REQUEST_HEADERS {
+        return Err(Error::InvalidArgument(format!(
+            "at most {MAX_REQUEST_HEADERS} header names can be marked sensitive"
+        )));
+    }
+    marked.extend(names);
     Ok(())
 }
 
@@ -142,8 +189,9 @@ fn sha256(hex: &str) -> Result<Option<String>, Error> {
 /// An absolute http(s) URI with a host, of bounded length, whose host is not a literal address
 /// the egress policy denies (a name is checked when it resolves, at every connection).
 pub(super) fn uri(uri: &str, egress: &EgressPolicy) -> Result<url::Url, Error> {
+    // Redacted before it is shortened: a cut could separate a password from the `@` after it.
     let invalid = |reason: &str| Error::InvalidUri {
-        uri: uri.chars().take(200).collect(),
+        uri: redact::uri(uri).chars().take(200).collect(),
         reason: reason.into(),
     };
     if uri.is_empty() {
@@ -167,6 +215,13 @@ pub(super) fn uri(uri: &str, egress: &EgressPolicy) -> Result<url::Url, Error> {
     egress
         .check_url(&parsed)
         .map_err(|denied| invalid(&denied.to_string()))?;
+    if redact::is_redacted_uri(&parsed) {
+        return Err(invalid(&format!(
+            "its user name is {}, which transferd shows in place of credentials; give the real \
+             user:password, or none",
+            redact::MARKER
+        )));
+    }
     Ok(parsed)
 }
 
@@ -186,6 +241,33 @@ mod tests {
         let err = set_header(&mut headers, "x-more", "v").unwrap_err();
         assert!(err.to_string().contains("at most 64"), "{err}");
         assert!(set_header(&mut BTreeMap::new(), "Range", "bytes=0-").is_err());
+        let err = set_header(&mut BTreeMap::new(), "Authorization", redact::MARKER).unwrap_err();
+        assert!(err.to_string().contains("send the real value"), "{err}");
+    }
+
+    #[test]
+    fn sensitive_names_are_header_names_in_lower_case() {
+        let names = sensitive_names(&["X-Pin".into(), "x-pin".into()]).unwrap();
+        assert_eq!(names, BTreeSet::from(["x-pin".to_string()]));
+        assert!(sensitive_names(&["bad name".into()]).is_err());
+        let many: Vec<String> = (0..=MAX_REQUEST_HEADERS)
+            .map(|i| format!("x-{i}"))
+            .collect();
+        assert!(sensitive_names(&many).is_err());
+    }
+
+    #[test]
+    fn an_invalid_uri_never_repeats_its_credentials() {
+        let long = format!("ftp://user:{}@host/", "p".repeat(300));
+        let message = uri(&long, &EgressPolicy::new(&[], &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(!message.contains("user:p"), "{message}");
+        assert!(message.contains("ftp://[redacted]@host/"), "{message}");
+        let copied = uri("https://[redacted]@host/a", &EgressPolicy::new(&[], &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(copied.contains("give the real user:password"), "{copied}");
     }
 
     #[test]

@@ -306,7 +306,15 @@ impl Fetcher {
     ) -> Outcome {
         match self.attempt(&job, observer, stop).await {
             Ok(outcome) => outcome,
-            Err(failure) => Outcome::Failed(failure),
+            Err(mut failure) => {
+                // Messages quote URLs (the HTTP client's errors, redirect targets); their
+                // userinfo must not reach logs, the store or clients.
+                let message = &mut failure.error.message;
+                if let std::borrow::Cow::Owned(clean) = crate::redact::text(message) {
+                    *message = clean;
+                }
+                Outcome::Failed(failure)
+            }
         }
     }
 

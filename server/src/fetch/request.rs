@@ -92,7 +92,9 @@ impl std::error::Error for RedirectRefused {}
 
 /// Follows at most [`MAX_REDIRECTS`] redirects to http(s) URLs never visited before in this
 /// request and not to a literal address `egress` denies (a name is checked when it resolves);
-/// anything else ends the request with a [`RedirectRefused`] saying what happened.
+/// anything else ends the request with a [`RedirectRefused`] saying what happened. A redirect to
+/// a URL with userinfo (`user:password@`) is refused too: the HTTP client would carry those
+/// credentials to the new host and into its own logs, and no client gave them.
 pub(super) fn redirect_policy(egress: Arc<EgressPolicy>) -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(move |attempt| {
         let status = attempt.status().as_u16();
@@ -100,7 +102,7 @@ pub(super) fn redirect_policy(egress: Arc<EgressPolicy>) -> reqwest::redirect::P
         if let Err(denied) = egress.check_url(to) {
             let message = format!(
                 "HTTP {status} redirect to {} refused: {denied}; no connection was attempted",
-                crate::error::shorten(to.as_str())
+                crate::error::shorten(&crate::redact::uri(to.as_str()))
             );
             return attempt.error(RedirectRefused {
                 message,
@@ -110,6 +112,11 @@ pub(super) fn redirect_policy(egress: Arc<EgressPolicy>) -> reqwest::redirect::P
         }
         let message = if !matches!(to.scheme(), "http" | "https") {
             super::response::redirect_refused(to)
+        } else if !to.username().is_empty() || to.password().is_some() {
+            format!(
+                "redirect to {} refused: it carries credentials (user:password@)",
+                crate::redact::uri(to.as_str())
+            )
         } else if attempt.previous().contains(to) {
             format!("redirect loop: HTTP {status} back to {to}, which was already requested")
         } else if attempt.previous().len() > MAX_REDIRECTS {

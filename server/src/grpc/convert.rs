@@ -2,6 +2,10 @@
 //! number is checked. Every conversion destructures its source (`let X { a, b } = x;`), so a
 //! field added to a message or a domain type does not compile until it is handled here; every
 //! enum mapping is an exhaustive match, checked against the domain's numbers by the tests below.
+//!
+//! It is also the one place where secrets are redacted on the way out: every response that
+//! carries a download, a response information or a transfer error is built here, so sensitive
+//! header values, URI userinfo and `Set-Cookie` leave only as [`redact::MARKER`].
 
 use std::sync::Arc;
 
@@ -14,6 +18,7 @@ use crate::operation::{
 };
 use crate::pb::backgroundtransfer::v1 as pb;
 use crate::progress::Message;
+use crate::redact;
 
 /// The priority with WinRT number `code`, or INVALID_ARGUMENT.
 pub fn priority(code: i32) -> Result<Priority, Error> {
@@ -68,6 +73,7 @@ impl TryFrom<pb::CreateDownloadRequest> for NewDownload {
             recoverable_web_error_statuses,
             max_bytes,
             replace_existing,
+            sensitive_headers,
         } = request;
         Ok(NewDownload {
             requested_uri,
@@ -76,6 +82,7 @@ impl TryFrom<pb::CreateDownloadRequest> for NewDownload {
             cost_policy: cost_policy(cost_policy_code)?,
             transfer_group,
             request_headers: request_headers.into_iter().collect(),
+            sensitive_headers,
             expected_sha256,
             recoverable_web_error_statuses,
             max_bytes,
@@ -204,7 +211,7 @@ impl From<TransferError> for pb::TransferError {
             reason,
         } = error;
         pb::TransferError {
-            message,
+            message: redact::text(&message).into_owned(),
             http_status_code: http_status.map_or(0, u32::from),
             reason: pb::TransferErrorReason::from(reason).into(),
         }
@@ -235,19 +242,23 @@ impl From<DownloadView> for pb::DownloadOperation {
         let Settings {
             requested_uri,
             request_headers,
+            sensitive_headers,
             priority,
             cost_policy,
         } = settings;
         pb::DownloadOperation {
             guid,
-            requested_uri,
+            requested_uri: redact::uri(&requested_uri).into_owned(),
             result_file,
             priority: pb::BackgroundTransferPriority::from(priority).into(),
             cost_policy: pb::BackgroundTransferCostPolicy::from(cost_policy).into(),
             transfer_group,
             progress: Some(progress.into()),
             error: error.map(Into::into),
-            request_headers: request_headers.into_iter().collect(),
+            request_headers: redact::request_headers(&request_headers, &sensitive_headers)
+                .into_iter()
+                .collect(),
+            sensitive_headers: sensitive_headers.into_iter().collect(),
             attempt_count: attempts,
             expected_sha256: expected_sha256.unwrap_or_default(),
             recoverable_web_error_statuses: recoverable_web_error_statuses
@@ -298,9 +309,9 @@ impl From<ResponseInfo> for pb::ResponseInformation {
         } = info;
         pb::ResponseInformation {
             is_resumable,
-            actual_uri,
+            actual_uri: redact::uri(&actual_uri).into_owned(),
             status_code: status_code.into(),
-            headers: headers.into_iter().collect(),
+            headers: redact::response_headers(headers).into_iter().collect(),
         }
     }
 }

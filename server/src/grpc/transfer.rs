@@ -160,8 +160,16 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::SetRequestHeaderRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
-        let pb::SetRequestHeaderRequest { guid, name, value } = request.into_inner();
-        let view = self.engine.set_request_header(&guid, &name, &value).await?;
+        let pb::SetRequestHeaderRequest {
+            guid,
+            name,
+            value,
+            sensitive,
+        } = request.into_inner();
+        let view = self
+            .engine
+            .set_request_header(&guid, &name, &value, sensitive)
+            .await?;
         Ok(Response::new(view.into()))
     }
 
@@ -181,8 +189,14 @@ impl BackgroundTransferService for TransferService {
         let pb::SetRequestedUriRequest {
             guid,
             requested_uri,
+            request_headers,
+            sensitive_headers,
         } = request.into_inner();
-        let view = self.engine.set_requested_uri(&guid, &requested_uri).await?;
+        let headers = request_headers.into_iter().collect();
+        let view = self
+            .engine
+            .set_requested_uri(&guid, &requested_uri, &headers, &sensitive_headers)
+            .await?;
         Ok(Response::new(view.into()))
     }
 

@@ -72,6 +72,7 @@ pub(crate) fn record(guid: &str, seq: u64) -> Record {
         settings: Settings {
             requested_uri: format!("http://127.0.0.1/{guid}"),
             request_headers: Default::default(),
+            sensitive_headers: Default::default(),
             priority: Priority::Default,
             cost_policy: CostPolicy::Default,
         },
@@ -107,8 +108,10 @@ fn full_record(guid: &str, seq: u64) -> Record {
             request_headers: [
                 ("authorization".to_string(), "Bearer x".to_string()),
                 ("x-empty".to_string(), String::new()),
+                ("x-pin".to_string(), "1234".to_string()),
             ]
             .into(),
+            sensitive_headers: ["x-pin".to_string(), "x-later".to_string()].into(),
             priority: Priority::High,
             cost_policy: CostPolicy::UnrestrictedOnly,
         },
@@ -253,7 +256,7 @@ pub(crate) async fn status_updates_are_saved<F: Fixture>() {
     }
 }
 
-/// Live edits (URI, headers, priority, cost policy, queue position) are saved; the spec, fixed
+/// Live edits (URI, headers and their sensitivity marks, priority, cost policy, queue position) are saved; the spec, fixed
 /// at creation, stays as inserted even if a save carries another.
 pub(crate) async fn live_setting_edits_are_saved<F: Fixture>() {
     let (fixture, store) = F::open().await;
@@ -262,6 +265,7 @@ pub(crate) async fn live_setting_edits_are_saved<F: Fixture>() {
     a.settings = Settings {
         requested_uri: "http://127.0.0.1/moved".into(),
         request_headers: [("cookie".to_string(), "k=v".to_string())].into(),
+        sensitive_headers: ["x-marked".to_string()].into(),
         priority: Priority::Low,
         cost_policy: CostPolicy::Always,
     };

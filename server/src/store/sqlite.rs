@@ -2,10 +2,15 @@
 //! CLI. Every SQLite call runs on tokio's blocking pool, since commits fsync and must not stall
 //! the async workers. SQLite errors are classified into [`StoreError`] here and never leave
 //! this module.
+//!
+//! The database holds the downloads' secrets (request headers such as Authorization, URI
+//! userinfo) as given, because a download needs them again after a restart; its files are
+//! therefore readable by transferd's user alone ([`DB_FILE_MODE`]).
 
 mod row;
 mod schema;
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -21,6 +26,14 @@ use schema::SCHEMA_V1;
 /// How long a store call waits for a lock held by another connection (for example an operator's
 /// `sqlite3` shell) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Mode of the database file and of its `-wal` and `-shm` companions: they hold credentials.
+/// SQLite creates the companions with the database file's mode, so creating that file with
+/// this mode first covers all three; files left by an older build are tightened at open.
+pub const DB_FILE_MODE: u32 = 0o600;
+
+/// The companions SQLite keeps next to the database file in WAL mode.
+const DB_COMPANION_SUFFIXES: [&str; 2] = ["-wal", "-shm"];
 
 /// The embedded SQLite store.
 #[derive(Debug)]
@@ -74,13 +87,14 @@ fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 }
 
 fn open_connection(data_dir: &Path) -> Result<Connection, StoreError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| {
+    crate::datadir::create_private(data_dir).map_err(|e| {
         StoreError::Unavailable(format!(
             "cannot prepare {}: {e}; check --data-dir and its permissions",
             data_dir.display()
         ))
     })?;
     let path = data_dir.join(SqliteStore::DB_FILE);
+    make_private(&path)?;
     let failed = |e| open_failed(&path, e);
     let conn = Connection::open(&path).map_err(failed)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(failed)?;
@@ -109,6 +123,42 @@ fn open_connection(data_dir: &Path) -> Result<Connection, StoreError> {
         .map_err(failed)?;
     schema::migrate(&conn, version).map_err(failed)?;
     Ok(conn)
+}
+
+/// Creates the database file with [`DB_FILE_MODE`] before SQLite opens it, and tightens an
+/// existing one and its companions to that mode.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    let failed = |e: std::io::Error| {
+        StoreError::Unavailable(format!(
+            "cannot make {} private to transferd's user: {e}; check its owner and permissions",
+            path.display()
+        ))
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(DB_FILE_MODE)
+        .open(path)
+        .map_err(failed)?;
+    let mut companions = vec![path.to_path_buf()];
+    for suffix in DB_COMPANION_SUFFIXES {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        companions.push(name.into());
+    }
+    for file in companions {
+        match std::fs::metadata(&file) {
+            Ok(m) if m.permissions().mode() & 0o777 != DB_FILE_MODE => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(DB_FILE_MODE))
+                    .map_err(failed)?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Every column, fixed ones first.
@@ -392,6 +442,37 @@ mod tests {
             matches!(err, StoreError::NewerSchema { found, .. } if found == SqliteStore::SCHEMA_VERSION + 1),
             "{err:?}"
         );
+    }
+
+    /// The database and its companions are private to transferd's user, whether the store
+    /// created them or an older build left them readable by others.
+    #[tokio::test]
+    async fn database_files_are_private() {
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(SqliteStore::DB_FILE);
+        let files = |db: &Path| -> Vec<std::path::PathBuf> {
+            let mut files = vec![db.to_path_buf()];
+            for suffix in DB_COMPANION_SUFFIXES {
+                let mut name = db.as_os_str().to_owned();
+                name.push(suffix);
+                files.push(name.into());
+            }
+            files
+        };
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store.insert(&conformance::record("a", 1)).await.unwrap();
+        for file in files(&db) {
+            assert_eq!(mode(&file), DB_FILE_MODE, "{}", file.display());
+        }
+        drop(store);
+        for file in files(&db).iter().filter(|f| f.exists()) {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        drop(SqliteStore::open(dir.path()).await.unwrap());
+        for file in files(&db).iter().filter(|f| f.exists()) {
+            assert_eq!(mode(file), DB_FILE_MODE, "{}", file.display());
+        }
     }
 
     #[tokio::test]

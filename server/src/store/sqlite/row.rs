@@ -2,7 +2,7 @@
 //! once, in the `row!` invocation below: reads go by column name and writes bind named
 //! parameters (`:guid`), so no statement depends on column order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use rusqlite::ToSql;
@@ -67,6 +67,7 @@ row! {
     state {
         requested_uri: String,
         request_headers: String,
+        sensitive_headers: String,
         priority: i64,
         cost_policy: i64,
         status: i64,
@@ -118,6 +119,7 @@ impl Row {
         let Settings {
             requested_uri,
             request_headers,
+            sensitive_headers,
             priority,
             cost_policy,
         } = settings;
@@ -133,6 +135,8 @@ impl Row {
             replace_existing: *replace_existing,
             requested_uri: requested_uri.clone(),
             request_headers: headers_to_json(request_headers),
+            sensitive_headers: serde_json::to_string(sensitive_headers)
+                .expect("a set of strings always serialises"),
             priority: priority.code().into(),
             cost_policy: cost_policy.code().into(),
             status: status.code().into(),
@@ -171,9 +175,7 @@ impl Row {
             .ok_or_else(|| bad(format!("unknown cost policy {}", self.cost_policy)))?;
         let (checkpoint_bytes, total_bytes, finished_at) = self.progress().map_err(&bad)?;
         let request_headers = headers_from_json(&self.request_headers).map_err(&bad)?;
-        let recoverable_web_error_statuses: Vec<u16> =
-            serde_json::from_str(&self.recoverable_statuses)
-                .map_err(|e| bad(format!("recoverable statuses are not valid JSON: {e}")))?;
+        let (sensitive_headers, recoverable_web_error_statuses) = self.lists().map_err(&bad)?;
         let response = match self.response_status {
             None => None,
             Some(status_code) => Some(ResponseInfo {
@@ -216,6 +218,7 @@ impl Row {
             settings: Settings {
                 requested_uri: self.requested_uri,
                 request_headers,
+                sensitive_headers,
                 priority,
                 cost_policy,
             },
@@ -237,6 +240,15 @@ impl Row {
 }
 
 impl Row {
+    /// The header names marked sensitive, and the recoverable statuses: JSON lists.
+    fn lists(&self) -> Result<(BTreeSet<String>, Vec<u16>), String> {
+        let sensitive = serde_json::from_str(&self.sensitive_headers)
+            .map_err(|e| format!("sensitive header names are not valid JSON: {e}"))?;
+        let recoverable = serde_json::from_str(&self.recoverable_statuses)
+            .map_err(|e| format!("recoverable statuses are not valid JSON: {e}"))?;
+        Ok((sensitive, recoverable))
+    }
+
     /// Checkpoint, total size and finish time. A negative byte count is refused rather than
     /// read as zero: it is a row written by hand or by a broken build, and a resume from it
     /// would trust a partial file it knows nothing about.

@@ -10,7 +10,7 @@ use crate::operation::Status;
 
 /// The schema version this build writes. A database with a higher one was written by a newer
 /// transferd and is refused rather than misread.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// Version 1: downloads and transfer groups.
 pub(super) const SCHEMA_V1: &str = "
@@ -61,6 +61,13 @@ CREATE INDEX downloads_by_finished_at ON downloads (finished_at)
     WHERE finished_at IS NOT NULL;
 ";
 
+/// Version 3 adds the header names a download marked sensitive (a JSON list of lower-case
+/// names; downloads stored before have none, and the built-in rule still covers their
+/// Authorization, Cookie and the like).
+const V2_TO_V3: &str = "
+ALTER TABLE downloads ADD COLUMN sensitive_headers TEXT NOT NULL DEFAULT '[]';
+";
+
 /// Brings a database at `version` (0 for a new one) to [`SCHEMA_VERSION`], one version per
 /// transaction, so an interrupted migration leaves the last completed version.
 pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
@@ -80,6 +87,12 @@ pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
             named_params! {":now": unix_millis(SystemTime::now())},
         )?;
         tx.pragma_update(None, "user_version", 2)?;
+        tx.commit()?;
+    }
+    if version < 3 {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(V2_TO_V3)?;
+        tx.pragma_update(None, "user_version", 3)?;
         tx.commit()?;
     }
     Ok(())
