@@ -95,6 +95,35 @@ pub struct Config {
     #[arg(long, env = "TRANSFERD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
+    /// Serve TLS on the gRPC port with this PEM certificate chain (server certificate first);
+    /// needs --tls-key. Without it the port speaks plaintext HTTP/2.
+    #[arg(
+        long,
+        env = "TRANSFERD_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1); needs --tls-cert.
+    #[arg(
+        long,
+        env = "TRANSFERD_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require every client to present a certificate signed by a CA in this PEM file (mutual
+    /// TLS); a client without one is refused at the handshake. Needs --tls-cert and --tls-key.
+    #[arg(
+        long,
+        env = "TRANSFERD_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Directory of the embedded database (SQLite, WAL mode). Created if missing.
     #[arg(long, env = "TRANSFERD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -175,6 +204,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// The TLS configuration of the gRPC port, read and checked now; `None` for plaintext.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, crate::tls::TlsError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                crate::tls::server_config(cert, key, self.tls_client_ca.as_deref()).map(Some)
+            }
+            // clap's `requires` makes the flags come together; a Config built by hand without
+            // both serves plaintext.
+            _ => Ok(None),
+        }
+    }
+
     /// The directory result files go to.
     pub fn download_dir(&self) -> PathBuf {
         self.download_dir
@@ -391,6 +432,36 @@ mod tests {
         assert_eq!(c.min_speed, 100);
         assert_eq!(c.max_file_size, 1 << 40);
         assert_eq!(CostPolicy::from(c.default_cost_policy), CostPolicy::Always);
+        assert_eq!((c.tls_cert, c.tls_key, c.tls_client_ca), (None, None, None));
+    }
+
+    /// Parses `args` and returns clap's refusal.
+    fn refusal(args: &[&str]) -> String {
+        use clap::{CommandFactory, Parser};
+
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        Cli::command()
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(std::iter::once("transferd").chain(args.iter().copied()))
+            .expect_err("the command line is refused")
+            .to_string()
+    }
+
+    #[test]
+    fn tls_flags_come_together() {
+        let e = refusal(&["--tls-cert", "c.pem"]);
+        assert!(e.contains("--tls-key"), "{e}");
+        let e = refusal(&["--tls-key", "k.pem"]);
+        assert!(e.contains("--tls-cert"), "{e}");
+        let e = refusal(&["--tls-client-ca", "ca.pem"]);
+        assert!(e.contains("--tls-cert"), "{e}");
+        let c = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        assert_eq!(c.tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("k.pem")));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   binding, then serves on an already-bound listener until a shutdown future completes.
 //! - [`client`]: a typed client for both services over one connection, for the tests and CLI.
 //! - [`config`]: flags and environment variables.
+//! - [`tls`]: the TLS files of the gRPC port, read and checked before anything binds.
 //! - [`pb`]: generated protobuf code, quarantined.
 //!
 //! Inside the crate:
@@ -58,5 +59,6 @@ pub(crate) mod progress;
 pub(crate) mod retry;
 pub mod server;
 pub(crate) mod store;
+pub mod tls;
 
 pub use config::Config;

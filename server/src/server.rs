@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::ServerTlsConfig;
 
 use crate::config::Config;
 use crate::datadir::DataDirLock;
@@ -47,6 +48,9 @@ pub enum ServeError {
     /// Reflection could not be built from the descriptor set.
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS certificate, key or client CA cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A transferd whose store is open and whose downloads are loaded, not yet serving. Opening
@@ -57,12 +61,16 @@ pub struct Transferd {
     token: CancellationToken,
     /// Held until the server has stopped.
     lock: DataDirLock,
+    /// TLS for the gRPC port, checked at open; `None` serves plaintext.
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Transferd {
-    /// Locks the data directory (before anything else touches it), prepares the download
-    /// directory, opens the store and loads every download.
+    /// Reads and checks the TLS files, locks the data directory (before anything else touches
+    /// it), prepares the download directory, opens the store and loads every download.
     pub async fn open(config: Config) -> Result<Transferd, ServeError> {
+        // First: a bad certificate is a configuration error that should touch nothing.
+        let tls = config.tls()?;
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let download_dir = config.download_dir();
         std::fs::create_dir_all(&download_dir).map_err(|source| ServeError::Io {
@@ -98,6 +106,7 @@ impl Transferd {
             engine,
             token,
             lock,
+            tls,
         })
     }
 
@@ -111,11 +120,12 @@ impl Transferd {
             engine,
             token,
             lock,
+            tls,
         } = self;
         let (routes, health) = grpc::routes(engine.clone()).await?;
         engine.start();
         let local = listener.local_addr().ok();
-        tracing::info!(addr = ?local, "serving");
+        tracing::info!(addr = ?local, tls = tls.is_some(), "serving");
 
         let stop = async move {
             shutdown.await;
@@ -126,7 +136,9 @@ impl Transferd {
         };
         // tonic applies its own `tcp_nodelay` only to listeners it binds itself, so accepted
         // sockets get TCP_NODELAY here: without it, small responses on a connection that
-        // multiplexes calls (every gRPC channel does) wait ~40 ms for delayed ACKs.
+        // multiplexes calls (every gRPC channel does) wait ~40 ms for delayed ACKs. With TLS,
+        // tonic runs the handshake on these same sockets (its `tls_config` wraps any incoming
+        // stream), so the option holds under TLS too.
         let incoming = TcpListenerStream::new(listener).map(|accepted| {
             if let Ok(socket) = &accepted {
                 if let Err(e) = socket.set_nodelay(true) {
@@ -135,7 +147,11 @@ impl Transferd {
             }
             accepted
         });
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
             .layer(grpc::identify_layer())
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop)
