@@ -54,6 +54,8 @@ async fn a_client_that_trusts_the_ca_downloads_over_tls() {
     let done = h.wait_finished(&op.guid).await;
     assert_eq!(common::status_of(&done), S::Completed, "{done:?}");
     h.assert_file("over-tls.bin", &body);
+    // The handshake runs on the accepted sockets, which keep TCP_NODELAY under TLS.
+    common::sockets::assert_accepted_sockets_have_nodelay(&h.server);
 }
 
 /// The first byte of a TLS alert record (RFC 8446 §5.1, ContentType alert).
@@ -196,6 +198,7 @@ async fn healthcheck_without_the_ca_fails_against_a_tls_server() {
     let addr = h.server.addr.to_string();
     let (ok, out) = healthcheck(&addr, &[]);
     assert!(!ok, "{out}");
+    assert!(out.contains("(TLS? pass --ca-cert)"), "{out}");
     let ca = ["--ca-cert".to_string(), path_arg(&pki.path("ca.pem"))];
     let (ok, out) = healthcheck(&addr, &ca);
     assert!(ok, "{out}");

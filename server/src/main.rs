@@ -172,9 +172,15 @@ async fn healthcheck(mut addr: SocketAddr, tls: Option<TlsOptions>) -> anyhow::R
             .into_inner();
         anyhow::Ok(response.status())
     };
+    let plaintext = tls.is_none();
     let status = tokio::time::timeout(HEALTHCHECK_TIMEOUT, probe)
         .await
-        .with_context(|| format!("no answer from {addr} within {HEALTHCHECK_TIMEOUT:?}"))??;
+        .with_context(|| format!("no answer from {addr} within {HEALTHCHECK_TIMEOUT:?}"))?
+        .with_context(|| match plaintext {
+            // A plaintext probe of a TLS port fails with an HTTP/2 error that names neither.
+            true => format!("{addr} did not answer a plaintext probe (TLS? pass --ca-cert)"),
+            false => format!("{addr} did not answer a TLS probe"),
+        })?;
     anyhow::ensure!(
         status == ServingStatus::Serving,
         "{addr} reports {status:?}"

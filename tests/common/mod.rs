@@ -13,6 +13,7 @@
 //! - [`disk`]: small tmpfs mounts for the disk tests;
 //! - [`netns`]: network namespaces for the connectivity tests;
 //! - [`pki`]: a CA and certificates for the TLS tests;
+//! - [`sockets`]: options of the server's accepted sockets;
 //! - [`origin`]: the HTTP origin the downloads fetch from.
 #![allow(dead_code)]
 
@@ -22,6 +23,7 @@ pub mod netns;
 pub mod origin;
 pub mod pki;
 pub mod server;
+pub mod sockets;
 pub mod wait;
 
 use std::path::{Path, PathBuf};
