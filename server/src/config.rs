@@ -206,13 +206,14 @@ pub struct Config {
 impl Config {
     /// The TLS configuration of the gRPC port, read and checked now; `None` for plaintext.
     pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, crate::tls::TlsError> {
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => {
-                crate::tls::server_config(cert, key, self.tls_client_ca.as_deref()).map(Some)
+        match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
+            (Some(cert), Some(key), ca) => {
+                crate::tls::server_config(cert, key, ca.as_deref()).map(Some)
             }
-            // clap's `requires` makes the flags come together; a Config built by hand without
-            // both serves plaintext.
-            _ => Ok(None),
+            (None, None, None) => Ok(None),
+            // clap refuses these already; a Config built by hand must not fall back to
+            // plaintext when it asked for TLS.
+            _ => Err(crate::tls::TlsError::Incomplete),
         }
     }
 
@@ -462,6 +463,19 @@ mod tests {
         let c = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]);
         assert_eq!(c.tls_cert, Some(PathBuf::from("c.pem")));
         assert_eq!(c.tls_key, Some(PathBuf::from("k.pem")));
+    }
+
+    /// A Config built in code that names some TLS files but not both of the pair is refused
+    /// rather than served in plaintext.
+    #[test]
+    fn half_a_tls_config_is_refused() {
+        assert!(matches!(parse(&[]).tls(), Ok(None)));
+        let mut c = parse(&[]);
+        c.tls_client_ca = Some("ca.pem".into());
+        assert!(matches!(c.tls(), Err(crate::tls::TlsError::Incomplete)));
+        let mut c = parse(&[]);
+        c.tls_cert = Some("c.pem".into());
+        assert!(matches!(c.tls(), Err(crate::tls::TlsError::Incomplete)));
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the TLS files cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// Some TLS files were given but not the certificate and the key both.
+    #[error("TLS needs both --tls-cert and --tls-key (and --tls-client-ca needs them too)")]
+    Incomplete,
     /// A file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Read {
