@@ -51,7 +51,9 @@ VOLUME ["/data"]
 EXPOSE 50051
 USER 10001:10001
 
-# `transferd healthcheck` asks the gRPC health service at TRANSFERD_LISTEN.
+# `transferd healthcheck` asks the gRPC health service at TRANSFERD_LISTEN; with TLS on, set
+# TRANSFERD_HEALTHCHECK_CA_CERT (and, for mutual TLS, TRANSFERD_HEALTHCHECK_CLIENT_CERT and
+# TRANSFERD_HEALTHCHECK_CLIENT_KEY): see the README's TLS section.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["/usr/local/bin/transferd", "healthcheck"]
 
