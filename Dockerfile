@@ -61,6 +61,9 @@ EXPOSE 50051
 USER 10001:10001
 
 # `transferd healthcheck` asks the gRPC health service at TRANSFERD_LISTEN; health needs no token.
+# With TLS on, set TRANSFERD_HEALTHCHECK_CA_CERT (and, for mutual TLS,
+# TRANSFERD_HEALTHCHECK_CLIENT_CERT and TRANSFERD_HEALTHCHECK_CLIENT_KEY): see the README's TLS
+# section.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["/usr/local/bin/transferd", "healthcheck"]
 

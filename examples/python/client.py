@@ -26,6 +26,15 @@ It prints one line per progress message, for example::
 The result file is relative to the server's download directory. The exit status is 0 when the
 download completed and 1 otherwise. Interrupting the client (Ctrl-C) does not cancel the
 download: it keeps running in the server.
+
+TLS: against a server started with ``--tls-cert``, pass the CA that signed its certificate with
+``--ca-cert ca.pem`` (or ``TRANSFERD_CA_CERT``); the channel then uses
+``grpc.ssl_channel_credentials``. For a server with ``--tls-client-ca`` (mutual TLS) add
+``--client-cert``/``--client-key`` (``TRANSFERD_CLIENT_CERT``/``TRANSFERD_CLIENT_KEY``), and
+``--server-name`` (``TRANSFERD_SERVER_NAME``) when the certificate names a host other than the
+one in ``--server``. Without ``--ca-cert`` the channel is plaintext::
+
+    python client.py --server 127.0.0.1:50051 --ca-cert ca.pem https://example.com/file.bin
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.resources
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -142,6 +152,59 @@ def download(stubs: Stubs, channel: grpc.Channel, args: argparse.Namespace) -> i
     return 0 if status == pb2.BACKGROUND_TRANSFER_STATUS_COMPLETED else 1
 
 
+def read_file(path: str | None) -> bytes | None:
+    """Return the bytes of ``path``, or None if no path was given."""
+    return Path(path).read_bytes() if path else None
+
+
+def open_channel(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to ``args.server``: TLS when a CA file is given, plaintext otherwise."""
+    if not args.ca_cert:
+        return grpc.insecure_channel(args.server)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read_file(args.ca_cert),
+        private_key=read_file(args.client_key),
+        certificate_chain=read_file(args.client_cert),
+    )
+    options = []
+    if args.server_name:
+        # The name the server's certificate must carry, when --server names another host.
+        options.append(("grpc.ssl_target_name_override", args.server_name))
+    return grpc.secure_channel(args.server, credentials, options=options)
+
+
+def add_tls_args(parser: argparse.ArgumentParser) -> None:
+    """The TLS options, each with an environment variable."""
+    tls = parser.add_argument_group("TLS (for a server started with --tls-cert)")
+    tls.add_argument(
+        "--ca-cert",
+        default=os.environ.get("TRANSFERD_CA_CERT"),
+        metavar="FILE",
+        help="connect over TLS, trusting the CA certificates in this PEM file "
+        "(env TRANSFERD_CA_CERT; default: plaintext)",
+    )
+    tls.add_argument(
+        "--client-cert",
+        default=os.environ.get("TRANSFERD_CLIENT_CERT"),
+        metavar="FILE",
+        help="PEM client certificate, for a server with --tls-client-ca "
+        "(env TRANSFERD_CLIENT_CERT)",
+    )
+    tls.add_argument(
+        "--client-key",
+        default=os.environ.get("TRANSFERD_CLIENT_KEY"),
+        metavar="FILE",
+        help="PEM private key of --client-cert (env TRANSFERD_CLIENT_KEY)",
+    )
+    tls.add_argument(
+        "--server-name",
+        default=os.environ.get("TRANSFERD_SERVER_NAME"),
+        metavar="NAME",
+        help="name the server's certificate must carry, if not the host of --server "
+        "(env TRANSFERD_SERVER_NAME)",
+    )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
@@ -187,7 +250,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_PROTO_DIR,
         help="root of the .proto files (default: the repository's proto/)",
     )
-    return parser.parse_args(argv)
+    add_tls_args(parser)
+    args = parser.parse_args(argv)
+    if (args.client_cert is None) != (args.client_key is None):
+        parser.error("--client-cert and --client-key go together")
+    if (args.client_cert or args.server_name) and not args.ca_cert:
+        parser.error("--client-cert and --server-name need --ca-cert")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,7 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
-    with grpc.insecure_channel(args.server) as channel:
+    try:
+        channel = open_channel(args)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    with channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=args.connect_timeout)
         except grpc.FutureTimeoutError:

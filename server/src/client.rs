@@ -12,18 +12,26 @@
 //! before use); cloning one is cheap (the [`Channel`] is a handle to a shared connection), so
 //! every method clones it and [`Client`] itself takes `&self` and can be shared or cloned freely,
 //! e.g. into a spawned task that reads a stream.
+//!
+//! [`Client::connect`] speaks plaintext; [`Client::connect_tls`] takes [`TlsOptions`] (the CA
+//! to trust, a client certificate for mTLS, the server name to expect).
+
+mod tls;
 
 use tonic::Status;
 use tonic::metadata::{AsciiMetadataValue, errors::InvalidMetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+pub use tls::TlsOptions;
+
 use crate::pb::backgroundtransfer::v1 as pb;
 use pb::background_transfer_service_client::BackgroundTransferServiceClient;
 use pb::transfer_system_service_client::TransferSystemServiceClient;
 
-/// The scheme assumed for an address given without one (`127.0.0.1:50051`): transferd serves
-/// plaintext HTTP/2 until TLS exists.
+/// The scheme assumed for an address given without one (`127.0.0.1:50051`) by
+/// [`Client::connect`]: a transferd without `--tls-cert` serves plaintext HTTP/2; for one with
+/// it, use [`Client::connect_tls`].
 const DEFAULT_SCHEME: &str = "http://";
 
 /// Page size [`Client::list_all`] asks for: the largest the contract allows, so listing many

@@ -111,6 +111,35 @@ pub struct Config {
     #[arg(long, env = "TRANSFERD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
+    /// Serve TLS on the gRPC port with this PEM certificate chain (server certificate first);
+    /// needs --tls-key. Without it the port speaks plaintext HTTP/2.
+    #[arg(
+        long,
+        env = "TRANSFERD_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1); needs --tls-cert.
+    #[arg(
+        long,
+        env = "TRANSFERD_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require every client to present a certificate signed by a CA in this PEM file (mutual
+    /// TLS); a client without one is refused at the handshake. Needs --tls-cert and --tls-key.
+    #[arg(
+        long,
+        env = "TRANSFERD_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Directory of the embedded database (SQLite, WAL mode). Created if missing.
     #[arg(long, env = "TRANSFERD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -278,6 +307,19 @@ impl Config {
         Err(ExposedError {
             listen: self.listen,
         })
+    }
+
+    /// The TLS configuration of the gRPC port, read and checked now; `None` for plaintext.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, crate::tls::TlsError> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
+            (Some(cert), Some(key), ca) => {
+                crate::tls::server_config(cert, key, ca.as_deref()).map(Some)
+            }
+            (None, None, None) => Ok(None),
+            // clap refuses these already; a Config built by hand must not fall back to
+            // plaintext when it asked for TLS.
+            _ => Err(crate::tls::TlsError::Incomplete),
+        }
     }
 
     /// The directory result files go to.
@@ -515,6 +557,7 @@ mod tests {
         assert_eq!(c.max_streams_per_tenant, 8_192);
         assert!(parse_positive("0").is_err());
         assert!(c.deny_egress.is_empty() && c.allow_egress.is_empty() && c.resolve.is_empty());
+        assert_eq!((c.tls_cert, c.tls_key, c.tls_client_ca), (None, None, None));
     }
 
     #[test]
@@ -536,6 +579,48 @@ mod tests {
         );
         assert_eq!(shown(&c.allow_egress), ["10.1.0.0/16"]);
         assert_eq!(c.resolve, vec!["a.test:127.0.0.2".parse().unwrap()]);
+    }
+
+    /// Parses `args` and returns clap's refusal.
+    fn refusal(args: &[&str]) -> String {
+        use clap::{CommandFactory, Parser};
+
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        Cli::command()
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(std::iter::once("transferd").chain(args.iter().copied()))
+            .expect_err("the command line is refused")
+            .to_string()
+    }
+
+    #[test]
+    fn tls_flags_come_together() {
+        let e = refusal(&["--tls-cert", "c.pem"]);
+        assert!(e.contains("--tls-key"), "{e}");
+        let e = refusal(&["--tls-key", "k.pem"]);
+        assert!(e.contains("--tls-cert"), "{e}");
+        let e = refusal(&["--tls-client-ca", "ca.pem"]);
+        assert!(e.contains("--tls-cert"), "{e}");
+        let c = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        assert_eq!(c.tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("k.pem")));
+    }
+
+    /// A Config built in code that names some TLS files but not both of the pair is refused
+    /// rather than served in plaintext.
+    #[test]
+    fn half_a_tls_config_is_refused() {
+        assert!(matches!(parse(&[]).tls(), Ok(None)));
+        let mut c = parse(&[]);
+        c.tls_client_ca = Some("ca.pem".into());
+        assert!(matches!(c.tls(), Err(crate::tls::TlsError::Incomplete)));
+        let mut c = parse(&[]);
+        c.tls_cert = Some("c.pem".into());
+        assert!(matches!(c.tls(), Err(crate::tls::TlsError::Incomplete)));
     }
 
     #[test]

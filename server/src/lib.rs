@@ -16,6 +16,7 @@
 //!   public for its token file ([`auth::tokens`]), which the binary hashes and reloads.
 //! - [`config`]: flags and environment variables.
 //! - [`egress`]: the egress policy: which addresses the fetcher may connect to.
+//! - [`tls`]: the TLS files of the gRPC port, read and checked before anything binds.
 //! - [`pb`]: generated protobuf code, quarantined.
 //!
 //! Inside the crate:
@@ -66,5 +67,6 @@ pub(crate) mod redact;
 pub(crate) mod retry;
 pub mod server;
 pub(crate) mod store;
+pub mod tls;
 
 pub use config::Config;

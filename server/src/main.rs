@@ -5,12 +5,14 @@
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use transferd::client::TlsOptions;
 
 /// How long `transferd healthcheck` waits for an answer.
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -32,6 +34,8 @@ enum Command {
         /// Address of the server to probe [default: the --listen address].
         #[arg(long, env = "TRANSFERD_HEALTHCHECK_ADDR")]
         addr: Option<SocketAddr>,
+        #[command(flatten)]
+        tls: ProbeTls,
     },
     /// Print the SHA-256 of TOKEN, for `token_sha256` in the --auth-tokens file. Without TOKEN,
     /// make a new random token and print it, then the line to paste into the file.
@@ -39,6 +43,54 @@ enum Command {
         /// The token to hash; `-` reads it from standard input (one line).
         token: Option<String>,
     },
+}
+
+/// TLS for `transferd healthcheck`, for a server started with --tls-cert.
+#[derive(clap::Args, Debug)]
+struct ProbeTls {
+    /// Probe over TLS, trusting the CA certificates in this PEM file (the CA that signed the
+    /// server's --tls-cert). Without it the probe speaks plaintext.
+    #[arg(long, env = "TRANSFERD_HEALTHCHECK_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// Present this PEM client certificate, for a server started with --tls-client-ca; needs
+    /// --client-key and --ca-cert.
+    #[arg(long, env = "TRANSFERD_HEALTHCHECK_CLIENT_CERT", value_name = "FILE",
+          requires_all = ["client_key", "ca_cert"])]
+    client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "TRANSFERD_HEALTHCHECK_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
+    /// The name the server's certificate must carry [default: the probed address]; useful
+    /// when probing 127.0.0.1 in a container whose certificate names the service's DNS name.
+    #[arg(
+        long,
+        env = "TRANSFERD_HEALTHCHECK_SERVER_NAME",
+        value_name = "NAME",
+        requires = "ca_cert"
+    )]
+    server_name: Option<String>,
+}
+
+impl ProbeTls {
+    /// The client's TLS options, if the probe is to use TLS; reads the files now.
+    fn options(&self) -> anyhow::Result<Option<TlsOptions>> {
+        let Some(ca) = &self.ca_cert else {
+            return Ok(None);
+        };
+        let mut tls = TlsOptions::from_ca_file(ca)?;
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            tls = tls.identity_files(cert, key)?;
+        }
+        if let Some(name) = &self.server_name {
+            tls = tls.server_name(name);
+        }
+        Ok(Some(tls))
+    }
 }
 
 fn main() -> ExitCode {
@@ -61,9 +113,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Some(Command::Healthcheck { addr }) => {
-            runtime.block_on(healthcheck(addr.unwrap_or(cli.config.listen)))
-        }
+        Some(Command::Healthcheck { addr, tls }) => runtime.block_on(async {
+            healthcheck(addr.unwrap_or(cli.config.listen), tls.options()?).await
+        }),
         Some(Command::HashToken { .. }) => unreachable!("handled before the runtime starts"),
         None => runtime.block_on(serve(cli.config)),
     };
@@ -160,7 +212,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn healthcheck(mut addr: SocketAddr) -> anyhow::Result<()> {
+async fn healthcheck(mut addr: SocketAddr, tls: Option<TlsOptions>) -> anyhow::Result<()> {
     // A server listening on every interface (0.0.0.0 in a container) is probed on loopback.
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr.ip() {
@@ -171,9 +223,11 @@ async fn healthcheck(mut addr: SocketAddr) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let probe = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await?;
+        let endpoint = match &tls {
+            Some(tls) => tls.endpoint(&addr.to_string())?,
+            None => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?,
+        };
+        let channel = endpoint.connect().await?;
         let mut client = HealthClient::new(channel);
         let response = client
             .check(HealthCheckRequest {
@@ -183,9 +237,15 @@ async fn healthcheck(mut addr: SocketAddr) -> anyhow::Result<()> {
             .into_inner();
         anyhow::Ok(response.status())
     };
+    let plaintext = tls.is_none();
     let status = tokio::time::timeout(HEALTHCHECK_TIMEOUT, probe)
         .await
-        .with_context(|| format!("no answer from {addr} within {HEALTHCHECK_TIMEOUT:?}"))??;
+        .with_context(|| format!("no answer from {addr} within {HEALTHCHECK_TIMEOUT:?}"))?
+        .with_context(|| match plaintext {
+            // A plaintext probe of a TLS port fails with an HTTP/2 error that names neither.
+            true => format!("{addr} did not answer a plaintext probe (TLS? pass --ca-cert)"),
+            false => format!("{addr} did not answer a TLS probe"),
+        })?;
     anyhow::ensure!(
         status == ServingStatus::Serving,
         "{addr} reports {status:?}"

@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::ServerTlsConfig;
 
 use crate::auth::tokens::{TokenFile, TokenFileError};
 use crate::config::Config;
@@ -56,6 +57,9 @@ pub enum ServeError {
     /// Reflection could not be built from the descriptor set.
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS certificate, key or client CA cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A transferd whose store is open and whose downloads are loaded, not yet serving. Opening
@@ -69,14 +73,18 @@ pub struct Transferd {
     tokens: Option<Arc<TokenFile>>,
     /// Held until the server has stopped.
     lock: DataDirLock,
+    /// TLS for the gRPC port, checked at open; `None` serves plaintext.
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Transferd {
-    /// Refuses a configuration that would serve unauthenticated beyond loopback, reads the
-    /// token file, locks the data directory (before anything else touches it), prepares the
+    /// Refuses a configuration that would serve unauthenticated beyond loopback, reads and
+    /// checks the TLS files and the token file, locks the data directory (before anything else touches it), prepares the
     /// download directory, opens the store and loads every download.
     pub async fn open(config: Config) -> Result<Transferd, ServeError> {
+        // First: a bad configuration is an error that should touch nothing.
         config.check_exposure()?;
+        let tls = config.tls()?;
         let tokens = match &config.auth_tokens {
             Some(path) => {
                 let tokens = TokenFile::load(path)?;
@@ -139,6 +147,7 @@ impl Transferd {
             },
             tokens,
             lock,
+            tls,
         })
     }
 
@@ -160,11 +169,12 @@ impl Transferd {
             limits,
             tokens,
             lock,
+            tls,
         } = self;
         let (routes, health) = grpc::routes(engine.clone()).await?;
         engine.start();
         let local = listener.local_addr().ok();
-        tracing::info!(addr = ?local, "serving");
+        tracing::info!(addr = ?local, tls = tls.is_some(), "serving");
 
         let stop = async move {
             shutdown.await;
@@ -175,7 +185,9 @@ impl Transferd {
         };
         // tonic applies its own `tcp_nodelay` only to listeners it binds itself, so accepted
         // sockets get TCP_NODELAY here: without it, small responses on a connection that
-        // multiplexes calls (every gRPC channel does) wait ~40 ms for delayed ACKs.
+        // multiplexes calls (every gRPC channel does) wait ~40 ms for delayed ACKs. With TLS,
+        // tonic runs the handshake on these same sockets (its `tls_config` wraps any incoming
+        // stream), so the option holds under TLS too.
         let incoming = TcpListenerStream::new(listener).map(|accepted| {
             if let Ok(socket) = &accepted {
                 if let Err(e) = socket.set_nodelay(true) {
@@ -184,7 +196,11 @@ impl Transferd {
             }
             accepted
         });
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
             .layer(grpc::identify_layer(tokens))
             .layer(LimitLayer::new(limits))
             .add_routes(routes)

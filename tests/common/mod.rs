@@ -14,6 +14,8 @@
 //! - [`netns`]: network namespaces for the connectivity tests;
 //! - [`tokens`]: token files and clients that send a bearer token;
 //! - [`rpcs`]: every RPC of both services in one call, and the state they could change;
+//! - [`pki`]: a CA and certificates for the TLS tests;
+//! - [`sockets`]: options of the server's accepted sockets;
 //! - [`origin`]: the HTTP origin the downloads fetch from.
 #![allow(dead_code)]
 
@@ -21,8 +23,10 @@ pub mod calls;
 pub mod disk;
 pub mod netns;
 pub mod origin;
+pub mod pki;
 pub mod rpcs;
 pub mod server;
+pub mod sockets;
 pub mod tokens;
 pub mod wait;
 
@@ -31,6 +35,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+use transferd::client::TlsOptions;
 
 // Each test binary uses a subset of these, like the rest of the harness.
 #[allow(unused_imports)]
@@ -104,6 +109,20 @@ impl Harness {
         let dir = tempfile::tempdir().expect("create a temporary data directory");
         let server = Server::start_in(ns, dir.path(), flags).await;
         Harness::assemble(server, origin, Some(dir)).await
+    }
+
+    /// Starts `transferd FLAGS...` like [`Harness::start`], with [`Harness::client`] connected
+    /// over TLS with `tls`; the flags must make the server serve TLS.
+    pub async fn start_tls(tls: &TlsOptions, flags: &[&str]) -> Harness {
+        let dir = tempfile::tempdir().expect("create a temporary data directory");
+        let server = Server::start(dir.path(), flags).await;
+        let client = server.client_tls(tls).await;
+        Harness {
+            server,
+            origin: Origin::start().await,
+            client,
+            _dir: Some(dir),
+        }
     }
 
     async fn assemble(server: Server, origin: Origin, dir: Option<TempDir>) -> Harness {

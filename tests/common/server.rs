@@ -5,7 +5,7 @@ use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use transferd::client::Client;
+use transferd::client::{Client, TlsOptions};
 
 use super::{DEADLINE, netns};
 
@@ -117,6 +117,14 @@ impl Server {
         Client::connect(&self.addr.to_string())
             .await
             .unwrap_or_else(|e| panic!("client connects to {}: {e}", self.addr))
+    }
+
+    /// A new client on a TLS connection of its own to this server, for a server started with
+    /// TLS flags.
+    pub async fn client_tls(&self, tls: &TlsOptions) -> Client {
+        Client::connect_tls(&self.addr.to_string(), tls)
+            .await
+            .unwrap_or_else(|e| panic!("TLS client connects to {}: {e:?}", self.addr))
     }
 
     /// A raw gRPC channel to this server, for services and calls the typed client does not
