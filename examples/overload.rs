@@ -237,8 +237,15 @@ async fn flood(args: &Args, uri: &str, label: &str, flags: &[&str]) -> anyhow::R
             }
         });
     }
+    // A call that fails otherwise (a broken connection) ends its task; the rest go on.
+    let mut failed = Vec::new();
     while let Some(task) = tasks.join_next().await {
-        task??;
+        if let Err(status) = task? {
+            failed.push(status);
+        }
+    }
+    if let Some(exit) = server.try_wait()? {
+        bail!("the server exited during the flood: {exit}");
     }
     let elapsed = start.elapsed().as_secs_f64();
     sampler.abort();
@@ -248,9 +255,18 @@ async fn flood(args: &Args, uri: &str, label: &str, flags: &[&str]) -> anyhow::R
     );
     let peak = peak.load(Ordering::Relaxed);
     println!(
-        "| flood of {} creates, {} at a time: accepted / refused | {label} | {accepted} / {refused} | - |",
-        args.creates, args.flood
+        "| flood of {} creates, {} at a time: accepted / refused / failed | {label} | {accepted} / \
+         {refused} / {} | - |",
+        args.creates,
+        args.flood,
+        failed.len()
     );
+    if let Some(first) = failed.first() {
+        eprintln!(
+            "{label}: {} calls failed, the first with {first:?}",
+            failed.len()
+        );
+    }
     println!(
         "| peak RSS during the flood | {label} | {} MiB | {:.2} |",
         peak / 1024,
