@@ -127,7 +127,12 @@ impl Engine {
             Ok(result) => result?,
             Err(e) => return Err(Error::Storage(StoreError::Unavailable(e.to_string()))),
         }
-        tracing::info!(guid = %guid, file = %op.spec.result_file, "download created");
+        tracing::info!(
+            guid = %guid,
+            tenant = caller.tenant.name(),
+            file = %op.spec.result_file,
+            "download created"
+        );
         // Conditions may hold it back at once (no network, costed, constrained).
         self.conditions_changed().await;
         Ok(self.view(&op))

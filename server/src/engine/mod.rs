@@ -8,7 +8,8 @@
 //!   reads and watches.
 //! - `validate`: request limits and the checks of a new download's fields.
 //! - `download`: one download's state and the ONE function that changes a status.
-//! - `registry`: downloads by guid and by creation order, result-file claims and paging.
+//! - `registry`: downloads by guid and by creation order (also per tenant), result-file claims
+//!   and paging.
 //! - `queue`: the run queue, a type that keeps its order and its index in step.
 //! - `scheduler`: transfer slots, priorities and serialized groups (per tenant).
 //! - `tenants`: which downloads a caller's request covers, and per-tenant counts and quotas.
