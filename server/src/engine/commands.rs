@@ -17,10 +17,9 @@ use super::{DownloadView, Engine, Page, validate};
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::operation::{
-    Behavior, CostPolicy, DownloadSpec, Guid, Priority, ResponseInfo, Settings, Status,
-    StatusReason, Validators,
+    Behavior, CostPolicy, DownloadSpec, Priority, ResponseInfo, Settings, Status, StatusReason,
+    Validators,
 };
-use crate::paths;
 use crate::progress::{self, Message};
 use crate::redact;
 use crate::store::{Record, StoreError};
@@ -136,59 +135,6 @@ impl Engine {
         // Conditions may hold it back at once (no network, costed, constrained).
         self.conditions_changed().await;
         Ok(self.view(&op))
-    }
-
-    /// Checks the tenant's quota, then claims the result file (the one asked for, or one named
-    /// after the URI) and a creation sequence number before the store write, so a concurrent
-    /// create cannot take the same file, or the tenant's last place under its quota, while this
-    /// one is being stored. A path that exists is refused unless `replace`, and one that leads
-    /// out of the tenant's directory through a symlink always is. The path is the tenant's:
-    /// claims are compared where files land.
-    fn claim_result_file(
-        &self,
-        caller: &Caller,
-        guid: &Guid,
-        uri: &url::Url,
-        requested: Option<String>,
-        replace: bool,
-    ) -> Result<(u64, String), Error> {
-        let download_dir = &self.inner.config.download_dir;
-        let tenant = &caller.tenant;
-        let mut core = self.lock();
-        core.registry
-            .check_quota(tenant, caller.max_live_downloads)?;
-        let result_file = match requested {
-            Some(path) => {
-                if let Some(holder) = core.registry.holder(&paths::resolved(tenant, &path)) {
-                    return Err(Error::ResultFileInUse {
-                        guid: holder.clone(),
-                        path,
-                    });
-                }
-                match paths::result_exists(download_dir, tenant, &path) {
-                    Err(reason) => return Err(Error::InvalidResultFile { path, reason }),
-                    Ok(true) if !replace => return Err(Error::ResultFileExists { path }),
-                    Ok(_) => path,
-                }
-            }
-            None => {
-                let name = paths::name_from_uri(uri);
-                let taken = core
-                    .registry
-                    .holder(&paths::resolved(tenant, &name))
-                    .is_some()
-                    || paths::result_exists(download_dir, tenant, &name) != Ok(false);
-                if taken {
-                    paths::with_guid_suffix(&name, guid)
-                } else {
-                    name
-                }
-            }
-        };
-        let seq = core
-            .registry
-            .reserve(paths::resolved(tenant, &result_file), guid, tenant);
-        Ok((seq, result_file))
     }
 
     /// One download.

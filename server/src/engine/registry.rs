@@ -1,7 +1,7 @@
 //! The registry: every download by guid and by creation order (the order of ListDownloads and
 //! its page tokens), the same per tenant, the index of live (unfinished) downloads that
-//! conditions, reordering and creates walk, the result files claimed by unfinished downloads,
-//! and the lazy walk that feeds WatchDownloads its first snapshot. Every lookup a caller makes
+//! conditions, reordering and creates walk, the result files claimed by unfinished downloads
+//! (and the claim a create makes, quota first), and the lazy walk that feeds WatchDownloads its first snapshot. Every lookup a caller makes
 //! goes through its scope: another tenant's download is not found.
 
 use std::collections::{BTreeMap, HashMap};
@@ -9,10 +9,11 @@ use std::sync::{Arc, Weak};
 
 use super::download::Op;
 use super::tenants::{Scope, TenantIndex};
-use super::{Core, DownloadView, Inner};
+use super::{Core, DownloadView, Engine, Inner};
 use crate::auth::{Caller, Tenant};
 use crate::error::Error;
 use crate::operation::{DownloadSpec, Guid, Status, StatusReason};
+use crate::paths;
 use crate::progress::{self, Snapshot};
 
 /// Default page size of ListDownloads.
@@ -375,6 +376,61 @@ impl Core {
             view.reason = StatusReason::WaitingForGroup;
         }
         view
+    }
+}
+
+impl Engine {
+    /// Checks the tenant's quota, then claims the result file (the one asked for, or one named
+    /// after the URI) and a creation sequence number before the store write, so a concurrent
+    /// create cannot take the same file, or the tenant's last place under its quota, while this
+    /// one is being stored. A path that exists is refused unless `replace`, and one that leads
+    /// out of the tenant's directory through a symlink always is. The path is the tenant's:
+    /// claims are compared where files land.
+    pub(super) fn claim_result_file(
+        &self,
+        caller: &Caller,
+        guid: &Guid,
+        uri: &url::Url,
+        requested: Option<String>,
+        replace: bool,
+    ) -> Result<(u64, String), Error> {
+        let download_dir = &self.inner.config.download_dir;
+        let tenant = &caller.tenant;
+        let mut core = self.lock();
+        core.registry
+            .check_quota(tenant, caller.max_live_downloads)?;
+        let result_file = match requested {
+            Some(path) => {
+                if let Some(holder) = core.registry.holder(&paths::resolved(tenant, &path)) {
+                    return Err(Error::ResultFileInUse {
+                        guid: holder.clone(),
+                        path,
+                    });
+                }
+                match paths::result_exists(download_dir, tenant, &path) {
+                    Err(reason) => return Err(Error::InvalidResultFile { path, reason }),
+                    Ok(true) if !replace => return Err(Error::ResultFileExists { path }),
+                    Ok(_) => path,
+                }
+            }
+            None => {
+                let name = paths::name_from_uri(uri);
+                let taken = core
+                    .registry
+                    .holder(&paths::resolved(tenant, &name))
+                    .is_some()
+                    || paths::result_exists(download_dir, tenant, &name) != Ok(false);
+                if taken {
+                    paths::with_guid_suffix(&name, guid)
+                } else {
+                    name
+                }
+            }
+        };
+        let seq = core
+            .registry
+            .reserve(paths::resolved(tenant, &result_file), guid, tenant);
+        Ok((seq, result_file))
     }
 }
 
