@@ -144,7 +144,16 @@ impl Client {
             transfer_group: group.map(str::to_owned),
             page_size,
             page_token: page_token.into(),
+            tenant: None,
         };
+        self.list_with(request).await
+    }
+
+    /// `ListDownloads` with every field of the request, e.g. an admin's tenant filter.
+    pub async fn list_with(
+        &self,
+        request: pb::ListDownloadsRequest,
+    ) -> Result<pb::ListDownloadsResponse, Status> {
         Ok(self.transfers().list_downloads(request).await?.into_inner())
     }
 
@@ -227,7 +236,16 @@ impl Client {
     ) -> Result<tonic::Streaming<pb::DownloadProgressEvent>, Status> {
         let request = pb::WatchDownloadsRequest {
             transfer_group: group.map(str::to_owned),
+            tenant: None,
         };
+        self.watch_all_with(request).await
+    }
+
+    /// `WatchDownloads` with every field of the request, e.g. an admin's tenant filter.
+    pub async fn watch_all_with(
+        &self,
+        request: pb::WatchDownloadsRequest,
+    ) -> Result<tonic::Streaming<pb::DownloadProgressEvent>, Status> {
         Ok(self
             .transfers()
             .watch_downloads(request)

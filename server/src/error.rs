@@ -106,6 +106,28 @@ pub enum Error {
         /// Why it could not be removed.
         reason: String,
     },
+    /// The caller's tenant has as many unfinished downloads as its limit allows.
+    #[error(
+        "{} has {count} unfinished downloads and may have at most {limit}; wait for some to finish, or cancel some",
+        tenant_label(tenant)
+    )]
+    QuotaExceeded {
+        /// The tenant's name (empty for the default tenant).
+        tenant: String,
+        /// Its unfinished downloads, those being created included.
+        count: u64,
+        /// Its `max_live_downloads`.
+        limit: u64,
+    },
+    /// A caller that is not an admin named another tenant's downloads.
+    #[error(
+        "tenant `{}` is not yours; only an admin may see other tenants' downloads: leave tenant unset, or name your own",
+        shorten(tenant)
+    )]
+    OtherTenant {
+        /// The tenant named.
+        tenant: String,
+    },
     /// The server is shutting down and takes no new work.
     #[error("transferd is shutting down; retry against the restarted server")]
     ShuttingDown,
@@ -126,6 +148,15 @@ pub(crate) fn shorten(input: &str) -> std::borrow::Cow<'_, str> {
     }
     let start: String = input.chars().take(MAX_ECHO_CHARS - 16).collect();
     format!("{start}… ({} bytes)", input.len()).into()
+}
+
+/// How messages name a tenant.
+fn tenant_label(tenant: &str) -> String {
+    if tenant.is_empty() {
+        "the default tenant".into()
+    } else {
+        format!("tenant `{}`", shorten(tenant))
+    }
 }
 
 fn hint(status: Status) -> &'static str {

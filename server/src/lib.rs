@@ -32,8 +32,9 @@
 //!   downloads, result-file claims, paging, the lazy WatchDownloads snapshot walk), `queue.rs`
 //!   (the run queue), `scheduler.rs` (slots, priorities, serialized groups), `transfer.rs` (the
 //!   transfer task: attempts, checkpoints, commit), `retention.rs` (DeleteDownload and
-//!   `--retain-finished`), `host.rs` (host conditions and their monitor). `mod.rs` documents
-//!   the lock order.
+//!   `--retain-finished`), `host.rs` (host conditions and their monitor), `tenants.rs` (which
+//!   downloads a caller's request covers; per-tenant counts and quotas). Every command runs as
+//!   the call's `Caller`. `mod.rs` documents the lock order.
 //! - `fetch/`: the HTTP fetcher; owns the Range / If-Range / restart rules and classifies
 //!   failures as transient or fatal.
 //! - `store/`: durable state behind the async `Store` trait with backend-neutral errors;

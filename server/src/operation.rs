@@ -9,6 +9,8 @@ use std::fmt;
 
 use crate::redact;
 
+use crate::auth::Tenant;
+
 /// Stable identifier of a download (a UUID in its hyphenated lower-case form).
 pub type Guid = String;
 
@@ -146,7 +148,9 @@ pub struct DownloadSpec {
     pub guid: Guid,
     /// Creation order, unique and increasing: the order of ListDownloads.
     pub seq: u64,
-    /// Result path, relative to the download directory (already validated).
+    /// The tenant that created it, the only one (besides admins) that sees it.
+    pub(crate) tenant: Tenant,
+    /// Result path, relative to its tenant's directory (already validated).
     pub result_file: String,
     /// Transfer group; empty for none.
     pub transfer_group: String,
@@ -159,6 +163,15 @@ pub struct DownloadSpec {
     pub max_bytes: Option<u64>,
     /// Whether the commit may replace a file already at the result path.
     pub replace_existing: bool,
+}
+
+impl DownloadSpec {
+    /// Where the result file lands, relative to the download directory: for the default
+    /// tenant the result path itself, for any other `<tenant>/<result path>`. Result-file
+    /// claims are keyed by this, so two downloads conflict exactly when they name one file.
+    pub fn resolved_path(&self) -> String {
+        crate::paths::resolved(&self.tenant, &self.result_file)
+    }
 }
 
 /// What a client asked for that can be changed while the download lives. It holds the

@@ -1,11 +1,14 @@
-//! Result-file paths: a client names a file relative to `--download-dir` and can never write
-//! outside it. Partial data lives in a staging directory inside the download directory, so the
+//! Result-file paths: a client names a file relative to its tenant's directory (the download
+//! directory itself for the default tenant, `<download-dir>/<tenant>/` for any other) and can
+//! never write outside it. Partial data lives in a staging directory inside the download directory, so the
 //! final rename stays on one filesystem and is atomic.
 //!
 //! Every directory, partial file and rename below the download directory is resolved from an
 //! open handle of it with `openat2(RESOLVE_BENEATH)`: a symlink that points out of it (planted
 //! or swapped in while a download commits) fails the operation instead of being followed, one
-//! component at a time, so not even a parent directory is created outside. Symlinks that stay
+//! component at a time, so not even a parent directory is created outside. A named tenant's
+//! result paths resolve beneath its own directory, so a symlink cannot lead one tenant into
+//! another's files either. Symlinks that stay
 //! inside still work. The commit renames with `RENAME_NOREPLACE` unless the download may replace
 //! an existing file.
 
@@ -17,6 +20,7 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 
+use crate::auth::Tenant;
 use crate::error::Error;
 use crate::operation::Guid;
 
@@ -112,6 +116,34 @@ pub fn validate_result_file(path: &str) -> Result<String, Error> {
     Ok(parts.join("/"))
 }
 
+/// Where `result_file` of `tenant` lands, relative to the download directory.
+pub fn resolved(tenant: &Tenant, result_file: &str) -> String {
+    if tenant.is_default() {
+        result_file.to_string()
+    } else {
+        format!("{}/{result_file}", tenant.name())
+    }
+}
+
+/// Whether a tenant's name can be its directory: one plain path component that is not hidden
+/// (so never the staging directory). The token file's reader checks names too; this guards the
+/// filesystem whatever a stored row or a token file says.
+pub fn check_tenant_dir(tenant: &Tenant) -> Result<(), String> {
+    let name = tenant.name();
+    let plain = name.is_empty()
+        || (!name.contains('/')
+            && !name.starts_with('.')
+            && validate_result_file(name).is_ok_and(|n| n == name));
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "tenant `{}` cannot name a directory; a tenant name must be one path component not starting with `.`",
+            crate::error::shorten(name)
+        ))
+    }
+}
+
 /// A file name for a download whose client left `result_file` empty: the last segment of the
 /// URI path made safe, or `download` if there is none.
 pub fn name_from_uri(uri: &url::Url) -> String {
@@ -177,21 +209,24 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-/// Moves a download's complete, fsynced partial file to `result_file` atomically (a rename
-/// within one filesystem) and makes the rename durable by syncing the directory. Parent
-/// directories are created beneath the download directory; a path that leads out of it through
-/// a symlink is refused. Unless `replace`, an existing file at the result path stays and the
-/// commit fails with [`CommitError::Exists`].
+/// Moves a download's complete, fsynced partial file to `result_file` of `tenant` atomically
+/// (a rename within one filesystem) and makes the rename durable by syncing the directory. The
+/// tenant's directory and parent directories are created beneath the download directory; a
+/// path that leads out of the tenant's directory through a symlink is refused. Unless
+/// `replace`, an existing file at the result path stays and the commit fails with
+/// [`CommitError::Exists`].
 pub fn commit(
     download_dir: &Path,
+    tenant: &Tenant,
     guid: &Guid,
     result_file: &str,
     replace: bool,
 ) -> Result<(), CommitError> {
     let root = open_root(download_dir)?;
     let staging = open_dir_beneath(&root, PARTIAL_DIR)?;
+    let home = tenant_home(&root, tenant)?;
     let (parent_path, name) = result_file.rsplit_once('/').unwrap_or(("", result_file));
-    let parent = make_dirs(&root, parent_path)?;
+    let parent = make_dirs(&home, parent_path)?;
     let partial = partial_name(guid);
     let renamed = if replace {
         rustix::fs::renameat(&staging, &partial, &parent, name)
@@ -225,15 +260,25 @@ fn rename_no_replace(
     }
 }
 
-/// Whether something (a file, a directory, a symlink) is at `result_file` in the download
-/// directory. `Err` says why the path leads outside it; other failures count as "nothing
-/// there" and are left for the commit to report.
-pub fn result_exists(download_dir: &Path, result_file: &str) -> Result<bool, String> {
+/// Whether something (a file, a directory, a symlink) is at `result_file` in the directory of
+/// `tenant`. `Err` says why the path leads outside it; other failures (the tenant's directory
+/// not made yet among them) count as "nothing there" and are left for the commit to report.
+pub fn result_exists(
+    download_dir: &Path,
+    tenant: &Tenant,
+    result_file: &str,
+) -> Result<bool, String> {
+    check_tenant_dir(tenant)?;
     let Ok(root) = open_root(download_dir) else {
         return Ok(false);
     };
+    let home = match open_dir_beneath(&root, tenant.name()) {
+        Ok(home) => home,
+        Err(e) if e.kind() == io::ErrorKind::Other => return Err(e.to_string()),
+        Err(_) => return Ok(false),
+    };
     let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    match rustix::fs::openat2(&root, result_file, flags, Mode::empty(), BENEATH) {
+    match rustix::fs::openat2(&home, result_file, flags, Mode::empty(), BENEATH) {
         Ok(_) => Ok(true),
         Err(Errno::XDEV) => Err(escape(result_file).to_string()),
         Err(_) => Ok(false),
@@ -259,6 +304,13 @@ pub fn open_partial(partial: &Path) -> io::Result<File> {
 /// The file name of a download's partial file inside [`PARTIAL_DIR`].
 fn partial_name(guid: &Guid) -> String {
     format!("{guid}.part")
+}
+
+/// The directory of `tenant` beneath the download directory `root`, made if missing: `root`
+/// itself for the default tenant.
+fn tenant_home(root: &OwnedFd, tenant: &Tenant) -> io::Result<OwnedFd> {
+    check_tenant_dir(tenant).map_err(io::Error::other)?;
+    make_dirs(root, tenant.name())
 }
 
 fn open_root(download_dir: &Path) -> io::Result<OwnedFd> {
@@ -305,15 +357,21 @@ fn escape(path: &str) -> io::Error {
     ))
 }
 
-/// Removes a finished download's result file (`result_file`, a validated relative path) for
-/// DeleteDownload. Returns whether a file was removed: nothing there, or something other than a
+/// Removes a finished download's result file (`result_file` of `tenant`, a validated relative
+/// path) for DeleteDownload. Returns whether a file was removed: nothing there, or something other than a
 /// regular file (a symlink or a directory someone put in its place is not what transferd
 /// committed), is left alone and is not an error. Refuses a file whose directory resolves
-/// outside `download_dir`, and never follows a symlink in the last component (`remove_file`
+/// outside the tenant's directory, and never follows a symlink in the last component (`remove_file`
 /// unlinks a link itself, and a link is skipped anyway). The checks and the removal are
 /// separate system calls; hardening against a directory swapped in between belongs here.
-pub fn remove_result_file(download_dir: &Path, result_file: &str) -> std::io::Result<bool> {
-    let target = download_dir.join(result_file);
+pub fn remove_result_file(
+    download_dir: &Path,
+    tenant: &Tenant,
+    result_file: &str,
+) -> std::io::Result<bool> {
+    check_tenant_dir(tenant).map_err(io::Error::other)?;
+    let home = download_dir.join(tenant.name());
+    let target = home.join(result_file);
     let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
         return Err(std::io::Error::other("result path has no file name"));
     };
@@ -321,9 +379,9 @@ pub fn remove_result_file(download_dir: &Path, result_file: &str) -> std::io::Re
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         resolved => resolved?,
     };
-    if !parent.starts_with(download_dir.canonicalize()?) {
+    if !parent.starts_with(home.canonicalize()?) {
         return Err(std::io::Error::other(format!(
-            "{} resolves outside the download directory",
+            "{} resolves outside its tenant's directory",
             target.display()
         )));
     }
@@ -342,6 +400,11 @@ pub fn remove_result_file(download_dir: &Path, result_file: &str) -> std::io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The default tenant: paths exactly as before tenants existed.
+    fn dt() -> Tenant {
+        Tenant::default_tenant()
+    }
 
     #[test]
     fn accepts_plain_relative_paths() {
@@ -387,19 +450,19 @@ mod tests {
     fn commits_into_new_directories_and_never_replaces_unless_asked() {
         let dir = staged(b"new");
         let g = "g".to_string();
-        commit(dir.path(), &g, "a/b/c.bin", false).unwrap();
+        commit(dir.path(), &dt(), &g, "a/b/c.bin", false).unwrap();
         assert_eq!(std::fs::read(dir.path().join("a/b/c.bin")).unwrap(), b"new");
-        assert_eq!(result_exists(dir.path(), "a/b/c.bin"), Ok(true));
-        assert_eq!(result_exists(dir.path(), "a/x"), Ok(false));
+        assert_eq!(result_exists(dir.path(), &dt(), "a/b/c.bin"), Ok(true));
+        assert_eq!(result_exists(dir.path(), &dt(), "a/x"), Ok(false));
 
         let mut file = open_partial(&partial_path(dir.path(), &g)).unwrap();
         std::io::Write::write_all(&mut file, b"newer").unwrap();
         assert!(matches!(
-            commit(dir.path(), &g, "a/b/c.bin", false),
+            commit(dir.path(), &dt(), &g, "a/b/c.bin", false),
             Err(CommitError::Exists)
         ));
         assert_eq!(std::fs::read(dir.path().join("a/b/c.bin")).unwrap(), b"new");
-        commit(dir.path(), &g, "a/b/c.bin", true).unwrap();
+        commit(dir.path(), &dt(), &g, "a/b/c.bin", true).unwrap();
         assert_eq!(
             std::fs::read(dir.path().join("a/b/c.bin")).unwrap(),
             b"newer"
@@ -416,12 +479,15 @@ mod tests {
         std::fs::create_dir(dir.path().join("real")).unwrap();
         std::os::unix::fs::symlink("real", dir.path().join("in")).unwrap();
         for escaping in ["out/x", "out/sub/x", "up/x"] {
-            assert!(result_exists(dir.path(), escaping).is_err(), "{escaping}");
-            let err = commit(dir.path(), &g, escaping, false).unwrap_err();
+            assert!(
+                result_exists(dir.path(), &dt(), escaping).is_err(),
+                "{escaping}"
+            );
+            let err = commit(dir.path(), &dt(), &g, escaping, false).unwrap_err();
             assert!(err.to_string().contains("outside"), "{escaping}: {err}");
         }
         assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
-        commit(dir.path(), &g, "in/sub/x", false).unwrap();
+        commit(dir.path(), &dt(), &g, "in/sub/x", false).unwrap();
         assert_eq!(std::fs::read(dir.path().join("real/sub/x")).unwrap(), b"x");
     }
 
@@ -445,18 +511,64 @@ mod tests {
         let dir = root.path().join("dl");
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join("sub/a.bin"), b"a").unwrap();
-        assert!(remove_result_file(&dir, "sub/a.bin").unwrap());
+        assert!(remove_result_file(&dir, &dt(), "sub/a.bin").unwrap());
         assert!(!dir.join("sub/a.bin").exists());
-        assert!(!remove_result_file(&dir, "sub/a.bin").unwrap());
-        assert!(!remove_result_file(&dir, "missing/a.bin").unwrap());
+        assert!(!remove_result_file(&dir, &dt(), "sub/a.bin").unwrap());
+        assert!(!remove_result_file(&dir, &dt(), "missing/a.bin").unwrap());
         // A link in the file's place is left, and so is what it points to.
         std::fs::write(outside.path().join("victim"), b"v").unwrap();
         std::os::unix::fs::symlink(outside.path().join("victim"), dir.join("link")).unwrap();
-        assert!(!remove_result_file(&dir, "link").unwrap());
+        assert!(!remove_result_file(&dir, &dt(), "link").unwrap());
         assert!(outside.path().join("victim").exists());
         // A directory link out of the download dir is refused.
         std::os::unix::fs::symlink(outside.path(), dir.join("out")).unwrap();
-        assert!(remove_result_file(&dir, "out/victim").is_err());
+        assert!(remove_result_file(&dir, &dt(), "out/victim").is_err());
         assert!(outside.path().join("victim").exists());
+    }
+
+    #[test]
+    fn a_named_tenant_lives_in_its_own_directory_and_cannot_leave_it() {
+        let dir = staged(b"media");
+        let (media, ml) = (Tenant::new("media"), Tenant::new("ml"));
+        let g = "g".to_string();
+        assert_eq!(resolved(&media, "a/x"), "media/a/x");
+        assert_eq!(resolved(&dt(), "a/x"), "a/x");
+        assert_eq!(result_exists(dir.path(), &media, "x"), Ok(false));
+        commit(dir.path(), &media, &g, "x", false).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("media/x")).unwrap(), b"media");
+        assert_eq!(result_exists(dir.path(), &media, "x"), Ok(true));
+        assert_eq!(result_exists(dir.path(), &ml, "x"), Ok(false));
+        assert_eq!(result_exists(dir.path(), &dt(), "x"), Ok(false));
+        // A symlink inside one tenant's directory does not lead into another's.
+        std::fs::create_dir(dir.path().join("ml")).unwrap();
+        std::fs::write(dir.path().join("ml/secret"), b"ml").unwrap();
+        std::os::unix::fs::symlink("../ml", dir.path().join("media/peek")).unwrap();
+        assert!(result_exists(dir.path(), &media, "peek/secret").is_err());
+        let mut file = open_partial(&partial_path(dir.path(), &g)).unwrap();
+        std::io::Write::write_all(&mut file, b"clobber").unwrap();
+        assert!(commit(dir.path(), &media, &g, "peek/secret", true).is_err());
+        assert!(remove_result_file(dir.path(), &media, "peek/secret").is_err());
+        assert_eq!(std::fs::read(dir.path().join("ml/secret")).unwrap(), b"ml");
+        assert!(remove_result_file(dir.path(), &media, "x").unwrap());
+    }
+
+    #[test]
+    fn tenant_names_that_cannot_be_a_directory_are_refused() {
+        for bad in [
+            "..",
+            ".",
+            ".transferd-partial",
+            ".hidden",
+            "a/b",
+            "a\0b",
+            "/abs",
+        ] {
+            let tenant = Tenant::new(bad);
+            assert!(check_tenant_dir(&tenant).is_err(), "{bad:?}");
+            let dir = tempfile::tempdir().unwrap();
+            assert!(result_exists(dir.path(), &tenant, "x").is_err(), "{bad:?}");
+        }
+        assert!(check_tenant_dir(&Tenant::new("media-2")).is_ok());
+        assert!(check_tenant_dir(&dt()).is_ok());
     }
 }

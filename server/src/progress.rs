@@ -17,11 +17,12 @@ use futures_util::Stream;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Tenant;
 use crate::operation::{Guid, Progress};
 
 mod all;
 
-pub use all::{Catalog, watch_all};
+pub use all::{Catalog, Filter, watch_all};
 
 /// Status changes a hub remembers for watchers that fell behind. Downloads change status a
 /// handful of times; a watcher more than this many changes behind is told so and its stream
@@ -76,6 +77,8 @@ pub struct Lagged;
 pub struct Event {
     /// The download.
     pub guid: Arc<str>,
+    /// Its tenant, which (with admins) alone may see the event.
+    pub tenant: Tenant,
     /// Its transfer group.
     pub group: Arc<str>,
     /// What it published.
@@ -107,6 +110,7 @@ impl Bus {
 #[derive(Debug)]
 pub struct Hub {
     guid: Arc<str>,
+    tenant: Tenant,
     group: Arc<str>,
     tx: watch::Sender<Snapshot>,
     status_log: Mutex<VecDeque<Snapshot>>,
@@ -114,8 +118,8 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub whose first snapshot is `progress`.
-    pub fn new(guid: &Guid, group: &str, progress: Progress, bus: Bus) -> Hub {
+    /// A hub of a download of `tenant` whose first snapshot is `progress`.
+    pub fn new(guid: &Guid, tenant: &Tenant, group: &str, progress: Progress, bus: Bus) -> Hub {
         let first = Snapshot {
             progress,
             responses: 0,
@@ -127,6 +131,7 @@ impl Hub {
         };
         Hub {
             guid: guid.as_str().into(),
+            tenant: tenant.clone(),
             group: group.into(),
             tx: watch::Sender::new(first),
             status_log: Mutex::new(VecDeque::from([first])),
@@ -143,6 +148,7 @@ impl Hub {
     pub fn announce(&self) {
         let _ = self.bus.tx.send(Event {
             guid: self.guid.clone(),
+            tenant: self.tenant.clone(),
             group: self.group.clone(),
             snapshot: self.current(),
         });
@@ -176,6 +182,7 @@ impl Hub {
         // No receivers is normal: nobody is running WatchDownloads.
         let _ = self.bus.tx.send(Event {
             guid: self.guid.clone(),
+            tenant: self.tenant.clone(),
             group: self.group.clone(),
             snapshot,
         });
@@ -322,6 +329,7 @@ pub(super) mod tests {
     fn hub() -> Arc<Hub> {
         Arc::new(Hub::new(
             &"g".to_string(),
+            &Tenant::default(),
             "",
             p(0, Status::Idle),
             Bus::default(),

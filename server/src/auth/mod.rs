@@ -6,11 +6,6 @@
 //! Without `--auth-tokens`, every call runs as [`Caller::local`]: an admin of the default
 //! tenant, so a single-user deployment behaves exactly as before tenants existed. With it,
 //! [`tokens`] reads the token file and maps each bearer token to its caller.
-#![allow(
-    dead_code,
-    reason = "tokens are wired up; `sees`, `Tenant::is_default` and `Tenant::name` wait for \
-              tenant scoping, and this goes once it uses them"
-)]
 
 pub mod tokens;
 

@@ -1,6 +1,10 @@
 //! What clients ask of the engine: create a download, read and watch it, pause, resume or
 //! cancel it, and edit it while it lives. Each command checks its input, changes state through
 //! the one transition function, stores the result and lets conditions and the scheduler react.
+//!
+//! Every command runs as a [`Caller`]: it creates downloads in the caller's tenant (within the
+//! tenant's quota), and finds only downloads the caller may see; another tenant's guid is
+//! answered exactly like one that never existed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -8,13 +12,14 @@ use std::time::Duration;
 
 use super::download::{Op, OpState, TaskHandle, client_owned_pause};
 use super::registry::{PageRequest, SnapshotWalk};
+use super::tenants::Scope;
 use super::{DownloadView, Engine, Page, validate};
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::operation::{
-    Behavior, CostPolicy, DownloadSpec, Guid, Priority, ResponseInfo, Settings, Status,
-    StatusReason, Validators,
+    Behavior, CostPolicy, DownloadSpec, Priority, ResponseInfo, Settings, Status, StatusReason,
+    Validators,
 };
-use crate::paths;
 use crate::progress::{self, Message};
 use crate::redact;
 use crate::store::{Record, StoreError};
@@ -52,14 +57,16 @@ pub struct NewDownload {
 }
 
 impl Engine {
-    /// Validates, durably stores and queues a new download.
-    pub async fn create(&self, new: NewDownload) -> Result<DownloadView, Error> {
+    /// Validates, durably stores and queues a new download of the caller's tenant, within the
+    /// tenant's quota of unfinished downloads.
+    pub async fn create(&self, caller: &Caller, new: NewDownload) -> Result<DownloadView, Error> {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
         let checked = validate::new_download(new, self.inner.fetcher.egress())?;
         let guid = uuid::Uuid::new_v4().to_string();
         let (seq, result_file) = self.claim_result_file(
+            caller,
             &guid,
             &checked.uri,
             checked.result_file,
@@ -69,6 +76,7 @@ impl Engine {
             spec: DownloadSpec {
                 guid: guid.clone(),
                 seq,
+                tenant: caller.tenant.clone(),
                 result_file,
                 transfer_group: checked.transfer_group,
                 expected_sha256: checked.expected_sha256,
@@ -102,10 +110,15 @@ impl Engine {
         let added = op.clone();
         let stored = tokio::spawn(async move {
             if let Err(e) = engine.inner.store.insert(&record).await {
-                engine.lock().registry.release_claim(&added.spec);
+                let mut core = engine.lock();
+                core.registry.release_claim(&added.spec);
+                core.registry.settle(&added.spec.tenant);
                 return Err(e);
             }
-            engine.lock().add(added.clone());
+            let mut core = engine.lock();
+            core.registry.settle(&added.spec.tenant);
+            core.add(added.clone());
+            drop(core);
             added.hub.announce();
             Ok(())
         });
@@ -113,79 +126,43 @@ impl Engine {
             Ok(result) => result?,
             Err(e) => return Err(Error::Storage(StoreError::Unavailable(e.to_string()))),
         }
-        tracing::info!(guid = %guid, file = %op.spec.result_file, "download created");
+        tracing::info!(
+            guid = %guid,
+            tenant = caller.tenant.name(),
+            file = %op.spec.result_file,
+            "download created"
+        );
         // Conditions may hold it back at once (no network, costed, constrained).
         self.conditions_changed().await;
         Ok(self.view(&op))
     }
 
-    /// Claims the result file (the one asked for, or one named after the URI) and a creation
-    /// sequence number before the store write, so a concurrent create cannot take the same file
-    /// while this one is being stored. A path that exists is refused unless `replace`, and one
-    /// that leads out of the download directory through a symlink always is.
-    fn claim_result_file(
-        &self,
-        guid: &Guid,
-        uri: &url::Url,
-        requested: Option<String>,
-        replace: bool,
-    ) -> Result<(u64, String), Error> {
-        let download_dir = &self.inner.config.download_dir;
-        let mut core = self.lock();
-        let result_file = match requested {
-            Some(path) => {
-                if let Some(holder) = core.registry.holder(&path) {
-                    return Err(Error::ResultFileInUse {
-                        guid: holder.clone(),
-                        path,
-                    });
-                }
-                match paths::result_exists(download_dir, &path) {
-                    Err(reason) => return Err(Error::InvalidResultFile { path, reason }),
-                    Ok(true) if !replace => return Err(Error::ResultFileExists { path }),
-                    Ok(_) => path,
-                }
-            }
-            None => {
-                let name = paths::name_from_uri(uri);
-                let taken = core.registry.holder(&name).is_some()
-                    || paths::result_exists(download_dir, &name) != Ok(false);
-                if taken {
-                    paths::with_guid_suffix(&name, guid)
-                } else {
-                    name
-                }
-            }
-        };
-        let seq = core.registry.reserve(&result_file, guid);
-        Ok((seq, result_file))
-    }
-
     /// One download.
-    pub fn get(&self, guid: &str) -> Result<DownloadView, Error> {
-        let op = self.op(guid)?;
+    pub fn get(&self, caller: &Caller, guid: &str) -> Result<DownloadView, Error> {
+        let op = self.op(caller, guid)?;
         Ok(self.view(&op))
     }
 
     /// The latest HTTP response of a download.
-    pub fn response_information(&self, guid: &str) -> Result<ResponseInfo, Error> {
-        self.op(guid)?
+    pub fn response_information(&self, caller: &Caller, guid: &str) -> Result<ResponseInfo, Error> {
+        self.op(caller, guid)?
             .lock()
             .response
             .clone()
             .ok_or_else(|| Error::NoResponseYet { guid: guid.into() })
     }
 
-    /// A page of downloads in creation order.
+    /// A page of the downloads in `scope` (see [`Scope::of`]), in creation order.
     pub fn list(
         &self,
+        scope: &Scope,
         group: Option<&str>,
         page_size: usize,
         page_token: &str,
     ) -> Result<Page, Error> {
         let request = PageRequest::parse(page_size, page_token)?;
         let core = self.lock();
-        let (page, more) = core.registry.page(group, request)?;
+        let (page, more) = core.registry.page(scope, group, request)?;
         let downloads = page.iter().map(|op| core.view(op)).collect();
         drop(core);
         let next_page_token = match (more, page.last()) {
@@ -201,8 +178,8 @@ impl Engine {
     /// Pauses a download: PAUSED_BY_APPLICATION, keeping its partial data. Returns once the
     /// transfer has let go (request dropped, data checkpointed). A pause that arrives while the
     /// finished file is being committed waits for the commit and is refused if it succeeded.
-    pub async fn pause(&self, guid: &str) -> Result<DownloadView, Error> {
-        let op = self.op(guid)?;
+    pub async fn pause(&self, caller: &Caller, guid: &str) -> Result<DownloadView, Error> {
+        let op = self.op(caller, guid)?;
         let changed = loop {
             let commit = {
                 let mut core = self.lock();
@@ -239,8 +216,8 @@ impl Engine {
 
     /// Resumes a download paused by a client or by a recoverable web error: it is queued again
     /// (or held by conditions) and continues from its partial data.
-    pub async fn resume(&self, guid: &str) -> Result<DownloadView, Error> {
-        let op = self.op(guid)?;
+    pub async fn resume(&self, caller: &Caller, guid: &str) -> Result<DownloadView, Error> {
+        let op = self.op(caller, guid)?;
         let changed = {
             let mut core = self.lock();
             let mut st = op.lock();
@@ -269,8 +246,8 @@ impl Engine {
     /// Cancels a download: CANCELED, terminal; its partial data is removed before it returns,
     /// and no file appears at its result path. A cancel that arrives while the finished file is
     /// being committed waits for the commit and is refused (COMPLETED) if it succeeded.
-    pub async fn cancel(&self, guid: &str) -> Result<DownloadView, Error> {
-        let op = self.op(guid)?;
+    pub async fn cancel(&self, caller: &Caller, guid: &str) -> Result<DownloadView, Error> {
+        let op = self.op(caller, guid)?;
         let running = loop {
             let commit = {
                 let mut core = self.lock();
@@ -302,10 +279,11 @@ impl Engine {
     /// Changes a download's cost policy; it pauses or continues at once as conditions say.
     pub async fn set_cost_policy(
         &self,
+        caller: &Caller,
         guid: &str,
         cost_policy: CostPolicy,
     ) -> Result<DownloadView, Error> {
-        self.edit(guid, "change the cost policy of", |_, st| {
+        self.edit(caller, guid, "change the cost policy of", |_, st| {
             st.settings.cost_policy = cost_policy;
             Ok(())
         })
@@ -315,10 +293,11 @@ impl Engine {
     /// Changes a download's priority; a queued download moves in the queue at once.
     pub async fn set_priority(
         &self,
+        caller: &Caller,
         guid: &str,
         priority: Priority,
     ) -> Result<DownloadView, Error> {
-        self.edit(guid, "change the priority of", |_, st| {
+        self.edit(caller, guid, "change the priority of", |_, st| {
             st.settings.priority = priority;
             Ok(())
         })
@@ -329,6 +308,7 @@ impl Engine {
     /// (an existing mark stays either way).
     pub async fn set_request_header(
         &self,
+        caller: &Caller,
         guid: &str,
         name: &str,
         value: &str,
@@ -340,7 +320,7 @@ impl Engine {
             .then(|| name.to_ascii_lowercase())
             .into_iter()
             .collect();
-        self.edit(guid, "set a request header of", |_, st| {
+        self.edit(caller, guid, "set a request header of", |_, st| {
             // Both checked before either changes, so a refusal leaves the download as it was.
             let settings = &mut st.settings;
             let mut marked = settings.sensitive_headers.clone();
@@ -355,11 +335,12 @@ impl Engine {
     /// Removes a request header; removing one that is not set is not an error.
     pub async fn remove_request_header(
         &self,
+        caller: &Caller,
         guid: &str,
         name: &str,
     ) -> Result<DownloadView, Error> {
         let name = name.to_ascii_lowercase();
-        self.edit(guid, "remove a request header of", |_, st| {
+        self.edit(caller, guid, "remove a request header of", |_, st| {
             st.settings.request_headers.remove(&name);
             Ok(())
         })
@@ -372,6 +353,7 @@ impl Engine {
     /// length (If-Range and Content-Range decide), and restarts otherwise.
     pub async fn set_requested_uri(
         &self,
+        caller: &Caller,
         guid: &str,
         uri: &str,
         headers: &BTreeMap<String, String>,
@@ -383,7 +365,7 @@ impl Engine {
         for (name, value) in headers {
             validate::set_header(&mut checked, name, value)?;
         }
-        self.edit(guid, "change the URI of", |guid, st| {
+        self.edit(caller, guid, "change the URI of", |guid, st| {
             if !client_owned_pause(st.status()) {
                 return Err(Error::NotPaused {
                     guid: guid.into(),
@@ -399,9 +381,10 @@ impl Engine {
         .await
     }
 
-    /// Sets how a transfer group runs its downloads.
+    /// Sets how a transfer group of the caller's tenant runs its downloads.
     pub async fn set_group_behavior(
         &self,
+        caller: &Caller,
         group: &str,
         behavior: Behavior,
     ) -> Result<Behavior, Error> {
@@ -411,17 +394,28 @@ impl Engine {
             ));
         }
         validate::group(group)?;
-        self.inner.store.save_group(group, behavior).await?;
-        self.lock().slots.set_behavior(group, behavior);
-        tracing::info!(group, ?behavior, "transfer group behavior set");
+        let tenant = &caller.tenant;
+        self.inner.store.save_group(tenant, group, behavior).await?;
+        self.lock().slots.set_behavior(tenant, group, behavior);
+        tracing::info!(
+            tenant = tenant.name(),
+            group,
+            ?behavior,
+            "transfer group behavior set"
+        );
         self.schedule();
         Ok(behavior)
     }
 
     /// Moves a download, and the downloads of its group queued after it, to the front of its
-    /// group. Other groups keep their places: the group's own queue slots are reassigned.
-    pub async fn make_current_in_group(&self, guid: &str) -> Result<DownloadView, Error> {
-        let op = self.op(guid)?;
+    /// group (in its tenant). Other groups keep their places: the group's own queue slots are
+    /// reassigned.
+    pub async fn make_current_in_group(
+        &self,
+        caller: &Caller,
+        guid: &str,
+    ) -> Result<DownloadView, Error> {
+        let op = self.op(caller, guid)?;
         let group = op.spec.transfer_group.clone();
         if group.is_empty() {
             return Err(Error::NoGroup { guid: guid.into() });
@@ -432,7 +426,7 @@ impl Engine {
             if status.is_terminal() {
                 return Err(illegal(guid, "reorder", status));
             }
-            let mut members = core.registry.live_members(&group);
+            let mut members = core.registry.live_members(&op.spec.tenant, &group);
             members.sort_by_key(|o| (o.lock().queue_order, o.spec.seq));
             let slots: Vec<i64> = members.iter().map(|o| o.lock().queue_order).collect();
             let at = members
@@ -457,36 +451,44 @@ impl Engine {
     /// The progress publisher of a download, for WatchDownload.
     pub fn watch(
         &self,
+        caller: &Caller,
         guid: &str,
     ) -> Result<impl futures_util::Stream<Item = Result<Message, progress::Lagged>> + use<>, Error>
     {
-        let op = self.op(guid)?;
+        let op = self.op(caller, guid)?;
         Ok(progress::watch_one(
             op.hub.clone(),
             self.inner.shutdown.clone(),
         ))
     }
 
-    /// Every download's progress (or one group's), for WatchDownloads.
+    /// The progress of every download in `scope` (see [`Scope::of`]; or of one group), for
+    /// WatchDownloads.
     pub fn watch_all(
         &self,
+        scope: Scope,
         group: Option<String>,
     ) -> impl futures_util::Stream<Item = Result<(Arc<str>, Message), progress::Lagged>> + use<>
     {
         let events = self.inner.bus.subscribe();
-        let walk = SnapshotWalk::new(&self.inner, group.clone());
-        progress::watch_all(events, walk, group, self.inner.shutdown.clone())
+        let filter = progress::Filter {
+            tenant: scope.tenant().cloned(),
+            group: group.clone(),
+        };
+        let walk = SnapshotWalk::new(&self.inner, scope, group);
+        progress::watch_all(events, walk, filter, self.inner.shutdown.clone())
     }
 
     /// Applies a live edit to a non-terminal download, keeping its queue position consistent,
     /// then stores it and lets conditions and the scheduler react.
     async fn edit(
         &self,
+        caller: &Caller,
         guid: &str,
         action: &'static str,
         change: impl FnOnce(&str, &mut OpState) -> Result<(), Error>,
     ) -> Result<DownloadView, Error> {
-        let op = self.op(guid)?;
+        let op = self.op(caller, guid)?;
         {
             let mut core = self.lock();
             let mut st = op.lock();
@@ -501,8 +503,9 @@ impl Engine {
         Ok(self.view(&op))
     }
 
-    fn op(&self, guid: &str) -> Result<Arc<Op>, Error> {
-        self.lock().registry.find(guid)
+    /// The download with this guid, if `caller` may see it.
+    fn op(&self, caller: &Caller, guid: &str) -> Result<Arc<Op>, Error> {
+        self.lock().registry.find(guid, caller)
     }
 
     fn view(&self, op: &Op) -> DownloadView {

@@ -150,7 +150,7 @@ impl Core {
         st.reason = reason;
         match to {
             Status::Idle => self.queue.push(op.queue_key(st)),
-            Status::Running => self.slots.acquire(&op.spec.transfer_group),
+            Status::Running => self.slots.acquire(&op.spec),
             s if s.is_terminal() => {
                 st.finished_at = Some(SystemTime::now());
                 self.registry.retire(&op.spec);
@@ -165,7 +165,7 @@ impl Core {
     /// its transfer slot is free. Unless it completed, only what reached the disk counts.
     pub(super) fn let_go(&mut self, op: &Op, st: &mut OpState) {
         if st.task.take().is_some() {
-            self.slots.release(&op.spec.transfer_group);
+            self.slots.release(&op.spec);
         }
         st.bytes = st.checkpoint;
     }
@@ -224,7 +224,13 @@ impl Op {
             Status::Idle => StatusReason::WaitingForSlot,
             _ => StatusReason::Unspecified,
         };
-        let hub = Hub::new(&spec.guid, &spec.transfer_group, progress, bus.clone());
+        let hub = Hub::new(
+            &spec.guid,
+            &spec.tenant,
+            &spec.transfer_group,
+            progress,
+            bus.clone(),
+        );
         Arc::new(Op {
             hub: Arc::new(hub),
             state: Mutex::new(OpState {

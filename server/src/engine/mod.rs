@@ -8,9 +8,11 @@
 //!   reads and watches.
 //! - `validate`: request limits and the checks of a new download's fields.
 //! - `download`: one download's state and the ONE function that changes a status.
-//! - `registry`: downloads by guid and by creation order, result-file claims and paging.
+//! - `registry`: downloads by guid and by creation order (also per tenant), result-file claims
+//!   and paging.
 //! - `queue`: the run queue, a type that keeps its order and its index in step.
-//! - `scheduler`: transfer slots, priorities and serialized groups.
+//! - `scheduler`: transfer slots, priorities and serialized groups (per tenant).
+//! - `tenants`: which downloads a caller's request covers, and per-tenant counts and quotas.
 //! - `transfer`: the task that transfers one download: attempts, retries, checkpoints, commit.
 //! - `retention`: forgetting finished downloads: DeleteDownload and `--retain-finished`.
 //! - `host`: host conditions (network, cost, constrained mode, disk) and their monitor.
@@ -33,6 +35,9 @@ mod queue;
 mod registry;
 mod retention;
 mod scheduler;
+#[cfg(test)]
+mod tenant_tests;
+mod tenants;
 mod transfer;
 mod validate;
 
@@ -53,6 +58,7 @@ use crate::store::{self, Store};
 pub use commands::NewDownload;
 pub use host::Conditions;
 pub use retention::Deleted;
+pub(crate) use tenants::Scope;
 
 use download::Op;
 use host::Host;
@@ -284,7 +290,11 @@ mod fixtures {
         let mut core = Core {
             registry: Registry::default(),
             queue: RunQueue::default(),
-            slots: Slots::new(groups.iter().map(|(g, b)| (g.to_string(), *b))),
+            slots: Slots::new(groups.iter().map(|(g, b)| crate::store::StoredGroup {
+                tenant: crate::auth::Tenant::default(),
+                name: g.to_string(),
+                behavior: *b,
+            })),
             host: Host::new(Conditions::new(0, CostPolicy::Always)),
         };
         for op in ops {

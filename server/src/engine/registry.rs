@@ -1,15 +1,19 @@
 //! The registry: every download by guid and by creation order (the order of ListDownloads and
-//! its page tokens), the index of live (unfinished) downloads that conditions, reordering and
-//! creates walk, the result files claimed by unfinished downloads, and the lazy walk that
-//! feeds WatchDownloads its first snapshot.
+//! its page tokens), the same per tenant, the index of live (unfinished) downloads that
+//! conditions, reordering and creates walk, the result files claimed by unfinished downloads
+//! (and the claim a create makes, quota first), and the lazy walk that feeds WatchDownloads its first snapshot. Every lookup a caller makes
+//! goes through its scope: another tenant's download is not found.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 
 use super::download::Op;
-use super::{Core, DownloadView, Inner};
+use super::tenants::{Scope, TenantIndex};
+use super::{Core, DownloadView, Engine, Inner};
+use crate::auth::{Caller, Tenant};
 use crate::error::Error;
 use crate::operation::{DownloadSpec, Guid, Status, StatusReason};
+use crate::paths;
 use crate::progress::{self, Snapshot};
 
 /// Default page size of ListDownloads.
@@ -28,7 +32,10 @@ pub(super) struct Registry {
     /// [`Core::transition`]: what creates, condition changes and reordering walk, so their cost
     /// follows the live downloads and not every download ever stored.
     live: BTreeMap<u64, Arc<Op>>,
-    /// Result files claimed by unfinished downloads.
+    /// Per tenant: its downloads in creation order and its count of unfinished ones.
+    tenants: HashMap<Tenant, TenantIndex>,
+    /// Result files claimed by unfinished downloads, by where they land (see
+    /// [`DownloadSpec::resolved_path`]).
     claimed: HashMap<String, Guid>,
     /// The highest creation sequence handed out.
     last_seq: u64,
@@ -91,9 +98,11 @@ impl Registry {
         self.ops.get(guid).cloned()
     }
 
-    /// The download with this guid, or NOT_FOUND.
-    pub(super) fn find(&self, guid: &str) -> Result<Arc<Op>, Error> {
+    /// The download with this guid if `caller` may see it, or NOT_FOUND: another tenant's
+    /// download is answered exactly like a guid that never existed.
+    pub(super) fn find(&self, guid: &str, caller: &Caller) -> Result<Arc<Op>, Error> {
         self.get(guid)
+            .filter(|op| caller.sees(&op.spec.tenant))
             .ok_or_else(|| Error::NotFound { guid: guid.into() })
     }
 
@@ -107,30 +116,63 @@ impl Registry {
         self.live.values()
     }
 
-    /// The unfinished download that holds `path`, if any.
-    pub(super) fn holder(&self, path: &str) -> Option<&Guid> {
-        self.claimed.get(path)
+    /// The unfinished download that holds `resolved` (a path relative to the download
+    /// directory), if any.
+    pub(super) fn holder(&self, resolved: &str) -> Option<&Guid> {
+        self.claimed.get(resolved)
     }
 
-    /// Claims `path` for `guid` and hands out the next creation sequence. Called before the
-    /// store write, so a concurrent create cannot take the same file meanwhile.
-    pub(super) fn reserve(&mut self, path: &str, guid: &Guid) -> u64 {
-        self.claimed.insert(path.to_string(), guid.clone());
+    /// Refuses a new download of `tenant` when it has `limit` unfinished ones already, those
+    /// being created included.
+    pub(super) fn check_quota(&self, tenant: &Tenant, limit: Option<u64>) -> Result<(), Error> {
+        match self.tenants.get(tenant) {
+            Some(index) => index.check_quota(tenant, limit),
+            None => TenantIndex::default().check_quota(tenant, limit),
+        }
+    }
+
+    /// Claims `resolved` for `guid` of `tenant` and hands out the next creation sequence; the
+    /// create counts against its tenant's quota until [`Registry::settle`]. Called before the
+    /// store write, so a concurrent create cannot take the same file, or the last place under
+    /// the quota, meanwhile.
+    pub(super) fn reserve(&mut self, resolved: String, guid: &Guid, tenant: &Tenant) -> u64 {
+        self.claimed.insert(resolved, guid.clone());
+        self.tenants.entry(tenant.clone()).or_default().pending += 1;
         self.last_seq += 1;
         self.last_seq
+    }
+
+    /// A reserved create of `tenant` was added, or given up: it no longer counts as pending.
+    pub(super) fn settle(&mut self, tenant: &Tenant) {
+        if let Some(index) = self.tenants.get_mut(tenant) {
+            index.pending = index.pending.saturating_sub(1);
+            if index.is_empty() {
+                self.tenants.remove(tenant);
+            }
+        }
     }
 
     /// Forgets a download as live: it reached a terminal status. Only [`Core::transition`]
     /// calls this, so the live index holds exactly the unfinished downloads.
     pub(super) fn retire(&mut self, spec: &DownloadSpec) {
-        self.live.remove(&spec.seq);
+        self.unlive(spec);
         self.release_claim(spec);
+    }
+
+    /// Takes a download out of the live index and its tenant's live count.
+    fn unlive(&mut self, spec: &DownloadSpec) {
+        if self.live.remove(&spec.seq).is_some()
+            && let Some(index) = self.tenants.get_mut(&spec.tenant)
+        {
+            index.live = index.live.saturating_sub(1);
+        }
     }
 
     /// Gives a result file back (its download finished, or was never stored).
     pub(super) fn release_claim(&mut self, spec: &DownloadSpec) {
-        if self.claimed.get(&spec.result_file) == Some(&spec.guid) {
-            self.claimed.remove(&spec.result_file);
+        let resolved = spec.resolved_path();
+        if self.claimed.get(&resolved) == Some(&spec.guid) {
+            self.claimed.remove(&resolved);
         }
     }
 
@@ -139,36 +181,72 @@ impl Registry {
     pub(super) fn remove(&mut self, guid: &str) -> Option<Arc<Op>> {
         let op = self.ops.remove(guid)?;
         self.by_seq.remove(&op.spec.seq);
-        self.live.remove(&op.spec.seq);
+        self.unlive(&op.spec);
         self.release_claim(&op.spec);
+        if let Some(index) = self.tenants.get_mut(&op.spec.tenant) {
+            index.seqs.remove(&op.spec.seq);
+            if index.is_empty() {
+                self.tenants.remove(&op.spec.tenant);
+            }
+        }
         Some(op)
     }
 
-    /// A page of downloads (of one group, or all) and whether more follow. A page that starts
-    /// after a download not yet created was never handed out.
+    /// A page of the downloads in `scope` (of one group, or all) and whether more follow. A
+    /// page that starts after the last download the scope ever held was never handed out. A
+    /// tenant's page reads that tenant's downloads only.
     pub(super) fn page(
         &self,
+        scope: &Scope,
         group: Option<&str>,
         page: PageRequest,
     ) -> Result<(Vec<Arc<Op>>, bool), Error> {
-        if page.after > self.last_seq {
+        if page.after > self.last_seq_in(scope) {
             return Err(not_issued(&page.after.to_string()));
         }
         let mut matching = self
-            .by_seq
-            .range(page.after + 1..)
-            .map(|(_, listed)| &listed.op)
+            .in_scope(scope, page.after)
+            .map(|listed| &listed.op)
             .filter(|op| group.is_none_or(|g| op.spec.transfer_group == g));
         let downloads: Vec<Arc<Op>> = matching.by_ref().take(page.size).cloned().collect();
         let more = matching.next().is_some();
         Ok((downloads, more))
     }
 
-    /// The unfinished downloads of a transfer group.
-    pub(super) fn live_members(&self, group: &str) -> Vec<Arc<Op>> {
+    /// The highest creation sequence the scope ever held (among what is loaded).
+    fn last_seq_in(&self, scope: &Scope) -> u64 {
+        match scope.tenant() {
+            None => self.last_seq,
+            Some(t) => self.tenants.get(t).map_or(0, |index| index.last_seq),
+        }
+    }
+
+    /// The downloads in `scope` after creation sequence `after`, in creation order, read from
+    /// the scope's own index.
+    fn in_scope<'a>(
+        &'a self,
+        scope: &Scope,
+        after: u64,
+    ) -> Box<dyn Iterator<Item = &'a Listed> + 'a> {
+        match scope.tenant() {
+            None => Box::new(self.by_seq.range(after + 1..).map(|(_, listed)| listed)),
+            Some(t) => match self.tenants.get(t) {
+                None => Box::new(std::iter::empty()),
+                Some(index) => Box::new(
+                    index
+                        .seqs
+                        .range(after + 1..)
+                        .filter_map(|seq| self.by_seq.get(seq)),
+                ),
+            },
+        }
+    }
+
+    /// The unfinished downloads of a tenant's transfer group.
+    pub(super) fn live_members(&self, tenant: &Tenant, group: &str) -> Vec<Arc<Op>> {
         self.live
             .values()
-            .filter(|o| o.spec.transfer_group == group)
+            .filter(|o| o.spec.tenant == *tenant && o.spec.transfer_group == group)
             .cloned()
             .collect()
     }
@@ -178,20 +256,20 @@ impl Registry {
         self.added
     }
 
-    /// Up to `limit` downloads (of one group, or all) added by `mark`, in creation order after
-    /// creation sequence `after`.
+    /// Up to `limit` downloads in `scope` (of one group, or all) added by `mark`, in creation
+    /// order after creation sequence `after`.
     fn walk_page(
         &self,
+        scope: &Scope,
         group: Option<&str>,
         mark: u64,
         after: u64,
         limit: usize,
     ) -> Vec<(u64, Arc<Op>)> {
-        self.by_seq
-            .range(after + 1..)
-            .filter(|(_, l)| l.added <= mark && group.is_none_or(|g| l.op.spec.transfer_group == g))
+        self.in_scope(scope, after)
+            .filter(|l| l.added <= mark && group.is_none_or(|g| l.op.spec.transfer_group == g))
             .take(limit)
-            .map(|(seq, l)| (*seq, l.op.clone()))
+            .map(|l| (l.op.spec.seq, l.op.clone()))
             .collect()
     }
 
@@ -204,9 +282,13 @@ impl Registry {
     }
 
     fn insert(&mut self, op: Arc<Op>, unfinished: bool) {
+        let index = self.tenants.entry(op.spec.tenant.clone()).or_default();
+        index.seqs.insert(op.spec.seq);
+        index.last_seq = index.last_seq.max(op.spec.seq);
         if unfinished {
+            index.live += 1;
             self.claimed
-                .insert(op.spec.result_file.clone(), op.spec.guid.clone());
+                .insert(op.spec.resolved_path(), op.spec.guid.clone());
             self.live.insert(op.spec.seq, op.clone());
         }
         self.last_seq = self.last_seq.max(op.spec.seq);
@@ -225,11 +307,12 @@ impl Registry {
 const WALK_PAGE_SIZE: usize = 256;
 
 /// WatchDownloads' first snapshot, read from the registry a page at a time as the client reads:
-/// every download (of one group, or all) added before the watcher subscribed.
+/// every download in scope (of one group, or all) added before the watcher subscribed.
 #[derive(Debug)]
 pub(super) struct SnapshotWalk {
     /// Weak, so an open stream does not keep a stopped engine alive.
     engine: Weak<Inner>,
+    scope: Scope,
     group: Option<String>,
     mark: u64,
 }
@@ -237,10 +320,11 @@ pub(super) struct SnapshotWalk {
 impl SnapshotWalk {
     /// A walk of what `engine` holds now. Call after subscribing to the bus, so every download
     /// added later is announced to the watcher.
-    pub(super) fn new(engine: &Arc<Inner>, group: Option<String>) -> SnapshotWalk {
+    pub(super) fn new(engine: &Arc<Inner>, scope: Scope, group: Option<String>) -> SnapshotWalk {
         let mark = super::lock_core(engine).registry.mark();
         SnapshotWalk {
             engine: Arc::downgrade(engine),
+            scope,
             group,
             mark,
         }
@@ -253,6 +337,7 @@ impl progress::Catalog for SnapshotWalk {
             return Vec::new();
         };
         let page = super::lock_core(&engine).registry.walk_page(
+            &self.scope,
             self.group.as_deref(),
             self.mark,
             after,
@@ -287,10 +372,65 @@ impl Core {
     /// The download's view, telling "waiting for a slot" from "waiting for its group".
     pub(super) fn view(&self, op: &Op) -> DownloadView {
         let mut view = op.view();
-        if view.reason == StatusReason::WaitingForSlot && self.slots.busy(&op.spec.transfer_group) {
+        if view.reason == StatusReason::WaitingForSlot && self.slots.busy(&op.spec) {
             view.reason = StatusReason::WaitingForGroup;
         }
         view
+    }
+}
+
+impl Engine {
+    /// Checks the tenant's quota, then claims the result file (the one asked for, or one named
+    /// after the URI) and a creation sequence number before the store write, so a concurrent
+    /// create cannot take the same file, or the tenant's last place under its quota, while this
+    /// one is being stored. A path that exists is refused unless `replace`, and one that leads
+    /// out of the tenant's directory through a symlink always is. The path is the tenant's:
+    /// claims are compared where files land.
+    pub(super) fn claim_result_file(
+        &self,
+        caller: &Caller,
+        guid: &Guid,
+        uri: &url::Url,
+        requested: Option<String>,
+        replace: bool,
+    ) -> Result<(u64, String), Error> {
+        let download_dir = &self.inner.config.download_dir;
+        let tenant = &caller.tenant;
+        let mut core = self.lock();
+        core.registry
+            .check_quota(tenant, caller.max_live_downloads)?;
+        let result_file = match requested {
+            Some(path) => {
+                if let Some(holder) = core.registry.holder(&paths::resolved(tenant, &path)) {
+                    return Err(Error::ResultFileInUse {
+                        guid: holder.clone(),
+                        path,
+                    });
+                }
+                match paths::result_exists(download_dir, tenant, &path) {
+                    Err(reason) => return Err(Error::InvalidResultFile { path, reason }),
+                    Ok(true) if !replace => return Err(Error::ResultFileExists { path }),
+                    Ok(_) => path,
+                }
+            }
+            None => {
+                let name = paths::name_from_uri(uri);
+                let taken = core
+                    .registry
+                    .holder(&paths::resolved(tenant, &name))
+                    .is_some()
+                    || paths::result_exists(download_dir, tenant, &name) != Ok(false);
+                if taken {
+                    paths::with_guid_suffix(&name, guid)
+                } else {
+                    name
+                }
+            }
+        };
+        let seq = core
+            .registry
+            .reserve(paths::resolved(tenant, &result_file), guid, tenant);
+        Ok((seq, result_file))
     }
 }
 
@@ -319,7 +459,10 @@ mod tests {
             .collect();
         let mut core = core(&[], &ops);
         assert_eq!(live_guids(&core), ["g1", "g3", "g5"]);
-        assert_eq!(core.registry.live_members("grp").len(), 3);
+        assert_eq!(
+            core.registry.live_members(&Tenant::default(), "grp").len(),
+            3
+        );
         let moves = [
             (0, Status::Running, StatusReason::Unspecified),
             (2, Status::Idle, StatusReason::WaitingForSlot),
@@ -352,8 +495,15 @@ mod tests {
         );
         drop(st);
         assert_eq!(live_guids(&core), ["g3"]);
-        assert_eq!(core.registry.live_members("grp").len(), 1);
-        assert!(core.registry.live_members("other").is_empty());
+        assert_eq!(
+            core.registry.live_members(&Tenant::default(), "grp").len(),
+            1
+        );
+        assert!(
+            core.registry
+                .live_members(&Tenant::default(), "other")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -366,11 +516,27 @@ mod tests {
         core.add(op(3, "a", Priority::Default, Status::Idle));
         core.add(op(0, "a", Priority::Default, Status::Idle));
         let seqs = |page: Vec<(u64, Arc<Op>)>| page.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
-        assert_eq!(seqs(core.registry.walk_page(None, mark, 0, 10)), [1, 2]);
-        assert_eq!(seqs(core.registry.walk_page(None, mark, 0, 1)), [1]);
-        assert_eq!(seqs(core.registry.walk_page(None, mark, 1, 1)), [2]);
-        assert!(core.registry.walk_page(None, mark, 2, 1).is_empty());
-        assert_eq!(seqs(core.registry.walk_page(Some("a"), mark, 0, 10)), [2]);
+        assert_eq!(
+            seqs(core.registry.walk_page(&Scope::All, None, mark, 0, 10)),
+            [1, 2]
+        );
+        assert_eq!(
+            seqs(core.registry.walk_page(&Scope::All, None, mark, 0, 1)),
+            [1]
+        );
+        assert_eq!(
+            seqs(core.registry.walk_page(&Scope::All, None, mark, 1, 1)),
+            [2]
+        );
+        assert!(
+            core.registry
+                .walk_page(&Scope::All, None, mark, 2, 1)
+                .is_empty()
+        );
+        assert_eq!(
+            seqs(core.registry.walk_page(&Scope::All, Some("a"), mark, 0, 10)),
+            [2]
+        );
         assert!(core.registry.added_by("g1", mark) && core.registry.added_by("g2", mark));
         assert!(!core.registry.added_by("g3", mark) && !core.registry.added_by("g0", mark));
         assert!(!core.registry.added_by("nope", mark));

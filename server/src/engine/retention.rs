@@ -6,6 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{DownloadView, Engine};
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::operation::Status;
 use crate::paths;
@@ -49,10 +50,15 @@ impl Engine {
     /// its partial data. With `delete_file`, a COMPLETED download's result file is removed too,
     /// unless a later download committed to the same path since (the file is then that one's).
     /// A file replaced from outside transferd cannot be told apart from the committed one.
-    pub async fn delete(&self, guid: &str, delete_file: bool) -> Result<Deleted, Error> {
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        guid: &str,
+        delete_file: bool,
+    ) -> Result<Deleted, Error> {
         let (op, remove_file) = {
             let core = self.lock();
-            let op = core.registry.find(guid)?;
+            let op = core.registry.find(guid, caller)?;
             let (status, finished_at) = {
                 let st = op.lock();
                 (st.status(), st.finished_at())
@@ -64,8 +70,13 @@ impl Engine {
                     status,
                 });
             }
+            // Files are compared where they land: the default tenant's `media/x` is tenant
+            // media's `x`. The suffix test spares most downloads building their path.
+            let target = op.spec.resolved_path();
             let replaced_later = core.registry.all().any(|other| {
-                if other.spec.guid == op.spec.guid || other.spec.result_file != op.spec.result_file
+                if other.spec.guid == op.spec.guid
+                    || !target.ends_with(other.spec.result_file.as_str())
+                    || other.spec.resolved_path() != target
                 {
                     return false;
                 }
@@ -97,10 +108,11 @@ impl Engine {
         spec: &crate::operation::DownloadSpec,
     ) -> Result<bool, Error> {
         let dir = self.inner.config.download_dir.clone();
-        let file = spec.result_file.clone();
-        let removed = tokio::task::spawn_blocking(move || paths::remove_result_file(&dir, &file))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let (tenant, file) = (spec.tenant.clone(), spec.result_file.clone());
+        let removed =
+            tokio::task::spawn_blocking(move || paths::remove_result_file(&dir, &tenant, &file))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         removed.map_err(|e| Error::ResultFileNotRemoved {
             guid: spec.guid.clone(),
             path: spec.result_file.clone(),

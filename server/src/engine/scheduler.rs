@@ -11,59 +11,87 @@ use std::sync::Arc;
 use super::download::{Op, TaskHandle};
 use super::queue::QueueKey;
 use super::{Core, Engine};
-use crate::operation::{Behavior, Status, StatusReason};
+use crate::auth::Tenant;
+use crate::operation::{Behavior, DownloadSpec, Status, StatusReason};
+use crate::store::StoredGroup;
 
-/// Transfer tasks alive per transfer group, and which groups run one download at a time. A
-/// slot is held from the start of a transfer until its task has let go, which may be a little
-/// after a pause or cancel changed its status.
+/// Transfer tasks alive per transfer group, and which groups run one download at a time.
+/// Groups are per tenant: two tenants' groups of one name are two groups, so they are keyed by
+/// tenant first. A slot is held from the start of a transfer until its task has let go, which
+/// may be a little after a pause or cancel changed its status.
 #[derive(Debug, Default)]
 pub(super) struct Slots {
-    /// Tasks alive per group ("" for downloads without one); the total is their sum.
-    in_group: HashMap<String, usize>,
-    /// Groups whose behavior is SERIALIZED.
-    serialized: HashSet<String>,
+    /// Tasks alive per tenant and group ("" for downloads without one); the total is their sum.
+    in_group: HashMap<Tenant, HashMap<String, usize>>,
+    /// Groups whose behavior is SERIALIZED, per tenant.
+    serialized: HashMap<Tenant, HashSet<String>>,
 }
 
 impl Slots {
     /// Slots with these stored group behaviors and no task running.
-    pub(super) fn new(groups: impl IntoIterator<Item = (String, Behavior)>) -> Slots {
+    pub(super) fn new(groups: impl IntoIterator<Item = StoredGroup>) -> Slots {
         let mut slots = Slots::default();
-        for (group, behavior) in groups {
-            slots.set_behavior(&group, behavior);
+        for group in groups {
+            slots.set_behavior(&group.tenant, &group.name, group.behavior);
         }
         slots
     }
 
     /// Transfer tasks alive.
     pub(super) fn active(&self) -> usize {
-        self.in_group.values().sum()
+        self.in_group.values().flat_map(HashMap::values).sum()
     }
 
-    /// Whether `group` must wait: it is serialized and one of its downloads holds a slot.
-    pub(super) fn busy(&self, group: &str) -> bool {
-        self.serialized.contains(group) && self.in_group.contains_key(group)
+    /// Whether the download's group must wait: it is serialized and one of its downloads holds
+    /// a slot.
+    pub(super) fn busy(&self, spec: &DownloadSpec) -> bool {
+        let (tenant, group) = (&spec.tenant, spec.transfer_group.as_str());
+        self.serialized
+            .get(tenant)
+            .is_some_and(|s| s.contains(group))
+            && self
+                .in_group
+                .get(tenant)
+                .is_some_and(|g| g.contains_key(group))
     }
 
-    /// Sets how `group` runs its downloads.
-    pub(super) fn set_behavior(&mut self, group: &str, behavior: Behavior) {
+    /// Sets how `group` of `tenant` runs its downloads.
+    pub(super) fn set_behavior(&mut self, tenant: &Tenant, group: &str, behavior: Behavior) {
         match behavior {
-            Behavior::Parallel => self.serialized.remove(group),
-            Behavior::Serialized => self.serialized.insert(group.to_string()),
+            Behavior::Parallel => {
+                if let Some(groups) = self.serialized.get_mut(tenant) {
+                    groups.remove(group);
+                    if groups.is_empty() {
+                        self.serialized.remove(tenant);
+                    }
+                }
+            }
+            Behavior::Serialized => {
+                let groups = self.serialized.entry(tenant.clone()).or_default();
+                groups.insert(group.to_string());
+            }
+        }
+    }
+
+    /// A task of the download's group started.
+    pub(super) fn acquire(&mut self, spec: &DownloadSpec) {
+        let groups = self.in_group.entry(spec.tenant.clone()).or_default();
+        *groups.entry(spec.transfer_group.clone()).or_default() += 1;
+    }
+
+    /// A task of the download's group let go.
+    pub(super) fn release(&mut self, spec: &DownloadSpec) {
+        let Some(groups) = self.in_group.get_mut(&spec.tenant) else {
+            return;
         };
-    }
-
-    /// A task of `group` started.
-    pub(super) fn acquire(&mut self, group: &str) {
-        *self.in_group.entry(group.to_string()).or_default() += 1;
-    }
-
-    /// A task of `group` let go.
-    pub(super) fn release(&mut self, group: &str) {
-        if let Some(n) = self.in_group.get_mut(group) {
+        if let Some(n) = groups.get_mut(&spec.transfer_group) {
             *n -= 1;
             if *n == 0 {
-                self.in_group.remove(group);
+                groups.remove(&spec.transfer_group);
             }
+        }
+        if groups.is_empty() {
+            self.in_group.remove(&spec.tenant);
         }
     }
 }
@@ -87,7 +115,7 @@ impl Core {
             let Some(op) = self.registry.get(&key.guid) else {
                 continue;
             };
-            if self.slots.busy(&op.spec.transfer_group) {
+            if self.slots.busy(&op.spec) {
                 held.push(key);
                 continue;
             }
@@ -147,36 +175,68 @@ impl Engine {
 mod tests {
     use super::*;
 
+    fn spec(tenant: &str, group: &str) -> DownloadSpec {
+        let mut record = crate::store::conformance::record("g", 1);
+        record.spec.tenant = Tenant::new(tenant);
+        record.spec.transfer_group = group.into();
+        record.spec
+    }
+
+    fn stored(tenant: &str, name: &str, behavior: Behavior) -> StoredGroup {
+        StoredGroup {
+            tenant: Tenant::new(tenant),
+            name: name.into(),
+            behavior,
+        }
+    }
+
     #[test]
     fn serialized_groups_are_busy_while_a_task_holds_a_slot() {
         let mut slots = Slots::new([
-            ("s".to_string(), Behavior::Serialized),
-            ("p".to_string(), Behavior::Parallel),
+            stored("", "s", Behavior::Serialized),
+            stored("", "p", Behavior::Parallel),
         ]);
-        assert!(!slots.busy("s"));
-        slots.acquire("s");
-        slots.acquire("p");
-        slots.acquire("p");
-        slots.acquire("");
-        assert!(slots.busy("s"));
-        assert!(!slots.busy("p"));
-        assert!(!slots.busy(""));
+        let (s, p, none) = (spec("", "s"), spec("", "p"), spec("", ""));
+        assert!(!slots.busy(&s));
+        slots.acquire(&s);
+        slots.acquire(&p);
+        slots.acquire(&p);
+        slots.acquire(&none);
+        assert!(slots.busy(&s));
+        assert!(!slots.busy(&p));
+        assert!(!slots.busy(&none));
         assert_eq!(slots.active(), 4);
-        slots.release("s");
-        assert!(!slots.busy("s"));
+        slots.release(&s);
+        assert!(!slots.busy(&s));
         assert_eq!(slots.active(), 3);
         // A group made parallel while busy no longer holds its downloads back.
-        slots.acquire("s");
-        slots.set_behavior("s", Behavior::Parallel);
-        assert!(!slots.busy("s"));
-        slots.set_behavior("p", Behavior::Serialized);
-        assert!(slots.busy("p"));
+        slots.acquire(&s);
+        slots.set_behavior(&Tenant::default(), "s", Behavior::Parallel);
+        assert!(!slots.busy(&s));
+        slots.set_behavior(&Tenant::default(), "p", Behavior::Serialized);
+        assert!(slots.busy(&p));
+    }
+
+    #[test]
+    fn one_group_name_in_two_tenants_is_two_groups() {
+        let mut slots = Slots::new([stored("media", "nightly", Behavior::Serialized)]);
+        let (media, ml) = (spec("media", "nightly"), spec("ml", "nightly"));
+        slots.acquire(&media);
+        slots.acquire(&ml);
+        assert!(slots.busy(&media));
+        // ml's nightly is parallel, and media's busy group does not hold it back.
+        assert!(!slots.busy(&ml));
+        slots.set_behavior(&Tenant::new("ml"), "nightly", Behavior::Serialized);
+        assert!(slots.busy(&ml));
+        slots.release(&media);
+        assert!(!slots.busy(&media) && slots.busy(&ml));
+        assert_eq!(slots.active(), 1);
     }
 
     #[test]
     fn releasing_more_than_acquired_never_underflows() {
         let mut slots = Slots::default();
-        slots.release("g");
+        slots.release(&spec("", "g"));
         assert_eq!(slots.active(), 0);
     }
 }

@@ -363,13 +363,14 @@ impl Engine {
         let download_dir = self.inner.config.download_dir.clone();
         let DownloadSpec {
             guid,
+            tenant,
             result_file,
             replace_existing,
             ..
         } = op.spec.clone();
         let disk = |what: &str, e: std::io::Error| Failure::disk(what, &e);
         tokio::task::spawn_blocking(move || {
-            match paths::commit(&download_dir, &guid, &result_file, replace_existing) {
+            match paths::commit(&download_dir, &tenant, &guid, &result_file, replace_existing) {
                 Ok(()) => Ok(()),
                 Err(CommitError::Exists) => Err(Failure::fatal(TransferError {
                     message: format!(

@@ -232,6 +232,7 @@ impl From<DownloadView> for pb::DownloadOperation {
         let DownloadSpec {
             guid,
             seq: _,
+            tenant,
             result_file,
             transfer_group,
             expected_sha256,
@@ -269,6 +270,7 @@ impl From<DownloadView> for pb::DownloadOperation {
             status_reason: pb::StatusReason::from(reason).into(),
             max_bytes: max_bytes.unwrap_or(0),
             replace_existing,
+            tenant: tenant.name().to_string(),
         }
     }
 }

@@ -34,6 +34,8 @@ fn code(error: &Error) -> Code {
         | Error::NoGroup { .. }
         | Error::ResultFileNotRemoved { .. } => Code::FailedPrecondition,
         Error::ResultFileInUse { .. } | Error::ResultFileExists { .. } => Code::AlreadyExists,
+        Error::QuotaExceeded { .. } => Code::ResourceExhausted,
+        Error::OtherTenant { .. } => Code::PermissionDenied,
         Error::ShuttingDown => Code::Unavailable,
         Error::Storage(e) => store_status(e),
     }
@@ -76,9 +78,11 @@ mod tests {
             Error::Storage(_) => 10,
             Error::ResultFileExists { .. } => 11,
             Error::ResultFileNotRemoved { .. } => 12,
+            Error::QuotaExceeded { .. } => 13,
+            Error::OtherTenant { .. } => 14,
         }
     }
-    const VARIANTS: usize = 13;
+    const VARIANTS: usize = 15;
 
     /// One of each store error with its code. The store's errors are being reworked on another
     /// branch; this and [`store_status`] are what a merge swaps.
@@ -164,6 +168,20 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (Error::ShuttingDown, Code::Unavailable),
+            (
+                Error::QuotaExceeded {
+                    tenant: "media".into(),
+                    count: 100,
+                    limit: 100,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::OtherTenant {
+                    tenant: "ml".into(),
+                },
+                Code::PermissionDenied,
+            ),
             (
                 Error::ResultFileNotRemoved {
                     guid: guid(),

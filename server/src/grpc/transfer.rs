@@ -1,5 +1,6 @@
-//! `BackgroundTransferService`: the client API. Each handler converts its request, calls the
-//! engine and converts the answer; errors become status codes in [`super::status`].
+//! `BackgroundTransferService`: the client API. Each handler reads the call's [`Caller`],
+//! converts its request, calls the engine as that caller and converts the answer; errors become
+//! status codes in [`super::status`].
 
 use std::pin::Pin;
 
@@ -7,7 +8,8 @@ use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status as GrpcStatus};
 
 use super::convert;
-use crate::engine::{Engine, NewDownload};
+use crate::auth::Caller;
+use crate::engine::{Engine, NewDownload, Scope};
 use crate::pb::backgroundtransfer::v1 as pb;
 use pb::background_transfer_service_server::BackgroundTransferService;
 
@@ -35,8 +37,9 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::CreateDownloadRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let new = NewDownload::try_from(request.into_inner())?;
-        let view = self.engine.create(new).await?;
+        let view = self.engine.create(&caller, new).await?;
         Ok(Response::new(view.into()))
     }
 
@@ -44,20 +47,25 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::GetDownloadRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::GetDownloadRequest { guid } = request.into_inner();
-        Ok(Response::new(self.engine.get(&guid)?.into()))
+        Ok(Response::new(self.engine.get(&caller, &guid)?.into()))
     }
 
     async fn list_downloads(
         &self,
         request: Request<pb::ListDownloadsRequest>,
     ) -> Result<Response<pb::ListDownloadsResponse>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::ListDownloadsRequest {
             transfer_group,
             page_size,
             page_token,
+            tenant,
         } = request.into_inner();
+        let scope = Scope::of(&caller, tenant.as_deref())?;
         let page = self.engine.list(
+            &scope,
             transfer_group.as_deref(),
             usize::try_from(page_size).unwrap_or(usize::MAX),
             &page_token,
@@ -69,33 +77,46 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::PauseDownloadRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::PauseDownloadRequest { guid } = request.into_inner();
-        Ok(Response::new(self.engine.pause(&guid).await?.into()))
+        Ok(Response::new(
+            self.engine.pause(&caller, &guid).await?.into(),
+        ))
     }
 
     async fn resume_download(
         &self,
         request: Request<pb::ResumeDownloadRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::ResumeDownloadRequest { guid } = request.into_inner();
-        Ok(Response::new(self.engine.resume(&guid).await?.into()))
+        Ok(Response::new(
+            self.engine.resume(&caller, &guid).await?.into(),
+        ))
     }
 
     async fn cancel_download(
         &self,
         request: Request<pb::CancelDownloadRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::CancelDownloadRequest { guid } = request.into_inner();
-        Ok(Response::new(self.engine.cancel(&guid).await?.into()))
+        Ok(Response::new(
+            self.engine.cancel(&caller, &guid).await?.into(),
+        ))
     }
 
     async fn delete_download(
         &self,
         request: Request<pb::DeleteDownloadRequest>,
     ) -> Result<Response<pb::DeleteDownloadResponse>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::DeleteDownloadRequest { guid, delete_file } = request.into_inner();
         Ok(Response::new(
-            self.engine.delete(&guid, delete_file).await?.into(),
+            self.engine
+                .delete(&caller, &guid, delete_file)
+                .await?
+                .into(),
         ))
     }
 
@@ -105,10 +126,11 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::WatchDownloadRequest>,
     ) -> Result<Response<Self::WatchDownloadStream>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::WatchDownloadRequest { guid } = request.into_inner();
         let stream = self
             .engine
-            .watch(&guid)?
+            .watch(&caller, &guid)?
             .map(|item| item.map(Into::into).map_err(Into::into));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -119,8 +141,13 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::WatchDownloadsRequest>,
     ) -> Result<Response<Self::WatchDownloadsStream>, GrpcStatus> {
-        let pb::WatchDownloadsRequest { transfer_group } = request.into_inner();
-        let stream = self.engine.watch_all(transfer_group).map(|item| {
+        let caller = Caller::of(&request)?;
+        let pb::WatchDownloadsRequest {
+            transfer_group,
+            tenant,
+        } = request.into_inner();
+        let scope = Scope::of(&caller, tenant.as_deref())?;
+        let stream = self.engine.watch_all(scope, transfer_group).map(|item| {
             item.map(|(guid, message)| convert::event(guid, message))
                 .map_err(Into::into)
         });
@@ -131,8 +158,9 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::GetResponseInformationRequest>,
     ) -> Result<Response<pb::ResponseInformation>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::GetResponseInformationRequest { guid } = request.into_inner();
-        let info = self.engine.response_information(&guid)?;
+        let info = self.engine.response_information(&caller, &guid)?;
         Ok(Response::new(info.into()))
     }
 
@@ -140,9 +168,13 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::SetCostPolicyRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::SetCostPolicyRequest { guid, cost_policy } = request.into_inner();
         let cost_policy = convert::cost_policy(cost_policy)?;
-        let view = self.engine.set_cost_policy(&guid, cost_policy).await?;
+        let view = self
+            .engine
+            .set_cost_policy(&caller, &guid, cost_policy)
+            .await?;
         Ok(Response::new(view.into()))
     }
 
@@ -150,9 +182,10 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::SetPriorityRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::SetPriorityRequest { guid, priority } = request.into_inner();
         let priority = convert::priority(priority)?;
-        let view = self.engine.set_priority(&guid, priority).await?;
+        let view = self.engine.set_priority(&caller, &guid, priority).await?;
         Ok(Response::new(view.into()))
     }
 
@@ -160,6 +193,7 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::SetRequestHeaderRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::SetRequestHeaderRequest {
             guid,
             name,
@@ -168,7 +202,7 @@ impl BackgroundTransferService for TransferService {
         } = request.into_inner();
         let view = self
             .engine
-            .set_request_header(&guid, &name, &value, sensitive)
+            .set_request_header(&caller, &guid, &name, &value, sensitive)
             .await?;
         Ok(Response::new(view.into()))
     }
@@ -177,8 +211,12 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::RemoveRequestHeaderRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::RemoveRequestHeaderRequest { guid, name } = request.into_inner();
-        let view = self.engine.remove_request_header(&guid, &name).await?;
+        let view = self
+            .engine
+            .remove_request_header(&caller, &guid, &name)
+            .await?;
         Ok(Response::new(view.into()))
     }
 
@@ -186,6 +224,7 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::SetRequestedUriRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::SetRequestedUriRequest {
             guid,
             requested_uri,
@@ -195,7 +234,7 @@ impl BackgroundTransferService for TransferService {
         let headers = request_headers.into_iter().collect();
         let view = self
             .engine
-            .set_requested_uri(&guid, &requested_uri, &headers, &sensitive_headers)
+            .set_requested_uri(&caller, &guid, &requested_uri, &headers, &sensitive_headers)
             .await?;
         Ok(Response::new(view.into()))
     }
@@ -204,6 +243,7 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::SetTransferGroupBehaviorRequest>,
     ) -> Result<Response<pb::TransferGroup>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::SetTransferGroupBehaviorRequest {
             transfer_group,
             behavior,
@@ -211,7 +251,7 @@ impl BackgroundTransferService for TransferService {
         let behavior = convert::behavior(behavior)?;
         let behavior = self
             .engine
-            .set_group_behavior(&transfer_group, behavior)
+            .set_group_behavior(&caller, &transfer_group, behavior)
             .await?;
         Ok(Response::new(convert::transfer_group(
             transfer_group,
@@ -223,8 +263,9 @@ impl BackgroundTransferService for TransferService {
         &self,
         request: Request<pb::MakeCurrentInTransferGroupRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let pb::MakeCurrentInTransferGroupRequest { guid } = request.into_inner();
-        let view = self.engine.make_current_in_group(&guid).await?;
+        let view = self.engine.make_current_in_group(&caller, &guid).await?;
         Ok(Response::new(view.into()))
     }
 }

@@ -9,6 +9,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::{Event, FlagCursor, Lagged, Message, Snapshot};
+use crate::auth::Tenant;
 
 /// Where WatchDownloads reads its first snapshot: the downloads in scope when the watcher
 /// subscribed, a page at a time as the client reads, so an unread stream holds one page and
@@ -22,7 +23,25 @@ pub trait Catalog: Send + 'static {
     fn walked(&self, guid: &str) -> bool;
 }
 
-/// Streams every download's progress (or one group's): the current state of each, then every
+/// Which downloads a WatchDownloads stream follows: those of one tenant or of all (an admin's
+/// view), and of one group or all.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// The tenant whose downloads it follows; `None` follows every tenant's.
+    pub tenant: Option<Tenant>,
+    /// The transfer group whose downloads it follows; `None` follows every group's.
+    pub group: Option<String>,
+}
+
+impl Filter {
+    /// Whether a download of `tenant` in `group` passes.
+    pub fn passes(&self, tenant: &Tenant, group: &str) -> bool {
+        self.tenant.as_ref().is_none_or(|t| t == tenant)
+            && self.group.as_deref().is_none_or(|g| g == group)
+    }
+}
+
+/// Streams the progress of every download `filter` passes: the current state of each, then every
 /// change, until `shutdown` fires.
 ///
 /// `events` subscribed before `catalog` fixed its scope, so nothing published meanwhile is
@@ -33,7 +52,7 @@ pub trait Catalog: Send + 'static {
 pub fn watch_all(
     events: broadcast::Receiver<Event>,
     catalog: impl Catalog,
-    group: Option<String>,
+    filter: Filter,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<(Arc<str>, Message), Lagged>> + Send + 'static {
     let state = WatchAll {
@@ -43,7 +62,7 @@ pub fn watch_all(
         seen: HashMap::new(),
         pending: VecDeque::new(),
         done: false,
-        group,
+        filter,
         shutdown,
     };
     futures_util::stream::unfold(state, |mut st| async move {
@@ -89,7 +108,7 @@ struct WatchAll<C> {
     seen: HashMap<Arc<str>, Seen>,
     pending: VecDeque<Result<(Arc<str>, Message), Lagged>>,
     done: bool,
-    group: Option<String>,
+    filter: Filter,
     shutdown: CancellationToken,
 }
 
@@ -110,7 +129,7 @@ impl<C: Catalog> WatchAll<C> {
 
     /// Queues what an event tells this watcher, if anything.
     fn on_event(&mut self, event: Event) {
-        if self.group.as_deref().is_some_and(|g| *g != *event.group) {
+        if !self.filter.passes(&event.tenant, &event.group) {
             return;
         }
         let snapshot = event.snapshot;
@@ -182,11 +201,18 @@ mod tests {
         let bus = Bus::default();
         let a = Arc::new(Hub::new(
             &"a".to_string(),
+            &Tenant::default(),
             "g1",
             p(0, Status::Idle),
             bus.clone(),
         ));
-        let b = Hub::new(&"b".to_string(), "g2", p(0, Status::Idle), bus.clone());
+        let b = Hub::new(
+            &"b".to_string(),
+            &Tenant::default(),
+            "g2",
+            p(0, Status::Idle),
+            bus.clone(),
+        );
         let events = bus.subscribe();
         // Published after subscribing but before the current states were read: the version
         // tells the watcher it already has it.
@@ -194,7 +220,10 @@ mod tests {
         let mut stream = Box::pin(watch_all(
             events,
             hubs(vec![a.clone()], 10),
-            Some("g1".into()),
+            Filter {
+                tenant: None,
+                group: Some("g1".into()),
+            },
             CancellationToken::new(),
         ));
         let (guid, first) = stream.next().await.unwrap().unwrap();
@@ -213,7 +242,13 @@ mod tests {
         let bus = Bus::default();
         let all: Vec<Arc<Hub>> = (0..DOWNLOADS)
             .map(|i| {
-                let hub = Hub::new(&format!("d{i}"), "", p(0, Status::Idle), bus.clone());
+                let hub = Hub::new(
+                    &format!("d{i}"),
+                    &Tenant::default(),
+                    "",
+                    p(0, Status::Idle),
+                    bus.clone(),
+                );
                 Arc::new(hub)
             })
             .collect();
@@ -223,7 +258,12 @@ mod tests {
         let events = bus.subscribe();
         let catalog = hubs(all.clone(), PAGE);
         let pages_read = catalog.pages_read.clone();
-        let mut stream = Box::pin(watch_all(events, catalog, None, CancellationToken::new()));
+        let mut stream = Box::pin(watch_all(
+            events,
+            catalog,
+            Filter::default(),
+            CancellationToken::new(),
+        ));
         // Nothing is read before the client reads.
         assert_eq!(pages_read.load(std::sync::atomic::Ordering::SeqCst), 0);
         let (guid, _) = stream.next().await.unwrap().unwrap();
@@ -236,7 +276,13 @@ mod tests {
         all[DOWNLOADS - 1].publish(p(0, Status::PausedByApplication), 0, 0);
         all[3].announce();
         all[DOWNLOADS - 1].announce();
-        let late = Hub::new(&"late".to_string(), "", p(0, Status::Idle), bus.clone());
+        let late = Hub::new(
+            &"late".to_string(),
+            &Tenant::default(),
+            "",
+            p(0, Status::Idle),
+            bus.clone(),
+        );
         late.announce();
 
         let mut rest = Vec::new();

@@ -3,13 +3,14 @@
 //! keeps it. A backend supplies a [`Fixture`] (how to open, reopen and age its store) and runs
 //! every case with one line: `conformance::suite!(MyFixture);`.
 
+use crate::auth::Tenant;
 use crate::operation::{
     Behavior, CostPolicy, DownloadSpec, ErrorReason, Priority, ResponseInfo, Settings, Status,
     TransferError, Validators,
 };
 use std::time::{Duration, SystemTime};
 
-use crate::store::{Record, Store, StoreError};
+use crate::store::{Record, Store, StoreError, StoredGroup};
 
 /// How the suite sets up one backend.
 pub(crate) trait Fixture: Sized {
@@ -62,6 +63,7 @@ pub(crate) fn record(guid: &str, seq: u64) -> Record {
         spec: DownloadSpec {
             guid: guid.into(),
             seq,
+            tenant: Tenant::default_tenant(),
             result_file: format!("{guid}.bin"),
             transfer_group: String::new(),
             expected_sha256: None,
@@ -96,6 +98,7 @@ fn full_record(guid: &str, seq: u64) -> Record {
         spec: DownloadSpec {
             guid: guid.into(),
             seq,
+            tenant: Tenant::new("médiä"),
             result_file: "dir/ünïcode file.bin".into(),
             transfer_group: "nightly".into(),
             expected_sha256: Some("ab".repeat(32)),
@@ -275,23 +278,38 @@ pub(crate) async fn live_setting_edits_are_saved<F: Fixture>() {
     let mut other_spec = a.clone();
     other_spec.spec.result_file = "elsewhere.bin".into();
     other_spec.spec.transfer_group = "g".into();
+    other_spec.spec.tenant = Tenant::new("other");
     store.save(&other_spec).await.unwrap();
     drop(store);
     assert_eq!(load_all(&*reopen(&fixture).await).await, vec![a]);
 }
 
-/// Group behaviors are saved, overwritten by the latest, and loaded in name order.
+/// Group behaviors are saved, overwritten by the latest, and loaded in (tenant, name) order;
+/// one name in two tenants is two groups.
 pub(crate) async fn groups_are_saved_overwritten_and_loaded<F: Fixture>() {
     let (fixture, store) = F::open().await;
     assert_eq!(store.load_groups().await.unwrap(), vec![]);
-    store.save_group("b", Behavior::Serialized).await.unwrap();
-    store.save_group("a", Behavior::Serialized).await.unwrap();
-    store.save_group("c", Behavior::Serialized).await.unwrap();
-    store.save_group("b", Behavior::Parallel).await.unwrap();
+    let (default, media) = (Tenant::default_tenant(), Tenant::new("media"));
+    let saves = [
+        (&default, "b", Behavior::Serialized),
+        (&media, "b", Behavior::Serialized),
+        (&default, "a", Behavior::Serialized),
+        (&default, "c", Behavior::Serialized),
+        (&default, "b", Behavior::Parallel),
+    ];
+    for (tenant, name, behavior) in saves {
+        store.save_group(tenant, name, behavior).await.unwrap();
+    }
+    let group = |tenant: &Tenant, name: &str, behavior| StoredGroup {
+        tenant: tenant.clone(),
+        name: name.into(),
+        behavior,
+    };
     let expected = vec![
-        ("a".to_string(), Behavior::Serialized),
-        ("b".to_string(), Behavior::Parallel),
-        ("c".to_string(), Behavior::Serialized),
+        group(&default, "a", Behavior::Serialized),
+        group(&default, "b", Behavior::Parallel),
+        group(&default, "c", Behavior::Serialized),
+        group(&media, "b", Behavior::Serialized),
     ];
     assert_eq!(store.load_groups().await.unwrap(), expected);
     drop(store);

@@ -21,6 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::SystemTime;
 
+use crate::auth::Tenant;
 use crate::operation::{
     Behavior, DownloadSpec, Guid, ResponseInfo, Settings, Status, TransferError, Validators,
 };
@@ -88,6 +89,18 @@ pub struct Record {
     pub finished_at: Option<SystemTime>,
 }
 
+/// A transfer group whose behavior was set. Groups are per tenant: two tenants' groups of one
+/// name are two groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredGroup {
+    /// The tenant whose group it is.
+    pub tenant: Tenant,
+    /// The group's name within its tenant.
+    pub name: String,
+    /// How it runs its downloads.
+    pub behavior: Behavior,
+}
+
 /// A store call in flight.
 ///
 /// The trait returns boxed futures by hand rather than through the `async-trait` macro: it is
@@ -112,10 +125,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Replaces the stored state of an existing download; its spec stays as inserted. A guid
     /// never inserted is a [`StoreError::Conflict`].
     fn save<'a>(&'a self, record: &'a Record) -> StoreFuture<'a, ()>;
-    /// Every transfer group whose behavior was set, in name order.
-    fn load_groups(&self) -> StoreFuture<'_, Vec<(String, Behavior)>>;
-    /// Records how a transfer group runs, replacing what was recorded before.
-    fn save_group<'a>(&'a self, group: &'a str, behavior: Behavior) -> StoreFuture<'a, ()>;
+    /// Every transfer group whose behavior was set, in (tenant, name) order.
+    fn load_groups(&self) -> StoreFuture<'_, Vec<StoredGroup>>;
+    /// Records how a tenant's transfer group runs, replacing what was recorded before.
+    fn save_group<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        group: &'a str,
+        behavior: Behavior,
+    ) -> StoreFuture<'a, ()>;
     /// Forgets a download. `Ok(false)` if no download with this guid is stored (never stored,
     /// or already deleted), so of two concurrent deletes exactly one sees `true`.
     fn delete<'a>(&'a self, guid: &'a str) -> StoreFuture<'a, bool>;

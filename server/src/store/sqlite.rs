@@ -17,7 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, named_params};
 
-use super::{Record, Store, StoreError, StoreFuture};
+use super::{Record, Store, StoreError, StoreFuture, StoredGroup};
+use crate::auth::Tenant;
 use crate::operation::{Behavior, Guid};
 use row::{FIXED_COLUMNS, Row, STATE_COLUMNS};
 #[cfg(test)]
@@ -236,17 +237,21 @@ impl Store for SqliteStore {
         })
     }
 
-    fn load_groups(&self) -> StoreFuture<'_, Vec<(String, Behavior)>> {
+    fn load_groups(&self) -> StoreFuture<'_, Vec<StoredGroup>> {
         self.call(|conn| {
             let fail = |e| failed("reading transfer groups", e);
             let mut stmt = conn
-                .prepare_cached("SELECT name, behavior FROM transfer_groups ORDER BY name")
+                .prepare_cached(
+                    "SELECT tenant, name, behavior FROM transfer_groups ORDER BY tenant, name",
+                )
                 .map_err(fail)?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get("name")?, r.get("behavior")?)))
+                .query_map([], |r| {
+                    Ok((r.get("tenant")?, r.get("name")?, r.get("behavior")?))
+                })
                 .map_err(fail)?;
             rows.map(|row| {
-                let (name, code): (String, i64) = row.map_err(fail)?;
+                let (tenant, name, code): (String, String, i64) = row.map_err(fail)?;
                 let behavior = i32::try_from(code)
                     .ok()
                     .and_then(Behavior::from_code)
@@ -255,7 +260,11 @@ impl Store for SqliteStore {
                             "stored transfer group `{name}` is unreadable: unknown behavior {code}"
                         ))
                     })?;
-                Ok((name, behavior))
+                Ok(StoredGroup {
+                    tenant: Tenant::new(&tenant),
+                    name,
+                    behavior,
+                })
             })
             .collect()
         })
@@ -288,13 +297,19 @@ impl Store for SqliteStore {
         })
     }
 
-    fn save_group<'a>(&'a self, group: &'a str, behavior: Behavior) -> StoreFuture<'a, ()> {
-        let group = group.to_string();
+    fn save_group<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        group: &'a str,
+        behavior: Behavior,
+    ) -> StoreFuture<'a, ()> {
+        let (tenant, group) = (tenant.name().to_string(), group.to_string());
         self.call(move |conn| {
             conn.execute(
-                "INSERT INTO transfer_groups (name, behavior) VALUES (:name, :behavior) \
-                 ON CONFLICT(name) DO UPDATE SET behavior = excluded.behavior",
-                named_params! {":name": group, ":behavior": behavior.code()},
+                "INSERT INTO transfer_groups (tenant, name, behavior) \
+                 VALUES (:tenant, :name, :behavior) \
+                 ON CONFLICT(tenant, name) DO UPDATE SET behavior = excluded.behavior",
+                named_params! {":tenant": tenant, ":name": group, ":behavior": behavior.code()},
             )
             .map_err(|e| failed(&format!("saving transfer group `{group}`"), e))?;
             Ok(())

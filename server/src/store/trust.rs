@@ -14,15 +14,16 @@ use crate::paths;
 /// Checks the downloads of one load, one at a time, in any order.
 #[derive(Debug, Default)]
 pub struct LoadCheck {
-    /// Result files claimed by the unfinished downloads admitted so far.
+    /// Result files claimed by the unfinished downloads admitted so far, by where they land
+    /// (relative to the download directory, tenant directory included).
     claimed: HashMap<String, Guid>,
 }
 
 impl LoadCheck {
     /// Admits `record`, or refuses it as [`StoreError::Corrupt`] when it cannot be trusted: its
-    /// result path is not a plain path inside the download directory (in the normal form
-    /// transferd stores), or it is unfinished and another unfinished download already claims its
-    /// result file.
+    /// tenant cannot name a directory, its result path is not a plain path inside its tenant's
+    /// directory (in the normal form transferd stores), or it is unfinished and another
+    /// unfinished download already claims the file its result path resolves to.
     pub fn admit(&mut self, record: &Record) -> Result<(), StoreError> {
         let spec = &record.spec;
         let untrusted = |detail: String| {
@@ -31,6 +32,7 @@ impl LoadCheck {
                 spec.guid
             ))
         };
+        paths::check_tenant_dir(&spec.tenant).map_err(&untrusted)?;
         match paths::validate_result_file(&spec.result_file) {
             Ok(normal) if normal == spec.result_file => {}
             Ok(_) => {
@@ -44,13 +46,10 @@ impl LoadCheck {
         if record.status.is_terminal() {
             return Ok(());
         }
-        if let Some(other) = self
-            .claimed
-            .insert(spec.result_file.clone(), spec.guid.clone())
-        {
+        let resolved = spec.resolved_path();
+        if let Some(other) = self.claimed.insert(resolved.clone(), spec.guid.clone()) {
             return Err(untrusted(format!(
-                "unfinished download `{other}` claims the same result file `{}`",
-                spec.result_file
+                "unfinished download `{other}` claims the same result file `{resolved}`"
             )));
         }
         Ok(())
@@ -60,12 +59,18 @@ impl LoadCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Tenant;
     use crate::operation::Status;
 
     fn record(guid: &str, file: &str, status: Status) -> Record {
         let mut record = crate::store::conformance::record(guid, 1);
         record.spec.result_file = file.into();
         record.status = status;
+        record
+    }
+
+    fn in_tenant(tenant: &str, mut record: Record) -> Record {
+        record.spec.tenant = Tenant::new(tenant);
         record
     }
 
@@ -106,5 +111,36 @@ mod tests {
         );
         // Finished downloads may share a file with anything: only one of them committed last.
         check.admit(&record("old", "f", Status::Canceled)).unwrap();
+    }
+
+    #[test]
+    fn claims_are_per_resolved_path() {
+        let mut check = LoadCheck::default();
+        check.admit(&record("a", "f", Status::Idle)).unwrap();
+        // One name in two tenants is two files.
+        check
+            .admit(&in_tenant("media", record("b", "f", Status::Idle)))
+            .unwrap();
+        check
+            .admit(&in_tenant("ml", record("c", "f", Status::Idle)))
+            .unwrap();
+        // The default tenant's `media/f` is tenant media's `f`: one file.
+        let message = refused(&mut check, &record("d", "media/f", Status::Idle));
+        assert!(
+            message.contains("`d`") && message.contains("`b`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn refuses_tenants_that_cannot_name_a_directory() {
+        for bad in ["..", ".transferd-partial", "a/b"] {
+            let r = in_tenant(bad, record("g1", "f", Status::Completed));
+            let message = refused(&mut LoadCheck::default(), &r);
+            assert!(
+                message.contains("`g1`") && message.contains("tenant"),
+                "{message}"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use rusqlite::ToSql;
 
 use super::schema;
+use crate::auth::Tenant;
 use crate::operation::{
     CostPolicy, DownloadSpec, ErrorReason, Priority, ResponseInfo, Settings, Status, TransferError,
     Validators,
@@ -57,6 +58,7 @@ row! {
     fixed {
         guid: String,
         seq: i64,
+        tenant: String,
         result_file: String,
         transfer_group: String,
         expected_sha256: Option<String>,
@@ -109,6 +111,7 @@ impl Row {
         let DownloadSpec {
             guid,
             seq,
+            tenant,
             result_file,
             transfer_group,
             expected_sha256,
@@ -126,6 +129,7 @@ impl Row {
         Row {
             guid: guid.clone(),
             seq: to_i64(*seq),
+            tenant: tenant.name().to_string(),
             result_file: result_file.clone(),
             transfer_group: transfer_group.clone(),
             expected_sha256: expected_sha256.clone(),
@@ -208,6 +212,7 @@ impl Row {
             spec: DownloadSpec {
                 guid: self.guid,
                 seq: to_u64(self.seq),
+                tenant: Tenant::new(&self.tenant),
                 result_file: self.result_file,
                 transfer_group: self.transfer_group,
                 expected_sha256: self.expected_sha256,

@@ -10,7 +10,7 @@ use crate::operation::Status;
 
 /// The schema version this build writes. A database with a higher one was written by a newer
 /// transferd and is refused rather than misread.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// Version 1: downloads and transfer groups.
 pub(super) const SCHEMA_V1: &str = "
@@ -68,6 +68,24 @@ const V2_TO_V3: &str = "
 ALTER TABLE downloads ADD COLUMN sensitive_headers TEXT NOT NULL DEFAULT '[]';
 ";
 
+/// Version 4 gives every download and transfer group a tenant; what was stored before belongs
+/// to the default tenant (the empty name). Groups are named per tenant, so the group table's
+/// key becomes (tenant, name): SQLite cannot change a primary key in place, so the table is
+/// copied.
+const V3_TO_V4: &str = "
+ALTER TABLE downloads ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+CREATE TABLE transfer_groups_v4 (
+    tenant    TEXT NOT NULL DEFAULT '',
+    name      TEXT NOT NULL,
+    behavior  INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+INSERT INTO transfer_groups_v4 (tenant, name, behavior)
+    SELECT '', name, behavior FROM transfer_groups;
+DROP TABLE transfer_groups;
+ALTER TABLE transfer_groups_v4 RENAME TO transfer_groups;
+";
+
 /// Brings a database at `version` (0 for a new one) to [`SCHEMA_VERSION`], one version per
 /// transaction, so an interrupted migration leaves the last completed version.
 pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
@@ -93,6 +111,12 @@ pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(V2_TO_V3)?;
         tx.pragma_update(None, "user_version", 3)?;
+        tx.commit()?;
+    }
+    if version < 4 {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(V3_TO_V4)?;
+        tx.pragma_update(None, "user_version", 4)?;
         tx.commit()?;
     }
     Ok(())
@@ -189,5 +213,57 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn version_2_is_migrated_and_everything_stored_belongs_to_the_default_tenant() {
+        use crate::auth::Tenant;
+        use crate::operation::Behavior;
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(SqliteStore::DB_FILE)).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch(&v1_row("live", 1, Status::Idle, 3))
+            .unwrap();
+        conn.execute_batch(V1_TO_V2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO transfer_groups VALUES ('nightly', 1); PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let loaded = store.load_page(0, 10).await.unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].spec.tenant, Tenant::default_tenant());
+        assert_eq!(
+            (
+                loaded[0].spec.result_file.as_str(),
+                loaded[0].checkpoint_bytes
+            ),
+            ("live.bin", 3)
+        );
+        let groups = store.load_groups().await.unwrap();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(
+            (
+                &groups[0].tenant,
+                groups[0].name.as_str(),
+                groups[0].behavior
+            ),
+            (&Tenant::default_tenant(), "nightly", Behavior::Serialized)
+        );
+        // The same group name in another tenant is another group.
+        let media = Tenant::new("media");
+        store
+            .save_group(&media, "nightly", Behavior::Parallel)
+            .await
+            .unwrap();
+        let groups = store.load_groups().await.unwrap();
+        assert_eq!(groups.len(), 2);
+        drop(store);
+        let conn = Connection::open(dir.path().join(SqliteStore::DB_FILE)).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 }
