@@ -481,3 +481,96 @@ fn hash_token_without_a_token_makes_one() {
     let tokens: Vec<String> = (0..2).map(made).collect();
     assert_ne!(tokens[0], tokens[1]);
 }
+
+/// The audit lines of the server's log, in order.
+fn audit_lines(server: &Server) -> Vec<String> {
+    server
+        .log()
+        .lines()
+        .filter(|line| line.contains(" audit: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_state_changing_call_leaves_one_audit_line_with_who_what_and_the_code() {
+    let h = Harness::start_with_tokens(ALL, &ADMIN, &[]).await;
+    let user = h.server.client_as(&USER).await;
+    let reader = h.server.client_as(&READER).await;
+    let anonymous = h.server.client().await;
+    h.origin.put(
+        "/a.bin",
+        Resource::new(test_bytes(64 * 1024, 4)).hold_after(1024),
+    );
+
+    let op = user
+        .create(create_request(&h.origin.url("/a.bin"), "a.bin"))
+        .await
+        .expect("a user creates");
+    h.wait_bytes(&op.guid, 1024).await;
+    user.pause(&op.guid).await.expect("a user pauses");
+    reader.get(&op.guid).await.expect("a reader reads");
+    let denied = reader.cancel(&op.guid).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let unauthenticated = anonymous
+        .create(create_request(&h.origin.url("/a.bin"), "b.bin"))
+        .await
+        .unwrap_err();
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+    let missing = user.resume("no-such-guid").await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    h.client
+        .set_network_conditions(Some(true), None)
+        .await
+        .expect("an admin sets the network");
+
+    let lines = audit_lines(&h.server);
+    let expected = [
+        (
+            "ingest-worker",
+            "media",
+            "CreateDownload",
+            op.guid.as_str(),
+            "Ok",
+        ),
+        (
+            "ingest-worker",
+            "media",
+            "PauseDownload",
+            op.guid.as_str(),
+            "Ok",
+        ),
+        (
+            "dashboard",
+            "media",
+            "CancelDownload",
+            "-",
+            "PermissionDenied",
+        ),
+        ("-", "-", "CreateDownload", "-", "Unauthenticated"),
+        (
+            "ingest-worker",
+            "media",
+            "ResumeDownload",
+            "no-such-guid",
+            "NotFound",
+        ),
+        ("ops", "media", "SetNetworkConditions", "-", "Ok"),
+    ];
+    assert_eq!(
+        lines.len(),
+        expected.len(),
+        "reads are not audited: {lines:#?}"
+    );
+    for (line, (caller, tenant, method, subject, code)) in lines.iter().zip(expected) {
+        for field in [
+            format!("caller=\"{caller}\""),
+            format!("tenant=\"{tenant}\""),
+            format!("method={method}"),
+            format!("subject={subject}"),
+            format!("code={code}"),
+        ] {
+            assert!(line.contains(&field), "{field} missing from {line}");
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The layer in front of every route that decides who is calling and whether they may: it
 //! authenticates the call's bearer token against the token file, puts the resulting [`Caller`]
-//! in the request's extensions, and checks the caller's role against the table in `roles.rs`.
+//! in the request's extensions, checks the caller's role against the table in `roles.rs`, and
+//! writes the audit line of every call that could change state (`audit.rs`).
 //! A tower layer rather than a tonic interceptor, because it needs the method path.
 //!
 //! Without a token file every call runs as [`Caller::local`] (an admin), as before
@@ -14,6 +15,7 @@ use tonic::Status;
 use tonic::codegen::Service;
 use tonic::codegen::http::{Request, Response, header::AUTHORIZATION};
 
+use super::audit::{Audit, Audited};
 use super::roles::{self, Access};
 use crate::auth::Caller;
 use crate::auth::tokens::TokenFile;
@@ -59,7 +61,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<std::future::Ready<Result<S::Response, S::Error>>, S::Future>;
+    type Future = Either<std::future::Ready<Result<S::Response, S::Error>>, Audited<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -67,23 +69,36 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let path = request.uri().path();
-        let access = roles::access(path);
-        let verdict = match access {
-            Access::Open => Ok(None),
+        let method = roles::method_name(path);
+        let (caller, verdict) = match roles::access(path) {
+            Access::Open => (None, Ok(())),
             Access::AtLeast(least) => {
-                identify(self.tokens.as_deref(), request.headers().get(AUTHORIZATION))
-                    .and_then(|caller| permit(caller, least, roles::method_name(path)))
-                    .map(Some)
+                match identify(self.tokens.as_deref(), request.headers().get(AUTHORIZATION)) {
+                    Ok(caller) => {
+                        let verdict = permit(&caller, least, method);
+                        (Some(caller), verdict)
+                    }
+                    Err(refused) => (None, Err(refused)),
+                }
             }
         };
+        let audit = roles::changes_state(path).then(|| Audit::start(caller.as_ref(), method));
         match verdict {
-            Ok(caller) => {
+            Ok(()) => {
+                if let Some(audit) = &audit {
+                    request.extensions_mut().insert(audit.subject());
+                }
                 if let Some(caller) = caller {
                     request.extensions_mut().insert(caller);
                 }
-                Either::Right(self.inner.call(request))
+                Either::Right(Audited::new(self.inner.call(request), audit))
             }
-            Err(status) => Either::Left(std::future::ready(Ok(status.into_http()))),
+            Err(status) => {
+                if let Some(audit) = audit {
+                    audit.finish(status.code());
+                }
+                Either::Left(std::future::ready(Ok(status.into_http())))
+            }
         }
     }
 }
@@ -116,10 +131,10 @@ fn identify(
         .ok_or_else(|| Status::unauthenticated("unknown token"))
 }
 
-/// `caller` if its role is at least `least`, or PERMISSION_DENIED naming the role needed.
-fn permit(caller: Caller, least: crate::auth::Role, method: &str) -> Result<Caller, Status> {
+/// Whether `caller`'s role is at least `least`; PERMISSION_DENIED naming the role needed if not.
+fn permit(caller: &Caller, least: crate::auth::Role, method: &str) -> Result<(), Status> {
     if caller.role >= least {
-        return Ok(caller);
+        return Ok(());
     }
     Err(Status::permission_denied(format!(
         "{method} needs role {}; this token ({}) has role {}",

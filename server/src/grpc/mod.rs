@@ -6,6 +6,7 @@
 //! [`routes`] gathers everything the server serves, so a layer that applies to every call (auth,
 //! metrics, load shedding) is added in one place.
 
+pub mod audit;
 pub(crate) mod codec;
 mod convert;
 mod identify;

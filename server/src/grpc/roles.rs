@@ -61,6 +61,16 @@ pub(crate) fn access(path: &str) -> Access {
         })
 }
 
+/// Whether a call to `path` could change state, and so is audited: every method that needs
+/// more than the reader role, except the admin's read of the system status. A method missing
+/// from the table counts as changing state.
+pub(crate) fn changes_state(path: &str) -> bool {
+    match access(path) {
+        Access::Open | Access::AtLeast(Role::Reader) => false,
+        Access::AtLeast(_) => method_name(path) != "GetSystemStatus",
+    }
+}
+
 /// The method's name without its service, for messages.
 pub(crate) fn method_name(path: &str) -> &str {
     split(path).1
@@ -133,5 +143,10 @@ mod tests {
         assert_eq!(access("/x.Y/Z"), Access::AtLeast(Role::Admin));
         assert_eq!(access("/grpc.healthy/Check"), Access::AtLeast(Role::Admin));
         assert_eq!(method_name(&path("PauseDownload")), "PauseDownload");
+        assert!(changes_state(&path("CreateDownload")) && changes_state(&path("NewThing")));
+        assert!(changes_state(&format!("/{SYSTEM}/SetNetworkConditions")));
+        assert!(!changes_state(&path("GetDownload")) && !changes_state(&path("WatchDownloads")));
+        assert!(!changes_state(&format!("/{SYSTEM}/GetSystemStatus")));
+        assert!(!changes_state("/grpc.health.v1.Health/Check"));
     }
 }

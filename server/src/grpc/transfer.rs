@@ -7,6 +7,7 @@ use std::pin::Pin;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status as GrpcStatus};
 
+use super::audit::Subject;
 use super::convert;
 use crate::auth::Caller;
 use crate::engine::{Engine, NewDownload, Scope};
@@ -38,8 +39,10 @@ impl BackgroundTransferService for TransferService {
         request: Request<pb::CreateDownloadRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
         let caller = Caller::of(&request)?;
+        let subject = Subject::of(&request);
         let new = NewDownload::try_from(request.into_inner())?;
         let view = self.engine.create(&caller, new).await?;
+        subject.set(&view.spec.guid);
         Ok(Response::new(view.into()))
     }
 
@@ -78,6 +81,7 @@ impl BackgroundTransferService for TransferService {
         request: Request<pb::PauseDownloadRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
         let caller = Caller::of(&request)?;
+        Subject::of(&request).set(&request.get_ref().guid);
         let pb::PauseDownloadRequest { guid } = request.into_inner();
         Ok(Response::new(
             self.engine.pause(&caller, &guid).await?.into(),
@@ -89,6 +93,7 @@ impl BackgroundTransferService for TransferService {
         request: Request<pb::ResumeDownloadRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
         let caller = Caller::of(&request)?;
+        Subject::of(&request).set(&request.get_ref().guid);
         let pb::ResumeDownloadRequest { guid } = request.into_inner();
         Ok(Response::new(
             self.engine.resume(&caller, &guid).await?.into(),
@@ -100,6 +105,7 @@ impl BackgroundTransferService for TransferService {
         request: Request<pb::CancelDownloadRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
         let caller = Caller::of(&request)?;
+        Subject::of(&request).set(&request.get_ref().guid);
         let pb::CancelDownloadRequest { guid } = request.into_inner();
         Ok(Response::new(
             self.engine.cancel(&caller, &guid).await?.into(),
@@ -111,6 +117,7 @@ impl BackgroundTransferService for TransferService {
         request: Request<pb::DeleteDownloadRequest>,
     ) -> Result<Response<pb::DeleteDownloadResponse>, GrpcStatus> {
         let caller = Caller::of(&request)?;
+        Subject::of(&request).set(&request.get_ref().guid);
         let pb::DeleteDownloadRequest { guid, delete_file } = request.into_inner();
         Ok(Response::new(
             self.engine
@@ -169,6 +176,7 @@ impl BackgroundTransferService for TransferService {
         request: Request<pb::SetCostPolicyRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
         let caller = Caller::of(&request)?;
+        Subject::of(&request).set(&request.get_ref().guid);
         let pb::SetCostPolicyRequest { guid, cost_policy } = request.into_inner();
         let cost_policy = convert::cost_policy(cost_policy)?;
         let view = self
@@ -183,6 +191,7 @@ impl BackgroundTransferService for TransferService {
         request: Request<pb::SetPriorityRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
         let caller = Caller::of(&request)?;
+        Subject::of(&request).set(&request.get_ref().guid);
         let pb::SetPriorityRequest { guid, priority } = request.into_inner();
         let priority = convert::priority(priority)?;
         let view = self.engine.set_priority(&caller, &guid, priority).await?;
@@ -194,6 +203,7 @@ impl BackgroundTransferService for TransferService {
         request: Request<pb::SetRequestHeaderRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
         let caller = Caller::of(&request)?;
+        Subject::of(&request).set(&request.get_ref().guid);
         let pb::SetRequestHeaderRequest {
             guid,
             name,
@@ -212,6 +222,7 @@ impl BackgroundTransferService for TransferService {
         request: Request<pb::RemoveRequestHeaderRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
         let caller = Caller::of(&request)?;
+        Subject::of(&request).set(&request.get_ref().guid);
         let pb::RemoveRequestHeaderRequest { guid, name } = request.into_inner();
         let view = self
             .engine
@@ -225,6 +236,7 @@ impl BackgroundTransferService for TransferService {
         request: Request<pb::SetRequestedUriRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
         let caller = Caller::of(&request)?;
+        Subject::of(&request).set(&request.get_ref().guid);
         let pb::SetRequestedUriRequest {
             guid,
             requested_uri,
@@ -244,6 +256,7 @@ impl BackgroundTransferService for TransferService {
         request: Request<pb::SetTransferGroupBehaviorRequest>,
     ) -> Result<Response<pb::TransferGroup>, GrpcStatus> {
         let caller = Caller::of(&request)?;
+        Subject::of(&request).set(&request.get_ref().transfer_group);
         let pb::SetTransferGroupBehaviorRequest {
             transfer_group,
             behavior,
@@ -264,6 +277,7 @@ impl BackgroundTransferService for TransferService {
         request: Request<pb::MakeCurrentInTransferGroupRequest>,
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
         let caller = Caller::of(&request)?;
+        Subject::of(&request).set(&request.get_ref().guid);
         let pb::MakeCurrentInTransferGroupRequest { guid } = request.into_inner();
         let view = self.engine.make_current_in_group(&caller, &guid).await?;
         Ok(Response::new(view.into()))
