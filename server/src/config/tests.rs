@@ -97,8 +97,8 @@ fn an_empty_command_line_gives_the_defaults() {
     assert_eq!(c.max_file_size, 1 << 40);
     assert_eq!(CostPolicy::from(c.default_cost_policy), CostPolicy::Always);
     assert_eq!(c.max_inflight_calls, 1024);
-    assert_eq!(c.max_streams, 16_384);
-    assert_eq!(c.max_streams_per_tenant, 8_192);
+    assert_eq!(c.max_streams, 32_768);
+    assert_eq!(c.max_streams_per_tenant, 16_384);
     assert!(parse_positive("0").is_err());
     assert!(c.deny_egress.is_empty() && c.allow_egress.is_empty() && c.resolve.is_empty());
     assert_eq!((c.tls_cert, c.tls_key, c.tls_client_ca), (None, None, None));
