@@ -17,7 +17,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use crate::auth::Tenant;
@@ -358,42 +358,45 @@ fn escape(path: &str) -> io::Error {
 }
 
 /// Removes a finished download's result file (`result_file` of `tenant`, a validated relative
-/// path) for DeleteDownload. Returns whether a file was removed: nothing there, or something other than a
-/// regular file (a symlink or a directory someone put in its place is not what transferd
-/// committed), is left alone and is not an error. Refuses a file whose directory resolves
-/// outside the tenant's directory, and never follows a symlink in the last component (`remove_file`
-/// unlinks a link itself, and a link is skipped anyway). The checks and the removal are
-/// separate system calls; hardening against a directory swapped in between belongs here.
+/// path) for DeleteDownload. Returns whether a file was removed: nothing there, or something
+/// other than a regular file (a symlink or a directory someone put in its place is not what
+/// transferd committed), is left alone and is not an error. The file's directory is opened
+/// beneath the tenant's directory (so a symlink out of it is refused, with no window between
+/// check and use), and the file is unlinked by name inside that open directory, which never
+/// follows a symlink in the last component.
 pub fn remove_result_file(
     download_dir: &Path,
     tenant: &Tenant,
     result_file: &str,
-) -> std::io::Result<bool> {
+) -> io::Result<bool> {
     check_tenant_dir(tenant).map_err(io::Error::other)?;
-    let home = download_dir.join(tenant.name());
-    let target = home.join(result_file);
-    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
-        return Err(std::io::Error::other("result path has no file name"));
+    let (parent, name) = match result_file.rsplit_once('/') {
+        Some((parent, name)) => (parent, name),
+        None => ("", result_file),
     };
-    let parent = match parent.canonicalize() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        resolved => resolved?,
-    };
-    if !parent.starts_with(home.canonicalize()?) {
-        return Err(std::io::Error::other(format!(
-            "{} resolves outside its tenant's directory",
-            target.display()
-        )));
+    if name.is_empty() {
+        return Err(io::Error::other("result path has no file name"));
     }
-    let target = parent.join(name);
-    match std::fs::symlink_metadata(&target) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-        Ok(meta) if !meta.file_type().is_file() => return Ok(false),
+    let root = open_root(download_dir)?;
+    let dir = match open_dir_beneath(&root, tenant.name())
+        .and_then(|home| open_dir_beneath(&home, parent))
+    {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        opened => opened?,
+    };
+    match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+        Ok(stat) if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile => {
+            return Ok(false);
+        }
         Ok(_) => {}
     }
-    std::fs::remove_file(&target)?;
-    std::fs::File::open(&parent)?.sync_all()?;
+    match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
+        Err(Errno::NOENT) => return Ok(false),
+        removed => removed?,
+    }
+    rustix::fs::fsync(&dir)?;
     Ok(true)
 }
 
