@@ -181,6 +181,12 @@ pub struct Config {
           value_parser = parse_max_file_size)]
     pub max_file_size: u64,
 
+    /// Most body bytes per second of all running downloads together (e.g. 10MiB; 1KiB to 1TiB;
+    /// unset or 0: no limit), shared fairly: each running download gets an equal share, and
+    /// what a download limited below its share leaves is split among the others.
+    #[arg(long, env = "TRANSFERD_MAX_DOWNLOAD_RATE", value_parser = parse_rate)]
+    pub max_download_rate: Option<u64>,
+
     /// Retry budget: a download ends in ERROR after this many failed attempts in a row, none
     /// getting further into the file than any before. Connection faults, 5xx, 408 and 429 are retried; other HTTP
     /// errors (404, 403, ...) fail at once.
@@ -391,6 +397,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         ));
     }
     Ok(n)
+}
+
+/// A bandwidth limit in bytes/s: a size, 0 for none, else within [`crate::operation::RATE_LIMITS`].
+fn parse_rate(s: &str) -> Result<u64, String> {
+    crate::operation::rate_limit(parse_bytes(s)?).map(|limit| limit.unwrap_or(0))
 }
 
 fn parse_max_file_size(s: &str) -> Result<u64, String> {
@@ -660,6 +671,20 @@ mod tests {
         let allowed = parse(&["--listen", "0.0.0.0:1", "--allow-unauthenticated"]);
         assert!(allowed.allow_unauthenticated && allowed.check_exposure().is_ok());
         assert!(!parse(&[]).allow_unauthenticated && parse(&[]).auth_tokens.is_none());
+    }
+
+    #[test]
+    fn the_download_rate_is_unlimited_unless_given() {
+        assert_eq!(parse(&[]).max_download_rate, None);
+        assert_eq!(
+            parse(&["--max-download-rate", "10MiB"]).max_download_rate,
+            Some(10 << 20)
+        );
+        assert_eq!(parse(&["--max-download-rate", "0"]).max_download_rate, Some(0));
+        for bad in ["1023", "2TiB", "fast"] {
+            let e = refusal(&["--max-download-rate", bad]);
+            assert!(e.contains("--max-download-rate"), "{e}");
+        }
     }
 
     #[test]

@@ -259,14 +259,19 @@ impl Engine {
     /// One HTTP attempt from the latest checkpoint. A connect failure counts as "network down"
     /// only when the host has no route to the origin.
     async fn attempt(&self, op: &Arc<Op>, partial: &Path, stop: &CancellationToken) -> Outcome {
-        let (settings, checkpoint, validators, total) = {
+        let (settings, checkpoint, validators, total, lane) = {
             let mut st = op.lock();
             st.attempts += 1;
+            // Taken under the download's lock, as SetRateLimit changes the setting and the lane
+            // under it: a change lands either in the setting read here or on the lane.
+            let lane = (self.inner.throttle)
+                .lane(&op.spec.guid, st.settings.max_bytes_per_second);
             (
                 st.settings.clone(),
                 st.checkpoint,
                 st.validators.clone(),
                 st.total,
+                lane,
             )
         };
         let job = Job {
@@ -281,6 +286,7 @@ impl Engine {
                 .map_or(self.inner.config.max_file_size, |own| {
                     own.min(self.inner.config.max_file_size)
                 }),
+            lane: &lane,
         };
         let observer = Progressor { engine: self, op };
         let mut outcome = self.inner.fetcher.run(job, &observer, stop).await;

@@ -1,6 +1,11 @@
 //! Streaming a response body into the partial file: opening it at the resume offset, buffered
-//! writes, progress ticks, and the periodic fsync that lets the engine checkpoint what is
-//! durably on disk.
+//! writes, progress ticks, the bandwidth limit, the stall and low-speed rules, and the periodic
+//! fsync that lets the engine checkpoint what is durably on disk.
+//!
+//! The stall and low-speed rules judge the origin, so they count only time in which the origin
+//! could have sent: time spent waiting on transferd's own bandwidth limit (see [`super::throttle`])
+//! is left out of both. A download limited below `--min-speed` therefore never fails for it,
+//! while an origin that stops sending is still caught once the limit would let bytes through.
 
 use std::io::SeekFrom;
 use std::path::Path;
@@ -9,6 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 use tokio_util::sync::CancellationToken;
 
+use super::throttle::Lane;
 use super::{Failure, Observer};
 use crate::operation::{ErrorReason, TransferError};
 
@@ -56,7 +62,7 @@ pub(super) struct Expect {
     pub total: u64,
     /// Most bytes the file may have.
     pub max_bytes: u64,
-    /// The window the speed is averaged over.
+    /// The window the speed is averaged over, and the longest silence allowed.
     pub window: Duration,
     /// Lowest average speed over a window, bytes/s; 0 for none.
     pub min_speed: u64,
@@ -68,6 +74,8 @@ struct Speed {
     min_speed: u64,
     since: tokio::time::Instant,
     at_start: u64,
+    /// Time in this window spent waiting on our own bandwidth limit, not on the origin.
+    excused: Duration,
 }
 
 impl Speed {
@@ -77,7 +85,13 @@ impl Speed {
             min_speed: expect.min_speed,
             since: tokio::time::Instant::now(),
             at_start: expect.offset,
+            excused: Duration::ZERO,
         }
+    }
+
+    /// Leaves `waited` (time the bandwidth limit held reads back) out of the current window.
+    fn excuse(&mut self, waited: Duration) {
+        self.excused += waited;
     }
 
     /// A failure if the window that just ended brought too few bytes; starts the next window.
@@ -87,7 +101,8 @@ impl Speed {
             return None;
         }
         let got = received - self.at_start;
-        let needed = u128::from(self.min_speed) * elapsed.as_millis() / 1000;
+        let judged = elapsed.saturating_sub(std::mem::take(&mut self.excused));
+        let needed = u128::from(self.min_speed) * judged.as_millis() / 1000;
         self.since = now;
         self.at_start = received;
         (u128::from(got) < needed).then(|| {
@@ -127,11 +142,13 @@ pub(super) async fn open_partial(path: &Path, offset: u64) -> Result<tokio::fs::
 
 /// Writes the body into `file` (positioned at `expect.offset`) until it ends, fails, or `stop`
 /// fires; whatever arrived is flushed, fsynced and reported durable before returning. A body
-/// longer than it said, or than `max_bytes`, is cut off there.
+/// longer than it said, or than `max_bytes`, is cut off there. Reads wait for `lane`, the
+/// download's share of the bandwidth limits.
 pub(super) async fn stream_body<O: Observer>(
     mut response: reqwest::Response,
     file: tokio::fs::File,
     expect: Expect,
+    lane: &Lane,
     observer: &O,
     stop: &CancellationToken,
 ) -> Result<Streamed, Failure> {
@@ -141,9 +158,28 @@ pub(super) async fn stream_body<O: Observer>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_checkpoint = tokio::time::Instant::now();
     let mut speed = Speed::new(&expect);
+    // Since when the origin has been asked for bytes without sending any.
+    let mut silent_since = tokio::time::Instant::now();
     let end = loop {
+        if let Some(wait) = lane.wait() {
+            // The next read waits: unread bytes stay in the socket, and TCP flow control
+            // slows the origin down to the limit.
+            let began = tokio::time::Instant::now();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = ticker.tick() => observer.tick(),
+                () = stop.cancelled() => break End::Stopped,
+            }
+            let waited = began.elapsed();
+            speed.excuse(waited);
+            silent_since += waited;
+            continue;
+        }
         let chunk = tokio::select! {
             chunk = response.chunk() => chunk,
+            () = tokio::time::sleep_until(silent_since + expect.window) => {
+                break End::Failed(stalled(expect.window, received));
+            }
             _ = ticker.tick() => {
                 observer.tick();
                 match speed.check(received, tokio::time::Instant::now()) {
@@ -155,6 +191,8 @@ pub(super) async fn stream_body<O: Observer>(
         };
         match chunk {
             Ok(Some(mut bytes)) => {
+                silent_since = tokio::time::Instant::now();
+                lane.took(bytes.len() as u64);
                 let limit = expect.end.unwrap_or(u64::MAX).min(expect.max_bytes);
                 let overrun = (received + bytes.len() as u64).saturating_sub(limit);
                 if overrun > 0 {
@@ -200,6 +238,21 @@ pub(super) async fn stream_body<O: Observer>(
         End::Failed(e) => Err(e),
         End::Done => finished(&expect, received),
     }
+}
+
+/// The failure of a body whose origin sent nothing for `stall` while it was asked to. The
+/// fetcher times bodies itself rather than through the HTTP client's read timeout, which would
+/// also count the time the bandwidth limit holds reads back.
+fn stalled(stall: Duration, received: u64) -> Failure {
+    Failure::transient(TransferError {
+        message: format!(
+            "receiving the body failed after {received} bytes (timed out: the server sent \
+             nothing for {:.1}s; see --stall-timeout)",
+            stall.as_secs_f64()
+        ),
+        http_status: None,
+        reason: ErrorReason::Network,
+    })
 }
 
 /// The failure of a body that ran past its end or past `max_bytes`.
@@ -279,6 +332,18 @@ mod tests {
             cut.error.message,
             "the server closed the body after 400 of 1000 bytes"
         );
+    }
+
+    #[test]
+    fn time_held_back_by_the_bandwidth_limit_is_not_judged() {
+        let mut speed = Speed::new(&expect(None, 0));
+        speed.excuse(Duration::from_millis(950));
+        let end = speed.since + Duration::from_secs(1);
+        // 5 bytes in the 50 ms the origin was asked for any: 100 B/s, fast enough.
+        assert!(speed.check(5, end).is_none());
+        // The excuse covered that window only.
+        let next = end + Duration::from_secs(1);
+        assert!(speed.check(10, next).is_some());
     }
 
     #[test]

@@ -72,6 +72,7 @@ row! {
         sensitive_headers: String,
         priority: i64,
         cost_policy: i64,
+        max_bytes_per_second: Option<i64>,
         status: i64,
         checkpoint_bytes: i64,
         total_bytes: i64,
@@ -125,6 +126,7 @@ impl Row {
             sensitive_headers,
             priority,
             cost_policy,
+            max_bytes_per_second,
         } = settings;
         Row {
             guid: guid.clone(),
@@ -143,6 +145,7 @@ impl Row {
                 .expect("a set of strings always serialises"),
             priority: priority.code().into(),
             cost_policy: cost_policy.code().into(),
+            max_bytes_per_second: max_bytes_per_second.map(to_i64),
             status: status.code().into(),
             checkpoint_bytes: to_i64(*checkpoint_bytes),
             total_bytes: to_i64(*total_bytes),
@@ -180,6 +183,7 @@ impl Row {
         let (checkpoint_bytes, total_bytes, finished_at) = self.progress().map_err(&bad)?;
         let request_headers = headers_from_json(&self.request_headers).map_err(&bad)?;
         let (sensitive_headers, recoverable_web_error_statuses) = self.lists().map_err(&bad)?;
+        let max_bytes_per_second = self.rate_limit().map_err(&bad)?;
         let response = match self.response_status {
             None => None,
             Some(status_code) => Some(ResponseInfo {
@@ -226,6 +230,7 @@ impl Row {
                 sensitive_headers,
                 priority,
                 cost_policy,
+                max_bytes_per_second,
             },
             status,
             checkpoint_bytes,
@@ -245,6 +250,14 @@ impl Row {
 }
 
 impl Row {
+    /// The download's own bandwidth limit. A negative one is refused rather than read as none:
+    /// transferd never writes one.
+    fn rate_limit(&self) -> Result<Option<u64>, String> {
+        self.max_bytes_per_second
+            .map(|v| u64::try_from(v).map_err(|_| format!("bandwidth limit {v} is negative")))
+            .transpose()
+    }
+
     /// The header names marked sensitive, and the recoverable statuses: JSON lists.
     fn lists(&self) -> Result<(BTreeSet<String>, Vec<u16>), String> {
         let sensitive = serde_json::from_str(&self.sensitive_headers)
