@@ -680,7 +680,10 @@ mod tests {
             parse(&["--max-download-rate", "10MiB"]).max_download_rate,
             Some(10 << 20)
         );
-        assert_eq!(parse(&["--max-download-rate", "0"]).max_download_rate, Some(0));
+        assert_eq!(
+            parse(&["--max-download-rate", "0"]).max_download_rate,
+            Some(0)
+        );
         for bad in ["1023", "2TiB", "fast"] {
             let e = refusal(&["--max-download-rate", bad]);
             assert!(e.contains("--max-download-rate"), "{e}");

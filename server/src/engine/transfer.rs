@@ -264,8 +264,7 @@ impl Engine {
             st.attempts += 1;
             // Taken under the download's lock, as SetRateLimit changes the setting and the lane
             // under it: a change lands either in the setting read here or on the lane.
-            let lane = (self.inner.throttle)
-                .lane(&op.spec.guid, st.settings.max_bytes_per_second);
+            let lane = (self.inner.throttle).lane(&op.spec.guid, st.settings.max_bytes_per_second);
             (
                 st.settings.clone(),
                 st.checkpoint,

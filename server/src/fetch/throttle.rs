@@ -253,10 +253,7 @@ mod tests {
     #[test]
     fn shares_are_max_min_fair() {
         assert_eq!(rates(None, &[None, Some(5)]), vec![None, Some(5.0)]);
-        assert_eq!(
-            rates(Some(900), &[None, None, None]),
-            vec![Some(300.0); 3]
-        );
+        assert_eq!(rates(Some(900), &[None, None, None]), vec![Some(300.0); 3]);
         // A download limited below its share keeps its own limit; the rest is split.
         assert_eq!(
             rates(Some(900), &[Some(100), None, None]),
@@ -280,7 +277,11 @@ mod tests {
         let lane = throttle.lane("g", Some(1000));
         // A moment after the lane was made: the bucket holds next to nothing yet.
         let t0 = Instant::now();
-        assert_eq!(lane.wait_at(t0), None, "an empty bucket still allows a read");
+        assert_eq!(
+            lane.wait_at(t0),
+            None,
+            "an empty bucket still allows a read"
+        );
         lane.took_at(550, t0);
         // 550 bytes of debt at 1000 B/s: 550 ms, asked for in slices of MAX_WAIT.
         assert_eq!(lane.wait_at(t0), Some(MAX_WAIT));
