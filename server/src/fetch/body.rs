@@ -68,7 +68,8 @@ pub(super) struct Expect {
     pub min_speed: u64,
 }
 
-/// The low-speed rule: bytes received in each window, measured when the window is over.
+/// The rules that judge the origin: the low-speed rule (bytes received in each window,
+/// measured when the window is over) and the stall rule (no silence as long as a window).
 struct Speed {
     window: Duration,
     min_speed: u64,
@@ -76,6 +77,10 @@ struct Speed {
     at_start: u64,
     /// Time in this window spent waiting on our own bandwidth limit, not on the origin.
     excused: Duration,
+    /// Since when the origin has been asked for bytes without sending any.
+    silent_since: tokio::time::Instant,
+    /// Where the body has got to.
+    received: u64,
 }
 
 impl Speed {
@@ -86,16 +91,48 @@ impl Speed {
             since: tokio::time::Instant::now(),
             at_start: expect.offset,
             excused: Duration::ZERO,
+            silent_since: tokio::time::Instant::now(),
+            received: expect.offset,
         }
     }
 
-    /// Leaves `waited` (time the bandwidth limit held reads back) out of the current window.
+    /// Leaves `waited` (time the bandwidth limit held reads back) out of the current window
+    /// and out of the current silence.
     fn excuse(&mut self, waited: Duration) {
         self.excused += waited;
+        self.silent_since += waited;
+    }
+
+    /// The origin just sent bytes: the body has got to `received`.
+    fn heard(&mut self, received: u64) {
+        self.silent_since = tokio::time::Instant::now();
+        self.received = received;
+    }
+
+    /// When the current silence becomes a stall.
+    fn stalls_at(&self) -> tokio::time::Instant {
+        self.silent_since + self.window
+    }
+
+    /// The failure of a body whose origin sent nothing for a whole window while it was asked
+    /// to. The fetcher times bodies itself rather than through the HTTP client's read timeout,
+    /// which would also count the time the bandwidth limit holds reads back.
+    fn stalled(&self) -> Failure {
+        let received = self.received;
+        Failure::transient(TransferError {
+            message: format!(
+                "receiving the body failed after {received} bytes (timed out: the server sent \
+                 nothing for {:.1}s; see --stall-timeout)",
+                self.window.as_secs_f64()
+            ),
+            http_status: None,
+            reason: ErrorReason::Network,
+        })
     }
 
     /// A failure if the window that just ended brought too few bytes; starts the next window.
-    fn check(&mut self, received: u64, now: tokio::time::Instant) -> Option<Failure> {
+    fn check(&mut self, now: tokio::time::Instant) -> Option<Failure> {
+        let received = self.received;
         let elapsed = now.saturating_duration_since(self.since);
         if self.min_speed == 0 || elapsed < self.window {
             return None;
@@ -158,40 +195,14 @@ pub(super) async fn stream_body<O: Observer>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_checkpoint = tokio::time::Instant::now();
     let mut speed = Speed::new(&expect);
-    // Since when the origin has been asked for bytes without sending any.
-    let mut silent_since = tokio::time::Instant::now();
     let end = loop {
-        if let Some(wait) = lane.wait() {
-            // The next read waits: unread bytes stay in the socket, and TCP flow control
-            // slows the origin down to the limit.
-            let began = tokio::time::Instant::now();
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = ticker.tick() => observer.tick(),
-                () = stop.cancelled() => break End::Stopped,
-            }
-            let waited = began.elapsed();
-            speed.excuse(waited);
-            silent_since += waited;
-            continue;
-        }
-        let chunk = tokio::select! {
-            chunk = response.chunk() => chunk,
-            () = tokio::time::sleep_until(silent_since + expect.window) => {
-                break End::Failed(stalled(expect.window, received));
-            }
-            _ = ticker.tick() => {
-                observer.tick();
-                match speed.check(received, tokio::time::Instant::now()) {
-                    Some(failure) => break End::Failed(failure),
-                    None => continue,
-                }
-            }
-            () = stop.cancelled() => break End::Stopped,
+        let read = next_read(&mut response, lane, &mut ticker, &mut speed, observer, stop);
+        let chunk = match read.await {
+            Ok(chunk) => chunk,
+            Err(end) => break end,
         };
         match chunk {
             Ok(Some(mut bytes)) => {
-                silent_since = tokio::time::Instant::now();
                 lane.took(bytes.len() as u64);
                 let limit = expect.end.unwrap_or(u64::MAX).min(expect.max_bytes);
                 let overrun = (received + bytes.len() as u64).saturating_sub(limit);
@@ -207,7 +218,8 @@ pub(super) async fn stream_body<O: Observer>(
                 if overrun > 0 {
                     break End::Failed(overrun_failure(&expect, received));
                 }
-                if let Some(failure) = speed.check(received, tokio::time::Instant::now()) {
+                speed.heard(received);
+                if let Some(failure) = speed.check(tokio::time::Instant::now()) {
                     break End::Failed(failure);
                 }
                 if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
@@ -240,19 +252,43 @@ pub(super) async fn stream_body<O: Observer>(
     }
 }
 
-/// The failure of a body whose origin sent nothing for `stall` while it was asked to. The
-/// fetcher times bodies itself rather than through the HTTP client's read timeout, which would
-/// also count the time the bandwidth limit holds reads back.
-fn stalled(stall: Duration, received: u64) -> Failure {
-    Failure::transient(TransferError {
-        message: format!(
-            "receiving the body failed after {received} bytes (timed out: the server sent \
-             nothing for {:.1}s; see --stall-timeout)",
-            stall.as_secs_f64()
-        ),
-        http_status: None,
-        reason: ErrorReason::Network,
-    })
+/// The next read of the body, once the bandwidth limit allows it, publishing progress on every
+/// tick meanwhile; or why the body ends: `stop` fired, the origin stalled or is too slow.
+/// Waiting for the limit leaves unread bytes in the socket, so TCP flow control slows the
+/// origin down to the limit; that time is excused from the origin's judgement.
+async fn next_read<O: Observer>(
+    response: &mut reqwest::Response,
+    lane: &Lane,
+    ticker: &mut tokio::time::Interval,
+    speed: &mut Speed,
+    observer: &O,
+    stop: &CancellationToken,
+) -> Result<reqwest::Result<Option<bytes::Bytes>>, End> {
+    loop {
+        if let Some(wait) = lane.wait() {
+            let began = tokio::time::Instant::now();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = ticker.tick() => observer.tick(),
+                () = stop.cancelled() => return Err(End::Stopped),
+            }
+            speed.excuse(began.elapsed());
+            continue;
+        }
+        tokio::select! {
+            chunk = response.chunk() => return Ok(chunk),
+            () = tokio::time::sleep_until(speed.stalls_at()) => {
+                return Err(End::Failed(speed.stalled()));
+            }
+            _ = ticker.tick() => {
+                observer.tick();
+                if let Some(failure) = speed.check(tokio::time::Instant::now()) {
+                    return Err(End::Failed(failure));
+                }
+            }
+            () = stop.cancelled() => return Err(End::Stopped),
+        }
+    }
 }
 
 /// The failure of a body that ran past its end or past `max_bytes`.
@@ -340,10 +376,10 @@ mod tests {
         speed.excuse(Duration::from_millis(950));
         let end = speed.since + Duration::from_secs(1);
         // 5 bytes in the 50 ms the origin was asked for any: 100 B/s, fast enough.
-        assert!(speed.check(5, end).is_none());
+        assert!(got(&mut speed, 5, end).is_none());
         // The excuse covered that window only.
         let next = end + Duration::from_secs(1);
-        assert!(speed.check(10, next).is_some());
+        assert!(got(&mut speed, 10, next).is_some());
     }
 
     #[test]
@@ -351,14 +387,15 @@ mod tests {
         let mut speed = Speed::new(&expect(None, 0));
         let at = |ms| speed.since + Duration::from_millis(ms);
         let (t900, t1000, t2000) = (at(900), at(1000), at(2000));
-        assert!(speed.check(0, t900).is_none(), "the window is not over yet");
         assert!(
-            speed.check(100, t1000).is_none(),
+            got(&mut speed, 0, t900).is_none(),
+            "the window is not over yet"
+        );
+        assert!(
+            got(&mut speed, 100, t1000).is_none(),
             "100 bytes in 1 s is 100 B/s"
         );
-        let slow = speed
-            .check(199, t2000)
-            .expect("99 bytes in the next second");
+        let slow = got(&mut speed, 199, t2000).expect("99 bytes in the next second");
         assert!(slow.transient);
         assert!(
             slow.error.message.contains("only 99 bytes in 1.0s"),
@@ -370,6 +407,12 @@ mod tests {
             ..expect(None, 0)
         });
         let later = off.since + Duration::from_secs(10);
-        assert!(off.check(0, later).is_none());
+        assert!(got(&mut off, 0, later).is_none());
+    }
+
+    /// The body has got to `received`; the speed rule's verdict at `now`.
+    fn got(speed: &mut Speed, received: u64, now: tokio::time::Instant) -> Option<Failure> {
+        speed.heard(received);
+        speed.check(now)
     }
 }

@@ -197,21 +197,12 @@ impl Row {
                 },
             }),
         };
-        let error = match self.error_message {
-            None => None,
-            Some(message) => {
-                let code = self.error_reason.unwrap_or(0);
-                let reason = i32::try_from(code)
-                    .ok()
-                    .and_then(ErrorReason::from_code)
-                    .ok_or_else(|| bad(format!("unknown error reason {code}")))?;
-                Some(TransferError {
-                    message,
-                    http_status: self.error_http_status.and_then(|s| u16::try_from(s).ok()),
-                    reason,
-                })
-            }
-        };
+        let error = transfer_error(
+            self.error_message,
+            self.error_reason,
+            self.error_http_status,
+        )
+        .map_err(&bad)?;
         Ok(Record {
             spec: DownloadSpec {
                 guid: self.guid,
@@ -286,6 +277,27 @@ impl Row {
             finished_at,
         ))
     }
+}
+
+/// The stored error of a download, if it has one.
+fn transfer_error(
+    message: Option<String>,
+    reason: Option<i64>,
+    http_status: Option<i64>,
+) -> Result<Option<TransferError>, String> {
+    let Some(message) = message else {
+        return Ok(None);
+    };
+    let code = reason.unwrap_or(0);
+    let reason = i32::try_from(code)
+        .ok()
+        .and_then(ErrorReason::from_code)
+        .ok_or_else(|| format!("unknown error reason {code}"))?;
+    Ok(Some(TransferError {
+        message,
+        http_status: http_status.and_then(|s| u16::try_from(s).ok()),
+        reason,
+    }))
 }
 
 // SQLite integers are signed 64-bit; byte counts and sequence numbers never reach 2^63.
