@@ -189,6 +189,8 @@ mod tests {
         let finished = loaded[0].finished_at.expect("stamped by the migration");
         assert!(finished >= before, "{finished:?}");
         assert_eq!(loaded[1].finished_at, None);
+        // Version 5: what was stored before has no bandwidth limit of its own.
+        assert_eq!(loaded[1].settings.max_bytes_per_second, None);
         drop(store);
         let conn = Connection::open(dir.path().join(SqliteStore::DB_FILE)).unwrap();
         let version: i64 = conn
