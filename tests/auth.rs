@@ -129,7 +129,7 @@ async fn a_reader_reads_and_every_other_call_is_denied_naming_the_role() {
     for (method, answer) in &reads {
         assert!(answer.is_ok(), "a reader may call {method}: {answer:?}");
     }
-    assert_eq!(others.len(), 15);
+    assert_eq!(others.len(), 16);
     assert_refused(&others, Code::PermissionDenied, |method| {
         let needed = if SYSTEM.contains(&method) {
             "admin"

@@ -47,6 +47,7 @@ const GUID_RPCS: &[&str] = &[
     "RemoveRequestHeader",
     "SetRequestedUri",
     "MakeCurrentInTransferGroup",
+    "SetRateLimit",
 ];
 
 /// A server with both tenants and the admin; the harness's own client is the admin, who sees

@@ -293,6 +293,20 @@ impl Client {
         Ok(self.transfers().set_priority(request).await?.into_inner())
     }
 
+    /// `SetRateLimit`: the download's own bandwidth limit in bytes/s (0: none); a running
+    /// download follows it at once.
+    pub async fn set_rate_limit(
+        &self,
+        guid: &str,
+        bytes_per_second: u64,
+    ) -> Result<pb::DownloadOperation, Status> {
+        let request = pb::SetRateLimitRequest {
+            guid: guid.into(),
+            bytes_per_second,
+        };
+        Ok(self.transfers().set_rate_limit(request).await?.into_inner())
+    }
+
     /// `SetRequestHeader`: adds or replaces a header sent with the download's next requests.
     pub async fn set_request_header(
         &self,

@@ -182,6 +182,12 @@ pub struct Config {
           value_parser = parse_max_file_size)]
     pub max_file_size: u64,
 
+    /// Most body bytes per second of all running downloads together (e.g. 10MiB; 1KiB to 1TiB;
+    /// unset or 0: no limit), shared fairly: each running download gets an equal share, and
+    /// what a download limited below its share leaves is split among the others.
+    #[arg(long, env = "TRANSFERD_MAX_DOWNLOAD_RATE", value_parser = parse_rate)]
+    pub max_download_rate: Option<u64>,
+
     /// Retry budget: a download ends in ERROR after this many failed attempts in a row, none
     /// getting further into the file than any before. Connection faults, 5xx, 408 and 429 are retried; other HTTP
     /// errors (404, 403, ...) fail at once.
@@ -392,6 +398,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         ));
     }
     Ok(n)
+}
+
+/// A bandwidth limit in bytes/s: a size, 0 for none, else within [`crate::operation::RATE_LIMITS`].
+fn parse_rate(s: &str) -> Result<u64, String> {
+    crate::operation::rate_limit(parse_bytes(s)?).map(|limit| limit.unwrap_or(0))
 }
 
 fn parse_max_file_size(s: &str) -> Result<u64, String> {

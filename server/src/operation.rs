@@ -190,6 +190,29 @@ pub struct Settings {
     pub priority: Priority,
     /// Metered-network policy.
     pub cost_policy: CostPolicy,
+    /// The download's own bandwidth limit in bytes/s, within [`RATE_LIMITS`]; `None` for none
+    /// (the server-wide `--max-download-rate` still applies).
+    pub max_bytes_per_second: Option<u64>,
+}
+
+/// The bandwidth limits a download or the server may have, bytes/s. Below 1 KiB/s one socket
+/// read (often 16 KiB or more) would take minutes to pay for; above 1 TiB/s a limit limits
+/// nothing and is a mistake (or a negative number sent as unsigned).
+pub const RATE_LIMITS: std::ops::RangeInclusive<u64> = 1024..=(1 << 40);
+
+/// Checks a bandwidth limit in bytes/s: 0 means none (`None`); anything else must lie in
+/// [`RATE_LIMITS`]. The error says what is accepted.
+pub fn rate_limit(bytes_per_second: u64) -> Result<Option<u64>, String> {
+    match bytes_per_second {
+        0 => Ok(None),
+        n if RATE_LIMITS.contains(&n) => Ok(Some(n)),
+        n => Err(format!(
+            "{n} bytes per second is out of range; give between {} (1 KiB/s) and {} (1 TiB/s), \
+             or 0 for no limit",
+            RATE_LIMITS.start(),
+            RATE_LIMITS.end()
+        )),
+    }
 }
 
 impl fmt::Debug for Settings {
@@ -200,6 +223,7 @@ impl fmt::Debug for Settings {
             sensitive_headers,
             priority,
             cost_policy,
+            max_bytes_per_second,
         } = self;
         f.debug_struct("Settings")
             .field("requested_uri", &redact::uri(requested_uri))
@@ -210,6 +234,7 @@ impl fmt::Debug for Settings {
             .field("sensitive_headers", sensitive_headers)
             .field("priority", priority)
             .field("cost_policy", cost_policy)
+            .field("max_bytes_per_second", max_bytes_per_second)
             .finish()
     }
 }

@@ -209,12 +209,17 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-/// Moves a download's complete, fsynced partial file to `result_file` of `tenant` atomically
-/// (a rename within one filesystem) and makes the rename durable by syncing the directory. The
-/// tenant's directory and parent directories are created beneath the download directory; a
-/// path that leads out of the tenant's directory through a symlink is refused. Unless
-/// `replace`, an existing file at the result path stays and the commit fails with
-/// [`CommitError::Exists`].
+/// Puts a download's complete, fsynced partial file at `result_file` of `tenant` atomically and
+/// makes that durable by syncing the directory. The tenant's directory and parent directories
+/// are created beneath the download directory; a path that leads out of the tenant's directory
+/// through a symlink is refused.
+///
+/// Unless `replace`, the file is hard-linked into place, which never replaces anything: an
+/// existing file at the result path stays and the commit fails with [`CommitError::Exists`] —
+/// unless that file *is* the partial file (same inode), committed by an earlier life of this
+/// download that was killed before it could record COMPLETED. The partial name stays until the
+/// engine has stored COMPLETED and calls [`remove_partial`], so a crash at any moment leaves a
+/// way to tell. With `replace`, the partial file is renamed over whatever is there.
 pub fn commit(
     download_dir: &Path,
     tenant: &Tenant,
@@ -228,13 +233,14 @@ pub fn commit(
     let (parent_path, name) = result_file.rsplit_once('/').unwrap_or(("", result_file));
     let parent = make_dirs(&home, parent_path)?;
     let partial = partial_name(guid);
-    let renamed = if replace {
+    let placed = if replace {
         rustix::fs::renameat(&staging, &partial, &parent, name)
     } else {
-        rename_no_replace(&staging, &partial, &parent, name)
+        link_no_replace(&staging, &partial, &parent, name)
     };
-    match renamed {
+    match placed {
         Ok(()) => {}
+        Err(Errno::EXIST) if same_file(&staging, &partial, &parent, name)? => {}
         Err(Errno::EXIST) => return Err(CommitError::Exists),
         Err(e) => return Err(CommitError::Io(e.into())),
     }
@@ -242,21 +248,69 @@ pub fn commit(
     Ok(())
 }
 
-/// Renames without ever replacing what is at the target.
-fn rename_no_replace(
+/// Links `from` as `to` without ever replacing what is at the target. On a filesystem without
+/// hard links, renames without replacing instead (the crash window between the rename and the
+/// stored COMPLETED then ends the download in ERROR rather than losing bytes).
+fn link_no_replace(
     from_dir: &OwnedFd,
     from: &str,
     to_dir: &OwnedFd,
     to: &str,
 ) -> rustix::io::Result<()> {
-    match rustix::fs::renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE) {
-        // A filesystem without RENAME_NOREPLACE: a hard link never replaces either, and the
-        // partial name is then dropped.
-        Err(Errno::INVAL) => {
-            rustix::fs::linkat(from_dir, from, to_dir, to, AtFlags::empty())?;
-            rustix::fs::unlinkat(from_dir, from, AtFlags::empty())
+    match rustix::fs::linkat(from_dir, from, to_dir, to, AtFlags::empty()) {
+        Err(Errno::PERM | Errno::NOTSUP) => {
+            rustix::fs::renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE)
         }
-        renamed => renamed,
+        linked => linked,
+    }
+}
+
+/// Whether `a` in `a_dir` and `b` in `b_dir` are one file (same device and inode), neither
+/// followed through a symlink.
+fn same_file(a_dir: &OwnedFd, a: &str, b_dir: &OwnedFd, b: &str) -> io::Result<bool> {
+    let a = rustix::fs::statat(a_dir, a, AtFlags::SYMLINK_NOFOLLOW)?;
+    let b = rustix::fs::statat(b_dir, b, AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+}
+
+/// Whether a download's partial file is also linked at its result path: committed by an
+/// earlier life of the download that stopped before it recorded COMPLETED. Its bytes are then
+/// whole and verified, and must never be written again.
+pub fn partial_is_committed(partial: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(partial).is_ok_and(|meta| meta.is_file() && meta.nlink() > 1)
+}
+
+/// Removes every partial file in the staging directory whose download `keep` does not name
+/// (finished or forgotten downloads: a crash between storing COMPLETED and removing the partial
+/// name leaves one), and returns how many went.
+pub fn sweep_partials(download_dir: &Path, keep: impl Fn(&str) -> bool) -> io::Result<usize> {
+    let staging = download_dir.join(PARTIAL_DIR);
+    let entries = match std::fs::read_dir(&staging) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        entries => entries?,
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(guid) = name.to_str().and_then(|n| n.strip_suffix(".part")) else {
+            continue;
+        };
+        if !keep(guid) && entry.file_type()?.is_file() {
+            remove_partial(&entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes a download's partial file, if there is one. After a commit the result file keeps
+/// the bytes (it is another name of the same file).
+pub fn remove_partial(partial: &Path) -> io::Result<()> {
+    match std::fs::remove_file(partial) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        removed => removed,
     }
 }
 
@@ -296,6 +350,13 @@ pub fn open_partial(partial: &Path) -> io::Result<File> {
         .and_then(Path::parent)
         .ok_or_else(not_partial)?;
     let staging = make_dirs(&open_root(download_dir)?, PARTIAL_DIR)?;
+    // A partial file that is also a result file (a commit whose COMPLETED was never recorded)
+    // is unlinked from the staging directory rather than written: the result keeps its bytes.
+    if let Ok(stat) = rustix::fs::statat(&staging, name, AtFlags::SYMLINK_NOFOLLOW) {
+        if stat.st_nlink > 1 {
+            rustix::fs::unlinkat(&staging, name, AtFlags::empty())?;
+        }
+    }
     let flags = OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(&staging, name, flags, Mode::from_raw_mode(FILE_MODE))?;
     Ok(File::from(fd))
@@ -470,6 +531,34 @@ mod tests {
             std::fs::read(dir.path().join("a/b/c.bin")).unwrap(),
             b"newer"
         );
+    }
+
+    /// A commit whose COMPLETED was never stored (killed in between) is recognised by the next
+    /// life of the download: the partial name is the committed file, the commit again finds its
+    /// own file in place, a resume never writes into it, and the sweep removes the name.
+    #[test]
+    fn a_commit_interrupted_before_completed_is_recognised_and_never_written_again() {
+        let dir = staged(b"whole");
+        let g = "g".to_string();
+        let partial = partial_path(dir.path(), &g);
+        assert!(!partial_is_committed(&partial));
+        commit(dir.path(), &dt(), &g, "r.bin", false).unwrap();
+        assert!(
+            partial_is_committed(&partial),
+            "the partial name stays until COMPLETED"
+        );
+        commit(dir.path(), &dt(), &g, "r.bin", false).expect("its own file is in place");
+        assert_eq!(std::fs::read(dir.path().join("r.bin")).unwrap(), b"whole");
+
+        let mut file = open_partial(&partial).unwrap();
+        std::io::Write::write_all(&mut file, b"other").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("r.bin")).unwrap(), b"whole");
+        assert!(!partial_is_committed(&partial));
+
+        let other = partial_path(dir.path(), &"h".to_string());
+        std::fs::write(&other, b"left over").unwrap();
+        assert_eq!(sweep_partials(dir.path(), |guid| guid == "g").unwrap(), 1);
+        assert!(partial.exists() && !other.exists());
     }
 
     #[test]

@@ -123,6 +123,7 @@ impl Transferd {
                 default_cost_policy: config.default_cost_policy.into(),
                 max_file_size: config.max_file_size,
                 retain_finished: config.retain_finished,
+                max_download_rate: config.max_download_rate.filter(|&rate| rate > 0),
             },
             store,
             Fetcher::new(

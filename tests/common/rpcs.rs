@@ -48,6 +48,10 @@ pub async fn every_rpc(
             ok(client.set_request_header(guid, "x-test", "1").await),
         ),
         (
+            "SetRateLimit",
+            ok(client.set_rate_limit(guid, 64 * 1024).await),
+        ),
+        (
             "RemoveRequestHeader",
             ok(client.remove_request_header(guid, "x-kept").await),
         ),

@@ -211,3 +211,20 @@ fn finished_downloads_are_kept_unless_a_retention_is_given() {
     let c = parse(&["--retain-finished", "24h"]);
     assert_eq!(c.retain_finished, Some(Duration::from_secs(86_400)));
 }
+
+#[test]
+fn the_download_rate_is_unlimited_unless_given() {
+    assert_eq!(parse(&[]).max_download_rate, None);
+    assert_eq!(
+        parse(&["--max-download-rate", "10MiB"]).max_download_rate,
+        Some(10 << 20)
+    );
+    assert_eq!(
+        parse(&["--max-download-rate", "0"]).max_download_rate,
+        Some(0)
+    );
+    for bad in ["1023", "2TiB", "fast"] {
+        let e = refusal(&["--max-download-rate", bad]);
+        assert!(e.contains("--max-download-rate"), "{e}");
+    }
+}

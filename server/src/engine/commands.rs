@@ -54,6 +54,8 @@ pub struct NewDownload {
     pub max_bytes: u64,
     /// Whether the download may replace a file already at its result path.
     pub replace_existing: bool,
+    /// Its own bandwidth limit in bytes/s; 0 for none.
+    pub max_bytes_per_second: u64,
 }
 
 impl Engine {
@@ -90,6 +92,7 @@ impl Engine {
                 sensitive_headers: checked.sensitive_headers,
                 priority: checked.priority,
                 cost_policy: checked.cost_policy,
+                max_bytes_per_second: checked.max_bytes_per_second,
             },
             status: Status::Idle,
             checkpoint_bytes: 0,
@@ -481,7 +484,7 @@ impl Engine {
 
     /// Applies a live edit to a non-terminal download, keeping its queue position consistent,
     /// then stores it and lets conditions and the scheduler react.
-    async fn edit(
+    pub(super) async fn edit(
         &self,
         caller: &Caller,
         guid: &str,

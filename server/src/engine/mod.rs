@@ -14,13 +14,14 @@
 //! - `scheduler`: transfer slots, priorities and serialized groups (per tenant).
 //! - `tenants`: which downloads a caller's request covers, and per-tenant counts and quotas.
 //! - `transfer`: the task that transfers one download: attempts, retries, checkpoints, commit.
+//! - `rate`: a download's own bandwidth limit, changed live (SetRateLimit).
 //! - `retention`: forgetting finished downloads: DeleteDownload and `--retain-finished`.
 //! - `host`: host conditions (network, cost, constrained mode, disk) and their monitor.
 //!
 //! # Locking
 //! One engine-wide lock guards [`Core`] (registry, queue, slots, host conditions); each download
 //! has its own state lock. The engine lock is taken before a download's lock, never the other
-//! way round. Both are std mutexes held only for short synchronous sections, never across an
+//! way round; the fetcher's throttle lock comes last, and nothing is locked under it. Both are std mutexes held only for short synchronous sections, never across an
 //! await. Store writes of one download are serialised by its async `persist` lock and always
 //! write the latest state, so an older write can never land after a newer one.
 //!
@@ -32,6 +33,7 @@ pub mod commands;
 mod download;
 mod host;
 mod queue;
+mod rate;
 mod registry;
 mod retention;
 mod scheduler;
@@ -50,6 +52,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
 use crate::fetch::Fetcher;
+use crate::fetch::throttle::Throttle;
 use crate::operation::{CostPolicy, DownloadSpec, Settings, Status, StatusReason, TransferError};
 use crate::progress::{Bus, Message};
 use crate::retry::RetryPolicy;
@@ -86,6 +89,9 @@ pub struct EngineConfig {
     pub max_file_size: u64,
     /// How long finished downloads are kept; `None` keeps them forever.
     pub retain_finished: Option<Duration>,
+    /// Most body bytes per second of all transfers together (`--max-download-rate`); `None`
+    /// for no limit.
+    pub max_download_rate: Option<u64>,
 }
 
 /// A download as the outside world sees it.
@@ -140,6 +146,8 @@ struct Inner {
     config: EngineConfig,
     store: Arc<dyn Store>,
     fetcher: Fetcher,
+    /// The bandwidth limits every running attempt reads under.
+    throttle: Throttle,
     bus: Bus,
     core: Mutex<Core>,
     shutdown: CancellationToken,
@@ -201,8 +209,20 @@ impl Engine {
                 core.add(Op::from_record(record, &bus));
             }
         }
+        let live: std::collections::HashSet<&str> = core
+            .registry
+            .live()
+            .map(|op| op.spec.guid.as_str())
+            .collect();
+        match crate::paths::sweep_partials(&config.download_dir, |guid| live.contains(guid)) {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "removed partial files of finished downloads"),
+            Err(e) => tracing::warn!(error = %e, "could not sweep the partial files"),
+        }
+        drop(live);
         Ok(Engine {
             inner: Arc::new(Inner {
+                throttle: Throttle::new(config.max_download_rate),
                 config,
                 store,
                 fetcher,

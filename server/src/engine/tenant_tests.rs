@@ -32,6 +32,7 @@ async fn engine() -> (Engine, tempfile::TempDir) {
         default_cost_policy: CostPolicy::Always,
         max_file_size: u64::MAX,
         retain_finished: None,
+        max_download_rate: None,
     };
     let timeouts = crate::fetch::Timeouts {
         connect: Duration::from_secs(1),

@@ -132,8 +132,14 @@ impl Engine {
         if remove_partial {
             self.remove_partial(&op).await;
         }
-        if let Err(e) = self.persist(&op).await {
+        let persisted = self.persist(&op).await;
+        if let Err(e) = &persisted {
             tracing::error!(error = %e, "could not record the end of the transfer");
+        }
+        // A committed file keeps its partial name until COMPLETED is stored, so a crash in
+        // between is recognised at the next start (see `paths::commit`).
+        if persisted.is_ok() && op.lock().status() == Status::Completed {
+            self.remove_partial(&op).await;
         }
         done.cancel();
         if conditions_moved {
@@ -259,14 +265,18 @@ impl Engine {
     /// One HTTP attempt from the latest checkpoint. A connect failure counts as "network down"
     /// only when the host has no route to the origin.
     async fn attempt(&self, op: &Arc<Op>, partial: &Path, stop: &CancellationToken) -> Outcome {
-        let (settings, checkpoint, validators, total) = {
+        let (settings, checkpoint, validators, total, lane) = {
             let mut st = op.lock();
             st.attempts += 1;
+            // Taken under the download's lock, as SetRateLimit changes the setting and the lane
+            // under it: a change lands either in the setting read here or on the lane.
+            let lane = (self.inner.throttle).lane(&op.spec.guid, st.settings.max_bytes_per_second);
             (
                 st.settings.clone(),
                 st.checkpoint,
                 st.validators.clone(),
                 st.total,
+                lane,
             )
         };
         let job = Job {
@@ -281,6 +291,7 @@ impl Engine {
                 .map_or(self.inner.config.max_file_size, |own| {
                     own.min(self.inner.config.max_file_size)
                 }),
+            lane: &lane,
         };
         let observer = Progressor { engine: self, op };
         let mut outcome = self.inner.fetcher.run(job, &observer, stop).await;
@@ -389,12 +400,14 @@ impl Engine {
     /// Removes a download's partial file, if there is one.
     pub(super) async fn remove_partial(&self, op: &Op) {
         let partial = paths::partial_path(&self.inner.config.download_dir, &op.spec.guid);
-        match tokio::fs::remove_file(&partial).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(error = %e, path = %partial.display(), "could not remove partial file")
-            }
+        let removed = tokio::task::spawn_blocking({
+            let partial = partial.clone();
+            move || paths::remove_partial(&partial)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, path = %partial.display(), "could not remove partial file");
         }
     }
 }
@@ -405,6 +418,11 @@ impl Engine {
 /// answer 416 and make the download start over. Only while the download still points where
 /// that body came from: a re-pointed (or redirected) one asks, and If-Range decides.
 fn complete_on_disk(op: &Op, partial: &Path) -> Option<u64> {
+    if paths::partial_is_committed(partial) {
+        // Committed by an earlier life that stopped before recording COMPLETED: the bytes
+        // were whole and verified then; the commit finds its own file in place.
+        return std::fs::metadata(partial).ok().map(|meta| meta.len());
+    }
     let (checkpoint, total, same_uri) = {
         let st = op.lock();
         let same_uri = st

@@ -35,6 +35,7 @@ pub(super) struct CheckedDownload {
     pub(super) recoverable_web_error_statuses: Vec<u16>,
     pub(super) max_bytes: Option<u64>,
     pub(super) replace_existing: bool,
+    pub(super) max_bytes_per_second: Option<u64>,
 }
 
 /// Checks every field of a new download; its URI also against the egress policy.
@@ -54,7 +55,9 @@ pub(super) fn new_download(
         recoverable_web_error_statuses,
         max_bytes,
         replace_existing,
+        max_bytes_per_second,
     } = new;
+    let max_bytes_per_second = rate_limit("max_bytes_per_second", max_bytes_per_second)?;
     let uri = uri(&requested_uri, egress)?;
     let sensitive_headers = sensitive_names(&sensitive_headers)?;
     let expected_sha256 = sha256(&expected_sha256)?;
@@ -82,7 +85,14 @@ pub(super) fn new_download(
         // 0 on the wire means "no limit of its own".
         max_bytes: (max_bytes > 0).then_some(max_bytes),
         replace_existing,
+        max_bytes_per_second,
     })
+}
+
+/// A bandwidth limit in bytes/s as a client gave it in `field` (0: none).
+pub(super) fn rate_limit(field: &str, bytes_per_second: u64) -> Result<Option<u64>, Error> {
+    crate::operation::rate_limit(bytes_per_second)
+        .map_err(|e| Error::InvalidArgument(format!("{field}: {e}")))
 }
 
 /// Sets a request header (name in lower case), within the limit on how many a download has.

@@ -1,6 +1,11 @@
 //! Streaming a response body into the partial file: opening it at the resume offset, buffered
-//! writes, progress ticks, and the periodic fsync that lets the engine checkpoint what is
-//! durably on disk.
+//! writes, progress ticks, the bandwidth limit, the stall and low-speed rules, and the periodic
+//! fsync that lets the engine checkpoint what is durably on disk.
+//!
+//! The stall and low-speed rules judge the origin, so they count only time in which the origin
+//! could have sent: time spent waiting on transferd's own bandwidth limit (see [`super::throttle`])
+//! is left out of both. A download limited below `--min-speed` therefore never fails for it,
+//! while an origin that stops sending is still caught once the limit would let bytes through.
 
 use std::io::SeekFrom;
 use std::path::Path;
@@ -9,6 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 use tokio_util::sync::CancellationToken;
 
+use super::throttle::Lane;
 use super::{Failure, Observer};
 use crate::operation::{ErrorReason, TransferError};
 
@@ -56,18 +62,25 @@ pub(super) struct Expect {
     pub total: u64,
     /// Most bytes the file may have.
     pub max_bytes: u64,
-    /// The window the speed is averaged over.
+    /// The window the speed is averaged over, and the longest silence allowed.
     pub window: Duration,
     /// Lowest average speed over a window, bytes/s; 0 for none.
     pub min_speed: u64,
 }
 
-/// The low-speed rule: bytes received in each window, measured when the window is over.
+/// The rules that judge the origin: the low-speed rule (bytes received in each window,
+/// measured when the window is over) and the stall rule (no silence as long as a window).
 struct Speed {
     window: Duration,
     min_speed: u64,
     since: tokio::time::Instant,
     at_start: u64,
+    /// Time in this window spent waiting on our own bandwidth limit, not on the origin.
+    excused: Duration,
+    /// Since when the origin has been asked for bytes without sending any.
+    silent_since: tokio::time::Instant,
+    /// Where the body has got to.
+    received: u64,
 }
 
 impl Speed {
@@ -77,17 +90,56 @@ impl Speed {
             min_speed: expect.min_speed,
             since: tokio::time::Instant::now(),
             at_start: expect.offset,
+            excused: Duration::ZERO,
+            silent_since: tokio::time::Instant::now(),
+            received: expect.offset,
         }
     }
 
+    /// Leaves `waited` (time the bandwidth limit held reads back) out of the current window
+    /// and out of the current silence.
+    fn excuse(&mut self, waited: Duration) {
+        self.excused += waited;
+        self.silent_since += waited;
+    }
+
+    /// The origin just sent bytes: the body has got to `received`.
+    fn heard(&mut self, received: u64) {
+        self.silent_since = tokio::time::Instant::now();
+        self.received = received;
+    }
+
+    /// When the current silence becomes a stall.
+    fn stalls_at(&self) -> tokio::time::Instant {
+        self.silent_since + self.window
+    }
+
+    /// The failure of a body whose origin sent nothing for a whole window while it was asked
+    /// to. The fetcher times bodies itself rather than through the HTTP client's read timeout,
+    /// which would also count the time the bandwidth limit holds reads back.
+    fn stalled(&self) -> Failure {
+        let received = self.received;
+        Failure::transient(TransferError {
+            message: format!(
+                "receiving the body failed after {received} bytes (timed out: the server sent \
+                 nothing for {:.1}s; see --stall-timeout)",
+                self.window.as_secs_f64()
+            ),
+            http_status: None,
+            reason: ErrorReason::Network,
+        })
+    }
+
     /// A failure if the window that just ended brought too few bytes; starts the next window.
-    fn check(&mut self, received: u64, now: tokio::time::Instant) -> Option<Failure> {
+    fn check(&mut self, now: tokio::time::Instant) -> Option<Failure> {
+        let received = self.received;
         let elapsed = now.saturating_duration_since(self.since);
         if self.min_speed == 0 || elapsed < self.window {
             return None;
         }
         let got = received - self.at_start;
-        let needed = u128::from(self.min_speed) * elapsed.as_millis() / 1000;
+        let judged = elapsed.saturating_sub(std::mem::take(&mut self.excused));
+        let needed = u128::from(self.min_speed) * judged.as_millis() / 1000;
         self.since = now;
         self.at_start = received;
         (u128::from(got) < needed).then(|| {
@@ -127,11 +179,13 @@ pub(super) async fn open_partial(path: &Path, offset: u64) -> Result<tokio::fs::
 
 /// Writes the body into `file` (positioned at `expect.offset`) until it ends, fails, or `stop`
 /// fires; whatever arrived is flushed, fsynced and reported durable before returning. A body
-/// longer than it said, or than `max_bytes`, is cut off there.
+/// longer than it said, or than `max_bytes`, is cut off there. Reads wait for `lane`, the
+/// download's share of the bandwidth limits.
 pub(super) async fn stream_body<O: Observer>(
     mut response: reqwest::Response,
     file: tokio::fs::File,
     expect: Expect,
+    lane: &Lane,
     observer: &O,
     stop: &CancellationToken,
 ) -> Result<Streamed, Failure> {
@@ -142,19 +196,14 @@ pub(super) async fn stream_body<O: Observer>(
     let mut last_checkpoint = tokio::time::Instant::now();
     let mut speed = Speed::new(&expect);
     let end = loop {
-        let chunk = tokio::select! {
-            chunk = response.chunk() => chunk,
-            _ = ticker.tick() => {
-                observer.tick();
-                match speed.check(received, tokio::time::Instant::now()) {
-                    Some(failure) => break End::Failed(failure),
-                    None => continue,
-                }
-            }
-            () = stop.cancelled() => break End::Stopped,
+        let read = next_read(&mut response, lane, &mut ticker, &mut speed, observer, stop);
+        let chunk = match read.await {
+            Ok(chunk) => chunk,
+            Err(end) => break end,
         };
         match chunk {
             Ok(Some(mut bytes)) => {
+                lane.took(bytes.len() as u64);
                 let limit = expect.end.unwrap_or(u64::MAX).min(expect.max_bytes);
                 let overrun = (received + bytes.len() as u64).saturating_sub(limit);
                 if overrun > 0 {
@@ -169,7 +218,8 @@ pub(super) async fn stream_body<O: Observer>(
                 if overrun > 0 {
                     break End::Failed(overrun_failure(&expect, received));
                 }
-                if let Some(failure) = speed.check(received, tokio::time::Instant::now()) {
+                speed.heard(received);
+                if let Some(failure) = speed.check(tokio::time::Instant::now()) {
                     break End::Failed(failure);
                 }
                 if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
@@ -199,6 +249,45 @@ pub(super) async fn stream_body<O: Observer>(
         End::Stopped => Ok(Streamed::Stopped),
         End::Failed(e) => Err(e),
         End::Done => finished(&expect, received),
+    }
+}
+
+/// The next read of the body, once the bandwidth limit allows it, publishing progress on every
+/// tick meanwhile; or why the body ends: `stop` fired, the origin stalled or is too slow.
+/// Waiting for the limit leaves unread bytes in the socket, so TCP flow control slows the
+/// origin down to the limit; that time is excused from the origin's judgement.
+async fn next_read<O: Observer>(
+    response: &mut reqwest::Response,
+    lane: &Lane,
+    ticker: &mut tokio::time::Interval,
+    speed: &mut Speed,
+    observer: &O,
+    stop: &CancellationToken,
+) -> Result<reqwest::Result<Option<bytes::Bytes>>, End> {
+    loop {
+        if let Some(wait) = lane.wait() {
+            let began = tokio::time::Instant::now();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = ticker.tick() => observer.tick(),
+                () = stop.cancelled() => return Err(End::Stopped),
+            }
+            speed.excuse(began.elapsed());
+            continue;
+        }
+        tokio::select! {
+            chunk = response.chunk() => return Ok(chunk),
+            () = tokio::time::sleep_until(speed.stalls_at()) => {
+                return Err(End::Failed(speed.stalled()));
+            }
+            _ = ticker.tick() => {
+                observer.tick();
+                if let Some(failure) = speed.check(tokio::time::Instant::now()) {
+                    return Err(End::Failed(failure));
+                }
+            }
+            () = stop.cancelled() => return Err(End::Stopped),
+        }
     }
 }
 
@@ -282,18 +371,31 @@ mod tests {
     }
 
     #[test]
+    fn time_held_back_by_the_bandwidth_limit_is_not_judged() {
+        let mut speed = Speed::new(&expect(None, 0));
+        speed.excuse(Duration::from_millis(950));
+        let end = speed.since + Duration::from_secs(1);
+        // 5 bytes in the 50 ms the origin was asked for any: 100 B/s, fast enough.
+        assert!(got(&mut speed, 5, end).is_none());
+        // The excuse covered that window only.
+        let next = end + Duration::from_secs(1);
+        assert!(got(&mut speed, 10, next).is_some());
+    }
+
+    #[test]
     fn the_speed_rule_judges_whole_windows() {
         let mut speed = Speed::new(&expect(None, 0));
         let at = |ms| speed.since + Duration::from_millis(ms);
         let (t900, t1000, t2000) = (at(900), at(1000), at(2000));
-        assert!(speed.check(0, t900).is_none(), "the window is not over yet");
         assert!(
-            speed.check(100, t1000).is_none(),
+            got(&mut speed, 0, t900).is_none(),
+            "the window is not over yet"
+        );
+        assert!(
+            got(&mut speed, 100, t1000).is_none(),
             "100 bytes in 1 s is 100 B/s"
         );
-        let slow = speed
-            .check(199, t2000)
-            .expect("99 bytes in the next second");
+        let slow = got(&mut speed, 199, t2000).expect("99 bytes in the next second");
         assert!(slow.transient);
         assert!(
             slow.error.message.contains("only 99 bytes in 1.0s"),
@@ -305,6 +407,12 @@ mod tests {
             ..expect(None, 0)
         });
         let later = off.since + Duration::from_secs(10);
-        assert!(off.check(0, later).is_none());
+        assert!(got(&mut off, 0, later).is_none());
+    }
+
+    /// The body has got to `received`; the speed rule's verdict at `now`.
+    fn got(speed: &mut Speed, received: u64, now: tokio::time::Instant) -> Option<Failure> {
+        speed.heard(received);
+        speed.check(now)
     }
 }

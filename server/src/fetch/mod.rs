@@ -21,12 +21,15 @@
 //! - `response.rs`: reading a response: does a 206 fit, resumability, validators, error
 //!   statuses and redirects that were not followed.
 //! - `body.rs`: streaming the body into the partial file and making it durable, within its
-//!   announced length, the size limit and the low-speed rule.
+//!   announced length, the size limit, the stall and low-speed rules and the bandwidth limit.
+//! - `throttle.rs`: the bandwidth limits: the server-wide budget, fair shares of it, and each
+//!   download's own limit, as one token bucket per running attempt.
 
 mod body;
 mod request;
 mod resolve;
 mod response;
+pub mod throttle;
 
 use std::future::Future;
 use std::path::Path;
@@ -88,6 +91,8 @@ pub struct Job<'a> {
     pub total: u64,
     /// Largest entity accepted, in bytes: a longer one fails for good before or while writing.
     pub max_bytes: u64,
+    /// The download's share of the bandwidth limits; every read waits for it.
+    pub lane: &'a throttle::Lane,
 }
 
 /// How an attempt ended.
@@ -277,7 +282,9 @@ impl Fetcher {
         let client = reqwest::Client::builder()
             .user_agent(concat!("transferd/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(timeouts.connect)
-            .read_timeout(timeouts.stall)
+            // No read timeout here: reqwest's would also count the time the bandwidth limit
+            // holds a body's reads back. The stall timeout is kept by `request` (waiting for a
+            // response) and `body` (waiting for body bytes) instead.
             .redirect(request::redirect_policy(egress.clone()))
             .dns_resolver(resolve::PolicyResolver::new(egress.clone(), pinned))
             // A proxy from the environment (HTTP_PROXY and the like) would resolve and connect
@@ -451,7 +458,7 @@ impl Fetcher {
             window: self.timeouts.stall,
             min_speed: self.timeouts.min_speed,
         };
-        body::stream_body(response, file, expect, observer, stop).await
+        body::stream_body(response, file, expect, job.lane, observer, stop).await
     }
 }
 

@@ -61,10 +61,19 @@ impl Fetcher {
                 request = request.header(header::IF_RANGE, v);
             }
         }
+        let stall = self.timeouts.stall;
         tokio::select! {
             r = request.send() => r
                 .map(Some)
                 .map_err(|e| Failure::network("request failed", &e)),
+            () = tokio::time::sleep(stall) => Err(Failure::transient(crate::operation::TransferError {
+                message: format!(
+                    "request failed (timed out: the server sent no response for {:.1}s; see --stall-timeout)",
+                    stall.as_secs_f64()
+                ),
+                http_status: None,
+                reason: crate::operation::ErrorReason::Network,
+            })),
             () = stop.cancelled() => Ok(None),
         }
     }

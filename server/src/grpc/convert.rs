@@ -74,6 +74,7 @@ impl TryFrom<pb::CreateDownloadRequest> for NewDownload {
             max_bytes,
             replace_existing,
             sensitive_headers,
+            max_bytes_per_second,
         } = request;
         Ok(NewDownload {
             requested_uri,
@@ -87,6 +88,7 @@ impl TryFrom<pb::CreateDownloadRequest> for NewDownload {
             recoverable_web_error_statuses,
             max_bytes,
             replace_existing,
+            max_bytes_per_second,
         })
     }
 }
@@ -246,6 +248,7 @@ impl From<DownloadView> for pb::DownloadOperation {
             sensitive_headers,
             priority,
             cost_policy,
+            max_bytes_per_second,
         } = settings;
         pb::DownloadOperation {
             guid,
@@ -271,6 +274,7 @@ impl From<DownloadView> for pb::DownloadOperation {
             max_bytes: max_bytes.unwrap_or(0),
             replace_existing,
             tenant: tenant.name().to_string(),
+            max_bytes_per_second: max_bytes_per_second.unwrap_or(0),
         }
     }
 }

@@ -33,6 +33,7 @@ const ROLES: &[(&str, &str, Role)] = &[
     (TRANSFER, "SetRequestedUri", Role::User),
     (TRANSFER, "SetTransferGroupBehavior", Role::User),
     (TRANSFER, "MakeCurrentInTransferGroup", Role::User),
+    (TRANSFER, "SetRateLimit", Role::User),
     (SYSTEM, "SetNetworkConditions", Role::Admin),
     (SYSTEM, "SetSystemPolicy", Role::Admin),
     (SYSTEM, "GetSystemStatus", Role::Admin),

@@ -282,4 +282,21 @@ impl BackgroundTransferService for TransferService {
         let view = self.engine.make_current_in_group(&caller, &guid).await?;
         Ok(Response::new(view.into()))
     }
+
+    async fn set_rate_limit(
+        &self,
+        request: Request<pb::SetRateLimitRequest>,
+    ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
+        Subject::of(&request).set(&request.get_ref().guid);
+        let pb::SetRateLimitRequest {
+            guid,
+            bytes_per_second,
+        } = request.into_inner();
+        let view = self
+            .engine
+            .set_rate_limit(&caller, &guid, bytes_per_second)
+            .await?;
+        Ok(Response::new(view.into()))
+    }
 }

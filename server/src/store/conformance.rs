@@ -77,6 +77,7 @@ pub(crate) fn record(guid: &str, seq: u64) -> Record {
             sensitive_headers: Default::default(),
             priority: Priority::Default,
             cost_policy: CostPolicy::Default,
+            max_bytes_per_second: None,
         },
         status: Status::Idle,
         checkpoint_bytes: 0,
@@ -117,6 +118,8 @@ fn full_record(guid: &str, seq: u64) -> Record {
             sensitive_headers: ["x-pin".to_string(), "x-later".to_string()].into(),
             priority: Priority::High,
             cost_policy: CostPolicy::UnrestrictedOnly,
+            // Past 32 bits, to catch narrowing.
+            max_bytes_per_second: Some((1 << 40) - 3),
         },
         status: Status::Error,
         checkpoint_bytes: 5_000_000_000_123,
@@ -259,7 +262,8 @@ pub(crate) async fn status_updates_are_saved<F: Fixture>() {
     }
 }
 
-/// Live edits (URI, headers and their sensitivity marks, priority, cost policy, queue position) are saved; the spec, fixed
+/// Live edits (URI, headers and their sensitivity marks, priority, cost policy, bandwidth limit,
+/// queue position) are saved; the spec, fixed
 /// at creation, stays as inserted even if a save carries another.
 pub(crate) async fn live_setting_edits_are_saved<F: Fixture>() {
     let (fixture, store) = F::open().await;
@@ -271,10 +275,17 @@ pub(crate) async fn live_setting_edits_are_saved<F: Fixture>() {
         sensitive_headers: ["x-marked".to_string()].into(),
         priority: Priority::Low,
         cost_policy: CostPolicy::Always,
+        max_bytes_per_second: Some(64 * 1024),
     };
     a.queue_order = -1;
     store.save(&a).await.unwrap();
     assert_eq!(load_all(&*store).await, vec![a.clone()]);
+    // A limit removed is stored as none, not left behind.
+    let mut unlimited = a.clone();
+    unlimited.settings.max_bytes_per_second = None;
+    store.save(&unlimited).await.unwrap();
+    assert_eq!(load_all(&*store).await, vec![unlimited]);
+    store.save(&a).await.unwrap();
     let mut other_spec = a.clone();
     other_spec.spec.result_file = "elsewhere.bin".into();
     other_spec.spec.transfer_group = "g".into();

@@ -22,8 +22,9 @@ pub struct LoadCheck {
 impl LoadCheck {
     /// Admits `record`, or refuses it as [`StoreError::Corrupt`] when it cannot be trusted: its
     /// tenant cannot name a directory, its result path is not a plain path inside its tenant's
-    /// directory (in the normal form transferd stores), or it is unfinished and another
-    /// unfinished download already claims the file its result path resolves to.
+    /// directory (in the normal form transferd stores), its bandwidth limit is one transferd
+    /// never accepts, or it is unfinished and another unfinished download already claims the
+    /// file its result path resolves to.
     pub fn admit(&mut self, record: &Record) -> Result<(), StoreError> {
         let spec = &record.spec;
         let untrusted = |detail: String| {
@@ -42,6 +43,16 @@ impl LoadCheck {
                 )));
             }
             Err(e) => return Err(untrusted(e.to_string())),
+        }
+        let rates = crate::operation::RATE_LIMITS;
+        if let Some(rate) = record.settings.max_bytes_per_second {
+            if !rates.contains(&rate) {
+                return Err(untrusted(format!(
+                    "bandwidth limit {rate} bytes/s is outside {}..={}",
+                    rates.start(),
+                    rates.end()
+                )));
+            }
         }
         if record.status.is_terminal() {
             return Ok(());
@@ -130,6 +141,22 @@ mod tests {
             message.contains("`d`") && message.contains("`b`"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn refuses_bandwidth_limits_transferd_never_accepts() {
+        for bad in [0, 1, 1023, (1 << 40) + 1, u64::MAX] {
+            let mut r = record("g1", "f", Status::Idle);
+            r.settings.max_bytes_per_second = Some(bad);
+            let message = refused(&mut LoadCheck::default(), &r);
+            assert!(
+                message.contains("`g1`") && message.contains("bandwidth limit"),
+                "{message}"
+            );
+        }
+        let mut r = record("g2", "f", Status::Idle);
+        r.settings.max_bytes_per_second = Some(1024);
+        LoadCheck::default().admit(&r).unwrap();
     }
 
     #[test]

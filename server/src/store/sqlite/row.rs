@@ -72,6 +72,7 @@ row! {
         sensitive_headers: String,
         priority: i64,
         cost_policy: i64,
+        max_bytes_per_second: Option<i64>,
         status: i64,
         checkpoint_bytes: i64,
         total_bytes: i64,
@@ -125,6 +126,7 @@ impl Row {
             sensitive_headers,
             priority,
             cost_policy,
+            max_bytes_per_second,
         } = settings;
         Row {
             guid: guid.clone(),
@@ -143,6 +145,7 @@ impl Row {
                 .expect("a set of strings always serialises"),
             priority: priority.code().into(),
             cost_policy: cost_policy.code().into(),
+            max_bytes_per_second: max_bytes_per_second.map(to_i64),
             status: status.code().into(),
             checkpoint_bytes: to_i64(*checkpoint_bytes),
             total_bytes: to_i64(*total_bytes),
@@ -180,6 +183,7 @@ impl Row {
         let (checkpoint_bytes, total_bytes, finished_at) = self.progress().map_err(&bad)?;
         let request_headers = headers_from_json(&self.request_headers).map_err(&bad)?;
         let (sensitive_headers, recoverable_web_error_statuses) = self.lists().map_err(&bad)?;
+        let max_bytes_per_second = self.rate_limit().map_err(&bad)?;
         let response = match self.response_status {
             None => None,
             Some(status_code) => Some(ResponseInfo {
@@ -193,21 +197,12 @@ impl Row {
                 },
             }),
         };
-        let error = match self.error_message {
-            None => None,
-            Some(message) => {
-                let code = self.error_reason.unwrap_or(0);
-                let reason = i32::try_from(code)
-                    .ok()
-                    .and_then(ErrorReason::from_code)
-                    .ok_or_else(|| bad(format!("unknown error reason {code}")))?;
-                Some(TransferError {
-                    message,
-                    http_status: self.error_http_status.and_then(|s| u16::try_from(s).ok()),
-                    reason,
-                })
-            }
-        };
+        let error = transfer_error(
+            self.error_message,
+            self.error_reason,
+            self.error_http_status,
+        )
+        .map_err(&bad)?;
         Ok(Record {
             spec: DownloadSpec {
                 guid: self.guid,
@@ -226,6 +221,7 @@ impl Row {
                 sensitive_headers,
                 priority,
                 cost_policy,
+                max_bytes_per_second,
             },
             status,
             checkpoint_bytes,
@@ -245,6 +241,14 @@ impl Row {
 }
 
 impl Row {
+    /// The download's own bandwidth limit. A negative one is refused rather than read as none:
+    /// transferd never writes one.
+    fn rate_limit(&self) -> Result<Option<u64>, String> {
+        self.max_bytes_per_second
+            .map(|v| u64::try_from(v).map_err(|_| format!("bandwidth limit {v} is negative")))
+            .transpose()
+    }
+
     /// The header names marked sensitive, and the recoverable statuses: JSON lists.
     fn lists(&self) -> Result<(BTreeSet<String>, Vec<u16>), String> {
         let sensitive = serde_json::from_str(&self.sensitive_headers)
@@ -273,6 +277,27 @@ impl Row {
             finished_at,
         ))
     }
+}
+
+/// The stored error of a download, if it has one.
+fn transfer_error(
+    message: Option<String>,
+    reason: Option<i64>,
+    http_status: Option<i64>,
+) -> Result<Option<TransferError>, String> {
+    let Some(message) = message else {
+        return Ok(None);
+    };
+    let code = reason.unwrap_or(0);
+    let reason = i32::try_from(code)
+        .ok()
+        .and_then(ErrorReason::from_code)
+        .ok_or_else(|| format!("unknown error reason {code}"))?;
+    Ok(Some(TransferError {
+        message,
+        http_status: http_status.and_then(|s| u16::try_from(s).ok()),
+        reason,
+    }))
 }
 
 // SQLite integers are signed 64-bit; byte counts and sequence numbers never reach 2^63.

@@ -10,7 +10,7 @@ use crate::operation::Status;
 
 /// The schema version this build writes. A database with a higher one was written by a newer
 /// transferd and is refused rather than misread.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// Version 1: downloads and transfer groups.
 pub(super) const SCHEMA_V1: &str = "
@@ -86,6 +86,12 @@ DROP TABLE transfer_groups;
 ALTER TABLE transfer_groups_v4 RENAME TO transfer_groups;
 ";
 
+/// Version 5 adds a download's own bandwidth limit in bytes/s (NULL for none, which every
+/// download stored before has).
+const V4_TO_V5: &str = "
+ALTER TABLE downloads ADD COLUMN max_bytes_per_second INTEGER;
+";
+
 /// Brings a database at `version` (0 for a new one) to [`SCHEMA_VERSION`], one version per
 /// transaction, so an interrupted migration leaves the last completed version.
 pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
@@ -117,6 +123,12 @@ pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(V3_TO_V4)?;
         tx.pragma_update(None, "user_version", 4)?;
+        tx.commit()?;
+    }
+    if version < 5 {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(V4_TO_V5)?;
+        tx.pragma_update(None, "user_version", 5)?;
         tx.commit()?;
     }
     Ok(())
@@ -177,6 +189,8 @@ mod tests {
         let finished = loaded[0].finished_at.expect("stamped by the migration");
         assert!(finished >= before, "{finished:?}");
         assert_eq!(loaded[1].finished_at, None);
+        // Version 5: what was stored before has no bandwidth limit of its own.
+        assert_eq!(loaded[1].settings.max_bytes_per_second, None);
         drop(store);
         let conn = Connection::open(dir.path().join(SqliteStore::DB_FILE)).unwrap();
         let version: i64 = conn
