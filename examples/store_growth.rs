@@ -2,20 +2,27 @@
 //! unread WatchDownloads stream cost the server memory that grows with the store?
 //!
 //! It starts the real `transferd` binary on a fresh data directory (a new directory per run, so
-//! no earlier run's files or free-space state skew it) with `--max-active 1`, next to a tiny
-//! local HTTP origin, and creates downloads that complete against that origin, so most stored
-//! downloads are finished as on a long-lived server. It then reports:
-//! - creates per second (one client, one create at a time) with `--window` creates measured at
-//!   about 1k stored and again at `--stored`;
+//! no earlier run's files or free-space state skew it) with `--max-active` (default 16), next to
+//! a tiny local HTTP origin, and fills the store by creating downloads, `--fill-concurrency` in
+//! flight, that complete against that origin (it waits for them every 2,000 creates, and before
+//! anything is measured): stored downloads are finished, as on a long-lived server, and nothing
+//! runs while a window starts. It reports:
+//! - creates per second, one client connection, with `--window` creates measured at about 1k
+//!   stored and again at `--stored`, twice each: one create at a time, and `--concurrency`
+//!   (default 50) creates in flight on that one connection, as `ghz -c 50` sends them, which is
+//!   where group commit (concurrent creates sharing one commit) shows;
 //! - the server's RSS before and after opening `--streams` WatchDownloads streams that are never
 //!   read, over `--watch-at` stored downloads.
 //!
 //! Build the server first, then run, for example:
 //! `cargo build --release && cargo run --release --example store_growth -- --stored 100000`
+//! (`--bin` picks another server build, for a before/after run of the same driver).
 
 mod support;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -23,8 +30,11 @@ use support::{rss_kib, start_origin, start_server};
 use transferd::client::Client;
 use transferd::pb::backgroundtransfer::v1 as pb;
 
-/// Creates in flight while filling the store (the measured windows use one at a time).
-const FILL_CONCURRENCY: usize = 16;
+/// Creates per fill step; each step waits until its downloads have finished. Creating all of
+/// a fill at once would leave tens of thousands queued, and every create reconciles the live
+/// (unfinished) downloads with the host's conditions, so the fill would slow with the queue,
+/// and the store would not look like a long-lived server's, where most downloads are finished.
+const FILL_STEP: usize = 2000;
 
 /// How often the driver polls while waiting for the server to settle.
 const POLL: Duration = Duration::from_millis(50);
@@ -44,6 +54,9 @@ struct Args {
     window: usize,
     watch_at: usize,
     streams: usize,
+    concurrency: usize,
+    fill_concurrency: usize,
+    max_active: String,
 }
 
 impl Args {
@@ -55,6 +68,11 @@ impl Args {
             window: 1000,
             watch_at: 10_000,
             streams: 200,
+            concurrency: 50,
+            // Enough that filling 100k takes minutes, not an hour; fills wait for every
+            // download to finish, so what is stored is what a long-lived server holds.
+            fill_concurrency: 64,
+            max_active: "16".into(),
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -66,13 +84,20 @@ impl Args {
                 "--window" => args.window = value.parse()?,
                 "--watch-at" => args.watch_at = value.parse()?,
                 "--streams" => args.streams = value.parse()?,
+                "--concurrency" => args.concurrency = value.parse()?,
+                "--fill-concurrency" => args.fill_concurrency = value.parse()?,
+                "--max-active" => args.max_active = value,
                 _ => bail!(
-                    "unknown flag {flag}; flags: --bin --dir --stored --window --watch-at --streams"
+                    "unknown flag {flag}; flags: --bin --dir --stored --window --watch-at \
+                     --streams --concurrency --fill-concurrency --max-active"
                 ),
             }
         }
-        if args.watch_at > args.stored || args.window > args.stored {
-            bail!("--watch-at and --window must not exceed --stored");
+        if args.watch_at > args.stored || 2 * args.window > args.stored {
+            bail!("--watch-at and twice --window must not exceed --stored");
+        }
+        if args.concurrency == 0 || args.fill_concurrency == 0 {
+            bail!("--concurrency and --fill-concurrency must be at least 1");
         }
         Ok(args)
     }
@@ -86,8 +111,12 @@ async fn main() -> anyhow::Result<()> {
         .prefix("run-")
         .tempdir_in(&args.dir)?;
     let origin = start_origin().await?;
-    let (mut server, addr) =
-        start_server(&args.bin, run_dir.path(), &["--max-active", "1"]).await?;
+    let (mut server, addr) = start_server(
+        &args.bin,
+        run_dir.path(),
+        &["--max-active", &args.max_active],
+    )
+    .await?;
     let pid = server.id().context("server pid")?;
     let client = Client::connect(&addr).await?;
     let uri = format!("http://{origin}/file");
@@ -96,11 +125,10 @@ async fn main() -> anyhow::Result<()> {
     // Rows are printed as they are measured, so a long run shows its results as it goes.
     println!("| measure | at | value | ratio |");
     println!("|---|---|---|---|");
-    fill(&client, &uri, &mut stored, args.window).await?;
-    let at = stored;
-    let small = measure_creates(&client, &uri, &mut stored, args.window).await?;
-    println!("| creates/s | {at} stored | {small:.0} | 1.00 |");
-    fill(&client, &uri, &mut stored, args.watch_at).await?;
+    let fill_to = |target| (target, args.fill_concurrency);
+    fill(&client, &uri, &mut stored, fill_to(args.window)).await?;
+    let small = measure_both(&client, &uri, &mut stored, &args, None).await?;
+    fill(&client, &uri, &mut stored, fill_to(args.watch_at)).await?;
     let rss_before = rss_kib(pid)?;
     println!(
         "| server RSS | {stored} stored, no streams | {} MiB | 1.00 |",
@@ -116,49 +144,83 @@ async fn main() -> anyhow::Result<()> {
         rss_after as f64 / rss_before as f64
     );
     drop(streams);
-    fill(&client, &uri, &mut stored, args.stored - args.window).await?;
-    let at = stored;
-    let large = measure_creates(&client, &uri, &mut stored, args.window).await?;
-    println!(
-        "| creates/s | {at} stored | {large:.0} | {:.2} |",
-        large / small
-    );
+    let target = args.stored - 2 * args.window;
+    fill(&client, &uri, &mut stored, fill_to(target)).await?;
+    measure_both(&client, &uri, &mut stored, &args, Some(small)).await?;
     server.kill().await?;
     Ok(())
 }
 
-/// Creates downloads until `target` are stored, then waits until every one has finished.
-async fn fill(client: &Client, uri: &str, stored: &mut usize, target: usize) -> anyhow::Result<()> {
-    while *stored < target {
-        let batch = (target - *stored).min(FILL_CONCURRENCY);
-        let mut creates = tokio::task::JoinSet::new();
-        for i in 0..batch {
-            let (client, request) = (client.clone(), request(uri, *stored + i));
-            creates.spawn(async move { client.create(request).await });
-        }
-        while let Some(created) = creates.join_next().await {
-            created??;
-        }
-        *stored += batch;
-    }
-    settle(client).await
-}
-
-/// Creates `count` downloads one at a time and returns creates per second.
-async fn measure_creates(
+/// Creates downloads, `in_flight` at a time, until `target` are stored, waiting for every one
+/// to finish after each [`FILL_STEP`].
+async fn fill(
     client: &Client,
     uri: &str,
     stored: &mut usize,
-    count: usize,
-) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    for i in 0..count {
-        client.create(request(uri, *stored + i)).await?;
+    (target, in_flight): (usize, usize),
+) -> anyhow::Result<()> {
+    while *stored < target {
+        let count = (target - *stored).min(FILL_STEP);
+        create_concurrently(client, uri, *stored, count, in_flight).await?;
+        *stored += count;
+        settle(client).await?;
     }
-    let rate = count as f64 / start.elapsed().as_secs_f64();
-    *stored += count;
-    settle(client).await?;
-    Ok(rate)
+    Ok(())
+}
+
+/// Measures `--window` creates one at a time, then `--window` with `--concurrency` in flight,
+/// prints both (with their ratio to `base`, the same measures at a smaller store) and returns
+/// their rates.
+async fn measure_both(
+    client: &Client,
+    uri: &str,
+    stored: &mut usize,
+    args: &Args,
+    base: Option<[f64; 2]>,
+) -> anyhow::Result<[f64; 2]> {
+    let mut rates = [0.0; 2];
+    for (i, in_flight) in [1, args.concurrency].into_iter().enumerate() {
+        let at = *stored;
+        let start = Instant::now();
+        create_concurrently(client, uri, at, args.window, in_flight).await?;
+        let rate = args.window as f64 / start.elapsed().as_secs_f64();
+        rates[i] = rate;
+        *stored += args.window;
+        let ratio = base.map_or(1.0, |base| rate / base[i]);
+        println!("| creates/s, {in_flight} in flight | {at} stored | {rate:.0} | {ratio:.2} |");
+        settle(client).await?;
+    }
+    Ok(rates)
+}
+
+/// Creates downloads numbered `first..first + count`, keeping `in_flight` calls open on the
+/// client's one connection, as `ghz -c N` does.
+async fn create_concurrently(
+    client: &Client,
+    uri: &str,
+    first: usize,
+    count: usize,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(first));
+    let end = first + count;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..in_flight.min(count) {
+        let (client, uri, next) = (client.clone(), uri.to_string(), Arc::clone(&next));
+        workers.spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= end {
+                    return anyhow::Ok(());
+                }
+                client.create(request(&uri, n)).await?;
+            }
+        });
+    }
+    while let Some(worker) = workers.join_next().await {
+        worker??;
+    }
+    Ok(())
 }
 
 /// Waits until no download is running or queued.

@@ -43,6 +43,8 @@ macro_rules! suite {
             finish_time_round_trips,
             delete_forgets_a_download,
             finished_downloads_are_pruned_by_age,
+            concurrent_writes_are_all_durable,
+            a_bad_write_among_concurrent_ones_fails_alone,
         );
     };
     (@cases $fixture:ty; $($case:ident,)*) => {
@@ -455,4 +457,56 @@ pub(crate) async fn finished_downloads_are_pruned_by_age<F: Fixture>() {
     pruned.sort();
     assert_eq!(pruned, vec!["at-cutoff".to_string(), "recent".to_string()]);
     assert_eq!(load_all(&*store).await, vec![unfinished]);
+}
+
+/// Writes in flight together (a backend may commit them as one batch) are each durable once
+/// acknowledged: every one is there after a restart, each with its own content.
+pub(crate) async fn concurrent_writes_are_all_durable<F: Fixture>() {
+    const WRITES: u64 = 200;
+    let (fixture, store) = F::open().await;
+    let records: Vec<Record> = (1..=WRITES).map(|n| record(&format!("c{n}"), n)).collect();
+    let inserts = records.iter().map(|r| store.insert(r));
+    for result in futures_util::future::join_all(inserts).await {
+        result.unwrap();
+    }
+    let saved: Vec<Record> = records
+        .iter()
+        .map(|r| Record {
+            status: Status::Running,
+            checkpoint_bytes: r.spec.seq * 1000,
+            ..r.clone()
+        })
+        .collect();
+    let saves = saved.iter().map(|r| store.save(r));
+    for result in futures_util::future::join_all(saves).await {
+        result.unwrap();
+    }
+    drop(store);
+    assert_eq!(load_all(&*reopen(&fixture).await).await, saved);
+}
+
+/// Of writes in flight together, the ones that contradict what is stored (a duplicate insert,
+/// a save of a download never inserted) fail with their own error; every other one succeeds
+/// and is durable.
+pub(crate) async fn a_bad_write_among_concurrent_ones_fails_alone<F: Fixture>() {
+    let (fixture, store) = F::open().await;
+    let good: Vec<Record> = (1..=20).map(|n| record(&format!("g{n}"), n)).collect();
+    let duplicate = full_record("g3", 100);
+    let unknown = record("never-inserted", 101);
+    let (first, rest) = good.split_at(10);
+    let mut writes = Vec::new();
+    writes.extend(first.iter().map(|r| store.insert(r)));
+    writes.push(store.insert(&duplicate));
+    writes.push(store.save(&unknown));
+    writes.extend(rest.iter().map(|r| store.insert(r)));
+    let results = futures_util::future::join_all(writes).await;
+    for (i, result) in results.iter().enumerate() {
+        match i {
+            10 | 11 => assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}"),
+            _ => assert!(result.is_ok(), "write {i}: {result:?}"),
+        }
+    }
+    assert_eq!(load_all(&*store).await, good);
+    drop(store);
+    assert_eq!(load_all(&*reopen(&fixture).await).await, good);
 }

@@ -1,6 +1,7 @@
 //! The embedded SQLite store: one file in WAL mode that operators can open with the `sqlite3`
-//! CLI. Every SQLite call runs on tokio's blocking pool, since commits fsync and must not stall
-//! the async workers. SQLite errors are classified into [`StoreError`] here and never leave
+//! CLI. Every SQLite call runs on the store's own thread (`sqlite/writer.rs`), since commits
+//! fsync and must not stall the async workers; that thread commits concurrent writes together
+//! (group commit), each acknowledged only once durable. SQLite errors are classified into [`StoreError`] here and never leave
 //! this module.
 //!
 //! The database holds the downloads' secrets (request headers such as Authorization, URI
@@ -9,10 +10,11 @@
 
 mod row;
 mod schema;
+mod writer;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, named_params};
@@ -23,6 +25,7 @@ use crate::operation::{Behavior, Guid};
 use row::{FIXED_COLUMNS, Row, STATE_COLUMNS};
 #[cfg(test)]
 use schema::SCHEMA_V1;
+use writer::{Kind, Writer};
 
 /// How long a store call waits for a lock held by another connection (for example an operator's
 /// `sqlite3` shell) before failing.
@@ -39,9 +42,8 @@ const DB_COMPANION_SUFFIXES: [&str; 2] = ["-wal", "-shm"];
 /// The embedded SQLite store.
 #[derive(Debug)]
 pub struct SqliteStore {
-    // A std mutex, not a tokio one: it is only taken on blocking threads, for one short
-    // synchronous call, never across an await. The Arc lets those threads hold it.
-    conn: Arc<Mutex<Connection>>,
+    /// The thread that owns the connection and runs every call.
+    writer: Writer,
 }
 
 impl SqliteStore {
@@ -62,29 +64,9 @@ impl SqliteStore {
             .await
             .unwrap_or_else(|e| Err(unfinished(e)))?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: Writer::start(conn)?,
         })
     }
-
-    /// Runs `call` on the blocking pool with the connection.
-    fn call<T, F>(&self, call: F) -> StoreFuture<'static, T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let conn = Arc::clone(&self.conn);
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || call(&lock(&conn)))
-                .await
-                .unwrap_or_else(|e| Err(unfinished(e)))
-        })
-    }
-}
-
-fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    // A panic while holding the lock cannot leave SQLite half-written (every write is one
-    // statement), so a poisoned lock is still safe to use.
-    conn.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn open_connection(data_dir: &Path) -> Result<Connection, StoreError> {
@@ -197,7 +179,7 @@ impl Store for SqliteStore {
     fn load_page(&self, after_seq: u64, limit: usize) -> StoreFuture<'_, Vec<Record>> {
         let after = row::to_i64(after_seq);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.call(move |conn| {
+        self.writer.call(Kind::Read, move |conn| {
             let fail = |e| failed("reading stored downloads", e);
             let mut stmt = conn.prepare_cached(&SELECT_PAGE).map_err(fail)?;
             let rows = stmt
@@ -209,7 +191,7 @@ impl Store for SqliteStore {
 
     fn insert<'a>(&'a self, record: &'a Record) -> StoreFuture<'a, ()> {
         let row = Row::from_record(record);
-        self.call(move |conn| {
+        self.writer.call(Kind::Write, move |conn| {
             let fail = |e| failed(&format!("storing new download `{}`", row.guid), e);
             let mut stmt = conn.prepare_cached(&INSERT).map_err(fail)?;
             stmt.execute(&*row.params()).map_err(fail)?;
@@ -219,7 +201,7 @@ impl Store for SqliteStore {
 
     fn save<'a>(&'a self, record: &'a Record) -> StoreFuture<'a, ()> {
         let row = Row::from_record(record);
-        self.call(move |conn| {
+        self.writer.call(Kind::Write, move |conn| {
             let fail = |e| failed(&format!("saving download `{}`", row.guid), e);
             let params: Vec<_> = row
                 .params()
@@ -238,7 +220,7 @@ impl Store for SqliteStore {
     }
 
     fn load_groups(&self) -> StoreFuture<'_, Vec<StoredGroup>> {
-        self.call(|conn| {
+        self.writer.call(Kind::Read, |conn| {
             let fail = |e| failed("reading transfer groups", e);
             let mut stmt = conn
                 .prepare_cached(
@@ -272,7 +254,7 @@ impl Store for SqliteStore {
 
     fn delete<'a>(&'a self, guid: &'a str) -> StoreFuture<'a, bool> {
         let guid = guid.to_string();
-        self.call(move |conn| {
+        self.writer.call(Kind::Write, move |conn| {
             let deleted = conn
                 .execute(
                     "DELETE FROM downloads WHERE guid = :guid",
@@ -285,7 +267,7 @@ impl Store for SqliteStore {
 
     fn delete_finished_before(&self, cutoff: SystemTime) -> StoreFuture<'_, Vec<Guid>> {
         let cutoff = schema::unix_millis(cutoff);
-        self.call(move |conn| {
+        self.writer.call(Kind::Write, move |conn| {
             let fail = |e| failed("pruning finished downloads", e);
             let mut stmt = conn
                 .prepare_cached("DELETE FROM downloads WHERE finished_at < :cutoff RETURNING guid")
@@ -304,7 +286,7 @@ impl Store for SqliteStore {
         behavior: Behavior,
     ) -> StoreFuture<'a, ()> {
         let (tenant, group) = (tenant.name().to_string(), group.to_string());
-        self.call(move |conn| {
+        self.writer.call(Kind::Write, move |conn| {
             conn.execute(
                 "INSERT INTO transfer_groups (tenant, name, behavior) \
                  VALUES (:tenant, :name, :behavior) \
