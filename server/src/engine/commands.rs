@@ -136,7 +136,7 @@ impl Engine {
             "download created"
         );
         // Conditions may hold it back at once (no network, costed, constrained).
-        self.conditions_changed().await;
+        self.settings_changed(&op).await;
         Ok(self.view(&op))
     }
 
@@ -242,7 +242,7 @@ impl Engine {
         }
         tracing::info!(guid, "resumed");
         self.persist(&op).await?;
-        self.conditions_changed().await;
+        self.settings_changed(&op).await;
         Ok(self.view(&op))
     }
 
@@ -502,7 +502,7 @@ impl Engine {
             core.queue.reposition(op.queue_key(&st));
         }
         self.persist(&op).await?;
-        self.conditions_changed().await;
+        self.settings_changed(&op).await;
         Ok(self.view(&op))
     }
 

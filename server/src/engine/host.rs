@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Core;
 use super::download::Op;
 use super::{Engine, SystemView};
 use crate::operation::{CostPolicy, Status, StatusReason};
@@ -205,44 +206,28 @@ impl Engine {
     pub(super) fn reconcile(&self) -> Vec<Arc<Op>> {
         let mut core = self.lock();
         let ops: Vec<Arc<Op>> = core.registry.live().cloned().collect();
-        let mut changed = Vec::new();
-        for op in ops {
-            let mut st = op.lock();
-            let status = st.status();
-            if !(status == Status::Idle || status == Status::Running || is_automatic_pause(status))
-            {
-                continue;
-            }
-            if st.committing {
-                // The commit decides; if it leaves the download unfinished, the transfer's end
-                // reconciles again.
-                continue;
-            }
-            let moved = match core.host.blocks(st.settings.cost_policy) {
-                Some((to, reason)) if status != to || st.reason != reason => {
-                    if let Some(task) = &st.task {
-                        let _ = task.stop();
-                    }
-                    tracing::info!(guid = %op.spec.guid, status = to.name(), ?reason, "paused by conditions");
-                    core.transition(&op, &mut st, to, reason)
-                }
-                None if is_automatic_pause(status) => {
-                    tracing::info!(guid = %op.spec.guid, "conditions lifted; queued again");
-                    core.transition(&op, &mut st, Status::Idle, StatusReason::WaitingForSlot)
-                }
-                _ => continue,
-            };
-            debug_assert!(moved.is_ok(), "{status:?} could not follow conditions");
-            drop(st);
-            changed.push(op);
-        }
-        changed
+        ops.into_iter()
+            .filter(|op| reconcile_one(&mut core, op))
+            .collect()
     }
 
     /// Reconciles with the conditions, stores what changed, and schedules.
     pub(super) async fn conditions_changed(&self) {
         for op in self.reconcile() {
             if let Err(e) = self.persist(&op).await {
+                tracing::warn!(error = %e, "could not store a change of conditions");
+            }
+        }
+        self.schedule();
+    }
+
+    /// [`Engine::conditions_changed`] for one download whose own settings or status changed
+    /// (created, resumed, edited) while the host's conditions did not: the others already
+    /// follow them, so a create costs the same however long the queue is.
+    pub(super) async fn settings_changed(&self, op: &Arc<Op>) {
+        let changed = reconcile_one(&mut self.lock(), op);
+        if changed {
+            if let Err(e) = self.persist(op).await {
                 tracing::warn!(error = %e, "could not store a change of conditions");
             }
         }
@@ -330,6 +315,37 @@ pub(super) async fn routable(targets: &[(String, u16)]) -> bool {
         }
     }
     false
+}
+
+/// Puts `op` in the state the current conditions call for (see [`Engine::reconcile`]); returns
+/// whether it moved.
+fn reconcile_one(core: &mut Core, op: &Arc<Op>) -> bool {
+    let mut st = op.lock();
+    let status = st.status();
+    if !(status == Status::Idle || status == Status::Running || is_automatic_pause(status)) {
+        return false;
+    }
+    if st.committing {
+        // The commit decides; if it leaves the download unfinished, the transfer's end
+        // reconciles again.
+        return false;
+    }
+    let moved = match core.host.blocks(st.settings.cost_policy) {
+        Some((to, reason)) if status != to || st.reason != reason => {
+            if let Some(task) = &st.task {
+                let _ = task.stop();
+            }
+            tracing::info!(guid = %op.spec.guid, status = to.name(), ?reason, "paused by conditions");
+            core.transition(op, &mut st, to, reason)
+        }
+        None if is_automatic_pause(status) => {
+            tracing::info!(guid = %op.spec.guid, "conditions lifted; queued again");
+            core.transition(op, &mut st, Status::Idle, StatusReason::WaitingForSlot)
+        }
+        _ => return false,
+    };
+    debug_assert!(moved.is_ok(), "{status:?} could not follow conditions");
+    true
 }
 
 #[cfg(test)]
