@@ -5,14 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use transferd::client::Client;
 use transferd::pb::backgroundtransfer::v1 as pb;
 
 use crate::load::{self, Load};
 use crate::report::Report;
 use crate::server::Server;
-use crate::workloads::{Context, done, request};
+use crate::workloads::{Context, done, request, sync_all};
 
 const W: &str = "control";
 
@@ -39,9 +39,9 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
         let server = Server::transferd(&dir, &[]).await?;
         let guid = seed(ctx, &server.client().await?).await?;
         for rpc in RPCS {
-            sync().await?;
+            sync_all().await?;
             let peer = drive_hello(ctx, &hello.addr).await?;
-            sync().await?;
+            sync_all().await?;
             let ours = drive_transferd(ctx, &server.addr, rpc, &guid).await?;
             if keep {
                 record(report, "SayHello", &peer);
@@ -67,11 +67,6 @@ fn record(report: &mut Report, rpc: &str, load: &Load) {
     report.record(W, &format!("{rpc} RPS"), "RPS", load.rps);
     report.record(W, &format!("{rpc} p50"), "ms", load.p50_ms);
     report.record(W, &format!("{rpc} p99"), "ms", load.p99_ms);
-}
-
-async fn sync() -> anyhow::Result<()> {
-    crate::clients::timed(tokio::process::Command::new("sync")).await?;
-    Ok(())
 }
 
 /// SayHello on a new connection.
@@ -123,14 +118,15 @@ async fn drive_transferd(ctx: &Context, addr: &str, rpc: &str, guid: &str) -> an
 }
 
 /// Stores `control_seed` downloads of a small file and waits until all have finished, as on a
-/// server that has been in use; returns the guid of the first.
+/// server that has been in use; returns the guid of one of them.
 async fn seed(ctx: &Context, client: &Client) -> anyhow::Result<String> {
     let url = ctx.origin.small_url(0);
     let mut first = None;
     let mut running = tokio::task::JoinSet::<Result<pb::DownloadOperation, tonic::Status>>::new();
     for i in 0..ctx.sizes.control_seed {
         if running.len() == SEED_PARALLEL {
-            first.get_or_insert(running.join_next().await.expect("a task is running")??.guid);
+            let created = running.join_next().await.context("a create task")???;
+            first.get_or_insert(created.guid);
         }
         let (client, request) = (client.clone(), request(&url, &format!("s{i}.bin")));
         running.spawn(async move { client.create(request).await });

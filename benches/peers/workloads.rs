@@ -71,6 +71,11 @@ impl Context {
 /// Removes a finished run's directory and syncs, so the next run starts on a quiet disk.
 pub async fn done(dir: PathBuf) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await??;
+    sync_all().await
+}
+
+/// `sync`: everything written so far reaches the disk before the next run starts.
+pub async fn sync_all() -> anyhow::Result<()> {
     clients::timed(tokio::process::Command::new("sync")).await?;
     Ok(())
 }
