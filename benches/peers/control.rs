@@ -1,0 +1,149 @@
+//! The control plane: transferd's unary RPCs under ghz-style load (many concurrent calls on one
+//! connection) against the plain tonic hello server, interleaved: SayHello, GetDownload,
+//! SayHello, ListDownloads, SayHello, CreateDownload in each round, on a fresh transferd whose
+//! store was seeded with `control_seed` finished downloads.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use transferd::client::Client;
+use transferd::pb::backgroundtransfer::v1 as pb;
+
+use crate::load::{self, Load};
+use crate::report::Report;
+use crate::server::Server;
+use crate::workloads::{Context, done, request, sync_all};
+
+const W: &str = "control";
+
+/// Creates in flight while seeding the store.
+const SEED_PARALLEL: usize = 16;
+
+/// Page size of the ListDownloads measurement, as in the README's ghz recipe.
+const LIST_PAGE_SIZE: u32 = 10;
+
+/// How long the seeded downloads get to finish.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How often seeding polls the server while waiting for the downloads to finish.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
+
+/// The RPCs measured, in the order they run.
+const RPCS: [&str; 3] = ["GetDownload", "ListDownloads(10)", "CreateDownload"];
+
+/// Runs the control-plane rounds and adds their rows to `report`.
+pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
+    let hello = Server::hello().await?;
+    for keep in ctx.rounds() {
+        let dir = ctx.fresh("control-transferd")?;
+        let server = Server::transferd(&dir, &[]).await?;
+        let guid = seed(ctx, &server.client().await?).await?;
+        for rpc in RPCS {
+            sync_all().await?;
+            let peer = drive_hello(ctx, &hello.addr).await?;
+            sync_all().await?;
+            let ours = drive_transferd(ctx, &server.addr, rpc, &guid).await?;
+            if keep {
+                record(report, "SayHello", &peer);
+                record(report, rpc, &ours);
+            }
+        }
+        server.stop().await?;
+        done(dir).await?;
+    }
+    for rpc in RPCS {
+        for measure in ["RPS", "p50", "p99"] {
+            report.compare(
+                W,
+                &format!("{rpc} {measure}"),
+                &format!("SayHello {measure}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn record(report: &mut Report, rpc: &str, load: &Load) {
+    report.record(W, &format!("{rpc} RPS"), "RPS", load.rps);
+    report.record(W, &format!("{rpc} p50"), "ms", load.p50_ms);
+    report.record(W, &format!("{rpc} p99"), "ms", load.p99_ms);
+}
+
+/// SayHello on a new connection.
+async fn drive_hello(ctx: &Context, addr: &str) -> anyhow::Result<Load> {
+    let channel = load::connect(addr).await?;
+    load::drive(
+        ctx.sizes.control_concurrency,
+        ctx.sizes.control_duration,
+        move |_| crate::hello::say_hello(channel.clone()),
+    )
+    .await
+}
+
+/// `rpc` against transferd on a new connection; creates name their result files after the
+/// call's number, so none collide.
+async fn drive_transferd(ctx: &Context, addr: &str, rpc: &str, guid: &str) -> anyhow::Result<Load> {
+    let client = Client::from_channel(load::connect(addr).await?);
+    let (concurrency, duration) = (ctx.sizes.control_concurrency, ctx.sizes.control_duration);
+    let guid = guid.to_string();
+    let url = ctx.origin.small_url(0);
+    match rpc {
+        "GetDownload" => {
+            load::drive(concurrency, duration, move |_| {
+                let (client, guid) = (client.clone(), guid.clone());
+                async move { client.get(&guid).await.map(drop) }
+            })
+            .await
+        }
+        "ListDownloads(10)" => {
+            load::drive(concurrency, duration, move |_| {
+                let client = client.clone();
+                async move { client.list(None, LIST_PAGE_SIZE, "").await.map(drop) }
+            })
+            .await
+        }
+        _ => {
+            load::drive(concurrency, duration, move |n| {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    client
+                        .create(request(&url, &format!("c{n}.bin")))
+                        .await
+                        .map(drop)
+                }
+            })
+            .await
+        }
+    }
+}
+
+/// Stores `control_seed` downloads of a small file and waits until all have finished, as on a
+/// server that has been in use; returns the guid of one of them.
+async fn seed(ctx: &Context, client: &Client) -> anyhow::Result<String> {
+    let url = ctx.origin.small_url(0);
+    let mut first = None;
+    let mut running = tokio::task::JoinSet::<Result<pb::DownloadOperation, tonic::Status>>::new();
+    for i in 0..ctx.sizes.control_seed {
+        if running.len() == SEED_PARALLEL {
+            let created = running.join_next().await.context("a create task")???;
+            first.get_or_insert(created.guid);
+        }
+        let (client, request) = (client.clone(), request(&url, &format!("s{i}.bin")));
+        running.spawn(async move { client.create(request).await });
+    }
+    while let Some(created) = running.join_next().await {
+        first.get_or_insert(created??.guid);
+    }
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let status = client.system_status().await?;
+        if status.active_downloads == 0 && status.queued_downloads == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the seeded downloads did not finish within {SETTLE_TIMEOUT:?}");
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
+    Ok(first.unwrap_or_default())
+}
