@@ -24,17 +24,24 @@ pub struct Coalescing<IO> {
     io: IO,
     /// Whether this flush cycle has already yielded once; reset when a flush completes.
     yielded: bool,
+    /// Off under TLS: a TLS layer that fails the handshake writes its alert once and drops the
+    /// connection, so a yielded write would lose the alert.
+    enabled: bool,
 }
 
 impl<IO> Coalescing<IO> {
-    /// Wraps an accepted connection.
-    pub fn new(io: IO) -> Coalescing<IO> {
-        Coalescing { io, yielded: false }
+    /// Wraps an accepted connection; with `enabled` false, writes pass straight through.
+    pub fn new(io: IO, enabled: bool) -> Coalescing<IO> {
+        Coalescing {
+            io,
+            yielded: false,
+            enabled,
+        }
     }
 
     /// Yields once per flush cycle: asks to be polled again after the tasks already queued.
     fn yield_once(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.yielded {
+        if self.yielded || !self.enabled {
             return Poll::Ready(());
         }
         self.yielded = true;
@@ -103,7 +110,7 @@ mod tests {
     #[tokio::test]
     async fn every_write_arrives_in_order_after_the_yield() {
         let (near, mut far) = tokio::io::duplex(1024);
-        let mut conn = Coalescing::new(near);
+        let mut conn = Coalescing::new(near, true);
         conn.write_all(b"first ").await.unwrap();
         conn.write_all(b"second").await.unwrap();
         conn.flush().await.unwrap();
