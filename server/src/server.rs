@@ -189,13 +189,16 @@ impl Transferd {
         // multiplexes calls (every gRPC channel does) wait ~40 ms for delayed ACKs. With TLS,
         // tonic runs the handshake on these same sockets (its `tls_config` wraps any incoming
         // stream), so the option holds under TLS too.
+        // Each plaintext socket's writes are coalesced (see `grpc::coalesce`), so a change seen
+        // by thousands of watchers on one connection is written in a few large writes.
+        let coalesce = tls.is_none();
         let incoming = TcpListenerStream::new(listener).map(|accepted| {
             if let Ok(socket) = &accepted {
                 if let Err(e) = socket.set_nodelay(true) {
                     tracing::warn!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
                 }
             }
-            accepted
+            accepted.map(|socket| grpc::coalesce::Coalescing::new(socket, coalesce))
         });
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = tls {

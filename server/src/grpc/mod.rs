@@ -7,6 +7,7 @@
 //! metrics, load shedding) is added in one place.
 
 pub mod audit;
+pub(crate) mod coalesce;
 pub(crate) mod codec;
 mod convert;
 mod identify;

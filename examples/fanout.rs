@@ -1,0 +1,323 @@
+//! Load driver (not a test): how fast do many watchers of one download see each status change,
+//! and what do they cost the server's memory?
+//!
+//! It starts the real `transferd` binary on a fresh data directory next to a tiny local origin,
+//! reports the network down so one download waits as PAUSED_NO_NETWORK (its watch streams stay
+//! open), and then, once with `--baseline` watchers (the peer) and once with `--watchers`:
+//! opens that many WatchDownload streams over `--connections` connections, each read by a task
+//! of its own that notes when it sees each status it waits for, and drives `--changes` status
+//! changes by alternating PauseDownload (PAUSED_BY_APPLICATION) and ResumeDownload (back to
+//! PAUSED_NO_NETWORK). A change's delay, per watcher, runs from the moment the control call was
+//! sent (so it includes the call itself) to the moment that watcher read the new status; the
+//! next change is sent once every watcher has seen the last. It prints p50/p99/max of the
+//! delays over all watchers and changes, the control call's own p50, and the server's RSS.
+//!
+//! Build the server first, then run:
+//! `cargo build --release && cargo run --release --example fanout -- --dir /tmp/fanout-runs`
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use pb::BackgroundTransferStatus as S;
+use support::{rss_kib, start_origin, start_server};
+use tokio::sync::Notify;
+use transferd::client::Client;
+use transferd::pb::backgroundtransfer::v1 as pb;
+
+/// How long the server gets to settle after streams open or close before RSS is read.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// How long every watcher gets to see one change before the run is declared broken.
+const CHANGE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Pause between changes, so one change's persist and delivery tail never overlap the next.
+const CHANGE_GAP: Duration = Duration::from_millis(50);
+
+/// Streams opened at once while the watchers connect: enough to open 10k in seconds, few enough
+/// to stay inside the client channel's request buffer.
+const OPEN_CONCURRENCY: usize = 256;
+
+/// What one run measures.
+struct Args {
+    bin: PathBuf,
+    dir: PathBuf,
+    watchers: usize,
+    baseline: usize,
+    connections: usize,
+    changes: usize,
+}
+
+impl Args {
+    fn parse() -> anyhow::Result<Args> {
+        let mut args = Args {
+            bin: PathBuf::from("target/release/transferd"),
+            dir: PathBuf::from("target/fanout"),
+            watchers: 10_000,
+            baseline: 10,
+            connections: 10,
+            changes: 20,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--bin" => args.bin = value.into(),
+                "--dir" => args.dir = value.into(),
+                "--watchers" => args.watchers = value.parse()?,
+                "--baseline" => args.baseline = value.parse()?,
+                "--connections" => args.connections = value.parse()?,
+                "--changes" => args.changes = value.parse()?,
+                _ => bail!(
+                    "unknown flag {flag}; flags: --bin --dir --watchers --baseline --connections \
+                     --changes"
+                ),
+            }
+        }
+        if args.connections == 0 || args.watchers == 0 || args.baseline == 0 || args.changes == 0 {
+            bail!("--watchers, --baseline, --connections and --changes must be at least 1");
+        }
+        // Each phase must leave the download as it found it (PAUSED_NO_NETWORK).
+        if args.changes % 2 != 0 {
+            bail!("--changes must be even: pauses and resumes alternate");
+        }
+        Ok(args)
+    }
+}
+
+/// What one phase measured.
+struct Phase {
+    /// Every watcher's delay for every change, sorted.
+    delays: Vec<Duration>,
+    /// The control calls' round trips, sorted.
+    calls: Vec<Duration>,
+    /// Server RSS with the watchers open, in KiB.
+    rss: u64,
+    /// Server CPU time (user + system) spent while the changes were driven and delivered.
+    cpu: Duration,
+    /// This driver's own CPU time over the same span (its watchers decode every message).
+    client_cpu: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse()?;
+    std::fs::create_dir_all(&args.dir)?;
+    let run_dir = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(&args.dir)?;
+    let origin = start_origin().await?;
+    let (mut server, addr) = start_server(&args.bin, run_dir.path(), &[]).await?;
+    let pid = server.id().context("server pid")?;
+    let control = Client::connect(&addr).await?;
+    control.set_network_conditions(Some(false), None).await?;
+    let op = control
+        .create(pb::CreateDownloadRequest {
+            requested_uri: format!("http://{origin}/file"),
+            result_file: "fanout".into(),
+            ..Default::default()
+        })
+        .await?;
+    tokio::time::sleep(SETTLE).await;
+    let idle = rss_kib(pid)?;
+
+    let clients = connections(&addr, args.connections).await?;
+    let base = phase(&args, &control, &clients, &op.guid, args.baseline, pid).await?;
+    let many = phase(&args, &control, &clients, &op.guid, args.watchers, pid).await?;
+    if let Some(exit) = server.try_wait()? {
+        bail!("the server exited during the run: {exit}");
+    }
+    server.kill().await?;
+
+    println!(
+        "| watchers | changes | delay p50 | delay p99 | delay max | control call p50 | CPU per change, server / driver | server RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| none (one waiting download) | - | - | - | - | - | - | {} MiB |",
+        idle / 1024
+    );
+    for (n, p) in [(args.baseline, &base), (args.watchers, &many)] {
+        println!(
+            "| {n} | {} | {} | {} | {} | {} | {} / {} | {} MiB |",
+            args.changes,
+            ms(pct(&p.delays, 0.50)),
+            ms(pct(&p.delays, 0.99)),
+            ms(*p.delays.last().context("no delays")?),
+            ms(pct(&p.calls, 0.50)),
+            ms(p.cpu / args.changes as u32),
+            ms(p.client_cpu / args.changes as u32),
+            p.rss / 1024
+        );
+    }
+    let ratio = |q| pct(&many.delays, q).as_secs_f64() / pct(&base.delays, q).as_secs_f64();
+    println!(
+        "| ratio {} / {} | - | {:.1} | {:.1} | - | {:.1} | - | {:.2} |",
+        args.watchers,
+        args.baseline,
+        ratio(0.50),
+        ratio(0.99),
+        pct(&many.calls, 0.5).as_secs_f64() / pct(&base.calls, 0.5).as_secs_f64(),
+        many.rss as f64 / idle as f64
+    );
+    Ok(())
+}
+
+/// `count` clients, each on a connection of its own.
+async fn connections(addr: &str, count: usize) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        clients.push(Client::from_channel(channel));
+    }
+    Ok(clients)
+}
+
+/// The status change `k` leads to: pauses on even changes, resumes on odd ones.
+fn target(k: usize) -> S {
+    if k % 2 == 0 {
+        S::PausedByApplication
+    } else {
+        S::PausedNoNetwork
+    }
+}
+
+/// Opens `count` watchers of `guid` spread over `clients`, drives the changes, and measures.
+async fn phase(
+    args: &Args,
+    control: &Client,
+    clients: &[Client],
+    guid: &str,
+    count: usize,
+    pid: u32,
+) -> anyhow::Result<Phase> {
+    let seen: Arc<Vec<AtomicUsize>> = Arc::new((0..args.changes).map(|_| 0.into()).collect());
+    let all_seen = Arc::new(Notify::new());
+    let streams: Vec<_> = futures_util::stream::iter(0..count)
+        .map(|i| clients[i % clients.len()].watch(guid))
+        .buffered(OPEN_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let mut readers = tokio::task::JoinSet::new();
+    for stream in streams {
+        let (seen, all_seen, changes) = (seen.clone(), all_seen.clone(), args.changes);
+        readers.spawn(read(stream, changes, count, seen, all_seen));
+    }
+    tokio::time::sleep(SETTLE).await;
+    let rss = rss_kib(pid)?;
+
+    let cpu_before = cpu_time(pid)?;
+    let client_before = cpu_time(std::process::id())?;
+    let mut sent = Vec::with_capacity(args.changes);
+    let mut calls = Vec::with_capacity(args.changes);
+    for k in 0..args.changes {
+        let notified = all_seen.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let start = Instant::now();
+        let answer = if target(k) == S::PausedByApplication {
+            control.pause(guid).await?
+        } else {
+            control.resume(guid).await?
+        };
+        calls.push(start.elapsed());
+        sent.push(start);
+        let status = answer.progress.map(|p| p.status());
+        if status != Some(target(k)) {
+            bail!("change {k} answered {status:?}, not {:?}", target(k));
+        }
+        while seen[k].load(Ordering::Acquire) < count {
+            tokio::time::timeout(CHANGE_DEADLINE, notified.as_mut())
+                .await
+                .with_context(|| {
+                    format!(
+                        "only {} of {count} watchers saw change {k}",
+                        seen[k].load(Ordering::Acquire)
+                    )
+                })?;
+            notified.set(all_seen.notified());
+            notified.as_mut().enable();
+        }
+        tokio::time::sleep(CHANGE_GAP).await;
+    }
+    let cpu = cpu_time(pid)? - cpu_before;
+    let client_cpu = cpu_time(std::process::id())? - client_before;
+    let mut delays = Vec::with_capacity(count * args.changes);
+    while let Some(reader) = readers.join_next().await {
+        let times = reader??;
+        delays.extend(times.iter().zip(&sent).map(|(t, s)| *t - *s));
+    }
+    delays.sort();
+    calls.sort();
+    // The readers dropped their streams; give the server time to let go of them.
+    tokio::time::sleep(SETTLE).await;
+    Ok(Phase {
+        delays,
+        calls,
+        rss,
+        cpu,
+        client_cpu,
+    })
+}
+
+/// Reads one watch stream until it has seen `changes` status changes, noting when it saw each
+/// and counting itself in `seen`; the last of `count` watchers to see a change wakes the driver.
+async fn read(
+    mut stream: tonic::Streaming<pb::BackgroundDownloadProgress>,
+    changes: usize,
+    count: usize,
+    seen: Arc<Vec<AtomicUsize>>,
+    all_seen: Arc<Notify>,
+) -> anyhow::Result<Vec<Instant>> {
+    let mut times = Vec::with_capacity(changes);
+    while times.len() < changes {
+        let message = stream
+            .message()
+            .await?
+            .context("the watch stream ended early")?;
+        let k = times.len();
+        if message.status() == target(k) {
+            times.push(Instant::now());
+            if seen[k].fetch_add(1, Ordering::AcqRel) + 1 == count {
+                all_seen.notify_one();
+            }
+        }
+    }
+    Ok(times)
+}
+
+/// CPU time (user + system) a process has used so far.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    /// Clock ticks per second of `/proc/PID/stat` (USER_HZ, 100 on Linux).
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("no command name in stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15, so 11 and 12 after the name and state.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
+}
+
+/// The `q` quantile of sorted `values`.
+fn pct(values: &[Duration], q: f64) -> Duration {
+    let i = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1;
+    values[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
