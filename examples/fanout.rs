@@ -44,41 +44,33 @@ const CHANGE_GAP: Duration = Duration::from_millis(50);
 const OPEN_CONCURRENCY: usize = 256;
 
 /// What one run measures.
+#[derive(clap::Parser)]
+#[command(about = "Fan-out: how soon thousands of watchers of one download see each status change")]
 struct Args {
+    /// The transferd binary to run.
+    #[arg(long, default_value = "target/release/transferd")]
     bin: PathBuf,
+    /// Where each run gets a fresh directory.
+    #[arg(long, default_value = "target/fanout")]
     dir: PathBuf,
+    /// Watchers of the one download.
+    #[arg(long, default_value = "10000")]
     watchers: usize,
+    /// Watchers of the baseline run.
+    #[arg(long, default_value = "10")]
     baseline: usize,
+    /// Connections the watchers are spread over.
+    #[arg(long, default_value = "10")]
     connections: usize,
+    /// Status changes to time (even: pauses and resumes alternate).
+    #[arg(long, default_value = "20")]
     changes: usize,
 }
 
 impl Args {
-    fn parse() -> anyhow::Result<Args> {
-        let mut args = Args {
-            bin: PathBuf::from("target/release/transferd"),
-            dir: PathBuf::from("target/fanout"),
-            watchers: 10_000,
-            baseline: 10,
-            connections: 10,
-            changes: 20,
-        };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--bin" => args.bin = value.into(),
-                "--dir" => args.dir = value.into(),
-                "--watchers" => args.watchers = value.parse()?,
-                "--baseline" => args.baseline = value.parse()?,
-                "--connections" => args.connections = value.parse()?,
-                "--changes" => args.changes = value.parse()?,
-                _ => bail!(
-                    "unknown flag {flag}; flags: --bin --dir --watchers --baseline --connections \
-                     --changes"
-                ),
-            }
-        }
+    /// The command line, checked.
+    fn read() -> anyhow::Result<Args> {
+        let args = <Args as clap::Parser>::parse();
         if args.connections == 0 || args.watchers == 0 || args.baseline == 0 || args.changes == 0 {
             bail!("--watchers, --baseline, --connections and --changes must be at least 1");
         }
@@ -106,7 +98,7 @@ struct Phase {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse()?;
+    let args = Args::read()?;
     std::fs::create_dir_all(&args.dir)?;
     let run_dir = tempfile::Builder::new()
         .prefix("run-")

@@ -41,41 +41,35 @@ const STREAM_CAP_HEADROOM: usize = 2_000;
 const OUT_OF_REACH: &str = "16777216";
 
 /// What one run measures.
+#[derive(clap::Parser)]
+#[command(
+    about = "Overload: RSS with unread streams, and a flood of creates with and without the caps"
+)]
 struct Args {
+    /// The transferd binary to run.
+    #[arg(long, default_value = "target/release/transferd")]
     bin: PathBuf,
+    /// Where each run gets a fresh directory.
+    #[arg(long, default_value = "target/overload")]
     dir: PathBuf,
+    /// Unread watch streams to open.
+    #[arg(long, default_value = "10000")]
     streams: usize,
+    /// Connections the streams are spread over.
+    #[arg(long, default_value = "10")]
     connections: usize,
+    /// CreateDownload calls in the flood.
+    #[arg(long, default_value = "20000")]
     creates: usize,
+    /// Calls of the flood in flight at once.
+    #[arg(long, default_value = "4096")]
     flood: usize,
 }
 
 impl Args {
-    fn parse() -> anyhow::Result<Args> {
-        let mut args = Args {
-            bin: PathBuf::from("target/release/transferd"),
-            dir: PathBuf::from("target/overload"),
-            streams: 10_000,
-            connections: 10,
-            creates: 20_000,
-            flood: 4_096,
-        };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--bin" => args.bin = value.into(),
-                "--dir" => args.dir = value.into(),
-                "--streams" => args.streams = value.parse()?,
-                "--connections" => args.connections = value.parse()?,
-                "--creates" => args.creates = value.parse()?,
-                "--flood" => args.flood = value.parse()?,
-                _ => bail!(
-                    "unknown flag {flag}; flags: --bin --dir --streams --connections --creates \
-                     --flood"
-                ),
-            }
-        }
+    /// The command line, checked.
+    fn read() -> anyhow::Result<Args> {
+        let args = <Args as clap::Parser>::parse();
         if args.connections == 0 || args.flood == 0 {
             bail!("--connections and --flood must be at least 1");
         }
@@ -85,7 +79,7 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse()?;
+    let args = Args::read()?;
     std::fs::create_dir_all(&args.dir)?;
     let origin = start_origin().await?;
     let uri = format!("http://{origin}/file");

@@ -47,52 +47,42 @@ const STREAM_SETTLE: Duration = Duration::from_secs(3);
 const WATCHER_WINDOW: u32 = 65_535;
 
 /// What one run measures.
+#[derive(clap::Parser)]
+#[command(about = "Store growth: CreateDownload at 1k and at --stored downloads stored")]
 struct Args {
+    /// The transferd binary to run.
+    #[arg(long, default_value = "target/release/transferd")]
     bin: PathBuf,
+    /// Where each run gets a fresh directory.
+    #[arg(long, default_value = "target/store_growth")]
     dir: PathBuf,
+    /// Downloads stored at the second measurement.
+    #[arg(long, default_value = "100000")]
     stored: usize,
+    /// Creates per measured window.
+    #[arg(long, default_value = "1000")]
     window: usize,
+    /// Downloads stored when the unread streams open.
+    #[arg(long, default_value = "10000")]
     watch_at: usize,
+    /// Unread WatchDownloads streams to open.
+    #[arg(long, default_value = "200")]
     streams: usize,
+    /// Creates in flight in the concurrent window (as ghz -c 50).
+    #[arg(long, default_value = "50")]
     concurrency: usize,
+    /// Creates in flight while filling: enough that 100k takes minutes, not an hour.
+    #[arg(long, default_value = "64")]
     fill_concurrency: usize,
+    /// The server's --max-active; fills wait for every download to finish, so what is stored is what a long-lived server holds.
+    #[arg(long, default_value = "16")]
     max_active: String,
 }
 
 impl Args {
-    fn parse() -> anyhow::Result<Args> {
-        let mut args = Args {
-            bin: PathBuf::from("target/release/transferd"),
-            dir: PathBuf::from("target/store_growth"),
-            stored: 100_000,
-            window: 1000,
-            watch_at: 10_000,
-            streams: 200,
-            concurrency: 50,
-            // Enough that filling 100k takes minutes, not an hour; fills wait for every
-            // download to finish, so what is stored is what a long-lived server holds.
-            fill_concurrency: 64,
-            max_active: "16".into(),
-        };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--bin" => args.bin = value.into(),
-                "--dir" => args.dir = value.into(),
-                "--stored" => args.stored = value.parse()?,
-                "--window" => args.window = value.parse()?,
-                "--watch-at" => args.watch_at = value.parse()?,
-                "--streams" => args.streams = value.parse()?,
-                "--concurrency" => args.concurrency = value.parse()?,
-                "--fill-concurrency" => args.fill_concurrency = value.parse()?,
-                "--max-active" => args.max_active = value,
-                _ => bail!(
-                    "unknown flag {flag}; flags: --bin --dir --stored --window --watch-at \
-                     --streams --concurrency --fill-concurrency --max-active"
-                ),
-            }
-        }
+    /// The command line, checked.
+    fn read() -> anyhow::Result<Args> {
+        let args = <Args as clap::Parser>::parse();
         if args.watch_at > args.stored || 2 * args.window > args.stored {
             bail!("--watch-at and twice --window must not exceed --stored");
         }
@@ -105,7 +95,7 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse()?;
+    let args = Args::read()?;
     std::fs::create_dir_all(&args.dir)?;
     let run_dir = tempfile::Builder::new()
         .prefix("run-")
