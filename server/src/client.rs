@@ -314,17 +314,7 @@ impl Client {
         name: &str,
         value: &str,
     ) -> Result<pb::DownloadOperation, Status> {
-        let request = pb::SetRequestHeaderRequest {
-            guid: guid.into(),
-            name: name.into(),
-            value: value.into(),
-            sensitive: false,
-        };
-        Ok(self
-            .transfers()
-            .set_request_header(request)
-            .await?
-            .into_inner())
+        self.set_header(guid, name, value, false).await
     }
 
     /// `SetRequestHeader` with the header marked sensitive: its value is sent, never returned.
@@ -334,11 +324,21 @@ impl Client {
         name: &str,
         value: &str,
     ) -> Result<pb::DownloadOperation, Status> {
+        self.set_header(guid, name, value, true).await
+    }
+
+    async fn set_header(
+        &self,
+        guid: &str,
+        name: &str,
+        value: &str,
+        sensitive: bool,
+    ) -> Result<pb::DownloadOperation, Status> {
         let request = pb::SetRequestHeaderRequest {
             guid: guid.into(),
             name: name.into(),
             value: value.into(),
-            sensitive: true,
+            sensitive,
         };
         Ok(self
             .transfers()
