@@ -2,15 +2,18 @@
 //! unread WatchDownloads stream cost the server memory that grows with the store?
 //!
 //! It starts the real `transferd` binary on a fresh data directory (a new directory per run, so
-//! no earlier run's files or free-space state skew it) with `--max-active` (default 16), next to
-//! a tiny local HTTP origin, and fills the store by creating downloads, `--fill-concurrency` in
-//! flight, that complete against that origin (it waits for them every 2,000 creates, and before
-//! anything is measured): stored downloads are finished, as on a long-lived server, and nothing
-//! runs while a window starts. It reports:
+//! no earlier run's files or free-space state skew it; it is kept afterwards, since removing
+//! 100k files is minutes of disk work that would slow whatever runs next) with `--max-active`
+//! (default 16), next to a tiny local HTTP origin, and fills the store by creating downloads,
+//! `--fill-concurrency` in flight, that complete against that origin (it waits for them every
+//! 2,000 creates, and before anything is measured): stored downloads are finished, as on a
+//! long-lived server, and nothing runs while a window starts. It reports:
 //! - creates per second, one client connection, with `--window` creates measured at about 1k
 //!   stored and again at `--stored`, twice each: one create at a time, and `--concurrency`
 //!   (default 50) creates in flight on that one connection, as `ghz -c 50` sends them, which is
-//!   where group commit (concurrent creates sharing one commit) shows;
+//!   where group commit (concurrent creates sharing one commit) shows; and with each, the
+//!   server's CPU time per create and the download it started (from /proc), which other load
+//!   on the machine moves far less than it moves the rate;
 //! - the server's RSS before and after opening `--streams` WatchDownloads streams that are never
 //!   read, over `--watch-at` stored downloads.
 //!
@@ -26,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use support::{rss_kib, start_origin, start_server};
+use support::{cpu_seconds, rss_kib, start_origin, start_server};
 use transferd::client::Client;
 use transferd::pb::backgroundtransfer::v1 as pb;
 
@@ -97,16 +100,15 @@ impl Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::read()?;
     std::fs::create_dir_all(&args.dir)?;
+    // Kept after the run: removing 100k result files takes minutes of disk work (ext4 with
+    // discard), which would slow whatever runs next. The path is printed at the end.
     let run_dir = tempfile::Builder::new()
         .prefix("run-")
-        .tempdir_in(&args.dir)?;
+        .tempdir_in(&args.dir)?
+        .keep();
     let origin = start_origin().await?;
-    let (mut server, addr) = start_server(
-        &args.bin,
-        run_dir.path(),
-        &["--max-active", &args.max_active],
-    )
-    .await?;
+    let (mut server, addr) =
+        start_server(&args.bin, &run_dir, &["--max-active", &args.max_active]).await?;
     let pid = server.id().context("server pid")?;
     let client = Client::connect(&addr).await?;
     let uri = format!("http://{origin}/file");
@@ -117,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|");
     let fill_to = |target| (target, args.fill_concurrency);
     fill(&client, &uri, &mut stored, fill_to(args.window)).await?;
-    let small = measure_both(&client, &uri, &mut stored, &args, None).await?;
+    let small = measure_both(&client, &uri, &mut stored, &args, pid, None).await?;
     fill(&client, &uri, &mut stored, fill_to(args.watch_at)).await?;
     let rss_before = rss_kib(pid)?;
     println!(
@@ -136,8 +138,9 @@ async fn main() -> anyhow::Result<()> {
     drop(streams);
     let target = args.stored - 2 * args.window;
     fill(&client, &uri, &mut stored, fill_to(target)).await?;
-    measure_both(&client, &uri, &mut stored, &args, Some(small)).await?;
+    measure_both(&client, &uri, &mut stored, &args, pid, Some(small)).await?;
     server.kill().await?;
+    eprintln!("run directory kept: {}", run_dir.display());
     Ok(())
 }
 
@@ -159,28 +162,41 @@ async fn fill(
 }
 
 /// Measures `--window` creates one at a time, then `--window` with `--concurrency` in flight,
-/// prints both (with their ratio to `base`, the same measures at a smaller store) and returns
-/// their rates.
+/// prints both rates and the server's CPU time per create (with their ratio to `base`, the same
+/// measures at a smaller store) and returns them.
 async fn measure_both(
     client: &Client,
     uri: &str,
     stored: &mut usize,
     args: &Args,
-    base: Option<[f64; 2]>,
-) -> anyhow::Result<[f64; 2]> {
-    let mut rates = [0.0; 2];
+    pid: u32,
+    base: Option<[f64; 4]>,
+) -> anyhow::Result<[f64; 4]> {
+    let mut measured = [0.0; 4];
     for (i, in_flight) in [1, args.concurrency].into_iter().enumerate() {
         let at = *stored;
+        let cpu_before = cpu_seconds(pid)?;
         let start = Instant::now();
         create_concurrently(client, uri, at, args.window, in_flight).await?;
         let rate = args.window as f64 / start.elapsed().as_secs_f64();
-        rates[i] = rate;
         *stored += args.window;
-        let ratio = base.map_or(1.0, |base| rate / base[i]);
-        println!("| creates/s, {in_flight} in flight | {at} stored | {rate:.0} | {ratio:.2} |");
         settle(client).await?;
+        // The server's CPU time for the window's creates and the downloads they started: unlike
+        // the rate, it barely moves when other processes share the cores.
+        let cpu_us = (cpu_seconds(pid)? - cpu_before) * 1e6 / args.window as f64;
+        measured[i] = rate;
+        measured[2 + i] = cpu_us;
+        let ratio = |i: usize, value: f64| base.map_or(1.0, |base| value / base[i]);
+        println!(
+            "| creates/s, {in_flight} in flight | {at} stored | {rate:.0} | {:.2} |",
+            ratio(i, rate)
+        );
+        println!(
+            "| server CPU per create and its download, {in_flight} in flight | {at} stored | {cpu_us:.0} µs | {:.2} |",
+            ratio(2 + i, cpu_us)
+        );
     }
-    Ok(rates)
+    Ok(measured)
 }
 
 /// Creates downloads numbered `first..first + count`, keeping `in_flight` calls open on the
