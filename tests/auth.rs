@@ -44,6 +44,7 @@ const READS: &[&str] = &[
     "WatchDownload",
     "WatchDownloads",
     "GetResponseInformation",
+    "ReadResult",
 ];
 
 /// The methods of `TransferSystemService`, for admins only.

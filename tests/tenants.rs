@@ -48,6 +48,7 @@ const GUID_RPCS: &[&str] = &[
     "SetRequestedUri",
     "MakeCurrentInTransferGroup",
     "SetRateLimit",
+    "ReadResult",
 ];
 
 /// A server with both tenants and the admin; the harness's own client is the admin, who sees

@@ -228,6 +228,25 @@ impl Client {
         Ok(self.transfers().watch_download(request).await?.into_inner())
     }
 
+    /// `ReadResult`: the bytes of a download's result from `offset`, `length` of them (0: to
+    /// the end), in chunks; with `follow`, also of a download that has not completed, as they
+    /// become durable.
+    pub async fn read_result(
+        &self,
+        guid: &str,
+        offset: u64,
+        length: u64,
+        follow: bool,
+    ) -> Result<tonic::Streaming<pb::ResultChunk>, Status> {
+        let request = pb::ReadResultRequest {
+            guid: guid.into(),
+            offset,
+            length,
+            follow,
+        };
+        Ok(self.transfers().read_result(request).await?.into_inner())
+    }
+
     /// `WatchDownloads`: the progress of every download (of `group`, if given), the current
     /// state of each first; the stream never ends by itself.
     pub async fn watch_all(

@@ -128,6 +128,53 @@ pub enum Error {
         /// The tenant named.
         tenant: String,
     },
+    /// ReadResult asked for the bytes of a download whose status has none to give.
+    #[error(
+        "cannot read the result of download `{guid}`: it is {}{}",
+        status.name(),
+        read_hint(*status)
+    )]
+    NotReadable {
+        /// The download.
+        guid: Guid,
+        /// Its status at the time.
+        status: Status,
+    },
+    /// ReadResult from past the end of a COMPLETED download's result.
+    #[error(
+        "offset {offset} is past the end of the result of download `{guid}`, which has {size} bytes"
+    )]
+    ReadOutOfRange {
+        /// The download.
+        guid: Guid,
+        /// The offset asked for.
+        offset: u64,
+        /// The result's length.
+        size: u64,
+    },
+    /// The result file of a COMPLETED download cannot be read as transferd committed it.
+    #[error(
+        "cannot read result_file `{}` of download `{guid}`: {reason}",
+        shorten(path)
+    )]
+    ResultUnreadable {
+        /// The download.
+        guid: Guid,
+        /// Its result file.
+        path: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A followed ReadResult could not finish; what it sent is not a whole result.
+    #[error(
+        "stopped reading download `{guid}`: {reason}; the bytes sent so far are not a whole result"
+    )]
+    ReadAborted {
+        /// The download.
+        guid: Guid,
+        /// What happened.
+        reason: String,
+    },
     /// The server is shutting down and takes no new work.
     #[error("transferd is shutting down; retry against the restarted server")]
     ShuttingDown,
@@ -156,6 +203,14 @@ fn tenant_label(tenant: &str) -> String {
         "the default tenant".into()
     } else {
         format!("tenant `{}`", shorten(tenant))
+    }
+}
+
+fn read_hint(status: Status) -> &'static str {
+    if status.is_terminal() {
+        " and has no result to read"
+    } else {
+        "; read it once it is COMPLETED, or set follow to read its bytes as they are written"
     }
 }
 

@@ -33,7 +33,7 @@
 //!   downloads, result-file claims, paging, the lazy WatchDownloads snapshot walk), `queue.rs`
 //!   (the run queue), `scheduler.rs` (slots, priorities, serialized groups), `transfer.rs` (the
 //!   transfer task: attempts, checkpoints, commit), `retention.rs` (DeleteDownload and
-//!   `--retain-finished`), `host.rs` (host conditions and their monitor), `tenants.rs` (which
+//!   `--retain-finished`), `results.rs` (ReadResult: a download's bytes, followed while written), `host.rs` (host conditions and their monitor), `tenants.rs` (which
 //!   downloads a caller's request covers; per-tenant counts and quotas). Every command runs as
 //!   the call's `Caller`. `mod.rs` documents the lock order.
 //! - `fetch/`: the HTTP fetcher; owns the Range / If-Range / restart rules and classifies
@@ -47,7 +47,8 @@
 //! - `operation`: the domain model of a download: spec, settings, statuses and their numbers.
 //! - `redact`: which request headers are sensitive, and the one way secrets (their values, URI
 //!   userinfo) are shown in responses and logs: as a fixed marker.
-//! - `paths`: result-file validation, partial files, the atomic commit and result-file removal.
+//! - `paths`: result-file validation, partial files, the atomic commit and result-file removal;
+//!   `paths/read.rs` opens them for ReadResult.
 //! - `datadir`: the lock that keeps a second process off a data directory.
 //! - `error`: typed errors of the engine.
 #![forbid(unsafe_code)]

@@ -24,6 +24,10 @@ use crate::auth::Tenant;
 use crate::error::Error;
 use crate::operation::Guid;
 
+mod read;
+
+pub use read::{open_partial_for_reading, open_result};
+
 /// Staging directory for partial files, inside the download directory. Clients cannot name
 /// result files inside it.
 pub const PARTIAL_DIR: &str = ".transferd-partial";

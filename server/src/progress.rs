@@ -144,6 +144,12 @@ impl Hub {
         *self.tx.borrow()
     }
 
+    /// A receiver that wakes at every publication, for readers that follow a download without
+    /// needing each message (ReadResult with follow).
+    pub fn changes(&self) -> watch::Receiver<Snapshot> {
+        self.tx.subscribe()
+    }
+
     /// Tells WatchDownloads watchers that this download exists (called once it is stored).
     pub fn announce(&self) {
         let _ = self.bus.tx.send(Event {

@@ -33,6 +33,8 @@ pub async fn every_rpc(
             "GetResponseInformation",
             ok(client.response_information(guid).await),
         ),
+        // With follow, so that opening the stream succeeds for a download that is not done.
+        ("ReadResult", ok(client.read_result(guid, 0, 0, true).await)),
         (
             "SetCostPolicy",
             ok(client.set_cost_policy(guid, C::UnrestrictedOnly).await),

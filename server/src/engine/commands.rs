@@ -510,7 +510,7 @@ impl Engine {
     }
 
     /// The download with this guid, if `caller` may see it.
-    fn op(&self, caller: &Caller, guid: &str) -> Result<Arc<Op>, Error> {
+    pub(super) fn op(&self, caller: &Caller, guid: &str) -> Result<Arc<Op>, Error> {
         self.lock().registry.find(guid, caller)
     }
 

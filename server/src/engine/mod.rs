@@ -35,6 +35,7 @@ mod host;
 mod queue;
 mod rate;
 mod registry;
+pub mod results;
 mod retention;
 mod scheduler;
 #[cfg(test)]

@@ -21,6 +21,8 @@ const ROLES: &[(&str, &str, Role)] = &[
     (TRANSFER, "WatchDownload", Role::Reader),
     (TRANSFER, "WatchDownloads", Role::Reader),
     (TRANSFER, "GetResponseInformation", Role::Reader),
+    // Whoever may see a tenant's downloads may read what they fetched.
+    (TRANSFER, "ReadResult", Role::Reader),
     (TRANSFER, "CreateDownload", Role::User),
     (TRANSFER, "PauseDownload", Role::User),
     (TRANSFER, "ResumeDownload", Role::User),

@@ -32,7 +32,12 @@ fn code(error: &Error) -> Code {
         | Error::NoResponseYet { .. }
         | Error::NotPaused { .. }
         | Error::NoGroup { .. }
-        | Error::ResultFileNotRemoved { .. } => Code::FailedPrecondition,
+        | Error::ResultFileNotRemoved { .. }
+        | Error::NotReadable { .. }
+        | Error::ResultUnreadable { .. } => Code::FailedPrecondition,
+        Error::ReadOutOfRange { .. } => Code::OutOfRange,
+        // The read may be asked again: the download may be retried or recreated.
+        Error::ReadAborted { .. } => Code::Aborted,
         Error::ResultFileInUse { .. } | Error::ResultFileExists { .. } => Code::AlreadyExists,
         Error::QuotaExceeded { .. } => Code::ResourceExhausted,
         Error::OtherTenant { .. } => Code::PermissionDenied,
@@ -80,9 +85,13 @@ mod tests {
             Error::ResultFileNotRemoved { .. } => 12,
             Error::QuotaExceeded { .. } => 13,
             Error::OtherTenant { .. } => 14,
+            Error::NotReadable { .. } => 15,
+            Error::ReadOutOfRange { .. } => 16,
+            Error::ResultUnreadable { .. } => 17,
+            Error::ReadAborted { .. } => 18,
         }
     }
-    const VARIANTS: usize = 15;
+    const VARIANTS: usize = 19;
 
     /// One of each store error with its code. The store's errors are being reworked on another
     /// branch; this and [`store_status`] are what a merge swaps.
@@ -189,6 +198,36 @@ mod tests {
                     reason: "permission denied".into(),
                 },
                 Code::FailedPrecondition,
+            ),
+            (
+                Error::NotReadable {
+                    guid: guid(),
+                    status: Status::Running,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::ReadOutOfRange {
+                    guid: guid(),
+                    offset: 9,
+                    size: 8,
+                },
+                Code::OutOfRange,
+            ),
+            (
+                Error::ResultUnreadable {
+                    guid: guid(),
+                    path: "a".into(),
+                    reason: "it is gone".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::ReadAborted {
+                    guid: guid(),
+                    reason: "it was canceled".into(),
+                },
+                Code::Aborted,
             ),
         ];
         cases.extend(

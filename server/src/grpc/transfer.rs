@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status as GrpcStatus};
 use super::audit::Subject;
 use super::convert;
 use crate::auth::Caller;
+use crate::engine::results::ReadRange;
 use crate::engine::{Engine, NewDownload, Scope};
 use crate::pb::backgroundtransfer::v1 as pb;
 use pb::background_transfer_service_server::BackgroundTransferService;
@@ -29,6 +30,7 @@ impl TransferService {
 
 type ProgressStream =
     Pin<Box<dyn Stream<Item = Result<pb::BackgroundDownloadProgress, GrpcStatus>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ResultChunk, GrpcStatus>> + Send>>;
 type EventStream =
     Pin<Box<dyn Stream<Item = Result<pb::DownloadProgressEvent, GrpcStatus>> + Send>>;
 
@@ -157,6 +159,34 @@ impl BackgroundTransferService for TransferService {
         let stream = self.engine.watch_all(scope, transfer_group).map(|item| {
             item.map(|(guid, message)| convert::event(guid, message))
                 .map_err(Into::into)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type ReadResultStream = ChunkStream;
+
+    async fn read_result(
+        &self,
+        request: Request<pb::ReadResultRequest>,
+    ) -> Result<Response<Self::ReadResultStream>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
+        let pb::ReadResultRequest {
+            guid,
+            offset,
+            length,
+            follow,
+        } = request.into_inner();
+        let range = ReadRange {
+            offset,
+            length,
+            follow,
+        };
+        let stream = self.engine.read_result(&caller, &guid, range)?.map(|item| {
+            item.map(|chunk| pb::ResultChunk {
+                offset: chunk.offset,
+                data: chunk.data,
+            })
+            .map_err(Into::into)
         });
         Ok(Response::new(Box::pin(stream)))
     }
