@@ -68,8 +68,8 @@ pub mod pb;
 pub(crate) mod progress;
 pub(crate) mod redact;
 pub(crate) mod retry;
-pub(crate) mod sha256;
 pub mod server;
+pub(crate) mod sha256;
 pub(crate) mod store;
 pub mod tls;
 

@@ -200,7 +200,9 @@ fn compress(state: &mut [u32; 8], block: &[u8]) {
 fn check_of(body: &[u8]) -> [u8; CHECK_LEN] {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(body);
-    digest[..CHECK_LEN].try_into().expect("a digest is 32 bytes")
+    digest[..CHECK_LEN]
+        .try_into()
+        .expect("a digest is 32 bytes")
 }
 
 #[cfg(test)]
@@ -266,10 +268,7 @@ mod tests {
         h.update(&data(100));
         let good = h.encode();
         assert!(Hasher::decode(&good[..good.len() - 1]).is_err());
-        assert_eq!(
-            Hasher::decode(&good[..10]),
-            Err(StateError("too short"))
-        );
+        assert_eq!(Hasher::decode(&good[..10]), Err(StateError("too short")));
         assert!(Hasher::decode(&[]).is_err());
         // Any single flipped bit is caught by the check.
         for i in 0..good.len() {

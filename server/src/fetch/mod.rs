@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::egress::EgressPolicy;
 use crate::operation::{ErrorReason, ResponseInfo, Settings, TransferError, Validators};
+use crate::sha256::Hasher;
 use response::Resume;
 
 pub use body::WRITE_BUFFER_SIZE;
@@ -72,8 +73,10 @@ pub trait Observer: Send + Sync {
     fn progress(&self, bytes_received: u64);
     /// Time to publish byte progress, if it changed.
     fn tick(&self);
-    /// The partial file holds `bytes` durably (fsynced): the engine may checkpoint them.
-    fn durable(&self, bytes: u64) -> impl Future<Output = ()> + Send;
+    /// The partial file holds `bytes` durably (fsynced): the engine may checkpoint them, and
+    /// with them `sha256`, the state of exactly those bytes when the attempt hashes (see
+    /// [`Hashing`]).
+    fn durable(&self, bytes: u64, sha256: Option<&Hasher>) -> impl Future<Output = ()> + Send;
 }
 
 /// What to transfer.
@@ -93,6 +96,20 @@ pub struct Job<'a> {
     pub max_bytes: u64,
     /// The download's share of the bandwidth limits; every read waits for it.
     pub lane: &'a throttle::Lane,
+    /// Whether the bytes written are hashed, and from what saved state.
+    pub hashing: Hashing,
+}
+
+/// Whether an attempt hashes the bytes it writes (SHA-256, in file order), so the finished
+/// file's digest is known without reading it again.
+#[derive(Debug)]
+pub enum Hashing {
+    /// Nothing is hashed.
+    Off,
+    /// Every byte written is hashed. The state is the one saved with the checkpoint, if any: a
+    /// resume from exactly its byte count continues it; a resume from anywhere else (or
+    /// without one) hashes the partial file's prefix once first; a restart from 0 starts anew.
+    On(Option<Hasher>),
 }
 
 /// How an attempt ended.
@@ -342,6 +359,11 @@ impl Fetcher {
             validators: job.validators.clone(),
             discarded: job.checkpoint > file_len,
             durable: job.checkpoint,
+            hashing: matches!(job.hashing, Hashing::On(_)),
+            hasher: match &job.hashing {
+                Hashing::On(saved) => saved.clone(),
+                Hashing::Off => None,
+            },
         };
         if at.offset > 0 && at.validators.if_range().is_none() {
             // Without a validator a Range request cannot detect a changed file: start over
@@ -437,7 +459,22 @@ impl Fetcher {
             ));
         }
         at.validators = validators.clone();
-        let file = body::open_partial(job.partial, at.offset).await?;
+        let resumed = at
+            .hasher
+            .take()
+            .filter(|h| at.hashing && h.len() == at.offset);
+        let hash_prefix = at.hashing && at.offset > 0 && resumed.is_none();
+        if hash_prefix {
+            tracing::debug!(
+                offset = at.offset,
+                "no SHA-256 state saved at the resume offset; hashing the partial file's prefix once"
+            );
+        }
+        let (file, prefix) = body::open_partial(job.partial, at.offset, hash_prefix).await?;
+        at.hasher = match resumed.or(prefix) {
+            Some(hasher) => Some(hasher),
+            None => at.hashing.then(Hasher::new),
+        };
         observer.response(ResponseStart {
             info,
             validators,
@@ -447,7 +484,7 @@ impl Fetcher {
         });
         if at.offset < at.durable {
             // The old checkpoint no longer describes the file; say so before writing anew.
-            observer.durable(at.offset).await;
+            observer.durable(at.offset, at.hasher.as_ref()).await;
             at.durable = at.offset;
         }
         let expect = body::Expect {
@@ -458,7 +495,8 @@ impl Fetcher {
             window: self.timeouts.stall,
             min_speed: self.timeouts.min_speed,
         };
-        body::stream_body(response, file, expect, job.lane, observer, stop).await
+        let hasher = &mut at.hasher;
+        body::stream_body(response, file, hasher, expect, job.lane, observer, stop).await
     }
 }
 
@@ -474,6 +512,10 @@ struct Position {
     discarded: bool,
     /// The checkpoint the engine holds.
     durable: u64,
+    /// Whether the attempt hashes what it writes.
+    hashing: bool,
+    /// The SHA-256 state of the file's first `offset` bytes, when hashing and known.
+    hasher: Option<Hasher>,
 }
 
 impl Position {
@@ -482,6 +524,7 @@ impl Position {
         self.offset = 0;
         self.total = 0;
         self.discarded = true;
+        self.hasher = None;
     }
 }
 
