@@ -20,8 +20,9 @@
 //!   address it resolves to, at every connection.
 //! - `response.rs`: reading a response: does a 206 fit, resumability, validators, error
 //!   statuses and redirects that were not followed.
-//! - `body.rs`: streaming the body into the partial file and making it durable, within its
-//!   announced length, the size limit, the stall and low-speed rules and the bandwidth limit.
+//! - `body.rs`: streaming the body into the partial file (hashing it as written, when asked)
+//!   and making it durable, within its announced length, the size limit, the stall and
+//!   low-speed rules and the bandwidth limit.
 //! - `throttle.rs`: the bandwidth limits: the server-wide budget, fair shares of it, and each
 //!   download's own limit, as one token bucket per running attempt.
 
