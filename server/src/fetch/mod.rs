@@ -460,22 +460,9 @@ impl Fetcher {
             ));
         }
         at.validators = validators.clone();
-        let resumed = at
-            .hasher
-            .take()
-            .filter(|h| at.hashing && h.len() == at.offset);
-        let hash_prefix = at.hashing && at.offset > 0 && resumed.is_none();
-        if hash_prefix {
-            tracing::debug!(
-                offset = at.offset,
-                "no SHA-256 state saved at the resume offset; hashing the partial file's prefix once"
-            );
-        }
+        let (resumed, hash_prefix) = at.resume_hash();
         let (file, prefix) = body::open_partial(job.partial, at.offset, hash_prefix).await?;
-        at.hasher = match resumed.or(prefix) {
-            Some(hasher) => Some(hasher),
-            None => at.hashing.then(Hasher::new),
-        };
+        at.hasher = resumed.or(prefix).or_else(|| at.hashing.then(Hasher::new));
         observer.response(ResponseStart {
             info,
             validators,
@@ -526,6 +513,21 @@ impl Position {
         self.total = 0;
         self.discarded = true;
         self.hasher = None;
+    }
+
+    /// Takes the carried SHA-256 state if it is of exactly the bytes before `offset`; and
+    /// whether, hashing without one, the partial file's prefix must be hashed first.
+    fn resume_hash(&mut self) -> (Option<Hasher>, bool) {
+        let carried = self.hasher.take();
+        let resumed = carried.filter(|h| self.hashing && h.len() == self.offset);
+        let hash_prefix = self.hashing && self.offset > 0 && resumed.is_none();
+        if hash_prefix {
+            tracing::debug!(
+                offset = self.offset,
+                "no SHA-256 state saved at the resume offset; hashing the partial file's prefix once"
+            );
+        }
+        (resumed, hash_prefix)
     }
 }
 
