@@ -1,6 +1,7 @@
 //! Chaos: downloads in flight, the server killed with SIGKILL at random moments and restarted on
 //! the same data directory, again and again. Afterwards every acknowledged download must exist
-//! exactly once, be COMPLETED, and hold exactly the origin's bytes.
+//! exactly once, be COMPLETED (each was given its expected SHA-256, verified at commit), and hold
+//! exactly the origin's bytes.
 //!
 //! CI runs a bounded version (3 cycles over 20 downloads). The release soak is the same test
 //! with more of both:
@@ -24,6 +25,16 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Creates download `i` with its expected SHA-256 (`sha`), so every kill also lands in the
+/// middle of hashing as written: a state saved out of step with its bytes ends it in ERROR.
+async fn create(h: &Harness, i: usize, sha: &str) -> String {
+    let request = pb::CreateDownloadRequest {
+        expected_sha256: sha.into(),
+        ..create_request(&h.origin.url(&format!("/d{i}")), &format!("d{i}"))
+    };
+    h.create_with(request).await.guid
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,11 +69,7 @@ async fn kill_restart_cycles_lose_and_corrupt_nothing() {
         let upto = (downloads * (cycle as usize + 1) / cycles as usize).max(created.len());
         while created.len() < upto {
             let i = created.len();
-            created.push(
-                h.create(&h.origin.url(&format!("/d{i}")), &format!("d{i}"))
-                    .await
-                    .guid,
-            );
+            created.push(create(&h, i, &expected[i]).await);
         }
         tokio::time::sleep(Duration::from_millis(rng.u64(20..800))).await;
         h.server.kill().await;
@@ -70,11 +77,7 @@ async fn kill_restart_cycles_lose_and_corrupt_nothing() {
     }
     while created.len() < downloads {
         let i = created.len();
-        created.push(
-            h.create(&h.origin.url(&format!("/d{i}")), &format!("d{i}"))
-                .await
-                .guid,
-        );
+        created.push(create(&h, i, &expected[i]).await);
     }
 
     let listed = h.list_guids().await;

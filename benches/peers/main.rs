@@ -10,7 +10,8 @@
 //! peer, transferd, ...) after one warm-up round, each run on a fresh output directory on the
 //! disk, with `sync` between runs:
 //! - `bulk`: one large file (1 GiB; smoke: 16 MiB), create → COMPLETED (fsynced) against raw
-//!   reqwest (+ fsync), curl (+ sync) and aria2c -x8 -s8 (+ sync);
+//!   reqwest (+ fsync), curl (+ sync) and aria2c -x8 -s8 (+ sync); each round also runs
+//!   transferd with the file's `expected_sha256` (`transferd + sha256`), against plain transferd;
 //! - `capped`: one file (128 MiB; smoke: 2 MiB) through nginx's `limit_rate` (16 MiB/s per
 //!   connection), against curl and aria2c -x16 -s16;
 //! - `small`: 2,000 × 64 KiB (smoke: 100), 16 at a time, created over gRPC, all COMPLETED,

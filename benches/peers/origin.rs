@@ -41,6 +41,8 @@ pub const CAPPED: &str = "capped.bin";
 pub struct Origin {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// SHA-256 of the bulk file, in hex, for the run that gives transferd `expected_sha256`.
+    pub bulk_sha256: String,
     _nginx: Child,
     _files: TempDir,
     _config: TempDir,
@@ -53,7 +55,7 @@ impl Origin {
             .prefix("transferd-peers-")
             .tempdir_in(SHM)
             .with_context(|| format!("cannot create a directory in {SHM} (tmpfs)"))?;
-        write_random(&files.path().join(BULK), sizes.bulk_bytes)?;
+        let bulk_sha256 = write_random(&files.path().join(BULK), sizes.bulk_bytes)?;
         write_random(&files.path().join(CAPPED), sizes.capped_bytes)?;
         std::fs::create_dir(files.path().join("small"))?;
         for i in 0..sizes.small_count {
@@ -80,6 +82,7 @@ impl Origin {
         wait_ready(&mut child, port, config.path()).await?;
         Ok(Origin {
             base: format!("http://127.0.0.1:{port}"),
+            bulk_sha256,
             _nginx: child,
             _files: files,
             _config: config,
@@ -107,8 +110,10 @@ fn small_path(i: usize) -> String {
     format!("small/{i}.bin")
 }
 
-/// Random bytes, so nothing along the way can profit from repetition.
-fn write_random(path: &Path, bytes: u64) -> anyhow::Result<()> {
+/// Random bytes, so nothing along the way can profit from repetition; returns their SHA-256.
+fn write_random(path: &Path, bytes: u64) -> anyhow::Result<String> {
+    use sha2::Digest as _;
+    let mut sha = sha2::Sha256::new();
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut chunk = vec![0; CHUNK];
     let mut left = bytes;
@@ -116,10 +121,11 @@ fn write_random(path: &Path, bytes: u64) -> anyhow::Result<()> {
         let n = left.min(CHUNK as u64) as usize;
         fastrand::fill(&mut chunk[..n]);
         file.write_all(&chunk[..n])?;
+        sha.update(&chunk[..n]);
         left -= n as u64;
     }
     file.flush()?;
-    Ok(())
+    Ok(format!("{:x}", sha.finalize()))
 }
 
 /// A port nothing listens on now. Another process could take it before nginx binds; nginx

@@ -139,7 +139,8 @@ impl Single {
 pub async fn bulk(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
     let peers = [Single::Reqwest, Single::Curl, Single::Aria2c(ARIA2C_BULK)];
     let (url, bytes) = (ctx.origin.url(BULK), ctx.sizes.bulk_bytes);
-    single_file(ctx, report, "bulk", &url, bytes, &peers).await
+    let sha = Some(ctx.origin.bulk_sha256.as_str());
+    single_file(ctx, report, "bulk", &url, bytes, &peers, sha).await
 }
 
 /// One file from the origin's `limit_rate` location: what a single connection gets, against
@@ -147,10 +148,12 @@ pub async fn bulk(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
 pub async fn capped(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
     let peers = [Single::Curl, Single::Aria2c(ARIA2C_CAPPED)];
     let (url, bytes) = (ctx.origin.capped_url(CAPPED), ctx.sizes.capped_bytes);
-    single_file(ctx, report, "capped", &url, bytes, &peers).await
+    single_file(ctx, report, "capped", &url, bytes, &peers, None).await
 }
 
-/// Each round: every peer, each followed by transferd, on the file at `url` of `bytes` bytes.
+/// Each round: every peer, each followed by transferd, on the file at `url` of `bytes` bytes;
+/// with `sha256`, the round ends with transferd given it as `expected_sha256`, which shows
+/// what hashing as it writes costs.
 async fn single_file(
     ctx: &Context,
     report: &mut Report,
@@ -158,6 +161,7 @@ async fn single_file(
     url: &str,
     bytes: u64,
     peers: &[Single],
+    sha256: Option<&str>,
 ) -> anyhow::Result<()> {
     let mb = bytes as f64 / 1e6;
     let client = reqwest_client()?;
@@ -174,13 +178,18 @@ async fn single_file(
             samples.push((format!("{label} + {}", peer.durable()), durable));
             samples.push((
                 "transferd".into(),
-                transferd_single(ctx, workload, url, bytes).await?,
+                transferd_single(ctx, workload, url, bytes, None).await?,
             ));
+        }
+        if let Some(sha) = sha256 {
+            let seconds = transferd_single(ctx, workload, url, bytes, Some(sha)).await?;
+            samples.push((HASHED.into(), seconds));
         }
         for (name, seconds) in samples.into_iter().filter(|_| keep) {
             report.record(workload, &name, "MB/s", mb / seconds);
         }
     }
+    report.compare(workload, HASHED, "transferd");
     for &peer in peers {
         let label = peer.label();
         if matches!(peer, Single::Aria2c(_)) {
@@ -203,19 +212,29 @@ async fn single_file(
     Ok(())
 }
 
+/// The row of transferd given the file's `expected_sha256`.
+const HASHED: &str = "transferd + sha256";
+
 /// transferd on a fresh data directory: seconds from CreateDownload to COMPLETED (which
-/// transferd publishes only once the file and its directory entry are durable).
+/// transferd publishes only once the file and its directory entry are durable, and, with
+/// `sha256`, verified).
 async fn transferd_single(
     ctx: &Context,
     workload: &str,
     url: &str,
     bytes: u64,
+    sha256: Option<&str>,
 ) -> anyhow::Result<f64> {
     let dir = ctx.fresh(&format!("{workload}-transferd"))?;
     let server = Server::transferd(&dir, &[]).await?;
     let client = server.client().await?;
     let start = Instant::now();
-    let created = client.create(request(url, "file")).await?;
+    let created = client
+        .create(pb::CreateDownloadRequest {
+            expected_sha256: sha256.unwrap_or_default().into(),
+            ..request(url, "file")
+        })
+        .await?;
     let mut progress = client.watch(&created.guid).await?;
     loop {
         let message = progress

@@ -44,6 +44,7 @@
 //!   passes.
 //! - `progress`: progress fan-out to any number of watchers without ever slowing a transfer.
 //! - `retry`: backoff with jitter, Retry-After, and the retry budget.
+//! - `sha256`: a SHA-256 whose state is saved with each checkpoint and continued on resume.
 //! - `operation`: the domain model of a download: spec, settings, statuses and their numbers.
 //! - `redact`: which request headers are sensitive, and the one way secrets (their values, URI
 //!   userinfo) are shown in responses and logs: as a fixed marker.
@@ -69,6 +70,7 @@ pub(crate) mod progress;
 pub(crate) mod redact;
 pub(crate) mod retry;
 pub mod server;
+pub(crate) mod sha256;
 pub(crate) mod store;
 pub mod tls;
 

@@ -361,7 +361,8 @@ pub fn open_partial(partial: &Path) -> io::Result<File> {
             rustix::fs::unlinkat(&staging, name, AtFlags::empty())?;
         }
     }
-    let flags = OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // Readable too: a resume without a saved SHA-256 state hashes the prefix through it.
+    let flags = OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(&staging, name, flags, Mode::from_raw_mode(FILE_MODE))?;
     Ok(File::from(fd))
 }

@@ -100,6 +100,7 @@ impl Engine {
             status: Status::Idle,
             checkpoint_bytes: 0,
             total_bytes: 0,
+            sha256_state: None,
             validators: Validators::default(),
             response: None,
             error: None,

@@ -15,6 +15,7 @@ use crate::operation::{
     DownloadSpec, Progress, ResponseInfo, Settings, Status, StatusReason, TransferError, Validators,
 };
 use crate::progress::{self, Bus, Hub};
+use crate::sha256::Hasher;
 use crate::store::Record;
 
 /// A download in memory.
@@ -43,6 +44,11 @@ pub(super) struct OpState {
     pub(super) bytes: u64,
     /// Bytes durably in the partial file.
     pub(super) checkpoint: u64,
+    /// The SHA-256 of the bytes written so far, as of the checkpoint, for a download that
+    /// hashes as it writes; stored with the checkpoint. `None` when it does not hash, or when
+    /// the stored state was missing or unusable (the next attempt then hashes the file's
+    /// prefix once).
+    pub(super) sha256: Option<Hasher>,
     pub(super) total: u64,
     pub(super) validators: Validators,
     pub(super) response: Option<ResponseInfo>,
@@ -192,6 +198,18 @@ impl OpState {
     }
 }
 
+/// The SHA-256 state stored with a download's checkpoint, if it can be continued. One that
+/// cannot is dropped here, never trusted: the next attempt hashes the partial file's prefix.
+fn saved_hash(guid: &str, stored: Option<&[u8]>) -> Option<Hasher> {
+    match Hasher::decode(stored?) {
+        Ok(hasher) => Some(hasher),
+        Err(e) => {
+            tracing::debug!(guid, error = %e, "the stored SHA-256 state is dropped; the partial file's prefix will be hashed at resume");
+            None
+        }
+    }
+}
+
 impl Op {
     /// A download in memory, in the state a stored record describes.
     pub(super) fn from_record(record: Record, bus: &Bus) -> Arc<Op> {
@@ -201,6 +219,7 @@ impl Op {
             status,
             checkpoint_bytes,
             total_bytes,
+            sha256_state,
             validators,
             response,
             error,
@@ -241,6 +260,7 @@ impl Op {
                 queue_order,
                 bytes: progress.bytes_received,
                 checkpoint: checkpoint_bytes,
+                sha256: saved_hash(&spec.guid, sha256_state.as_deref()),
                 total: total_bytes,
                 validators,
                 response,
@@ -281,6 +301,7 @@ impl Op {
             status: st.status,
             checkpoint_bytes: st.checkpoint,
             total_bytes: st.total,
+            sha256_state: st.sha256.as_ref().map(Hasher::encode),
             validators: st.validators.clone(),
             response: st.response.clone(),
             error: st.error.clone(),

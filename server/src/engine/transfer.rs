@@ -13,11 +13,12 @@ use tokio_util::sync::CancellationToken;
 use super::download::{Op, OpState};
 use super::host::{probe_target, routable};
 use super::{Core, Engine};
-use crate::fetch::{Failure, Job, Observer, Outcome, ResponseStart};
+use crate::fetch::{Failure, Hashing, Job, Observer, Outcome, ResponseStart};
 use crate::operation::{
     DownloadSpec, ErrorReason, ResponseInfo, Status, StatusReason, TransferError,
 };
 use crate::paths::{self, CommitError};
+use crate::sha256::Hasher;
 
 /// How a transfer ends for its download, decided from the last attempt's outcome.
 #[derive(Debug)]
@@ -265,18 +266,25 @@ impl Engine {
     /// One HTTP attempt from the latest checkpoint. A connect failure counts as "network down"
     /// only when the host has no route to the origin.
     async fn attempt(&self, op: &Arc<Op>, partial: &Path, stop: &CancellationToken) -> Outcome {
-        let (settings, checkpoint, validators, total, lane) = {
+        let (settings, checkpoint, validators, total, lane, hashing) = {
             let mut st = op.lock();
             st.attempts += 1;
             // Taken under the download's lock, as SetRateLimit changes the setting and the lane
             // under it: a change lands either in the setting read here or on the lane.
             let lane = (self.inner.throttle).lane(&op.spec.guid, st.settings.max_bytes_per_second);
+            // Only a download that will be verified is hashed as it is written: hashing costs
+            // the bulk path throughput (see the README), and nothing else reads the digest.
+            let hashing = match op.spec.expected_sha256 {
+                Some(_) => Hashing::On(st.sha256.clone()),
+                None => Hashing::Off,
+            };
             (
                 st.settings.clone(),
                 st.checkpoint,
                 st.validators.clone(),
                 st.total,
                 lane,
+                hashing,
             )
         };
         let job = Job {
@@ -292,6 +300,7 @@ impl Engine {
                     own.min(self.inner.config.max_file_size)
                 }),
             lane: &lane,
+            hashing,
         };
         let observer = Progressor { engine: self, op };
         let mut outcome = self.inner.fetcher.run(job, &observer, stop).await;
@@ -324,7 +333,7 @@ impl Engine {
         stop: &CancellationToken,
         bytes: u64,
     ) -> Ending {
-        if let Err(failure) = self.verify(op, partial).await {
+        if let Err(failure) = self.verify(op, partial, bytes).await {
             return Ending::failed(failure, &op.spec);
         }
         {
@@ -341,31 +350,39 @@ impl Engine {
         }
     }
 
-    /// Checks the expected SHA-256 of the finished file, if the client gave one.
-    async fn verify(&self, op: &Op, partial: &Path) -> Result<(), Failure> {
+    /// Checks the expected SHA-256 of the finished file of `bytes` bytes, if the client gave
+    /// one. The digest comes from the state hashed as the bytes were written when that state
+    /// covers exactly the file; otherwise the file is read and hashed here. That fallback is
+    /// also the way for a writer that cannot hash in file order (several connections writing
+    /// at different offsets): it leaves no state, and the file is read once at the end.
+    async fn verify(&self, op: &Op, partial: &Path, bytes: u64) -> Result<(), Failure> {
         let Some(expected) = op.spec.expected_sha256.clone() else {
             return Ok(());
         };
-        let partial = partial.to_path_buf();
-        let result_file = op.spec.result_file.clone();
-        let disk = |what: &str, e: std::io::Error| Failure::disk(what, &e);
-        tokio::task::spawn_blocking(move || {
-            // Hashing the whole file covers bytes from every attempt and restart alike.
-            let actual = paths::sha256_file(&partial)
-                .map_err(|e| disk("could not read the finished file to verify it", e))?;
-            if actual != expected {
-                return Err(Failure::fatal(TransferError {
-                    message: format!(
-                        "the downloaded bytes have SHA-256 {actual}, not the expected {expected}; nothing was written to `{result_file}`"
-                    ),
-                    http_status: None,
-                    reason: ErrorReason::Integrity,
-                }));
+        let as_written = op.lock().sha256.clone().filter(|h| h.len() == bytes);
+        let actual = match as_written {
+            Some(hasher) => {
+                let actual = hasher.hex();
+                tracing::debug!(bytes, "sha-256 verified as written");
+                actual
             }
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|e| Err(disk("the verify task failed", std::io::Error::other(e))))
+            None => {
+                let actual = sha256_of_file(partial).await?;
+                tracing::debug!(bytes, "sha-256 verified by reading the file");
+                actual
+            }
+        };
+        if actual != expected {
+            let result_file = &op.spec.result_file;
+            return Err(Failure::fatal(TransferError {
+                message: format!(
+                    "the downloaded bytes have SHA-256 {actual}, not the expected {expected}; nothing was written to `{result_file}`"
+                ),
+                http_status: None,
+                reason: ErrorReason::Integrity,
+            }));
+        }
+        Ok(())
     }
 
     /// Moves the complete partial file to its result path: rename (never replacing a file
@@ -435,6 +452,15 @@ fn complete_on_disk(op: &Op, partial: &Path) -> Option<u64> {
     (same_uri && total > 0 && checkpoint == total && on_disk == total).then_some(total)
 }
 
+/// The SHA-256 of the whole file at `partial`, read from disk.
+async fn sha256_of_file(partial: &Path) -> Result<String, Failure> {
+    let partial = partial.to_path_buf();
+    tokio::task::spawn_blocking(move || paths::sha256_file(&partial))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|e| Failure::disk("could not read the finished file to verify it", &e))
+}
+
 /// The engine's side of a running attempt.
 struct Progressor<'a> {
     engine: &'a Engine,
@@ -479,8 +505,14 @@ impl Observer for Progressor<'_> {
         self.op.publish(&st);
     }
 
-    async fn durable(&self, bytes: u64) {
-        self.op.lock().checkpoint = bytes;
+    async fn durable(&self, bytes: u64, sha256: Option<&Hasher>) {
+        {
+            // One store write carries both, so the saved state always describes the
+            // checkpointed bytes.
+            let mut st = self.op.lock();
+            st.checkpoint = bytes;
+            st.sha256 = sha256.cloned();
+        }
         if let Err(e) = self.engine.persist(self.op).await {
             tracing::warn!(error = %e, "checkpoint not stored; the previous one stands");
         }

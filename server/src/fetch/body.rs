@@ -7,16 +7,17 @@
 //! is left out of both. A download limited below `--min-speed` therefore never fails for it,
 //! while an origin that stops sending is still caught once the limit would let bytes through.
 
-use std::io::SeekFrom;
+use std::io::{Seek, SeekFrom};
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio_util::sync::CancellationToken;
 
 use super::throttle::Lane;
 use super::{Failure, Observer};
 use crate::operation::{ErrorReason, TransferError};
+use crate::sha256::Hasher;
 
 /// Size of the write buffer between the socket and the partial file. Large writes keep the
 /// disk and the blocking pool efficient; memory per active download is bounded by it.
@@ -156,34 +157,51 @@ impl Speed {
     }
 }
 
-/// Opens the partial file for writing at `offset`, dropping anything past it.
-pub(super) async fn open_partial(path: &Path, offset: u64) -> Result<tokio::fs::File, Failure> {
-    let open = async {
+/// Opens the partial file for writing at `offset`, dropping anything past it. With
+/// `hash_prefix`, also returns the SHA-256 state of its first `offset` bytes, read once: the
+/// fallback of a resume without a usable saved state.
+pub(super) async fn open_partial(
+    path: &Path,
+    offset: u64,
+    hash_prefix: bool,
+) -> Result<(tokio::fs::File, Option<Hasher>), Failure> {
+    let path = path.to_path_buf();
+    let open = move || {
         // Resolved beneath the download directory, never through a symlink out of it.
-        let owned = path.to_path_buf();
-        let file = tokio::task::spawn_blocking(move || crate::paths::open_partial(&owned))
-            .await
-            .map_err(std::io::Error::other)??;
-        let mut file = tokio::fs::File::from_std(file);
+        let mut file = crate::paths::open_partial(&path)?;
         // Drop anything past the resume point: unverified bytes, or a restart's old data.
-        file.set_len(offset).await?;
-        file.seek(SeekFrom::Start(offset)).await?;
+        file.set_len(offset)?;
+        let prefix = if hash_prefix {
+            let mut hasher = Hasher::new();
+            file.seek(SeekFrom::Start(0))?;
+            hasher.update_from(&mut file, offset)?;
+            Some(hasher)
+        } else {
+            None
+        };
+        file.seek(SeekFrom::Start(offset))?;
         if offset == 0 {
-            file.sync_all().await?;
+            file.sync_all()?;
         }
-        Ok::<_, std::io::Error>(file)
+        Ok::<_, std::io::Error>((tokio::fs::File::from_std(file), prefix))
     };
-    open.await
+    tokio::task::spawn_blocking(open)
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|opened| opened)
         .map_err(|e| Failure::disk("opening the partial file failed", &e))
 }
 
 /// Writes the body into `file` (positioned at `expect.offset`) until it ends, fails, or `stop`
 /// fires; whatever arrived is flushed, fsynced and reported durable before returning. A body
 /// longer than it said, or than `max_bytes`, is cut off there. Reads wait for `lane`, the
-/// download's share of the bandwidth limits.
+/// download's share of the bandwidth limits. With a `hasher` (the state of the file's first
+/// `expect.offset` bytes), every byte written is hashed in order, and each durable report
+/// carries the state of exactly the bytes it reports.
 pub(super) async fn stream_body<O: Observer>(
     mut response: reqwest::Response,
     file: tokio::fs::File,
+    hasher: &mut Option<Hasher>,
     expect: Expect,
     lane: &Lane,
     observer: &O,
@@ -213,6 +231,9 @@ pub(super) async fn stream_body<O: Observer>(
                 if let Err(e) = out.write_all(&bytes).await {
                     break End::Failed(Failure::disk("writing the partial file failed", &e));
                 }
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&bytes);
+                }
                 received += bytes.len() as u64;
                 observer.progress(received);
                 if overrun > 0 {
@@ -226,7 +247,7 @@ pub(super) async fn stream_body<O: Observer>(
                     if let Err(e) = sync(&mut out).await {
                         break End::Failed(Failure::disk("syncing the partial file failed", &e));
                     }
-                    observer.durable(received).await;
+                    observer.durable(received, hasher.as_ref()).await;
                     last_checkpoint = tokio::time::Instant::now();
                 }
             }
@@ -244,7 +265,8 @@ pub(super) async fn stream_body<O: Observer>(
         return Err(Failure::disk("syncing the partial file failed", &e));
     }
     observer.progress(received);
-    observer.durable(received).await;
+    debug_assert!(hasher.as_ref().is_none_or(|h| h.len() == received));
+    observer.durable(received, hasher.as_ref()).await;
     match end {
         End::Stopped => Ok(Streamed::Stopped),
         End::Failed(e) => Err(e),

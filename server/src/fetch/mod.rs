@@ -20,8 +20,9 @@
 //!   address it resolves to, at every connection.
 //! - `response.rs`: reading a response: does a 206 fit, resumability, validators, error
 //!   statuses and redirects that were not followed.
-//! - `body.rs`: streaming the body into the partial file and making it durable, within its
-//!   announced length, the size limit, the stall and low-speed rules and the bandwidth limit.
+//! - `body.rs`: streaming the body into the partial file (hashing it as written, when asked)
+//!   and making it durable, within its announced length, the size limit, the stall and
+//!   low-speed rules and the bandwidth limit.
 //! - `throttle.rs`: the bandwidth limits: the server-wide budget, fair shares of it, and each
 //!   download's own limit, as one token bucket per running attempt.
 
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::egress::EgressPolicy;
 use crate::operation::{ErrorReason, ResponseInfo, Settings, TransferError, Validators};
+use crate::sha256::Hasher;
 use response::Resume;
 
 pub use body::WRITE_BUFFER_SIZE;
@@ -72,8 +74,10 @@ pub trait Observer: Send + Sync {
     fn progress(&self, bytes_received: u64);
     /// Time to publish byte progress, if it changed.
     fn tick(&self);
-    /// The partial file holds `bytes` durably (fsynced): the engine may checkpoint them.
-    fn durable(&self, bytes: u64) -> impl Future<Output = ()> + Send;
+    /// The partial file holds `bytes` durably (fsynced): the engine may checkpoint them, and
+    /// with them `sha256`, the state of exactly those bytes when the attempt hashes (see
+    /// [`Hashing`]).
+    fn durable(&self, bytes: u64, sha256: Option<&Hasher>) -> impl Future<Output = ()> + Send;
 }
 
 /// What to transfer.
@@ -93,6 +97,20 @@ pub struct Job<'a> {
     pub max_bytes: u64,
     /// The download's share of the bandwidth limits; every read waits for it.
     pub lane: &'a throttle::Lane,
+    /// Whether the bytes written are hashed, and from what saved state.
+    pub hashing: Hashing,
+}
+
+/// Whether an attempt hashes the bytes it writes (SHA-256, in file order), so the finished
+/// file's digest is known without reading it again.
+#[derive(Debug)]
+pub enum Hashing {
+    /// Nothing is hashed.
+    Off,
+    /// Every byte written is hashed. The state is the one saved with the checkpoint, if any: a
+    /// resume from exactly its byte count continues it; a resume from anywhere else (or
+    /// without one) hashes the partial file's prefix once first; a restart from 0 starts anew.
+    On(Option<Hasher>),
 }
 
 /// How an attempt ended.
@@ -342,6 +360,11 @@ impl Fetcher {
             validators: job.validators.clone(),
             discarded: job.checkpoint > file_len,
             durable: job.checkpoint,
+            hashing: matches!(job.hashing, Hashing::On(_)),
+            hasher: match &job.hashing {
+                Hashing::On(saved) => saved.clone(),
+                Hashing::Off => None,
+            },
         };
         if at.offset > 0 && at.validators.if_range().is_none() {
             // Without a validator a Range request cannot detect a changed file: start over
@@ -437,7 +460,9 @@ impl Fetcher {
             ));
         }
         at.validators = validators.clone();
-        let file = body::open_partial(job.partial, at.offset).await?;
+        let (resumed, hash_prefix) = at.resume_hash();
+        let (file, prefix) = body::open_partial(job.partial, at.offset, hash_prefix).await?;
+        at.hasher = resumed.or(prefix).or_else(|| at.hashing.then(Hasher::new));
         observer.response(ResponseStart {
             info,
             validators,
@@ -447,7 +472,7 @@ impl Fetcher {
         });
         if at.offset < at.durable {
             // The old checkpoint no longer describes the file; say so before writing anew.
-            observer.durable(at.offset).await;
+            observer.durable(at.offset, at.hasher.as_ref()).await;
             at.durable = at.offset;
         }
         let expect = body::Expect {
@@ -458,7 +483,8 @@ impl Fetcher {
             window: self.timeouts.stall,
             min_speed: self.timeouts.min_speed,
         };
-        body::stream_body(response, file, expect, job.lane, observer, stop).await
+        let hasher = &mut at.hasher;
+        body::stream_body(response, file, hasher, expect, job.lane, observer, stop).await
     }
 }
 
@@ -474,6 +500,10 @@ struct Position {
     discarded: bool,
     /// The checkpoint the engine holds.
     durable: u64,
+    /// Whether the attempt hashes what it writes.
+    hashing: bool,
+    /// The SHA-256 state of the file's first `offset` bytes, when hashing and known.
+    hasher: Option<Hasher>,
 }
 
 impl Position {
@@ -482,6 +512,22 @@ impl Position {
         self.offset = 0;
         self.total = 0;
         self.discarded = true;
+        self.hasher = None;
+    }
+
+    /// Takes the carried SHA-256 state if it is of exactly the bytes before `offset`; and
+    /// whether, hashing without one, the partial file's prefix must be hashed first.
+    fn resume_hash(&mut self) -> (Option<Hasher>, bool) {
+        let carried = self.hasher.take();
+        let resumed = carried.filter(|h| self.hashing && h.len() == self.offset);
+        let hash_prefix = self.hashing && self.offset > 0 && resumed.is_none();
+        if hash_prefix {
+            tracing::debug!(
+                offset = self.offset,
+                "no SHA-256 state saved at the resume offset; hashing the partial file's prefix once"
+            );
+        }
+        (resumed, hash_prefix)
     }
 }
 

@@ -84,6 +84,7 @@ pub(crate) fn record(guid: &str, seq: u64) -> Record {
         status: Status::Idle,
         checkpoint_bytes: 0,
         total_bytes: 0,
+        sha256_state: None,
         validators: Validators::default(),
         response: None,
         error: None,
@@ -126,6 +127,8 @@ fn full_record(guid: &str, seq: u64) -> Record {
         status: Status::Error,
         checkpoint_bytes: 5_000_000_000_123,
         total_bytes: 9_000_000_000_000,
+        // Opaque to the store: bytes of every value, including zeros, round-trip.
+        sha256_state: Some((0..=255).collect()),
         validators: Validators {
             etag: Some("\"e-1\"".into()),
             last_modified: Some("Wed, 21 Oct 2015 07:28:00 GMT".into()),

@@ -72,6 +72,12 @@ pub struct Record {
     pub checkpoint_bytes: u64,
     /// Entity length, or 0 while unknown.
     pub total_bytes: u64,
+    /// The SHA-256 state of the first `checkpoint_bytes` bytes, as `sha256::Hasher::encode`
+    /// writes it, when the download hashes as it writes (it has an `expected_sha256`). Saved
+    /// in the same write as the checkpoint, so the two always describe the same bytes; the
+    /// store keeps it as opaque bytes and never judges it (the engine decodes it, and falls
+    /// back to reading the file when it is missing or unusable).
+    pub sha256_state: Option<Vec<u8>>,
     /// Validators that guard a resume.
     pub validators: Validators,
     /// The latest HTTP response.

@@ -10,7 +10,7 @@ use crate::operation::Status;
 
 /// The schema version this build writes. A database with a higher one was written by a newer
 /// transferd and is refused rather than misread.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 /// Version 1: downloads and transfer groups.
 pub(super) const SCHEMA_V1: &str = "
@@ -92,6 +92,13 @@ const V4_TO_V5: &str = "
 ALTER TABLE downloads ADD COLUMN max_bytes_per_second INTEGER;
 ";
 
+/// Version 6 adds the SHA-256 state saved with each checkpoint of a download that hashes as it
+/// writes (a BLOB; NULL for every download stored before, which hashes its partial file's
+/// prefix once when it resumes).
+const V5_TO_V6: &str = "
+ALTER TABLE downloads ADD COLUMN sha256_state BLOB;
+";
+
 /// Brings a database at `version` (0 for a new one) to [`SCHEMA_VERSION`], one version per
 /// transaction, so an interrupted migration leaves the last completed version.
 pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
@@ -129,6 +136,12 @@ pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(V4_TO_V5)?;
         tx.pragma_update(None, "user_version", 5)?;
+        tx.commit()?;
+    }
+    if version < 6 {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(V5_TO_V6)?;
+        tx.pragma_update(None, "user_version", 6)?;
         tx.commit()?;
     }
     Ok(())
@@ -191,6 +204,8 @@ mod tests {
         assert_eq!(loaded[1].finished_at, None);
         // Version 5: what was stored before has no bandwidth limit of its own.
         assert_eq!(loaded[1].settings.max_bytes_per_second, None);
+        // Version 6: nor a saved SHA-256 state.
+        assert_eq!(loaded[1].sha256_state, None);
         drop(store);
         let conn = Connection::open(dir.path().join(SqliteStore::DB_FILE)).unwrap();
         let version: i64 = conn
