@@ -1,0 +1,91 @@
+//! `transferctl`: the command-line client of transferd. It queues downloads, shows their live
+//! progress, lists and controls them, and drives the operator controls, all through the
+//! library's typed client ([`transferd::client::Client`]).
+//!
+//! # Layout
+//! - `args`: the command line (clap), with the exit codes in its help;
+//! - `connect`: from the global flags to a connected client (TLS, token);
+//! - `commands`: one function per subcommand;
+//! - `follow`: following downloads to their end, and Ctrl-C;
+//! - `display`: progress as bars, plain lines or JSON lines;
+//! - `render`: names, words, tables and JSON objects;
+//! - `failure`: exit codes and errors in plain words.
+
+mod args;
+mod commands;
+mod connect;
+mod display;
+mod failure;
+mod follow;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use args::{Cli, Command, SystemCommand};
+use commands::Control;
+use failure::{EXIT_SERVER, EXIT_USAGE, Outcome};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "transferctl",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("transferctl: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Do not wait for a prompt's read of standard input that a second Ctrl-C left behind.
+    runtime.shutdown_background();
+    match result {
+        Ok(outcome) => outcome.exit_code(),
+        Err(e) => {
+            eprintln!("transferctl: {e:#}");
+            ExitCode::from(EXIT_SERVER)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let Cli { global, command } = cli;
+    let client = connect::connect(&global).await?;
+    let json = global.json;
+    match command {
+        Command::Get(args) => commands::get(&client, args, json).await,
+        Command::Ls { status, group } => commands::ls(&client, status, group, json).await,
+        Command::Watch { guids, group } => commands::watch(&client, guids, group, json).await,
+        Command::Pause { guids } => commands::control(&client, Control::Pause, &guids, json).await,
+        Command::Resume { guids } => {
+            commands::control(&client, Control::Resume, &guids, json).await
+        }
+        Command::Cancel { guids } => {
+            commands::control(&client, Control::Cancel, &guids, json).await
+        }
+        Command::Rm { guids, delete_file } => {
+            commands::rm(&client, &guids, delete_file, json).await
+        }
+        Command::Info { guid } => commands::info(&client, &guid, json).await,
+        Command::System(SystemCommand::Status) => commands::system_status(&client, json).await,
+        Command::System(SystemCommand::SetNetwork { connected, costed }) => {
+            commands::set_network(&client, connected, costed, json).await
+        }
+        Command::System(SystemCommand::SetPolicy { policy }) => {
+            commands::set_policy(&client, policy, json).await
+        }
+        Command::Completions { .. } => unreachable!("handled before connecting"),
+    }
+}
