@@ -447,3 +447,55 @@ async fn completions_are_printed_for_each_shell() {
         );
     }
 }
+
+#[tokio::test]
+async fn plain_lines_show_each_status_change_as_it_happens() {
+    let h = Harness::start(&[]).await;
+    let body = test_bytes(30_000, 9);
+    h.origin
+        .put("/net", Resource::new(body.clone()).hold_after(10_000));
+    let url = h.origin.url("/net");
+    let mut child = command(&h, &["get", &url, "-o", "net"], &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(DEADLINE, stdout.next_line())
+            .await
+            .expect("a progress line within the deadline")
+            .unwrap()
+            .expect("transferctl is still running")
+    };
+    let first = next_line().await;
+    let guid = first.split(' ').next().unwrap().to_owned();
+    h.wait_bytes(&guid, 10_000).await;
+    h.set_network(Some(false), None).await;
+    // Byte lines may come first; the change itself comes as its own line.
+    loop {
+        let line = next_line().await;
+        assert!(line.starts_with(&guid), "{line:?}");
+        if line.contains("paused: no network") {
+            assert!(line.ends_with("9.77 KiB of 29.30 KiB (33%)"), "{line:?}");
+            break;
+        }
+    }
+    h.set_network(None, None).await;
+    h.origin.release("/net");
+    let mut last = String::new();
+    while let Some(line) = tokio::time::timeout(DEADLINE, stdout.next_line())
+        .await
+        .expect("transferctl ends")
+        .unwrap()
+    {
+        last = line;
+    }
+    assert_eq!(
+        last,
+        format!("{guid} completed 29.30 KiB of 29.30 KiB (100%)")
+    );
+    let exit = child.wait().await.unwrap();
+    assert_eq!(exit.code(), Some(0));
+    h.assert_file("net", &body);
+}

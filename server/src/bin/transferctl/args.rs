@@ -9,8 +9,8 @@ use transferd::pb::backgroundtransfer::v1 as pb;
 /// transferctl: queue, watch and control downloads of a transferd server.
 ///
 /// Exit codes: 0 success (for get and watch: every download COMPLETED); 1 a download ended in
-/// ERROR or CANCELED; 2 bad command line; 3 the server refused a call or could not be reached;
-/// 130 interrupted (Ctrl-C), the downloads go on in the background.
+/// ERROR or CANCELED; 2 bad command line; 3 any other error (the server refused a call or could
+/// not be reached); 130 interrupted (Ctrl-C), the downloads go on in the background.
 #[derive(Parser, Debug)]
 #[command(name = "transferctl", version, about, long_about)]
 pub struct Cli {
@@ -159,12 +159,13 @@ pub enum SystemCommand {
     /// The server's view of the host: network, policy, disk, queue.
     Status,
     /// Override the detected network conditions; an omitted flag keeps its current setting.
+    #[command(group = clap::ArgGroup::new("condition").required(true).multiple(true))]
     SetNetwork {
         /// Whether the network is usable.
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, group = "condition")]
         connected: Option<Condition>,
         /// Whether the network is costed (metered).
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, group = "condition")]
         costed: Option<Condition>,
     },
     /// Enter or leave constrained mode (every download pauses as PAUSED_SYSTEM_POLICY).

@@ -7,7 +7,7 @@ use transferd::pb::backgroundtransfer::v1 as pb;
 
 use crate::args::{Condition, GetArgs, Policy, StatusFilter};
 use crate::display::{Display, Mode};
-use crate::failure::{CallContext, Outcome};
+use crate::failure::{CallContext, Outcome, emit};
 use crate::follow::{OnInterrupt, follow};
 use crate::render::{self, is_terminal, status_of};
 
@@ -32,8 +32,8 @@ pub async fn get(client: &Client, args: GetArgs, json: bool) -> anyhow::Result<O
     let op = client.create(request).await.call(format!("get {url}"))?;
     if detach {
         match json {
-            true => println!("{}", render::operation_json(&op)),
-            false => println!("{}", op.guid),
+            true => emit(render::operation_json(&op)),
+            false => emit(&op.guid),
         }
         return Ok(Outcome::Done);
     }
@@ -101,10 +101,8 @@ pub async fn ls(
         ops.retain(|op| status_of(op) == wanted);
     }
     match json {
-        true => ops
-            .iter()
-            .for_each(|op| println!("{}", render::operation_json(op))),
-        false => print!("{}", render::table(&ops)),
+        true => ops.iter().for_each(|op| emit(render::operation_json(op))),
+        false => emit(render::table(&ops).trim_end()),
     }
     Ok(Outcome::Done)
 }
@@ -149,17 +147,14 @@ pub async fn rm(
             .await
             .call(format!("rm {guid}"))?;
         match json {
-            true => println!(
-                "{}",
-                json!({"guid": guid, "result_file_deleted": answer.result_file_deleted})
-            ),
-            false => println!(
+            true => emit(json!({"guid": guid, "result_file_deleted": answer.result_file_deleted})),
+            false => emit(format!(
                 "{guid} removed{}",
                 match answer.result_file_deleted {
                     true => " with its result file",
                     false => "",
                 }
-            ),
+            )),
         }
     }
     Ok(Outcome::Done)
@@ -176,9 +171,9 @@ pub async fn info(client: &Client, guid: &str, json: bool) -> anyhow::Result<Out
             value["response"] = response
                 .as_ref()
                 .map_or(serde_json::Value::Null, render::response_json);
-            println!("{value}");
+            emit(value);
         }
-        false => print!("{}", render::info_text(&op, response.as_ref())),
+        false => emit(render::info_text(&op, response.as_ref()).trim_end()),
     }
     Ok(Outcome::Done)
 }
@@ -199,10 +194,6 @@ pub async fn set_network(
     costed: Option<Condition>,
     json: bool,
 ) -> anyhow::Result<Outcome> {
-    anyhow::ensure!(
-        connected.is_some() || costed.is_some(),
-        "say what to set: --connected yes|no|detect and/or --costed yes|no|detect"
-    );
     let now = client.system_status().await.call("system status")?;
     let keep = |value: bool, source: pb::ConditionSource| {
         (source == pb::ConditionSource::Operator).then_some(value)
@@ -233,15 +224,19 @@ pub async fn set_policy(client: &Client, policy: Policy, json: bool) -> anyhow::
 
 fn print_system(status: &pb::SystemStatus, json: bool) {
     match json {
-        true => println!("{}", render::system_json(status)),
-        false => println!("{}", render::system_text(status)),
+        true => emit(render::system_json(status)),
+        false => emit(render::system_text(status)),
     }
 }
 
 /// One line per controlled download: its guid and new status.
 fn print_status(op: &pb::DownloadOperation, json: bool) {
     match json {
-        true => println!("{}", render::operation_json(op)),
-        false => println!("{} {}", op.guid, render::status_name(status_of(op))),
+        true => emit(render::operation_json(op)),
+        false => emit(format!(
+            "{} {}",
+            op.guid,
+            render::status_name(status_of(op))
+        )),
     }
 }

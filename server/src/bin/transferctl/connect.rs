@@ -37,7 +37,9 @@ pub async fn connect(global: &Global) -> anyhow::Result<Client> {
         .connect_timeout(CONNECT_TIMEOUT)
         .connect()
         .await
-        .with_context(|| format!("cannot connect to transferd at {server}"))?;
+        .with_context(|| {
+            format!("cannot connect to transferd at {server} (is it running there? see --server)")
+        })?;
     match global.token.as_deref().filter(|t| !t.is_empty()) {
         Some(token) => Client::from_channel_with_token(channel, token)
             .context("the token cannot be sent: it must be printable ASCII"),

@@ -4,12 +4,13 @@
 //! per download, so a long download does not flood a log.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use transferd::pb::backgroundtransfer::v1 as pb;
 
+use crate::failure::emit;
 use crate::render::{self, is_terminal, status_words};
 use pb::BackgroundTransferStatus as S;
 
@@ -201,10 +202,7 @@ fn print_line(
         (_, None) => format!("{guid} {words} {}", render::amount(progress)),
         (_, Some(detail)) => format!("{guid} {words} {}: {detail}", render::amount(progress)),
     };
-    let mut out = std::io::stdout().lock();
-    // A closed pipe (`| head`) is not worth a panic; the next call's error ends the program.
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+    emit(line);
 }
 
 /// A bar style from one of the templates above (all are valid, so this cannot fail).

@@ -1,6 +1,7 @@
 //! How transferctl ends: the exit codes, and errors told in plain words (what the gRPC code
 //! means for the user, then the server's own message).
 
+use std::io::{ErrorKind, Write};
 use std::process::ExitCode;
 
 use tonic::{Code, Status};
@@ -11,7 +12,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_DOWNLOAD_FAILED: u8 = 1;
 /// The command line was wrong (clap's own code for usage errors).
 pub const EXIT_USAGE: u8 = 2;
-/// The server refused a call, or could not be reached.
+/// Any other error: the server refused a call or could not be reached, a TLS file could not be
+/// read, output could not be written.
 pub const EXIT_SERVER: u8 = 3;
 /// Interrupted by Ctrl-C (128 + SIGINT, as shells report it); the downloads go on.
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -87,5 +89,19 @@ pub fn meaning(code: Code) -> &'static str {
             "unauthenticated (the server needs a valid token: pass --token or set \
              TRANSFERCTL_TOKEN)"
         }
+    }
+}
+
+/// Writes `text` and a newline to standard output, at once (a pipe's reader sees each line as
+/// it happens). A reader that went away (`| head`) ends the program quietly and successfully,
+/// as it ends `cat`; another write error ends it with a message.
+pub fn emit(text: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        if e.kind() == ErrorKind::BrokenPipe {
+            std::process::exit(EXIT_OK.into());
+        }
+        eprintln!("transferctl: cannot write to standard output: {e}");
+        std::process::exit(EXIT_SERVER.into());
     }
 }

@@ -54,10 +54,27 @@ fn main() -> ExitCode {
     match result {
         Ok(outcome) => outcome.exit_code(),
         Err(e) => {
-            eprintln!("transferctl: {e:#}");
+            eprintln!("transferctl: {}", causes(&e));
             ExitCode::from(EXIT_SERVER)
         }
     }
+}
+
+/// The error and its causes, `: `-separated, each said once: the transport's errors repeat
+/// their cause's text in their own (`tcp connect error: tcp connect error: ...`).
+fn causes(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) || out.contains(&format!("{text}: ")) {
+            continue;
+        }
+        if !out.is_empty() {
+            out += ": ";
+        }
+        out += &text;
+    }
+    out
 }
 
 async fn run(cli: Cli) -> anyhow::Result<Outcome> {
