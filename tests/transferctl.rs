@@ -499,3 +499,33 @@ async fn plain_lines_show_each_status_change_as_it_happens() {
     assert_eq!(exit.code(), Some(0));
     h.assert_file("net", &body);
 }
+
+#[tokio::test]
+async fn over_mutual_tls_with_the_files_from_the_environment() {
+    let pki = common::pki::Pki::new();
+    let flags = pki.mtls_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let h = Harness::start_tls(&pki.with_client_cert(), &flags).await;
+    let body = test_bytes(40_000, 10);
+    h.origin.put("/tls.bin", Resource::new(body.clone()));
+    let path = |name| pki.path(name).to_str().unwrap().to_owned();
+    let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client.key"));
+    let env = [
+        ("TRANSFERCTL_CA_CERT", ca.as_str()),
+        ("TRANSFERCTL_CLIENT_CERT", cert.as_str()),
+        ("TRANSFERCTL_CLIENT_KEY", key.as_str()),
+    ];
+    let url = h.origin.url("/tls.bin");
+    let run = ctl_env(&h, &["get", &url, "-o", "tls.bin"], &env).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    h.assert_file("tls.bin", &body);
+    // Without the client certificate the server ends the connection (how the client's
+    // transport reports that varies with timing): an error that says what to pass, not a hang.
+    let run = ctl_env(&h, &["ls"], &env[..1]).await;
+    assert_eq!(run.code, Some(EXIT_SERVER), "{run:?}");
+    assert!(
+        run.stderr.starts_with("transferctl: ")
+            && run.stderr.contains("pass --client-cert and --client-key"),
+        "{run:?}"
+    );
+}

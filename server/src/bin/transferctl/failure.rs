@@ -42,13 +42,27 @@ impl Outcome {
 
 /// A refused call, as an error that prints the call, the code in plain words, and the
 /// server's message.
-#[derive(Debug, thiserror::Error)]
-#[error("{what}: {}: {}", meaning(.status.code()), .status.message())]
+#[derive(Debug)]
 pub struct CallFailed {
     /// What was being done, e.g. `pause 0190...`.
     pub what: String,
     /// The server's answer.
     pub status: Status,
+}
+
+impl std::fmt::Display for CallFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (code, message) = (self.status.code(), self.status.message());
+        write!(f, "{}: {}: {message}", self.what, meaning(code))
+    }
+}
+
+/// The causes of a call that failed on this side (a TLS alert, a reset connection) are in the
+/// status's source, not its message: pass them on, so the error says why.
+impl std::error::Error for CallFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.status)
+    }
 }
 
 /// Attaches what was being done to a refused call.

@@ -21,14 +21,25 @@ mod render;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
+use clap::Parser;
 
 use args::{Cli, Command, SystemCommand};
 use commands::Control;
-use failure::{EXIT_SERVER, EXIT_USAGE, Outcome};
+use failure::{CallFailed, EXIT_OK, EXIT_SERVER, EXIT_USAGE, Outcome};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are "errors" that print to standard output and succeed.
+            let _ = e.print();
+            return ExitCode::from(match e.use_stderr() {
+                true => EXIT_USAGE,
+                false => EXIT_OK,
+            });
+        }
+    };
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(
             shell,
@@ -45,9 +56,10 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("transferctl: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(EXIT_SERVER);
         }
     };
+    let tls_without_cert = cli.global.ca_cert.is_some() && cli.global.client_cert.is_none();
     let result = runtime.block_on(run(cli));
     // Do not wait for a prompt's read of standard input that a second Ctrl-C left behind.
     runtime.shutdown_background();
@@ -55,8 +67,30 @@ fn main() -> ExitCode {
         Ok(outcome) => outcome.exit_code(),
         Err(e) => {
             eprintln!("transferctl: {}", causes(&e));
+            if tls_without_cert && lost_connection(&e) {
+                eprintln!(
+                    "  (a server started with --tls-client-ca closes connections without a \
+                     client certificate: pass --client-cert and --client-key)"
+                );
+            }
             ExitCode::from(EXIT_SERVER)
         }
+    }
+}
+
+/// Whether `error` is the connection failing under a call rather than the server's answer:
+/// under TLS 1.3 a server that wants a client certificate refuses it after the client's side
+/// of the handshake is done, so the client only sees its connection close.
+fn lost_connection(error: &anyhow::Error) -> bool {
+    use tonic::Code;
+    match error.downcast_ref::<CallFailed>() {
+        Some(call) => matches!(
+            call.status.code(),
+            Code::Cancelled | Code::Unavailable | Code::Unknown
+        ),
+        None => error
+            .chain()
+            .any(|c| c.to_string().contains("transport error")),
     }
 }
 
