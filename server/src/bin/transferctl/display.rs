@@ -29,6 +29,8 @@ const UNKNOWN_TEMPLATE: &str =
     "{prefix:24} {spinner} {bytes} (unknown size) {binary_bytes_per_sec} {msg}";
 /// A finished bar: no rate or ETA, which no longer mean anything.
 const FINISHED_TEMPLATE: &str = "{prefix:24} [{bar:25}] {bytes}/{total_bytes} {percent}% {msg}";
+/// A finished bar of unknown size: the bytes it got (a bar of length 0 would read 100%).
+const FINISHED_UNKNOWN_TEMPLATE: &str = "{prefix:24} {bytes} {msg}";
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,13 +137,27 @@ impl Display {
         match self.mode {
             Mode::Bars => {
                 let words = status_words(progress.status());
-                entry.bar.set_style(style(FINISHED_TEMPLATE));
+                entry
+                    .bar
+                    .set_style(style(match progress.total_bytes_to_receive {
+                        0 => FINISHED_UNKNOWN_TEMPLATE,
+                        _ => FINISHED_TEMPLATE,
+                    }));
                 entry.bar.finish_with_message(match detail {
                     Some(detail) => format!("{words}: {detail}"),
                     None => words.to_owned(),
                 });
             }
             mode => print_line(mode, guid, progress, detail),
+        }
+    }
+
+    /// Prints `text` on standard error without breaking the bars: they are taken off the
+    /// screen, the text printed, and they are drawn again below it.
+    pub fn say(&self, text: &str) {
+        match self.mode {
+            Mode::Bars => self.multi.suspend(|| eprintln!("{text}")),
+            Mode::Lines | Mode::Json => eprintln!("{text}"),
         }
     }
 

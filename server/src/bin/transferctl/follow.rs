@@ -101,16 +101,13 @@ async fn report_end(
         _ => None,
     };
     display.finish(guid, progress, detail.as_deref());
-    match status {
-        S::Completed => {}
-        _ => eprintln!(
-            "transferctl: download {guid} {}{}",
-            match status {
-                S::Error => "failed",
-                _ => status_words(status),
-            },
-            detail.map(|d| format!(": {d}")).unwrap_or_default()
-        ),
+    if status != S::Completed {
+        let what = match status {
+            S::Error => "failed",
+            _ => status_words(status),
+        };
+        let why = detail.map(|d| format!(": {d}")).unwrap_or_default();
+        display.say(&format!("transferctl: download {guid} {what}{why}"));
     }
 }
 
