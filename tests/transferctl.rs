@@ -357,8 +357,13 @@ async fn under_a_terminal_get_draws_a_bar_with_percent_and_the_final_state() {
     let resource = Resource::new(body.clone()).throttle(16 * 1024, Duration::from_millis(20));
     h.origin.put("/tty.bin", resource);
     // `script` (util-linux, on every Debian-like system) runs the command on a pseudo-terminal
-    // and copies what it draws to its own standard output; -e passes the exit code on.
-    let line = format!("{TRANSFERCTL} get {} -o tty.bin", h.origin.url("/tty.bin"));
+    // and copies what it draws to its own standard output; -e passes the exit code on. The
+    // terminal gets a size, wide enough for the whole bar, since a pseudo-terminal starts with
+    // none.
+    let line = format!(
+        "stty cols 160 rows 24 && exec {TRANSFERCTL} get {} -o tty.bin",
+        h.origin.url("/tty.bin")
+    );
     let mut cmd = Command::new("script");
     for name in CTL_ENV {
         cmd.env_remove(name);

@@ -303,3 +303,45 @@ pub fn info_text(op: &pb::DownloadOperation, response: Option<&pb::ResponseInfor
 fn short(name: &'static str, prefix: &str) -> &'static str {
     name.strip_prefix(prefix).unwrap_or(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(received: u64, total: u64) -> pb::BackgroundDownloadProgress {
+        pb::BackgroundDownloadProgress {
+            bytes_received: received,
+            total_bytes_to_receive: total,
+            status: S::Running.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn amounts_say_percent_or_unknown_size() {
+        assert_eq!(amount(&progress(512, 2048)), "512 B of 2.00 KiB (25%)");
+        assert_eq!(amount(&progress(1536, 0)), "1.50 KiB (unknown size)");
+        // No overflow at the largest sizes the protocol carries.
+        assert_eq!(percent(&progress(u64::MAX - 1, u64::MAX)), Some(99));
+    }
+
+    #[test]
+    fn the_table_aligns_its_columns() {
+        let op = |guid: &str, file: &str, p| pb::DownloadOperation {
+            guid: guid.into(),
+            result_file: file.into(),
+            progress: Some(p),
+            ..Default::default()
+        };
+        let ops = [
+            op("a", "x.bin", progress(1, 4)),
+            op("bbbb", "y", progress(0, 0)),
+        ];
+        assert_eq!(
+            table(&ops),
+            "GUID  STATUS   PROGRESS    GROUP  RESULT FILE\n\
+             a     RUNNING  25% of 4 B         x.bin\n\
+             bbbb  RUNNING  ? of ?             y\n"
+        );
+    }
+}
