@@ -25,18 +25,20 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY server/build.rs server/build.rs
 COPY proto proto
-RUN mkdir -p server/src \
+RUN mkdir -p server/src/bin/transferctl \
     && echo '//! Placeholder for caching dependencies.' > server/src/lib.rs \
     && echo 'fn main() {}' > server/src/main.rs \
+    && echo 'fn main() {}' > server/src/bin/transferctl/main.rs \
     && cargo build --release --locked \
     && rm -rf server/src
 
 # The real sources. COPY keeps the files' modification times, which may be older than the
 # placeholder build, so touch the crate roots to make cargo rebuild the transferd crates.
 COPY server server
-RUN touch server/src/lib.rs server/src/main.rs \
+RUN touch server/src/lib.rs server/src/main.rs server/src/bin/transferctl/main.rs \
     && cargo build --release --locked \
-    && install -D -m 0755 target/release/transferd /out/transferd
+    && install -D -m 0755 target/release/transferd /out/transferd \
+    && install -D -m 0755 target/release/transferctl /out/transferctl
 
 # ---- Runtime ----------------------------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -53,6 +55,8 @@ RUN groupadd --system --gid 10001 transferd \
     && chown transferd:transferd /data
 
 COPY --from=builder /out/transferd /usr/local/bin/transferd
+# The command-line client, for `docker exec CONTAINER transferctl ls` (with TRANSFERCTL_TOKEN).
+COPY --from=builder /out/transferctl /usr/local/bin/transferctl
 
 ENV TRANSFERD_LISTEN=0.0.0.0:50051 \
     TRANSFERD_DATA_DIR=/data
