@@ -410,6 +410,44 @@ async fn info_shows_the_operation_and_its_last_response() {
     assert!(run.stdout.contains("response:      200 from "), "{run:?}");
 }
 
+/// `transferctl ARGS...` to its end, with standard output as raw bytes.
+async fn raw(h: &Harness, args: &[&str]) -> (Option<i32>, Vec<u8>, String) {
+    let out = tokio::time::timeout(DEADLINE, command(h, args, &[]).output())
+        .await
+        .unwrap_or_else(|_| panic!("transferctl {args:?} did not end within {DEADLINE:?}"))
+        .expect("transferctl runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), out.stdout, stderr)
+}
+
+#[tokio::test]
+async fn cat_writes_the_result_bytes_whole_and_in_ranges() {
+    let h = Harness::start(&[]).await;
+    let body = test_bytes(700 * 1024 + 5, 12);
+    h.origin.put("/c.bin", Resource::new(body.clone()));
+    let op = h.create(&h.origin.url("/c.bin"), "c.bin").await;
+    h.wait_status(&op.guid, S::Completed).await;
+
+    let (code, out, err) = raw(&h, &["cat", &op.guid]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(common::sha256(&out), common::sha256(&body));
+    let range = ["cat", "--offset", "1000", "--length", "300000", &op.guid];
+    let (code, out, err) = raw(&h, &range).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, &body[1000..301_000]);
+
+    let held = h
+        .start_held("/held.bin", Resource::new(test_bytes(4096, 13)), 1024)
+        .await;
+    let (code, out, err) = raw(&h, &["cat", &held.guid]).await;
+    assert_eq!(code, Some(EXIT_SERVER), "{err}");
+    assert!(out.is_empty());
+    assert!(
+        err.contains("not possible in the download's current state") && err.contains("RUNNING"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn system_commands_set_and_show_the_host_conditions() {
     let h = Harness::start(&[]).await;

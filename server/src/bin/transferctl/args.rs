@@ -120,6 +120,19 @@ pub enum Command {
     },
     /// Show one download and the last HTTP response it got.
     Info { guid: String },
+    /// Write a download's result bytes to standard output (ReadResult).
+    Cat {
+        guid: String,
+        /// First byte to write.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Bytes to write; 0 writes to the end.
+        #[arg(long, default_value_t = 0)]
+        length: u64,
+        /// Also read a download that has not completed, as its bytes are written.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Operator controls of the host (admins only on a server with tokens).
     #[command(subcommand)]
     System(SystemCommand),

@@ -1,6 +1,8 @@
 //! One function per subcommand: each makes its calls through the library's [`Client`] and
 //! prints the answer as text for people or, with `--json`, one JSON object per line.
 
+use std::io::Write as _;
+
 use serde_json::json;
 use transferd::client::Client;
 use transferd::pb::backgroundtransfer::v1 as pb;
@@ -174,6 +176,31 @@ pub async fn info(client: &Client, guid: &str, json: bool) -> anyhow::Result<Out
             emit(value);
         }
         false => emit(render::info_text(&op, response.as_ref()).trim_end()),
+    }
+    Ok(Outcome::Done)
+}
+
+/// `cat`: the result's bytes, as the server streams them, to standard output. A reader that
+/// went away (`| head`) ends it quietly, as it ends `cat`.
+pub async fn cat(
+    client: &Client,
+    guid: &str,
+    (offset, length): (u64, u64),
+    follow: bool,
+) -> anyhow::Result<Outcome> {
+    let what = || format!("read the result of {guid}");
+    let mut chunks = client
+        .read_result(guid, offset, length, follow)
+        .await
+        .call(what())?;
+    let mut out = std::io::stdout();
+    while let Some(chunk) = chunks.message().await.call(what())? {
+        if let Err(e) = out.write_all(&chunk.data).and_then(|()| out.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(Outcome::Done);
+            }
+            anyhow::bail!("cannot write to standard output: {e}");
+        }
     }
     Ok(Outcome::Done)
 }

@@ -130,6 +130,12 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             commands::rm(&client, &guids, delete_file, json).await
         }
         Command::Info { guid } => commands::info(&client, &guid, json).await,
+        Command::Cat {
+            guid,
+            offset,
+            length,
+            follow,
+        } => commands::cat(&client, &guid, (offset, length), follow).await,
         Command::System(SystemCommand::Status) => commands::system_status(&client, json).await,
         Command::System(SystemCommand::SetNetwork { connected, costed }) => {
             commands::set_network(&client, connected, costed, json).await
