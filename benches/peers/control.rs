@@ -28,8 +28,18 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often seeding polls the server while waiting for the downloads to finish.
 const SETTLE_POLL: Duration = Duration::from_millis(20);
 
-/// The RPCs measured, in the order they run.
-const RPCS: [&str; 3] = ["GetDownload", "ListDownloads(10)", "CreateDownload"];
+/// The RPCs measured, in the order they run. "CreateDownload" starts real downloads of a small
+/// file, which share the cores with the creates; "CreateDownload, held" runs last, with the
+/// network reported down, so its downloads wait and it measures the durable create itself.
+const RPCS: [&str; 4] = [
+    "GetDownload",
+    "ListDownloads(10)",
+    "CreateDownload",
+    HELD_CREATES,
+];
+
+/// The create measurement whose downloads wait (PAUSED_NO_NETWORK) instead of running.
+const HELD_CREATES: &str = "CreateDownload, held";
 
 /// Runs the control-plane rounds and adds their rows to `report`.
 pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
@@ -81,12 +91,14 @@ async fn drive_hello(ctx: &Context, addr: &str) -> anyhow::Result<Load> {
 }
 
 /// `rpc` against transferd on a new connection; creates name their result files after the
-/// call's number, so none collide.
+/// call's number, so none collide. Held creates first report the network down.
 async fn drive_transferd(ctx: &Context, addr: &str, rpc: &str, guid: &str) -> anyhow::Result<Load> {
     let client = Client::from_channel(load::connect(addr).await?);
     let (concurrency, duration) = (ctx.sizes.control_concurrency, ctx.sizes.control_duration);
     let guid = guid.to_string();
     let url = ctx.origin.small_url(0);
+    // Result files of the two create measurements must not collide.
+    let prefix = if rpc == HELD_CREATES { "h" } else { "c" };
     match rpc {
         "GetDownload" => {
             load::drive(concurrency, duration, move |_| {
@@ -103,11 +115,14 @@ async fn drive_transferd(ctx: &Context, addr: &str, rpc: &str, guid: &str) -> an
             .await
         }
         _ => {
+            if rpc == HELD_CREATES {
+                client.set_network_conditions(Some(false), None).await?;
+            }
             load::drive(concurrency, duration, move |n| {
                 let (client, url) = (client.clone(), url.clone());
                 async move {
                     client
-                        .create(request(&url, &format!("c{n}.bin")))
+                        .create(request(&url, &format!("{prefix}{n}.bin")))
                         .await
                         .map(drop)
                 }
