@@ -161,14 +161,20 @@ pub(super) async fn open_partial(path: &Path, offset: u64) -> Result<tokio::fs::
     let open = async {
         // Resolved beneath the download directory, never through a symlink out of it.
         let owned = path.to_path_buf();
-        let file = tokio::task::spawn_blocking(move || crate::paths::open_partial(&owned))
-            .await
-            .map_err(std::io::Error::other)??;
+        let (file, len) = tokio::task::spawn_blocking(move || {
+            let file = crate::paths::open_partial(&owned)?;
+            let len = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, len))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         let mut file = tokio::fs::File::from_std(file);
         // Drop anything past the resume point: unverified bytes, or a restart's old data.
         file.set_len(offset).await?;
         file.seek(SeekFrom::Start(offset)).await?;
-        if offset == 0 {
+        // Only a truncation to zero is made durable at once; a new, empty file (every small
+        // download) has nothing to drop, and its fsync would cost a journal commit each.
+        if offset == 0 && len > 0 {
             file.sync_all().await?;
         }
         Ok::<_, std::io::Error>(file)
