@@ -47,7 +47,8 @@
 //! - `operation`: the domain model of a download: spec, settings, statuses and their numbers.
 //! - `redact`: which request headers are sensitive, and the one way secrets (their values, URI
 //!   userinfo) are shown in responses and logs: as a fixed marker.
-//! - `paths`: result-file validation, partial files, the atomic commit and result-file removal.
+//! - `paths`: result-file validation, partial files, the atomic commit and result-file removal;
+//!   `paths/dirsync.rs` is the group fsync that commits into one directory share.
 //! - `datadir`: the lock that keeps a second process off a data directory.
 //! - `error`: typed errors of the engine.
 #![forbid(unsafe_code)]
