@@ -1,7 +1,8 @@
 //! The peer benchmark: transferd measured side by side with the tools people would otherwise use,
 //! in one run, on one machine, so that ratios mean something even where absolute figures drift.
 //!
-//! `cargo bench --bench peers -- [--smoke] [--rounds N] [--out DIR] [--only WORKLOADS]`
+//! `cargo bench --bench peers -- [--smoke] [--rounds N] [--out DIR] [--only WORKLOADS]
+//! [--baseline BIN]`
 //!
 //! It installs nginx, curl and aria2 with apt-get when they are missing (as root), starts a local
 //! nginx serving files from /dev/shm with `sendfile on` (and the same files behind `limit_rate`),
@@ -19,6 +20,9 @@
 //! - `control`: 50 concurrent RPCs multiplexed on one HTTP/2 connection (as ghz -c 50 does):
 //!   GetDownload, ListDownloads(page_size 10) and durable CreateDownload against the hello
 //!   server's SayHello.
+//!
+//! `--baseline BIN` also runs another transferd build in the small-files workload, after
+//! transferd in each pairing, as the row `transferd (baseline)`: a before/after in one run.
 //!
 //! It prints a markdown table of medians and transferd/peer ratios and writes every sample as
 //! JSON to `--out` (default: a new `target/peers/run-<unix time>`).
@@ -108,6 +112,7 @@ struct Args {
     rounds: usize,
     out: PathBuf,
     only: Vec<String>,
+    baseline: Option<PathBuf>,
 }
 
 impl Args {
@@ -116,6 +121,7 @@ impl Args {
         let mut rounds = None;
         let mut out = None;
         let mut only = WORKLOADS.map(String::from).to_vec();
+        let mut baseline = None;
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
             match flag.as_str() {
@@ -124,6 +130,7 @@ impl Args {
                 "--bench" => {}
                 "--rounds" => rounds = Some(value(&mut it, &flag)?.parse()?),
                 "--out" => out = Some(PathBuf::from(value(&mut it, &flag)?)),
+                "--baseline" => baseline = Some(PathBuf::from(value(&mut it, &flag)?)),
                 "--only" => {
                     only = value(&mut it, &flag)?
                         .split(',')
@@ -136,7 +143,9 @@ impl Args {
                         );
                     }
                 }
-                _ => bail!("unknown flag {flag}; flags: --smoke --rounds N --out DIR --only LIST"),
+                _ => bail!(
+                    "unknown flag {flag}; flags: --smoke --rounds N --out DIR --only LIST --baseline BIN"
+                ),
             }
         }
         let rounds = rounds.unwrap_or(if smoke { 1 } else { 3 });
@@ -155,6 +164,7 @@ impl Args {
             rounds,
             out,
             only,
+            baseline,
         })
     }
 }
@@ -191,7 +201,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Sizes::full()
     };
     let origin = origin::Origin::start(&sizes).await?;
-    let ctx = workloads::Context::new(&args.out, args.rounds, sizes.clone(), origin)?;
+    let mut ctx = workloads::Context::new(&args.out, args.rounds, sizes.clone(), origin)?;
+    ctx.baseline = args.baseline;
     let mut report = report::Report::new(args.smoke, args.rounds, sizes);
     for workload in &args.only {
         eprintln!("== {workload}");

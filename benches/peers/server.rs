@@ -25,7 +25,12 @@ impl Server {
     /// Starts transferd with `flags`, its data and download directories under `dir`, which must
     /// be fresh. Its log goes to `dir/server.log`.
     pub async fn transferd(dir: &Path, flags: &[&str]) -> anyhow::Result<Server> {
-        let mut command = Command::new(TRANSFERD);
+        Server::transferd_from(Path::new(TRANSFERD), dir, flags).await
+    }
+
+    /// [`Server::transferd`] with the binary at `bin` (another build, for a before/after run).
+    pub async fn transferd_from(bin: &Path, dir: &Path, flags: &[&str]) -> anyhow::Result<Server> {
+        let mut command = Command::new(bin);
         command
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.join("data"))

@@ -37,6 +37,8 @@ pub struct Context {
     pub sizes: Sizes,
     /// The nginx origin.
     pub origin: Origin,
+    /// Another transferd build to run in the small-files workload (`--baseline`).
+    pub baseline: Option<PathBuf>,
     next_dir: Cell<usize>,
 }
 
@@ -50,6 +52,7 @@ impl Context {
             rounds,
             sizes,
             origin,
+            baseline: None,
             next_dir: Cell::new(0),
         })
     }
@@ -304,9 +307,14 @@ pub async fn small(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
                 check_size(path, ctx.sizes.small_bytes as u64)?;
             }
             done(dir).await?;
-            let (created, completed) = transferd_small(ctx).await?;
+            let (created, completed) = transferd_small(ctx, None).await?;
             samples.push(("transferd".into(), completed));
             samples.push(("transferd creates".into(), created));
+            if let Some(bin) = &ctx.baseline {
+                let (created, completed) = transferd_small(ctx, Some(bin)).await?;
+                samples.push((BASELINE.into(), completed));
+                samples.push((format!("{BASELINE} creates"), created));
+            }
         }
         for (name, seconds) in samples.into_iter().filter(|_| keep) {
             report.record(W, &name, "s", seconds);
@@ -317,11 +325,18 @@ pub async fn small(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
         "curl -Z",
         "curl -Z + syncfs",
         "aria2c -j16 + syncfs",
+        BASELINE,
     ] {
         report.compare(W, "transferd", peer);
     }
+    for peer in ["reqwest + fsync", "aria2c -j16 + syncfs"] {
+        report.compare(W, BASELINE, peer);
+    }
     Ok(())
 }
+
+/// The row of the `--baseline` build.
+const BASELINE: &str = "transferd (baseline)";
 
 /// Every small file's URL and where a peer writes it.
 fn small_jobs(ctx: &Context, dir: &Path) -> Vec<(String, PathBuf)> {
@@ -332,12 +347,17 @@ fn small_jobs(ctx: &Context, dir: &Path) -> Vec<(String, PathBuf)> {
 
 /// transferd on a fresh data directory with `--max-active` at the workload's parallelism: the
 /// files are created over gRPC, `small_parallel` creates in flight on one connection, while a
-/// WatchDownloads stream counts COMPLETED. Returns (seconds until every create was answered,
-/// seconds until every download was COMPLETED).
-async fn transferd_small(ctx: &Context) -> anyhow::Result<(f64, f64)> {
+/// WatchDownloads stream counts COMPLETED. `bin` is another build to run instead of this one.
+/// Returns (seconds until every create was answered, seconds until every download was
+/// COMPLETED).
+async fn transferd_small(ctx: &Context, bin: Option<&Path>) -> anyhow::Result<(f64, f64)> {
     let dir = ctx.fresh("small-transferd")?;
     let parallel = ctx.sizes.small_parallel;
-    let server = Server::transferd(&dir, &["--max-active", &parallel.to_string()]).await?;
+    let flags = ["--max-active", &parallel.to_string()];
+    let server = match bin {
+        Some(bin) => Server::transferd_from(bin, &dir, &flags).await?,
+        None => Server::transferd(&dir, &flags).await?,
+    };
     let client = server.client().await?;
     let mut events = client.watch_all(None).await?;
     let urls: Vec<String> = (0..ctx.sizes.small_count)

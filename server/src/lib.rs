@@ -49,7 +49,8 @@
 //! - `redact`: which request headers are sensitive, and the one way secrets (their values, URI
 //!   userinfo) are shown in responses and logs: as a fixed marker.
 //! - `paths`: result-file validation, partial files, the atomic commit and result-file removal;
-//!   `paths/read.rs` opens them for ReadResult.
+//!   `paths/read.rs` opens them for ReadResult, and `paths/dirsync.rs` is the group fsync that
+//!   commits into one directory share.
 //! - `datadir`: the lock that keeps a second process off a data directory.
 //! - `error`: typed errors of the engine.
 #![forbid(unsafe_code)]

