@@ -4,7 +4,7 @@
 //! mounted with discard, so nothing is emptied and reused in place), checks what arrived, removes
 //! it and runs `sync`, so one run's writeback does not land in the next one's time.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -40,6 +40,9 @@ pub struct Context {
     /// Another transferd build to run in the small-files workload (`--baseline`).
     pub baseline: Option<PathBuf>,
     next_dir: Cell<usize>,
+    /// Run directories of many small files, removed when their workload ends (see
+    /// [`Context::set_aside`]).
+    set_aside: RefCell<Vec<PathBuf>>,
 }
 
 impl Context {
@@ -54,6 +57,7 @@ impl Context {
             origin,
             baseline: None,
             next_dir: Cell::new(0),
+            set_aside: RefCell::new(Vec::new()),
         })
     }
 
@@ -63,6 +67,22 @@ impl Context {
         let dir = self.work.join(format!("{n:04}-{label}"));
         std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(dir)
+    }
+
+    /// Keeps a finished run's directory of many files until [`Context::remove_set_aside`]:
+    /// ext4 allocates new inodes slowly right after thousands were freed (it skips recently
+    /// deleted ones), so removing one run's files would slow the next run, whoever it is.
+    pub fn set_aside(&self, dir: PathBuf) {
+        self.set_aside.borrow_mut().push(dir);
+    }
+
+    /// Removes every directory set aside, then syncs.
+    pub async fn remove_set_aside(&self) -> anyhow::Result<()> {
+        let dirs = std::mem::take(&mut *self.set_aside.borrow_mut());
+        for dir in dirs {
+            done(dir).await?;
+        }
+        Ok(())
     }
 
     /// Round numbers with whether their samples count (round 0 is the warm-up).
@@ -306,7 +326,8 @@ pub async fn small(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
             for (_, path) in &jobs {
                 check_size(path, ctx.sizes.small_bytes as u64)?;
             }
-            done(dir).await?;
+            ctx.set_aside(dir);
+            sync_all().await?;
             let (created, completed) = transferd_small(ctx, None).await?;
             samples.push(("transferd".into(), completed));
             samples.push(("transferd creates".into(), created));
@@ -320,6 +341,7 @@ pub async fn small(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
             report.record(W, &name, "s", seconds);
         }
     }
+    ctx.remove_set_aside().await?;
     for peer in [
         "reqwest + fsync",
         "curl -Z",
@@ -383,7 +405,8 @@ async fn transferd_small(ctx: &Context, bin: Option<&Path>) -> anyhow::Result<(f
         let path = dir.join("downloads").join(format!("{i}.bin"));
         check_size(&path, ctx.sizes.small_bytes as u64)?;
     }
-    done(dir).await?;
+    ctx.set_aside(dir);
+    sync_all().await?;
     Ok((created, seconds))
 }
 
