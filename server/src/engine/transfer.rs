@@ -115,7 +115,8 @@ impl Engine {
         })
         .await;
         if let Ending::Completed { bytes } = ending {
-            crate::metrics::global().transfer_completed(bytes - from.min(bytes), started.elapsed());
+            crate::metrics::global()
+                .transfer_completed(bytes.saturating_sub(from), started.elapsed());
         }
         let (remove_partial, conditions_moved) = {
             let mut core = self.lock();

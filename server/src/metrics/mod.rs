@@ -294,8 +294,9 @@ impl Metrics {
     pub(crate) fn transfer_completed(&self, bytes: u64, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         self.transfer_seconds.observe(seconds);
-        // A transfer shorter than the clock's resolution has no meaningful rate.
-        if seconds > 0.0 {
+        // A transfer that only committed what an earlier run left whole on disk moved no bytes,
+        // and one shorter than the clock's resolution has no meaningful rate.
+        if bytes > 0 && seconds > 0.0 {
             self.throughput.observe(bytes as f64 / seconds);
         }
     }
