@@ -216,6 +216,31 @@ async fn metrics_move_by_exactly_what_downloads_and_calls_did() {
 }
 
 #[tokio::test]
+async fn a_cut_body_that_cannot_resume_counts_a_network_retry_and_a_restart() {
+    let h = Harness::start(&FLAGS).await;
+    let addr = metrics_addr(&h.server);
+    // The first body is cut after `cut` bytes; the retry asks for the rest, the origin ignores
+    // the range and sends the whole file again, so the download starts over from byte 0.
+    let (body, cut) = (test_bytes(100_000, 3), 40_000);
+    let resource = Resource::new(body.clone())
+        .ignore_range()
+        .faults(vec![Some(Fault::TruncateAfter(cut))]);
+    h.origin.put("/cut", resource);
+    let op = h.create(&h.origin.url("/cut"), "cut.bin").await;
+    h.wait_status(&op.guid, S::Completed).await;
+    h.assert_file("cut.bin", &body);
+    let m = scrape(addr).await;
+    assert_eq!(m.value(r#"transferd_retries_total{reason="network"}"#), 1.0);
+    assert_eq!(m.value("transferd_restarts_total"), 1.0);
+    assert_eq!(m.value("transferd_attempts_total"), 2.0);
+    assert_eq!(
+        m.value("transferd_received_bytes_total"),
+        (cut + body.len() as u64) as f64,
+        "the cut bytes and then the whole body"
+    );
+}
+
+#[tokio::test]
 async fn only_get_metrics_is_served() {
     let h = Harness::start(&FLAGS).await;
     let addr = metrics_addr(&h.server);
