@@ -112,6 +112,12 @@ pub struct Config {
     #[arg(long, env = "TRANSFERD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
+    /// Serve Prometheus metrics on this address at `GET /metrics` (plain HTTP, no token; port
+    /// 0 picks a free port, logged as `metrics listening`). Unset: no metrics port. The
+    /// metrics carry counts and volumes only, no guids, URIs or tenant names.
+    #[arg(long, env = "TRANSFERD_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Serve TLS on the gRPC port with this PEM certificate chain (server certificate first);
     /// needs --tls-key. Without it the port speaks plaintext HTTP/2.
     #[arg(

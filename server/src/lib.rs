@@ -42,6 +42,9 @@
 //!   `sqlite.rs` is the embedded default (its schema and migrations in `sqlite/schema.rs`),
 //!   `trust.rs` the checks a loaded row must pass, `conformance.rs` the suite every backend
 //!   passes.
+//! - `metrics/`: every Prometheus metric, the `--metrics-listen` endpoint that serves them,
+//!   and the timed store wrapper; the engine, fetcher, store and gRPC layer (`grpc/measure.rs`)
+//!   only report events to it.
 //! - `progress`: progress fan-out to any number of watchers without ever slowing a transfer.
 //! - `retry`: backoff with jitter, Retry-After, and the retry budget.
 //! - `sha256`: a SHA-256 whose state is saved with each checkpoint and continued on resume.
@@ -64,6 +67,7 @@ pub(crate) mod engine;
 pub(crate) mod error;
 pub(crate) mod fetch;
 pub(crate) mod grpc;
+pub(crate) mod metrics;
 pub(crate) mod operation;
 pub(crate) mod paths;
 pub mod pb;

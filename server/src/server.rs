@@ -19,6 +19,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::fetch::{Fetcher, Timeouts};
 use crate::grpc;
 use crate::grpc::limits::{LimitLayer, LimitsConfig};
+use crate::metrics::{MetricsServer, TimedStore};
 use crate::retry::RetryPolicy;
 use crate::store::{SqliteStore, StoreError};
 
@@ -60,6 +61,14 @@ pub enum ServeError {
     /// The TLS certificate, key or client CA cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The metrics address cannot be listened on.
+    #[error("cannot listen on {addr} for metrics (--metrics-listen): {source}")]
+    MetricsListen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// A transferd whose store is open and whose downloads are loaded, not yet serving. Opening
@@ -75,6 +84,8 @@ pub struct Transferd {
     lock: DataDirLock,
     /// TLS for the gRPC port, checked at open; `None` serves plaintext.
     tls: Option<ServerTlsConfig>,
+    /// The metrics endpoint, bound at open; `None` without `--metrics-listen`.
+    metrics: Option<MetricsServer>,
 }
 
 impl Transferd {
@@ -108,7 +119,8 @@ impl Transferd {
             path: download_dir.clone(),
             source,
         })?;
-        let store = Arc::new(SqliteStore::open(&config.data_dir).await?);
+        let metrics = bind_metrics(config.metrics_listen).await?;
+        let store = Arc::new(TimedStore::new(SqliteStore::open(&config.data_dir).await?));
         let token = CancellationToken::new();
         let engine = Engine::open(
             EngineConfig {
@@ -149,7 +161,13 @@ impl Transferd {
             tokens,
             lock,
             tls,
+            metrics,
         })
+    }
+
+    /// The address metrics are served on, if `--metrics-listen` was given.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref()?.local_addr().ok()
     }
 
     /// The token file in force, if authentication is configured, so the binary can reload it
@@ -171,7 +189,11 @@ impl Transferd {
             tokens,
             lock,
             tls,
+            metrics,
         } = self;
+        if let Some(metrics) = metrics {
+            tokio::spawn(metrics.serve(token.clone()));
+        }
         let (routes, health) = grpc::routes(engine.clone()).await?;
         engine.start();
         let local = listener.local_addr().ok();
@@ -205,6 +227,7 @@ impl Transferd {
             builder = builder.tls_config(tls)?;
         }
         builder
+            .layer(grpc::MeasureLayer)
             .layer(grpc::identify_layer(tokens))
             .layer(LimitLayer::new(limits))
             .add_routes(routes)
@@ -215,4 +238,22 @@ impl Transferd {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Binds the metrics endpoint if `--metrics-listen` asks for one, and says where (or that
+/// there is none). Any address is allowed: the endpoint is read-only and its metrics carry
+/// counts and volumes, no guids, URIs, tenant names or secrets (see the README's Metrics).
+async fn bind_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> Result<Option<MetricsServer>, ServeError> {
+    let Some(addr) = addr else {
+        tracing::debug!("metrics off (no --metrics-listen)");
+        return Ok(None);
+    };
+    let server = crate::metrics::bind(addr)
+        .await
+        .map_err(|source| ServeError::MetricsListen { addr, source })?;
+    let bound = server.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "metrics listening");
+    Ok(Some(server))
 }

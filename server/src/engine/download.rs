@@ -153,6 +153,7 @@ impl Core {
             self.queue.remove(&op.spec.guid);
         }
         st.status = to;
+        crate::metrics::global().download_moved(from, to);
         st.reason = reason;
         match to {
             Status::Idle => self.queue.push(op.queue_key(st)),

@@ -180,6 +180,7 @@ impl Registry {
     /// tokens issued before stay valid.
     pub(super) fn remove(&mut self, guid: &str) -> Option<Arc<Op>> {
         let op = self.ops.remove(guid)?;
+        crate::metrics::global().download_removed(op.lock().status());
         self.by_seq.remove(&op.spec.seq);
         self.unlive(&op.spec);
         self.release_claim(&op.spec);
@@ -367,6 +368,7 @@ impl Core {
             self.queue.push(key);
         }
         self.registry.insert(op, !status.is_terminal());
+        crate::metrics::global().download_added(status);
     }
 
     /// The download's view, telling "waiting for a slot" from "waiting for its group".

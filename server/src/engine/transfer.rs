@@ -98,6 +98,7 @@ impl Engine {
         // `Engine::load`), so writing it would cost a commit on every start and change nothing
         // a restart sees. The first checkpoint, or the end of the transfer, stores the state.
         let partial = paths::partial_path(&self.inner.config.download_dir, &op.spec.guid);
+        let (started, from) = (std::time::Instant::now(), op.lock().checkpoint);
         let ending = catch_panic(async {
             let outcome = match complete_on_disk(&op, &partial) {
                 Some(bytes) => Outcome::Complete { bytes },
@@ -113,6 +114,10 @@ impl Engine {
             }
         })
         .await;
+        if let Ending::Completed { bytes } = ending {
+            crate::metrics::global()
+                .transfer_completed(bytes.saturating_sub(from), started.elapsed());
+        }
         let (remove_partial, conditions_moved) = {
             let mut core = self.lock();
             let mut st = op.lock();
@@ -259,6 +264,7 @@ impl Engine {
                 return Outcome::Failed(failure);
             }
             let delay = policy.delay(failures, failure.retry_after);
+            crate::metrics::global().retry(failure.error.reason);
             tracing::warn!(error = %failure.error.message, failures, ?delay, "attempt failed; retrying");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -273,6 +279,7 @@ impl Engine {
         let (settings, checkpoint, validators, total, lane, hashing) = {
             let mut st = op.lock();
             st.attempts += 1;
+            crate::metrics::global().attempt();
             // Taken under the download's lock, as SetRateLimit changes the setting and the lane
             // under it: a change lands either in the setting read here or on the lane.
             let lane = (self.inner.throttle).lane(&op.spec.guid, st.settings.max_bytes_per_second);
@@ -484,6 +491,7 @@ impl Observer for Progressor<'_> {
         st.responses += 1;
         if restarted {
             st.restarts += 1;
+            crate::metrics::global().restart();
             tracing::info!(offset, "restarted from byte 0");
         }
         st.bytes = offset;

@@ -193,6 +193,8 @@ impl Lane {
 
     /// `bytes` were just read.
     pub fn took(&self, bytes: u64) {
+        // Every body byte read passes here, so this is where they are counted.
+        crate::metrics::global().received(bytes);
         self.took_at(bytes, Instant::now());
     }
 

@@ -4,7 +4,8 @@
 //! domain errors to status codes (`status.rs`). No transfer logic lives here.
 //!
 //! [`routes`] gathers everything the server serves, so a layer that applies to every call (auth,
-//! metrics, load shedding) is added in one place.
+//! metrics, load shedding) is added in one place. `measure.rs` is the metrics layer: calls by
+//! method and code, their duration, open watch streams.
 
 pub mod audit;
 pub(crate) mod coalesce;
@@ -12,6 +13,7 @@ pub(crate) mod codec;
 mod convert;
 mod identify;
 pub mod limits;
+mod measure;
 mod roles;
 mod status;
 mod system;
@@ -68,6 +70,7 @@ pub fn identify_layer(tokens: Option<Arc<TokenFile>>) -> IdentifyLayer {
 }
 
 pub use identify::IdentifyLayer;
+pub use measure::MeasureLayer;
 
 /// The health service's reporter, so the server can announce shutdown without naming the
 /// generated service types.

@@ -79,6 +79,16 @@ pub(crate) fn method_name(path: &str) -> &str {
     split(path).1
 }
 
+/// The contract's method at `path` as (service, method), if it is one of ours: static strings
+/// from the table, so a metrics label can never be made of what a client sent.
+pub(crate) fn contract_method(path: &str) -> Option<(&'static str, &'static str)> {
+    let (service, method) = split(path);
+    ROLES
+        .iter()
+        .find(|(s, m, _)| *s == service && *m == method)
+        .map(|(s, m, _)| (*s, *m))
+}
+
 fn split(path: &str) -> (&str, &str) {
     let path = path.strip_prefix('/').unwrap_or(path);
     path.rsplit_once('/').unwrap_or(("", path))

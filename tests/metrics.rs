@@ -1,0 +1,265 @@
+//! Prometheus metrics end to end: a real server with `--metrics-listen`, real downloads from the
+//! test origin (one completes, one is answered 404, one is retried after a 503), gRPC calls and
+//! a watch stream, each scraped over HTTP with a real client; the values must move by exactly
+//! what happened. Without the flag, nothing serves metrics.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::origin::{Fault, Resource, test_bytes};
+use common::{DEADLINE, Harness, S, Server};
+
+/// Flags of the server under test: metrics on a free loopback port, and quick retries so the
+/// 503 case does not wait a second.
+const FLAGS: [&str; 4] = [
+    "--metrics-listen",
+    "127.0.0.1:0",
+    "--retry-base-delay",
+    "20ms",
+];
+
+/// The transfer service's name in the metrics' `service` label.
+const TRANSFER: &str = "backgroundtransfer.v1.BackgroundTransferService";
+
+/// A guid no download has.
+const UNKNOWN_GUID: &str = "00000000-0000-4000-8000-000000000000";
+
+/// The address the server logged as `metrics listening addr=ADDR`. The line is written before
+/// the server announces its gRPC address, so it is in the log once the server has started.
+fn metrics_addr(server: &Server) -> SocketAddr {
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("metrics listening"))
+        .unwrap_or_else(|| panic!("no `metrics listening` line; log:\n{log}"));
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .expect("the line names the address");
+    addr.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// An HTTP client. reqwest is built without a default TLS provider (the server picks ring), so
+/// one is installed first, though only plain HTTP is spoken here.
+fn http_client() -> reqwest::Client {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// A `GET` of `path` on the metrics port: the status code, content type and body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let response = http_client()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"));
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, content_type, response.text().await.unwrap())
+}
+
+/// The metrics text of one scrape.
+async fn scrape(addr: SocketAddr) -> Metrics {
+    let (status, content_type, text) = get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    Metrics(text)
+}
+
+/// One scrape's text.
+struct Metrics(String);
+
+impl Metrics {
+    /// The value of the series written exactly as `series` (name and labels), 0 if absent.
+    fn value(&self, series: &str) -> f64 {
+        self.0
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.parse().unwrap())
+    }
+
+    fn downloads(&self, status: &str) -> f64 {
+        self.value(&format!(r#"transferd_downloads{{status="{status}"}}"#))
+    }
+
+    fn calls(&self, method: &str, code: &str) -> f64 {
+        self.value(&format!(
+            r#"transferd_grpc_calls_total{{service="{TRANSFER}",method="{method}",code="{code}"}}"#
+        ))
+    }
+
+    fn watch_streams(&self, method: &str) -> f64 {
+        self.value(&format!(
+            r#"transferd_watch_streams{{service="{TRANSFER}",method="{method}"}}"#
+        ))
+    }
+}
+
+/// Scrapes until `pred` holds; panics after [`DEADLINE`] with the last scrape.
+async fn scrape_until(addr: SocketAddr, what: &str, pred: impl Fn(&Metrics) -> bool) -> Metrics {
+    let start = tokio::time::Instant::now();
+    loop {
+        let metrics = scrape(addr).await;
+        if pred(&metrics) {
+            return metrics;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}; last scrape:\n{}",
+            metrics.0
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_move_by_exactly_what_downloads_and_calls_did() {
+    let h = Harness::start(&FLAGS).await;
+    let addr = metrics_addr(&h.server);
+    let before = scrape(addr).await;
+    assert_eq!(before.downloads("IDLE"), 0.0);
+    assert_eq!(before.downloads("COMPLETED"), 0.0);
+    assert_eq!(before.value("transferd_received_bytes_total"), 0.0);
+
+    // One completes, one is answered 404.
+    let ok_body = test_bytes(300_000, 1);
+    h.origin.put("/ok", Resource::new(ok_body.clone()));
+    let ok = h.create(&h.origin.url("/ok"), "ok.bin").await;
+    let missing = h.create(&h.origin.url("/missing"), "missing.bin").await;
+    h.wait_status(&ok.guid, S::Completed).await;
+    h.wait_status(&missing.guid, S::Error).await;
+    h.assert_file("ok.bin", &ok_body);
+    let m = scrape(addr).await;
+    assert_eq!(m.downloads("COMPLETED"), 1.0);
+    assert_eq!(m.downloads("ERROR"), 1.0);
+    assert_eq!(m.downloads("RUNNING"), 0.0);
+    assert_eq!(m.downloads("IDLE"), 0.0);
+    assert_eq!(
+        m.value("transferd_received_bytes_total"),
+        ok_body.len() as f64
+    );
+    assert_eq!(m.value("transferd_attempts_total"), 2.0);
+    assert_eq!(m.value("transferd_transfer_duration_seconds_count"), 1.0);
+    assert_eq!(
+        m.value("transferd_transfer_throughput_bytes_per_second_count"),
+        1.0
+    );
+
+    // One is answered 503 once, retried, and completes.
+    let flaky_body = test_bytes(200_000, 2);
+    let unavailable = Fault::Status {
+        code: 503,
+        retry_after: None,
+    };
+    h.origin.put(
+        "/flaky",
+        Resource::new(flaky_body.clone()).faults(vec![Some(unavailable)]),
+    );
+    let flaky = h.create(&h.origin.url("/flaky"), "flaky.bin").await;
+    h.wait_status(&flaky.guid, S::Completed).await;
+    h.assert_file("flaky.bin", &flaky_body);
+    let m = scrape(addr).await;
+    assert_eq!(m.downloads("COMPLETED"), 2.0);
+    assert_eq!(
+        m.value(r#"transferd_retries_total{reason="http_status"}"#),
+        1.0
+    );
+    assert_eq!(m.value(r#"transferd_retries_total{reason="network"}"#), 0.0);
+    assert_eq!(m.value("transferd_attempts_total"), 4.0);
+    assert_eq!(m.value("transferd_restarts_total"), 0.0);
+    assert_eq!(
+        m.value("transferd_received_bytes_total"),
+        (ok_body.len() + flaky_body.len()) as f64
+    );
+    assert_eq!(m.value("transferd_transfer_duration_seconds_count"), 2.0);
+
+    // gRPC calls by method and code.
+    let refused = h.client.get(UNKNOWN_GUID).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    let m = scrape(addr).await;
+    assert_eq!(m.calls("CreateDownload", "OK"), 3.0);
+    assert_eq!(m.calls("GetDownload", "NOT_FOUND"), 1.0);
+    assert!(m.calls("GetDownload", "OK") >= 3.0, "the waits polled it");
+    let create_durations = format!(
+        r#"transferd_grpc_call_duration_seconds_count{{service="{TRANSFER}",method="CreateDownload"}}"#
+    );
+    assert_eq!(m.value(&create_durations), 3.0);
+    // Every create was stored once, and every status change saved.
+    assert_eq!(
+        m.value(r#"transferd_store_operation_duration_seconds_count{operation="insert"}"#),
+        3.0
+    );
+    assert!(m.value(r#"transferd_store_operation_duration_seconds_count{operation="save"}"#) > 0.0);
+
+    // A watch stream counts while it is open; both kinds are present at zero before any.
+    assert!(m.0.contains(&format!(
+        r#"transferd_watch_streams{{service="{TRANSFER}",method="WatchDownload"}} 0"#
+    )));
+    assert_eq!(m.watch_streams("WatchDownloads"), 0.0);
+    let watch = h.watch_all(None).await;
+    let m = scrape(addr).await;
+    assert_eq!(m.watch_streams("WatchDownloads"), 1.0);
+    drop(watch);
+    let m = scrape_until(addr, "the watch stream to close", |m| {
+        m.watch_streams("WatchDownloads") == 0.0
+    })
+    .await;
+    assert_eq!(m.calls("WatchDownloads", "CANCELLED"), 1.0);
+}
+
+#[tokio::test]
+async fn a_cut_body_that_cannot_resume_counts_a_network_retry_and_a_restart() {
+    let h = Harness::start(&FLAGS).await;
+    let addr = metrics_addr(&h.server);
+    // The first body is cut after `cut` bytes; the retry asks for the rest, the origin ignores
+    // the range and sends the whole file again, so the download starts over from byte 0.
+    let (body, cut) = (test_bytes(100_000, 3), 40_000);
+    let resource = Resource::new(body.clone())
+        .ignore_range()
+        .faults(vec![Some(Fault::TruncateAfter(cut))]);
+    h.origin.put("/cut", resource);
+    let op = h.create(&h.origin.url("/cut"), "cut.bin").await;
+    h.wait_status(&op.guid, S::Completed).await;
+    h.assert_file("cut.bin", &body);
+    let m = scrape(addr).await;
+    assert_eq!(m.value(r#"transferd_retries_total{reason="network"}"#), 1.0);
+    assert_eq!(m.value("transferd_restarts_total"), 1.0);
+    assert_eq!(m.value("transferd_attempts_total"), 2.0);
+    assert_eq!(
+        m.value("transferd_received_bytes_total"),
+        (cut + body.len() as u64) as f64,
+        "the cut bytes and then the whole body"
+    );
+}
+
+#[tokio::test]
+async fn only_get_metrics_is_served() {
+    let h = Harness::start(&FLAGS).await;
+    let addr = metrics_addr(&h.server);
+    let (status, _, _) = get(addr, "/").await;
+    assert_eq!(status, 404);
+    let (status, _, _) = get(addr, "/metrics/extra").await;
+    assert_eq!(status, 404);
+    let response = http_client()
+        .post(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+}
+
+#[tokio::test]
+async fn without_the_flag_nothing_serves_metrics() {
+    let h = Harness::start(&[]).await;
+    let log = h.server.log();
+    assert!(log.contains("metrics off"), "{log}");
+    assert!(!log.contains("metrics listening"), "{log}");
+}
