@@ -99,6 +99,7 @@ impl Engine {
             },
             status: Status::Idle,
             checkpoint_bytes: 0,
+            segments: Vec::new(),
             total_bytes: 0,
             validators: Validators::default(),
             response: None,

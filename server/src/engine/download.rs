@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::queue::QueueKey;
 use super::{Core, DownloadView, host};
 use crate::operation::{
-    DownloadSpec, Progress, ResponseInfo, Settings, Status, StatusReason, TransferError, Validators,
+    DownloadSpec, Progress, ResponseInfo, Segment, Settings, Status, StatusReason, TransferError,
+    Validators,
 };
 use crate::progress::{self, Bus, Hub};
 use crate::store::Record;
@@ -41,8 +42,11 @@ pub(super) struct OpState {
     pub(super) queue_order: i64,
     /// Body bytes received (may be ahead of the checkpoint).
     pub(super) bytes: u64,
-    /// Bytes durably in the partial file.
+    /// Bytes durably in the partial file: for a segmented download, the sum over its segments.
     pub(super) checkpoint: u64,
+    /// The segments of a download fetched over several connections; empty when one stream
+    /// fetches it and `checkpoint` is a prefix of the file.
+    pub(super) segments: Vec<Segment>,
     pub(super) total: u64,
     pub(super) validators: Validators,
     pub(super) response: Option<ResponseInfo>,
@@ -200,6 +204,7 @@ impl Op {
             settings,
             status,
             checkpoint_bytes,
+            segments,
             total_bytes,
             validators,
             response,
@@ -241,6 +246,7 @@ impl Op {
                 queue_order,
                 bytes: progress.bytes_received,
                 checkpoint: checkpoint_bytes,
+                segments,
                 total: total_bytes,
                 validators,
                 response,
@@ -280,6 +286,7 @@ impl Op {
             settings: st.settings.clone(),
             status: st.status,
             checkpoint_bytes: st.checkpoint,
+            segments: st.segments.clone(),
             total_bytes: st.total,
             validators: st.validators.clone(),
             response: st.response.clone(),

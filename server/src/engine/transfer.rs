@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use super::download::{Op, OpState};
 use super::host::{probe_target, routable};
 use super::{Core, Engine};
+use crate::fetch::segments::Plan;
 use crate::fetch::{Failure, Job, Observer, Outcome, ResponseStart};
 use crate::operation::{
-    DownloadSpec, ErrorReason, ResponseInfo, Status, StatusReason, TransferError,
+    DownloadSpec, ErrorReason, ResponseInfo, Segment, Status, StatusReason, TransferError,
 };
 use crate::paths::{self, CommitError};
 
@@ -157,6 +158,7 @@ impl Engine {
             Ending::Completed { bytes } => {
                 st.bytes = bytes;
                 st.checkpoint = bytes;
+                st.segments.clear();
                 st.total = bytes;
                 tracing::info!(bytes, "completed");
                 (Status::Completed, StatusReason::Unspecified)
@@ -265,7 +267,7 @@ impl Engine {
     /// One HTTP attempt from the latest checkpoint. A connect failure counts as "network down"
     /// only when the host has no route to the origin.
     async fn attempt(&self, op: &Arc<Op>, partial: &Path, stop: &CancellationToken) -> Outcome {
-        let (settings, checkpoint, validators, total, lane) = {
+        let (settings, checkpoint, validators, total, lane, segments) = {
             let mut st = op.lock();
             st.attempts += 1;
             // Taken under the download's lock, as SetRateLimit changes the setting and the lane
@@ -277,6 +279,7 @@ impl Engine {
                 st.validators.clone(),
                 st.total,
                 lane,
+                st.segments.clone(),
             )
         };
         let job = Job {
@@ -292,9 +295,22 @@ impl Engine {
                     own.min(self.inner.config.max_file_size)
                 }),
             lane: &lane,
+            span: None,
         };
         let observer = Progressor { engine: self, op };
-        let mut outcome = self.inner.fetcher.run(job, &observer, stop).await;
+        let fetcher = &self.inner.fetcher;
+        // Stored segments are resumed as segments even when segmenting was switched off
+        // since: their checkpoint is no prefix a single stream could go on from.
+        let mut outcome = if fetcher.segmenting() || !segments.is_empty() {
+            let plan = Plan {
+                segments: &segments,
+                retry: self.inner.config.retry,
+                recoverable: &op.spec.recoverable_web_error_statuses,
+            };
+            fetcher.run_segmented(job, plan, &observer, stop).await
+        } else {
+            fetcher.run(job, &observer, stop).await
+        };
         if let Outcome::Failed(failure) = &mut outcome {
             if failure.network_down {
                 // "Network down" means the host has no route to the origin: the same question
@@ -341,7 +357,10 @@ impl Engine {
         }
     }
 
-    /// Checks the expected SHA-256 of the finished file, if the client gave one.
+    /// Checks the expected SHA-256 of the finished file, if the client gave one. A segmented
+    /// download is hashed here, at commit, by reading the file once: its segments arrive out
+    /// of order over several connections, so no running hash can follow its bytes as they are
+    /// written (the issue allows this for segmented downloads).
     async fn verify(&self, op: &Op, partial: &Path) -> Result<(), Failure> {
         let Some(expected) = op.spec.expected_sha256.clone() else {
             return Ok(());
@@ -480,9 +499,24 @@ impl Observer for Progressor<'_> {
     }
 
     async fn durable(&self, bytes: u64) {
-        self.op.lock().checkpoint = bytes;
+        {
+            let mut st = self.op.lock();
+            st.checkpoint = bytes;
+            st.segments.clear();
+        }
         if let Err(e) = self.engine.persist(self.op).await {
             tracing::warn!(error = %e, "checkpoint not stored; the previous one stands");
+        }
+    }
+
+    async fn durable_segments(&self, segments: Vec<Segment>) {
+        {
+            let mut st = self.op.lock();
+            st.checkpoint = segments.iter().map(|s| s.durable).sum();
+            st.segments = segments;
+        }
+        if let Err(e) = self.engine.persist(self.op).await {
+            tracing::warn!(error = %e, "segment checkpoint not stored; the previous one stands");
         }
     }
 }

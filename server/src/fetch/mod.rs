@@ -22,13 +22,21 @@
 //!   statuses and redirects that were not followed.
 //! - `body.rs`: streaming the body into the partial file and making it durable, within its
 //!   announced length, the size limit, the stall and low-speed rules and the bandwidth limit.
+//! - `segments.rs`: segmented downloads: one download over several connections, each filling
+//!   its part of the partial file, adding connections while they raise the throughput;
+//!   `spans.rs` is the bookkeeping of the parts, `piece.rs` one segment's ranged request and body, `hosts.rs` the count of connections
+//!   per origin (`--max-connections-per-host`).
 //! - `throttle.rs`: the bandwidth limits: the server-wide budget, fair shares of it, and each
 //!   download's own limit, as one token bucket per running attempt.
 
 mod body;
+pub mod hosts;
+mod piece;
 mod request;
 mod resolve;
 mod response;
+pub mod segments;
+mod spans;
 pub mod throttle;
 
 use std::future::Future;
@@ -40,7 +48,7 @@ use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::egress::EgressPolicy;
-use crate::operation::{ErrorReason, ResponseInfo, Settings, TransferError, Validators};
+use crate::operation::{ErrorReason, ResponseInfo, Segment, Settings, TransferError, Validators};
 use response::Resume;
 
 pub use body::WRITE_BUFFER_SIZE;
@@ -74,10 +82,14 @@ pub trait Observer: Send + Sync {
     fn tick(&self);
     /// The partial file holds `bytes` durably (fsynced): the engine may checkpoint them.
     fn durable(&self, bytes: u64) -> impl Future<Output = ()> + Send;
+    /// The download is fetched in `segments`, each holding its own durable bytes: the engine
+    /// may checkpoint them (their sum is the download's checkpoint). An empty list: the
+    /// download left segmenting and starts over from byte 0 as one stream.
+    fn durable_segments(&self, segments: Vec<Segment>) -> impl Future<Output = ()> + Send;
 }
 
 /// What to transfer.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Job<'a> {
     /// The URI and headers to request.
     pub settings: &'a Settings,
@@ -91,8 +103,12 @@ pub struct Job<'a> {
     pub total: u64,
     /// Largest entity accepted, in bytes: a longer one fails for good before or while writing.
     pub max_bytes: u64,
-    /// The download's share of the bandwidth limits; every read waits for it.
+    /// The download's share of the bandwidth limits; every read waits for it (all of its
+    /// connections together).
     pub lane: &'a throttle::Lane,
+    /// Set by the segmenting fetcher on a download's first connection: the part of the entity
+    /// it fills, whose end moves closer when its tail is split off. `None` from the engine.
+    pub span: Option<&'a spans::Span>,
 }
 
 /// How an attempt ended.
@@ -267,6 +283,10 @@ pub struct Fetcher {
     client: reqwest::Client,
     timeouts: Timeouts,
     egress: Arc<EgressPolicy>,
+    /// Most connections one download uses; 1: never segment.
+    per_download: usize,
+    /// Connections per origin, over every download.
+    hosts: Arc<hosts::HostConnections>,
 }
 
 impl Fetcher {
@@ -295,7 +315,23 @@ impl Fetcher {
             client,
             timeouts,
             egress,
+            per_download: 1,
+            hosts: Arc::new(hosts::HostConnections::new(1)),
         })
+    }
+
+    /// Lets downloads use up to `per_download` connections each, and at most `per_host` to
+    /// one origin over all downloads (a download's first connection excepted). Without this,
+    /// every download is one stream.
+    pub fn with_connections(mut self, per_download: usize, per_host: usize) -> Fetcher {
+        self.per_download = per_download.max(1);
+        self.hosts = Arc::new(hosts::HostConnections::new(per_host.max(1)));
+        self
+    }
+
+    /// Whether downloads may be fetched over several connections.
+    pub fn segmenting(&self) -> bool {
+        self.per_download > 1
     }
 
     /// Where this fetcher may connect.
@@ -311,18 +347,7 @@ impl Fetcher {
         observer: &O,
         stop: &CancellationToken,
     ) -> Outcome {
-        match self.attempt(&job, observer, stop).await {
-            Ok(outcome) => outcome,
-            Err(mut failure) => {
-                // Messages quote URLs (the HTTP client's errors, redirect targets); their
-                // userinfo must not reach logs, the store or clients.
-                let message = &mut failure.error.message;
-                if let std::borrow::Cow::Owned(clean) = crate::redact::text(message) {
-                    *message = clean;
-                }
-                Outcome::Failed(failure)
-            }
-        }
+        redacted(self.attempt(&job, observer, stop).await)
     }
 
     async fn attempt<O: Observer>(
@@ -352,7 +377,10 @@ impl Fetcher {
         let mut asked_again = false;
         loop {
             let ranged = at.offset > 0;
-            let Some(response) = self.request(job, &at.validators, at.offset, stop).await? else {
+            let Some(response) = self
+                .request(job, &at.validators, at.offset, None, stop)
+                .await?
+            else {
                 return Ok(Outcome::Stopped);
             };
             let part = match response::check_resume(&response, at.offset, at.total) {
@@ -374,8 +402,10 @@ impl Fetcher {
                 body::Streamed::Stopped => return Ok(Outcome::Stopped),
                 body::Streamed::RangeEnded(received) => {
                     // A 206 that ended short of the entity: ask for the rest, guarded as any
-                    // resume is.
-                    if at.validators.if_range().is_none() {
+                    // resume is. A first connection whose tail may have gone to other
+                    // connections must not open the file again (that truncates it): its
+                    // segment is retried as a segment instead.
+                    if at.validators.if_range().is_none() || job.span.is_some() {
                         return Err(Failure::transient(TransferError {
                             message: format!(
                                 "the server sent bytes up to {received} of {} without a validator to continue them safely",
@@ -457,9 +487,28 @@ impl Fetcher {
             max_bytes: job.max_bytes,
             window: self.timeouts.stall,
             min_speed: self.timeouts.min_speed,
+            span: job.span,
         };
         body::stream_body(response, file, expect, job.lane, observer, stop).await
     }
+}
+
+/// The outcome of an attempt, its failure's message cleaned: messages quote URLs (the HTTP
+/// client's errors, redirect targets), whose userinfo must not reach logs, the store or
+/// clients.
+fn redacted(result: Result<Outcome, Failure>) -> Outcome {
+    match result {
+        Ok(outcome) => outcome,
+        Err(failure) => Outcome::Failed(redacted_failure(failure)),
+    }
+}
+
+fn redacted_failure(mut failure: Failure) -> Failure {
+    let message = &mut failure.error.message;
+    if let std::borrow::Cow::Owned(clean) = crate::redact::text(message) {
+        *message = clean;
+    }
+    failure
 }
 
 /// Where an attempt stands in the entity, across the requests it makes.

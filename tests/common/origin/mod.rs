@@ -86,6 +86,10 @@ struct State {
     open_bodies: AtomicUsize,
     /// Connections accepted, whether or not a request followed.
     connections: AtomicUsize,
+    /// Connections open now.
+    open_connections: AtomicUsize,
+    /// Most connections ever open at once.
+    peak_connections: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -200,6 +204,12 @@ impl Origin {
     /// for tests that prove no connection was made at all.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// The most TCP connections that were ever open at the same time: for tests that prove a
+    /// cap on connections per origin holds.
+    pub fn peak_connections(&self) -> usize {
+        self.state.peak_connections.load(Ordering::SeqCst)
     }
 }
 
