@@ -80,13 +80,20 @@ async fn large_files_arrive_over_several_connections_within_the_host_cap() {
     let (a, b) = (test_bytes(SIZE, 1), test_bytes(SIZE, 2));
     h.origin.put("/a", capped(&a));
     h.origin.put("/b", capped(&b));
-    let first = h.create_with(with_sha(&h.origin.url("/a"), "a.bin", &a)).await;
+    let first = h
+        .create_with(with_sha(&h.origin.url("/a"), "a.bin", &a))
+        .await;
     let watch = h.watch(&first.guid).await;
-    let second = h.create_with(with_sha(&h.origin.url("/b"), "b.bin", &b)).await;
+    let second = h
+        .create_with(with_sha(&h.origin.url("/b"), "b.bin", &b))
+        .await;
 
     let messages = read_to_end(watch).await;
     assert_eq!(status_of(&h.wait_finished(&first.guid).await), S::Completed);
-    assert_eq!(status_of(&h.wait_finished(&second.guid).await), S::Completed);
+    assert_eq!(
+        status_of(&h.wait_finished(&second.guid).await),
+        S::Completed
+    );
     assert_eq!(sha256_file(&h.download_dir().join("a.bin")), sha256(&a));
     assert_eq!(sha256_file(&h.download_dir().join("b.bin")), sha256(&b));
     assert_truthful(&messages);
@@ -251,7 +258,8 @@ async fn an_origin_that_stops_serving_ranges_gets_one_stream_from_zero() {
     let op = segmented(&h, "/r", &body).await;
     let before = h.origin.requests_for("/r").len();
     // Same bytes and validators, but every Range is ignored from now on: 200s.
-    h.origin.put("/r", Resource::new(body.clone()).ignore_range());
+    h.origin
+        .put("/r", Resource::new(body.clone()).ignore_range());
     assert_eq!(status_of(&h.wait_finished(&op.guid).await), S::Completed);
     h.assert_file("r", &body);
     let starts = range_starts(&h.origin.requests_for("/r")[before..]);
@@ -286,7 +294,11 @@ async fn a_failed_segment_is_retried_alone_from_its_checkpoint() {
     assert_eq!(status_of(&h.get(&op.guid).await), S::Completed);
     h.assert_file("f.bin", &body);
     assert_truthful(&messages);
-    assert_eq!(restarts(&messages), 0, "a segment's failure is not a restart");
+    assert_eq!(
+        restarts(&messages),
+        0,
+        "a segment's failure is not a restart"
+    );
     let starts = range_starts(&h.origin.requests_for("/f"));
     assert_eq!(starts[0], None, "{starts:?}");
     // The reset segment was asked for again, from where its durable bytes end or earlier
@@ -299,5 +311,8 @@ async fn a_failed_segment_is_retried_alone_from_its_checkpoint() {
             .any(|&s| (reset_at..=reset_at + (1 << 20)).contains(&s)),
         "{starts:?}"
     );
-    assert!(starts[1..].iter().all(|s| s.is_some_and(|s| s > 0)), "{starts:?}");
+    assert!(
+        starts[1..].iter().all(|s| s.is_some_and(|s| s > 0)),
+        "{starts:?}"
+    );
 }
