@@ -93,7 +93,8 @@ pub const DEFAULT_MAX_STREAMS_PER_TENANT: usize = 16_384;
 pub const DEFAULT_MAX_CONNECTIONS_PER_DOWNLOAD: u64 = 8;
 
 /// Default most connections to one origin (host and port) over every download: aria2's own
-/// ceiling per server, so no single origin sees more from transferd than it would from aria2.
+/// ceiling per server, so no single origin sees more from transferd than it would from aria2,
+/// and above the default `--max-active`, so downloads do not wait on each other for it.
 pub const DEFAULT_MAX_CONNECTIONS_PER_HOST: u64 = 16;
 
 /// Largest `--max-connections-per-download`: past this, connection setup and per-segment
@@ -213,9 +214,9 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS_PER_DOWNLOAD))]
     pub max_connections_per_download: u64,
 
-    /// Most connections to one origin (host:port of the requested URI) over all downloads (1 to
-    /// 1024). Extra segment connections are opened only below it; a download's first
-    /// connection is never held back by it.
+    /// Most connections to one origin (host:port of the requested URI) over all segmenting
+    /// downloads (1 to 1024). A download's first connection waits for a place; extra segment
+    /// connections are opened only below it and make way for waiting first connections.
     #[arg(long, env = "TRANSFERD_MAX_CONNECTIONS_PER_HOST",
           default_value_t = DEFAULT_MAX_CONNECTIONS_PER_HOST,
           value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS_PER_HOST))]

@@ -1,5 +1,7 @@
 //! The transfer task of one download: it runs attempts (retrying transient failures within the
-//! retry budget), lets the engine checkpoint what is durably on disk, verifies and commits the
+//! retry budget; one stream, or segments over several connections when the fetcher may
+//! segment or the download has stored segments), lets the engine checkpoint what is durably on
+//! disk (one number, or a segment list whose sum is that number), verifies and commits the
 //! finished file, and at the end decides how the download goes on: completed, failed, paused
 //! on a recoverable web error, or back in the queue because the network or the disk gave out.
 

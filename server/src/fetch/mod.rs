@@ -321,7 +321,7 @@ impl Fetcher {
     }
 
     /// Lets downloads use up to `per_download` connections each, and at most `per_host` to
-    /// one origin over all downloads (a download's first connection excepted). Without this,
+    /// one origin over all segmenting downloads. Without this,
     /// every download is one stream.
     pub fn with_connections(mut self, per_download: usize, per_host: usize) -> Fetcher {
         self.per_download = per_download.max(1);

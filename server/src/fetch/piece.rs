@@ -16,13 +16,15 @@ use crate::operation::{ErrorReason, TransferError, Validators};
 
 impl Fetcher {
     /// Fetches what is left of `span`, resuming from its durable bytes, until it is complete,
-    /// fails, or `stop` fires; a range the origin ends early is asked for again.
+    /// fails, or `stop` fires; a range the origin ends early is asked for again. Between
+    /// requests it gives up its connection when `make_way` says so.
     pub(super) async fn piece<O: Observer>(
         &self,
         job: &Job<'_>,
         span: &Span,
         entity: &Entity,
         observer: &O,
+        make_way: &(dyn Fn() -> bool + Sync),
         stop: &CancellationToken,
     ) -> Result<Piece, Failure> {
         let mut reported = false;
@@ -30,6 +32,9 @@ impl Fetcher {
             let (from, end) = (span.durable(), span.end());
             if from >= end {
                 return Ok(Piece::Done(end));
+            }
+            if reported && make_way() {
+                return Ok(Piece::Yielded);
             }
             // Never more than a split leaves in front of the claimed bytes, so a split never
             // cuts this request short: it ends where it said and its connection is reused.

@@ -7,7 +7,7 @@
 //! a known length guarded by a validator, and enough is left ([`MIN_SEGMENT`] twice), growth
 //! begins: every [`RAMP_WINDOW`] the download's throughput is measured, and while the
 //! connections added last raised it by at least [`MIN_GAIN`] of what each connection brought
-//! before, as many connections as are running are added again (each splitting the largest
+//! before, [`GROWTH`] times as many connections run next (each added one splitting the largest
 //! remaining segment in half), up to `--max-connections-per-download` and while the origin
 //! has room under `--max-connections-per-host`. A connection whose segment is done takes over
 //! a segment left idle or the back half of the largest one, so all connections stay busy to
@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -56,8 +56,14 @@ pub const PIECE_REQUEST: u64 = MIN_SEGMENT;
 
 /// How often throughput is measured while connections are added: long enough to average over
 /// many reads and to let a new connection get going, short enough that ramping up to dozens
-/// of connections (doubling each time) takes a second or two.
+/// of connections takes under a second.
 pub const RAMP_WINDOW: Duration = Duration::from_millis(250);
+
+/// How many times as many connections run after each step of growth. Four reaches 32
+/// connections in three windows (doubling would take five, a second and a half in which a
+/// capped origin gives a fraction of what it could); where one stream already takes all there
+/// is, the first step finds no gain and growth stops at four.
+pub const GROWTH: usize = 4;
 
 /// Least gain, as a share of what one connection brought on average before, that each
 /// connection added last must bring for more to be added. Where every connection is capped
@@ -85,6 +91,9 @@ pub(super) enum Piece {
     /// this many bytes).
     Done(u64),
     Stopped,
+    /// It gave its place at the origin to another download's first connection; its span is
+    /// left for this download's other connections.
+    Yielded,
     /// The segments cannot go on: start over as one stream.
     Restart(String),
 }
@@ -114,10 +123,12 @@ struct Crew<'s> {
     workers: FuturesUnordered<Worker<'s>>,
     /// Failures in a row per span (by its start), and how far it had got at the first.
     failures: HashMap<u64, (u32, u64)>,
+    /// Most connections that ran at once, for the log.
+    peak: usize,
     /// Connections to open again at the next window: the first connection's, cut at the end
     /// of its span (its socket closes only once its HTTP client notices; opening the next one
     /// at once would briefly show the origin one connection too many).
-    vacant: usize,
+    vacant: Vec<(HostPermit, tokio::time::Instant)>,
     verdict: Option<Verdict>,
 }
 
@@ -140,6 +151,8 @@ struct Run<'a, O> {
     origin: String,
     /// Stops every connection: the caller's stop, or the run ending early.
     halt: CancellationToken,
+    /// Connections at work (or waiting to retry).
+    running: AtomicUsize,
 }
 
 impl Fetcher {
@@ -160,6 +173,7 @@ impl Fetcher {
             board: Board::default(),
             origin: origin_of(&job.settings.requested_uri),
             halt: stop.child_token(),
+            running: AtomicUsize::new(0),
         };
         let verdict = if plan.segments.is_empty()
             || sound(plan.segments, job.total, job.checkpoint)
@@ -183,7 +197,10 @@ impl Fetcher {
                     span: None,
                     ..job
                 };
-                let _permit = self.hosts.first(&run.origin);
+                let _permit = tokio::select! {
+                    permit = self.hosts.first(&run.origin) => permit,
+                    () = stop.cancelled() => return Outcome::Stopped,
+                };
                 let observer = Restarted {
                     inner: observer,
                     reported: AtomicBool::new(false),
@@ -197,13 +214,17 @@ impl Fetcher {
 impl<O: Observer> Run<'_, O> {
     async fn drive(&self) -> Verdict {
         let mut crew = Crew::default();
+        // A download's first connection waits for a place at its origin.
+        let permit = tokio::select! {
+            permit = self.fetcher.hosts.first(&self.origin) => permit,
+            () = self.halt.cancelled() => return Verdict::Stopped,
+        };
         if self.plan.segments.is_empty() {
             let span = Arc::new(Span::new(0, u64::MAX, self.job.checkpoint));
             self.board.add(span.clone());
-            let permit = self.fetcher.hosts.first(&self.origin);
             crew.workers.push(self.first(span, permit));
         } else {
-            self.resume(&mut crew);
+            self.resume(&mut crew, permit);
         }
         let mut ticker = tokio::time::interval(RAMP_WINDOW);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,6 +235,8 @@ impl<O: Observer> Run<'_, O> {
             done: false,
         };
         loop {
+            crew.peak = crew.peak.max(crew.workers.len());
+            self.running.store(crew.workers.len(), Ordering::SeqCst);
             tokio::select! {
                 finished = crew.workers.next() => match finished {
                     Some(finished) => self.finished(&mut crew, finished),
@@ -221,6 +244,9 @@ impl<O: Observer> Run<'_, O> {
                 },
                 _ = ticker.tick() => self.grow(&mut crew, &mut ramp),
             }
+        }
+        if self.board.split.load(Ordering::SeqCst) {
+            tracing::info!(connections = crew.peak, "segmented transfer ended");
         }
         if let Some(verdict) = crew.verdict {
             return verdict;
@@ -244,7 +270,7 @@ impl<O: Observer> Run<'_, O> {
 
     /// Takes up stored segments: one connection for the first unfinished one, extra ones for
     /// the others as the origin has room; growth may add more.
-    fn resume<'s>(&'s self, crew: &mut Crew<'s>) {
+    fn resume<'s>(&'s self, crew: &mut Crew<'s>, first: HostPermit) {
         *lock(&self.board.entity) = Some(Entity {
             total: self.job.total,
             validators: self.job.validators.clone(),
@@ -255,15 +281,14 @@ impl<O: Observer> Run<'_, O> {
             self.board
                 .add(Arc::new(Span::new(s.start, s.end, s.resume())));
         }
+        let mut first = Some(first);
         while crew.workers.len() < self.fetcher.per_download {
             let Some(span) = self.board.idle() else { break };
-            let permit = if crew.workers.is_empty() {
-                self.fetcher.hosts.first(&self.origin)
-            } else {
-                match self.fetcher.hosts.extra(&self.origin) {
-                    Some(permit) => permit,
-                    None => break,
-                }
+            let Some(permit) = first
+                .take()
+                .or_else(|| self.fetcher.hosts.extra(&self.origin))
+            else {
+                break;
             };
             crew.workers.push(self.piece(span, permit, Duration::ZERO));
         }
@@ -320,9 +345,19 @@ impl<O: Observer> Run<'_, O> {
                 inner: self.observer,
                 first: false,
             };
+            // Another download's first connection waits for a place: give this one back at the
+            // next request boundary, unless it is this download's last.
+            let make_way = || {
+                permit.wanted()
+                    && (self.running)
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                            (n > 1).then(|| n - 1)
+                        })
+                        .is_ok()
+            };
             let end = self
                 .fetcher
-                .piece(&self.job, &span, &entity, &observer, &self.halt)
+                .piece(&self.job, &span, &entity, &observer, &make_way, &self.halt)
                 .await;
             Finished {
                 first: false,
@@ -346,14 +381,16 @@ impl<O: Observer> Run<'_, O> {
                 crew.verdict = Some(Verdict::Complete(bytes));
             }
             // With nothing else running, nobody is left to notice the vacancy.
-            Ok(Piece::Done(_)) if first && !crew.workers.is_empty() => crew.vacant += 1,
+            Ok(Piece::Done(_)) if first && !crew.workers.is_empty() => {
+                crew.vacant.push((permit, tokio::time::Instant::now()));
+            }
             Ok(Piece::Done(_)) => {
                 crew.failures.remove(&span.start);
                 if !self.halt.is_cancelled() {
                     self.reassign(crew, permit);
                 }
             }
-            Ok(Piece::Stopped) => {}
+            Ok(Piece::Stopped | Piece::Yielded) => {}
             Ok(Piece::Restart(reason)) => self.end(crew, Verdict::Restart(reason)),
             Err(failure) => self.failed(crew, span, permit, failure),
         }
@@ -429,15 +466,15 @@ impl<O: Observer> Run<'_, O> {
             .max(f64::MIN_POSITIVE);
         let rate = bytes.saturating_sub(ramp.bytes) as f64 / seconds;
         (ramp.at, ramp.bytes) = (now, bytes);
-        while crew.vacant > 0 && !self.halt.is_cancelled() {
-            let Some(permit) = self.fetcher.hosts.extra(&self.origin) else {
-                break;
-            };
-            let Some(span) = self.board.idle().or_else(|| self.board.split_largest()) else {
-                break;
-            };
-            crew.workers.push(self.piece(span, permit, Duration::ZERO));
-            crew.vacant -= 1;
+        while crew
+            .vacant
+            .first()
+            .is_some_and(|(_, at)| now - *at >= RAMP_WINDOW)
+        {
+            let (permit, _) = crew.vacant.remove(0);
+            if let Some(span) = self.board.idle().or_else(|| self.board.split_largest()) {
+                crew.workers.push(self.piece(span, permit, Duration::ZERO));
+            }
         }
         let running = crew.workers.len();
         if ramp.done || self.halt.is_cancelled() || rate <= 0.0 || running == 0 {
@@ -461,7 +498,7 @@ impl<O: Observer> Run<'_, O> {
         }
         let room = self.fetcher.per_download.saturating_sub(running);
         let mut added = 0;
-        for _ in 0..running.min(room) {
+        for _ in 0..(running * (GROWTH - 1)).min(room) {
             let Some(permit) = self.fetcher.hosts.extra(&self.origin) else {
                 break;
             };
