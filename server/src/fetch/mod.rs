@@ -24,8 +24,8 @@
 //!   announced length, the size limit, the stall and low-speed rules and the bandwidth limit.
 //! - `segments.rs`: segmented downloads: one download over several connections, each filling
 //!   its part of the partial file, adding connections while they raise the throughput;
-//!   `spans.rs` is the bookkeeping of the parts, `piece.rs` one segment's ranged request and body, `hosts.rs` the count of connections
-//!   per origin (`--max-connections-per-host`).
+//!   `spans.rs` is the bookkeeping of the parts, `piece.rs` one segment's ranged requests,
+//!   `hosts.rs` the count of connections per origin (`--max-connections-per-host`).
 //! - `throttle.rs`: the bandwidth limits: the server-wide budget, fair shares of it, and each
 //!   download's own limit, as one token bucket per running attempt.
 
@@ -321,8 +321,7 @@ impl Fetcher {
     }
 
     /// Lets downloads use up to `per_download` connections each, and at most `per_host` to
-    /// one origin over all segmenting downloads. Without this,
-    /// every download is one stream.
+    /// one origin over all segmenting downloads. Without this, every download is one stream.
     pub fn with_connections(mut self, per_download: usize, per_host: usize) -> Fetcher {
         self.per_download = per_download.max(1);
         self.hosts = Arc::new(hosts::HostConnections::new(per_host.max(1)));
@@ -367,6 +366,7 @@ impl Fetcher {
             validators: job.validators.clone(),
             discarded: job.checkpoint > file_len,
             durable: job.checkpoint,
+            continuing: false,
         };
         if at.offset > 0 && at.validators.if_range().is_none() {
             // Without a validator a Range request cannot detect a changed file: start over
@@ -383,10 +383,17 @@ impl Fetcher {
             else {
                 return Ok(Outcome::Stopped);
             };
+            // A first connection whose tail went to other connections may only continue its
+            // own range: starting over would write over theirs. It fails instead, and its
+            // segment is retried as a segment.
+            let shared = job.span.is_some_and(|span| span.end() < at.total);
             let part = match response::check_resume(&response, at.offset, at.total) {
                 Resume::Continue(part) => Some(part),
+                Resume::Whole if shared && response.status().is_success() => {
+                    return Err(unusable_range(&response, "not the rest of the range"));
+                }
                 Resume::Whole => None,
-                Resume::RequestAgain(reason) if ranged && !asked_again => {
+                Resume::RequestAgain(reason) if ranged && !asked_again && !shared => {
                     tracing::info!(reason, "resume refused; starting over");
                     at.restart();
                     asked_again = true;
@@ -402,10 +409,8 @@ impl Fetcher {
                 body::Streamed::Stopped => return Ok(Outcome::Stopped),
                 body::Streamed::RangeEnded(received) => {
                     // A 206 that ended short of the entity: ask for the rest, guarded as any
-                    // resume is. A first connection whose tail may have gone to other
-                    // connections must not open the file again (that truncates it): its
-                    // segment is retried as a segment instead.
-                    if at.validators.if_range().is_none() || job.span.is_some() {
+                    // resume is.
+                    if at.validators.if_range().is_none() {
                         return Err(Failure::transient(TransferError {
                             message: format!(
                                 "the server sent bytes up to {received} of {} without a validator to continue them safely",
@@ -416,6 +421,7 @@ impl Fetcher {
                         }));
                     }
                     at.offset = received;
+                    at.continuing = true;
                 }
             }
         }
@@ -467,7 +473,13 @@ impl Fetcher {
             ));
         }
         at.validators = validators.clone();
-        let file = body::open_partial(job.partial, at.offset).await?;
+        // Continuing a range, nothing lies past this offset but what other connections of a
+        // segmented download wrote there: keep it.
+        let file = if std::mem::take(&mut at.continuing) && part.is_some() {
+            body::open_segment(job.partial, at.offset).await?
+        } else {
+            body::open_partial(job.partial, at.offset).await?
+        };
         observer.response(ResponseStart {
             info,
             validators,
@@ -523,11 +535,14 @@ struct Position {
     discarded: bool,
     /// The checkpoint the engine holds.
     durable: u64,
+    /// The next request continues a range this attempt wrote up to `offset`.
+    continuing: bool,
 }
 
 impl Position {
     /// Start over from byte 0, of an entity not known yet.
     fn restart(&mut self) {
+        self.continuing = false;
         self.offset = 0;
         self.total = 0;
         self.discarded = true;
