@@ -215,8 +215,8 @@ pub struct Config {
     pub max_connections_per_download: u64,
 
     /// Most connections to one origin (host:port of the requested URI) over all segmenting
-    /// downloads (1 to 1024). A download's first connection waits for a place; extra segment
-    /// connections are opened only below it and make way for waiting first connections.
+    /// downloads (1 to 1024). Extra segment connections are opened only below it and make way
+    /// for other downloads' first connections, which wait only while extras hold the places.
     #[arg(long, env = "TRANSFERD_MAX_CONNECTIONS_PER_HOST",
           default_value_t = DEFAULT_MAX_CONNECTIONS_PER_HOST,
           value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS_PER_HOST))]

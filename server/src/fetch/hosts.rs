@@ -1,14 +1,15 @@
-//! Connections per origin: `--max-connections-per-host` is one semaphore per host and port over
-//! every segmented download's connections to it. A download's first connection waits for a
-//! place; extra connections take one only if it is free at once, and give it back at their
-//! next request boundary while a first connection waits, so growing downloads never starve a
-//! download that has not started.
+//! Connections per origin: `--max-connections-per-host` counts every segmenting download's
+//! connections to one host and port. Extra connections take a place only if one is free at
+//! once and no download waits for its first; a download's first connection takes a free place,
+//! waits while extra connections hold the places (they give theirs back at their next request
+//! boundary), and goes over the cap only when first connections alone fill it, so growing
+//! downloads never starve one that has not started and a download is never held back by
+//! other downloads' first connections.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 /// Origins remembered before idle ones are forgotten: a long-lived server meets many origins,
 /// and an origin with no connection and nobody waiting needs no entry.
@@ -21,34 +22,56 @@ pub struct HostConnections {
     hosts: Mutex<HashMap<String, Arc<Host>>>,
 }
 
-/// One origin's places.
-#[derive(Debug)]
+/// One origin's connections.
+#[derive(Debug, Default)]
 struct Host {
-    places: Arc<Semaphore>,
+    count: Mutex<Count>,
+    /// Woken whenever a place is given back.
+    freed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Count {
+    firsts: usize,
+    extras: usize,
     /// First connections waiting for a place.
-    waiting: AtomicUsize,
+    waiting: usize,
 }
 
 /// One connection's place at an origin; dropping it gives the place back.
 #[derive(Debug)]
 pub struct HostPermit {
-    _place: OwnedSemaphorePermit,
     host: Arc<Host>,
+    extra: bool,
 }
 
 impl HostPermit {
     /// Whether a download's first connection waits for a place at this origin.
     pub fn wanted(&self) -> bool {
-        self.host.waiting.load(Ordering::SeqCst) > 0
+        lock(&self.host.count).waiting > 0
+    }
+}
+
+impl Drop for HostPermit {
+    fn drop(&mut self) {
+        {
+            let mut count = lock(&self.host.count);
+            if self.extra {
+                count.extras -= 1;
+            } else {
+                count.firsts -= 1;
+            }
+        }
+        self.host.freed.notify_waiters();
     }
 }
 
 /// Counts a first connection as waiting while it waits (also when its wait is abandoned).
-struct Waiting<'a>(&'a AtomicUsize);
+struct Waiting<'a>(&'a Host);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        lock(&self.0.count).waiting -= 1;
     }
 }
 
@@ -61,50 +84,57 @@ impl HostConnections {
         }
     }
 
-    /// A place for a download's first connection to `origin`, once one is free.
+    /// A place for a download's first connection to `origin`: a free one, or one an extra
+    /// connection gives back; over the limit only when first connections alone fill it.
     pub async fn first(&self, origin: &str) -> HostPermit {
         let host = self.host(origin);
-        host.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&host.waiting);
-        let place =
-            (host.places.clone().acquire_owned().await).expect("the semaphore is never closed");
-        HostPermit {
-            _place: place,
-            host: host.clone(),
+        let mut waiting = None;
+        loop {
+            let freed = host.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut count = lock(&host.count);
+                if count.firsts + count.extras < self.limit || count.extras == 0 {
+                    count.firsts += 1;
+                    drop(count);
+                    drop(waiting);
+                    return HostPermit {
+                        host: host.clone(),
+                        extra: false,
+                    };
+                }
+                if waiting.is_none() {
+                    count.waiting += 1;
+                    waiting = Some(Waiting(&host));
+                }
+            }
+            freed.await;
         }
     }
 
     /// A place for an extra connection to `origin`, if one is free now and no first connection
-    /// waits for it.
+    /// waits for one.
     pub fn extra(&self, origin: &str) -> Option<HostPermit> {
         let host = self.host(origin);
-        if host.waiting.load(Ordering::SeqCst) > 0 {
+        let mut count = lock(&host.count);
+        if count.waiting > 0 || count.firsts + count.extras >= self.limit {
             return None;
         }
-        let place = host.places.clone().try_acquire_owned().ok()?;
-        Some(HostPermit {
-            _place: place,
-            host,
-        })
+        count.extras += 1;
+        drop(count);
+        Some(HostPermit { host, extra: true })
     }
 
     fn host(&self, origin: &str) -> Arc<Host> {
         let mut hosts = lock(&self.hosts);
         if hosts.len() >= PRUNE_AT {
-            let limit = self.limit;
             hosts.retain(|_, h| {
-                h.places.available_permits() < limit || h.waiting.load(Ordering::SeqCst) > 0
+                let count = lock(&h.count);
+                count.firsts + count.extras + count.waiting > 0
             });
         }
-        hosts
-            .entry(origin.to_string())
-            .or_insert_with(|| {
-                Arc::new(Host {
-                    places: Arc::new(Semaphore::new(self.limit)),
-                    waiting: AtomicUsize::new(0),
-                })
-            })
-            .clone()
+        hosts.entry(origin.to_string()).or_default().clone()
     }
 }
 
@@ -120,9 +150,9 @@ pub fn origin_of(uri: &str) -> String {
     }
 }
 
-/// The map's lock: held for a lookup, never across an await.
-fn lock(hosts: &Mutex<HashMap<String, Arc<Host>>>) -> MutexGuard<'_, HashMap<String, Arc<Host>>> {
-    hosts.lock().unwrap_or_else(|e| e.into_inner())
+/// The counts' locks: held for a few additions, never across an await.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -151,7 +181,9 @@ mod tests {
             hosts.extra(a).is_none(),
             "the place went to the waiting first connection"
         );
-        drop((first, second));
+        // First connections alone may go over the limit: nobody is held back by them.
+        let third = hosts.first(a).await;
+        drop((first, second, third));
         assert!(hosts.extra(a).is_some(), "places were given back");
         assert_eq!(origin_of("https://Example.test/x"), "example.test:443");
         assert_eq!(origin_of("http://127.0.0.1:8080/x"), "127.0.0.1:8080");
