@@ -229,3 +229,31 @@ async fn a_result_changed_or_removed_outside_transferd_is_refused() {
         assert!(refused.message().contains(expected), "{refused:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_reads_a_segmented_download_in_order() {
+    let h = Harness::start(&["--max-connections-per-download", "4"]).await;
+    // Large and slow per connection, so the download is split over several connections whose
+    // segments become durable out of order.
+    let body = test_bytes(24 << 20, 21);
+    let paced =
+        Resource::new(body.clone()).throttle(64 << 10, std::time::Duration::from_millis(10));
+    h.origin.put("/segmented.bin", paced);
+    let op = h
+        .create(&h.origin.url("/segmented.bin"), "segmented.bin")
+        .await;
+    let stream = h.client.read_result(&op.guid, 0, 0, true).await.unwrap();
+    let (chunks, end) = read_all(stream).await;
+    end.unwrap();
+    assert_eq!(sha256(&joined(&chunks, 0)), sha256(&body));
+    let ranged = h
+        .origin
+        .requests_for("/segmented.bin")
+        .iter()
+        .filter(|r| r.header("range").is_some())
+        .count();
+    assert!(
+        ranged >= 2,
+        "the download was not segmented: {ranged} ranged requests"
+    );
+}

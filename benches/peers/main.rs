@@ -13,8 +13,9 @@
 //! - `bulk`: one large file (1 GiB; smoke: 16 MiB), create → COMPLETED (fsynced) against raw
 //!   reqwest (+ fsync), curl (+ sync) and aria2c -x8 -s8 (+ sync); each round also runs
 //!   transferd with the file's `expected_sha256` (`transferd + sha256`), against plain transferd;
-//! - `capped`: one file (128 MiB; smoke: 2 MiB) through nginx's `limit_rate` (16 MiB/s per
-//!   connection), against curl and aria2c -x16 -s16;
+//! - `capped`: one file (1 GiB; smoke: 12 MiB, enough to be segmented) through nginx's
+//!   `limit_rate` (16 MiB/s per connection), against aria2c -x16 -s16, with transferd allowed
+//!   32 connections;
 //! - `small`: 2,000 × 64 KiB (smoke: 100), 16 at a time, created over gRPC, all COMPLETED,
 //!   against raw reqwest + fsync, curl -Z and aria2c -j16;
 //! - `control`: 50 concurrent RPCs multiplexed on one HTTP/2 connection (as ghz -c 50 does):
@@ -79,7 +80,8 @@ impl Sizes {
     fn full() -> Sizes {
         Sizes {
             bulk_bytes: 1 << 30,
-            capped_bytes: 128 << 20,
+            // Large enough that ramping up to dozens of connections is a small part of it.
+            capped_bytes: 1 << 30,
             small_count: 2_000,
             small_bytes: 64 << 10,
             small_parallel: 16,
@@ -93,7 +95,7 @@ impl Sizes {
     fn smoke() -> Sizes {
         Sizes {
             bulk_bytes: 16 << 20,
-            capped_bytes: 2 << 20,
+            capped_bytes: 12 << 20,
             small_count: 100,
             control_duration: Duration::from_millis(500),
             control_seed: 100,

@@ -86,6 +86,24 @@ pub const DEFAULT_MAX_STREAMS: usize = 32_768;
 /// stream from the others.
 pub const DEFAULT_MAX_STREAMS_PER_TENANT: usize = 16_384;
 
+/// Default most connections one download opens: enough to fill a link behind an origin that
+/// caps each connection at a few MiB/s many times over (pget and hf_transfer use a handful per
+/// file too), while adaptive growth keeps it at one or two wherever one stream already gets
+/// everything.
+pub const DEFAULT_MAX_CONNECTIONS_PER_DOWNLOAD: u64 = 8;
+
+/// Default most connections to one origin (host and port) over every download: aria2's own
+/// ceiling per server, so no single origin sees more from transferd than it would from aria2,
+/// and above the default `--max-active`, so downloads do not wait on each other for it.
+pub const DEFAULT_MAX_CONNECTIONS_PER_HOST: u64 = 16;
+
+/// Largest `--max-connections-per-download`: past this, connection setup and per-segment
+/// checkpoints cost more than another share of a capped origin brings.
+pub const MAX_CONNECTIONS_PER_DOWNLOAD: u64 = 64;
+
+/// Largest `--max-connections-per-host`.
+pub const MAX_CONNECTIONS_PER_HOST: u64 = 1024;
+
 /// What DEFAULT cost policy means on this server.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DefaultCostPolicy {
@@ -193,6 +211,22 @@ pub struct Config {
     /// what a download limited below its share leaves is split among the others.
     #[arg(long, env = "TRANSFERD_MAX_DOWNLOAD_RATE", value_parser = parse_rate)]
     pub max_download_rate: Option<u64>,
+
+    /// Most connections one download uses (1 to 64; 1: never segment). A large file from an
+    /// origin that serves byte ranges with a strong validator is split into segments fetched
+    /// at once, adding connections only while each raises the download's throughput.
+    #[arg(long, env = "TRANSFERD_MAX_CONNECTIONS_PER_DOWNLOAD",
+          default_value_t = DEFAULT_MAX_CONNECTIONS_PER_DOWNLOAD,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS_PER_DOWNLOAD))]
+    pub max_connections_per_download: u64,
+
+    /// Most connections to one origin (host:port of the requested URI) over all segmenting
+    /// downloads (1 to 1024). Extra segment connections are opened only below it and make way
+    /// for other downloads' first connections, which wait only while extras hold the places.
+    #[arg(long, env = "TRANSFERD_MAX_CONNECTIONS_PER_HOST",
+          default_value_t = DEFAULT_MAX_CONNECTIONS_PER_HOST,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS_PER_HOST))]
+    pub max_connections_per_host: u64,
 
     /// Retry budget: a download ends in ERROR after this many failed attempts in a row, none
     /// getting further into the file than any before. Connection faults, 5xx, 408 and 429 are retried; other HTTP

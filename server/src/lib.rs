@@ -37,7 +37,10 @@
 //!   downloads a caller's request covers; per-tenant counts and quotas). Every command runs as
 //!   the call's `Caller`. `mod.rs` documents the lock order.
 //! - `fetch/`: the HTTP fetcher; owns the Range / If-Range / restart rules and classifies
-//!   failures as transient or fatal.
+//!   failures as transient or fatal. `segments.rs` fetches a large file over several
+//!   connections (adding them while throughput grows, one checkpoint per segment, retries per
+//!   segment), with `spans.rs` (the parts and their sums), `piece.rs` (one segment's ranged
+//!   requests) and `hosts.rs` (the per-host connection cap).
 //! - `store/`: durable state behind the async `Store` trait with backend-neutral errors;
 //!   `sqlite.rs` is the embedded default (its schema and migrations in `sqlite/schema.rs`),
 //!   `trust.rs` the checks a loaded row must pass, `conformance.rs` the suite every backend

@@ -322,6 +322,25 @@ pub struct ResponseInfo {
     pub headers: BTreeMap<String, String>,
 }
 
+/// One part of a download fetched over its own connection: bytes `start..end` of the entity,
+/// of which the first `durable` are fsynced in the partial file at their offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Its first byte in the entity.
+    pub start: u64,
+    /// One past its last byte.
+    pub end: u64,
+    /// Bytes from `start` durably written.
+    pub durable: u64,
+}
+
+impl Segment {
+    /// Where its next byte goes: what is still to fetch is `resume()..end`.
+    pub fn resume(&self) -> u64 {
+        self.start + self.durable
+    }
+}
+
 /// Validators of the entity being downloaded, used to resume safely with If-Range.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Validators {

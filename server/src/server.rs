@@ -146,7 +146,11 @@ impl Transferd {
                 },
                 Arc::new(EgressPolicy::new(&config.deny_egress, &config.allow_egress)),
                 &config.resolve,
-            )?,
+            )?
+            .with_connections(
+                config.max_connections_per_download as usize,
+                config.max_connections_per_host as usize,
+            ),
             token.clone(),
         )
         .await?;

@@ -99,6 +99,7 @@ impl Engine {
             },
             status: Status::Idle,
             checkpoint_bytes: 0,
+            segments: Vec::new(),
             total_bytes: 0,
             sha256_state: None,
             validators: Validators::default(),

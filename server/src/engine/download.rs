@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::queue::QueueKey;
 use super::{Core, DownloadView, host};
 use crate::operation::{
-    DownloadSpec, Progress, ResponseInfo, Settings, Status, StatusReason, TransferError, Validators,
+    DownloadSpec, Progress, ResponseInfo, Segment, Settings, Status, StatusReason, TransferError,
+    Validators,
 };
 use crate::progress::{self, Bus, Hub};
 use crate::sha256::Hasher;
@@ -42,13 +43,16 @@ pub(super) struct OpState {
     pub(super) queue_order: i64,
     /// Body bytes received (may be ahead of the checkpoint).
     pub(super) bytes: u64,
-    /// Bytes durably in the partial file.
+    /// Bytes durably in the partial file: for a segmented download, the sum over its segments.
     pub(super) checkpoint: u64,
     /// The SHA-256 of the bytes written so far, as of the checkpoint, for a download that
     /// hashes as it writes; stored with the checkpoint. `None` when it does not hash, or when
     /// the stored state was missing or unusable (the next attempt then hashes the file's
     /// prefix once).
     pub(super) sha256: Option<Hasher>,
+    /// The segments of a download fetched over several connections; empty when one stream
+    /// fetches it and `checkpoint` is a prefix of the file.
+    pub(super) segments: Vec<Segment>,
     pub(super) total: u64,
     pub(super) validators: Validators,
     pub(super) response: Option<ResponseInfo>,
@@ -219,6 +223,7 @@ impl Op {
             settings,
             status,
             checkpoint_bytes,
+            segments,
             total_bytes,
             sha256_state,
             validators,
@@ -262,6 +267,7 @@ impl Op {
                 bytes: progress.bytes_received,
                 checkpoint: checkpoint_bytes,
                 sha256: saved_hash(&spec.guid, sha256_state.as_deref()),
+                segments,
                 total: total_bytes,
                 validators,
                 response,
@@ -301,6 +307,7 @@ impl Op {
             settings: st.settings.clone(),
             status: st.status,
             checkpoint_bytes: st.checkpoint,
+            segments: st.segments.clone(),
             total_bytes: st.total,
             sha256_state: st.sha256.as_ref().map(Hasher::encode),
             validators: st.validators.clone(),

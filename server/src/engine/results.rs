@@ -4,7 +4,8 @@
 //! A COMPLETED download's result file is read as committed: opened beneath the tenant's
 //! directory, and refused if it is no longer the size transferd committed. With `follow`, a
 //! download that has not completed is read from its partial file as far as its checkpoint (the
-//! bytes fsynced there, which never change while the entity stays the same), and the reader
+//! bytes fsynced there, which never change while the entity stays the same; for a download
+//! fetched over several connections, the durable bytes up to the first gap), and the reader
 //! waits for more; the commit links that same file to the result path, so an open reader reads
 //! on to the end. If the download starts over (its origin's entity changed), fails, or is
 //! canceled, the stream ends with [`Error::ReadAborted`]: what it sent is not a whole result.
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::Engine;
-use super::download::Op;
+use super::download::{Op, OpState};
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::operation::Status;
@@ -120,6 +121,29 @@ struct Reader {
     tx: mpsc::Sender<Result<Chunk, Error>>,
 }
 
+/// How far a download's file can be read from its start: every byte before it is durable and
+/// belongs to the entity. For one stream that is its checkpoint; a segmented download's
+/// checkpoint is the sum of its segments' durable bytes, so only its contiguous durable prefix
+/// counts (what lies past the first gap is not there yet).
+fn readable(st: &OpState) -> u64 {
+    if st.segments.is_empty() || st.status() == Status::Completed {
+        return st.checkpoint;
+    }
+    let mut segments = st.segments.clone();
+    segments.sort_by_key(|s| s.start);
+    let mut prefix = 0;
+    for segment in segments {
+        if segment.start != prefix {
+            break;
+        }
+        prefix = segment.resume();
+        if prefix < segment.end {
+            break;
+        }
+    }
+    prefix
+}
+
 /// Why a file could not be opened.
 enum Opened {
     /// The result file of a COMPLETED download.
@@ -195,7 +219,7 @@ impl Reader {
     fn next(&self, restarts: u64) -> Result<Next, Error> {
         let (status, durable, now_restarts) = {
             let st = self.op.lock();
-            (st.status(), st.checkpoint, st.restarts)
+            (st.status(), readable(&st), st.restarts)
         };
         if now_restarts != restarts || durable < self.at && status != Status::Completed {
             return Err(self.aborted("the download started over"));

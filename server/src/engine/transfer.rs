@@ -1,5 +1,7 @@
 //! The transfer task of one download: it runs attempts (retrying transient failures within the
-//! retry budget), lets the engine checkpoint what is durably on disk, verifies and commits the
+//! retry budget; one stream, or segments over several connections when the fetcher may
+//! segment or the download has stored segments), lets the engine checkpoint what is durably on
+//! disk (one number, or a segment list whose sum is that number), verifies and commits the
 //! finished file, and at the end decides how the download goes on: completed, failed, paused
 //! on a recoverable web error, or back in the queue because the network or the disk gave out.
 
@@ -13,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use super::download::{Op, OpState};
 use super::host::{probe_target, routable};
 use super::{Core, Engine};
+use crate::fetch::segments::Plan;
 use crate::fetch::{Failure, Hashing, Job, Observer, Outcome, ResponseStart};
 use crate::operation::{
-    DownloadSpec, ErrorReason, ResponseInfo, Status, StatusReason, TransferError,
+    DownloadSpec, ErrorReason, ResponseInfo, Segment, Status, StatusReason, TransferError,
 };
 use crate::paths::{self, CommitError};
 use crate::sha256::Hasher;
@@ -167,6 +170,7 @@ impl Engine {
             Ending::Completed { bytes } => {
                 st.bytes = bytes;
                 st.checkpoint = bytes;
+                st.segments.clear();
                 st.total = bytes;
                 tracing::info!(bytes, "completed");
                 (Status::Completed, StatusReason::Unspecified)
@@ -276,7 +280,7 @@ impl Engine {
     /// One HTTP attempt from the latest checkpoint. A connect failure counts as "network down"
     /// only when the host has no route to the origin.
     async fn attempt(&self, op: &Arc<Op>, partial: &Path, stop: &CancellationToken) -> Outcome {
-        let (settings, checkpoint, validators, total, lane, hashing) = {
+        let (settings, checkpoint, validators, total, lane, hashing, segments) = {
             let mut st = op.lock();
             st.attempts += 1;
             crate::metrics::global().attempt();
@@ -296,6 +300,7 @@ impl Engine {
                 st.total,
                 lane,
                 hashing,
+                st.segments.clone(),
             )
         };
         let job = Job {
@@ -311,10 +316,23 @@ impl Engine {
                     own.min(self.inner.config.max_file_size)
                 }),
             lane: &lane,
-            hashing,
+            hashing: &hashing,
+            span: None,
         };
         let observer = Progressor { engine: self, op };
-        let mut outcome = self.inner.fetcher.run(job, &observer, stop).await;
+        let fetcher = &self.inner.fetcher;
+        // Stored segments are resumed as segments even when segmenting was switched off
+        // since: their checkpoint is no prefix a single stream could go on from.
+        let mut outcome = if fetcher.segmenting() || !segments.is_empty() {
+            let plan = Plan {
+                segments: &segments,
+                retry: self.inner.config.retry,
+                recoverable: &op.spec.recoverable_web_error_statuses,
+            };
+            fetcher.run_segmented(job, plan, &observer, stop).await
+        } else {
+            fetcher.run(job, &observer, stop).await
+        };
         if let Outcome::Failed(failure) = &mut outcome {
             if failure.network_down {
                 // "Network down" means the host has no route to the origin: the same question
@@ -364,8 +382,9 @@ impl Engine {
     /// Checks the expected SHA-256 of the finished file of `bytes` bytes, if the client gave
     /// one. The digest comes from the state hashed as the bytes were written when that state
     /// covers exactly the file; otherwise the file is read and hashed here. That fallback is
-    /// also the way for a writer that cannot hash in file order (several connections writing
-    /// at different offsets): it leaves no state, and the file is read once at the end.
+    /// also the way of a segmented download: its segments arrive out of order over several
+    /// connections, so no running hash can follow its bytes as they are written (the issue
+    /// allows hashing those at commit); they leave no state, and the file is read once.
     async fn verify(&self, op: &Op, partial: &Path, bytes: u64) -> Result<(), Failure> {
         let Some(expected) = op.spec.expected_sha256.clone() else {
             return Ok(());
@@ -524,6 +543,7 @@ impl Observer for Progressor<'_> {
             let mut st = self.op.lock();
             st.checkpoint = bytes;
             st.sha256 = sha256.cloned();
+            st.segments.clear();
             bytes > 0 && bytes == st.total
         };
         let (engine, op) = (self.engine.clone(), self.op.clone());
@@ -541,6 +561,19 @@ impl Observer for Progressor<'_> {
             self.engine.inner.tasks.spawn(store);
         } else {
             store.await;
+        }
+    }
+
+    async fn durable_segments(&self, segments: Vec<Segment>) {
+        {
+            let mut st = self.op.lock();
+            st.checkpoint = segments.iter().map(|s| s.durable).sum();
+            st.segments = segments;
+            // Written out of order: no running hash describes these bytes.
+            st.sha256 = None;
+        }
+        if let Err(e) = self.engine.persist(self.op).await {
+            tracing::warn!(error = %e, "segment checkpoint not stored; the previous one stands");
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio_util::sync::CancellationToken;
 
+use super::spans::Span;
 use super::throttle::Lane;
 use super::{Failure, Observer};
 use crate::operation::{ErrorReason, TransferError};
@@ -35,6 +36,9 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 /// Why the body loop ended, before the final flush decides the outcome.
 enum End {
     Done,
+    /// The segment being written reached its end, which may have moved closer since the
+    /// request (its tail was split off to another connection).
+    Reached,
     Stopped,
     Failed(Failure),
 }
@@ -42,7 +46,8 @@ enum End {
 /// How a body that was written in full, or stopped, ended.
 #[derive(Debug)]
 pub(super) enum Streamed {
-    /// The whole entity is in the partial file, flushed and fsynced.
+    /// The whole entity is in the partial file, flushed and fsynced; or, for a segment, all of
+    /// its part (up to its end, which may lie short of the entity's).
     Complete(u64),
     /// A 206 ended where its range said, short of the known entity length: the file holds
     /// this many bytes, durably, and the rest is still to be asked for.
@@ -53,7 +58,7 @@ pub(super) enum Streamed {
 
 /// What a body must be, and the limits it is held to.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Expect {
+pub(super) struct Expect<'a> {
     /// Where it is written from.
     pub offset: u64,
     /// Where it ends in the file, if the response said (Content-Length of a 200, Content-Range
@@ -67,6 +72,9 @@ pub(super) struct Expect {
     pub window: Duration,
     /// Lowest average speed over a window, bytes/s; 0 for none.
     pub min_speed: u64,
+    /// The segment this body fills, when the download is fetched over several connections:
+    /// every write claims its bytes there first, and the body ends at the segment's end.
+    pub span: Option<&'a Span>,
 }
 
 /// The rules that judge the origin: the low-speed rule (bytes received in each window,
@@ -85,7 +93,7 @@ struct Speed {
 }
 
 impl Speed {
-    fn new(expect: &Expect) -> Speed {
+    fn new(expect: &Expect<'_>) -> Speed {
         Speed {
             window: expect.window,
             min_speed: expect.min_speed,
@@ -157,6 +165,22 @@ impl Speed {
     }
 }
 
+/// Opens the partial file for writing at `offset`, keeping everything in it: a segment writes
+/// its own part while others write theirs.
+pub(super) async fn open_segment(path: &Path, offset: u64) -> Result<tokio::fs::File, Failure> {
+    let path = path.to_path_buf();
+    let open = move || {
+        let mut file = crate::paths::open_partial(&path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        Ok::<_, std::io::Error>(tokio::fs::File::from_std(file))
+    };
+    tokio::task::spawn_blocking(open)
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|opened| opened)
+        .map_err(|e| Failure::disk("opening the partial file failed", &e))
+}
+
 /// Opens the partial file for writing at `offset`, dropping anything past it. With
 /// `hash_prefix`, also returns the SHA-256 state of its first `offset` bytes, read once: the
 /// fallback of a resume without a usable saved state.
@@ -205,7 +229,7 @@ pub(super) async fn stream_body<O: Observer>(
     mut response: reqwest::Response,
     file: tokio::fs::File,
     hasher: &mut Option<Hasher>,
-    expect: Expect,
+    expect: Expect<'_>,
     lane: &Lane,
     observer: &O,
     stop: &CancellationToken,
@@ -231,6 +255,12 @@ pub(super) async fn stream_body<O: Observer>(
                     // Keep what fits: the file never holds a byte past what is allowed.
                     bytes.truncate(bytes.len() - overrun as usize);
                 }
+                let reached = expect.span.is_some_and(|span| {
+                    let allowed = span.claim(received, bytes.len() as u64);
+                    let cut = allowed < bytes.len() as u64;
+                    bytes.truncate(allowed as usize);
+                    cut
+                });
                 if let Err(e) = out.write_all(&bytes).await {
                     break End::Failed(Failure::disk("writing the partial file failed", &e));
                 }
@@ -239,6 +269,9 @@ pub(super) async fn stream_body<O: Observer>(
                 }
                 received += bytes.len() as u64;
                 observer.progress(received);
+                if reached {
+                    break End::Reached;
+                }
                 if overrun > 0 {
                     break End::Failed(overrun_failure(&expect, received));
                 }
@@ -274,6 +307,7 @@ pub(super) async fn stream_body<O: Observer>(
         End::Stopped => Ok(Streamed::Stopped),
         End::Failed(e) => Err(e),
         End::Done => finished(&expect, received),
+        End::Reached => Ok(Streamed::Complete(received)),
     }
 }
 
@@ -317,7 +351,7 @@ async fn next_read<O: Observer>(
 }
 
 /// The failure of a body that ran past its end or past `max_bytes`.
-fn overrun_failure(expect: &Expect, received: u64) -> Failure {
+fn overrun_failure(expect: &Expect<'_>, received: u64) -> Failure {
     if expect.end.is_none_or(|end| end > expect.max_bytes) {
         return Failure::too_large(
             format!("the body grew past {received} bytes"),
@@ -336,7 +370,7 @@ fn overrun_failure(expect: &Expect, received: u64) -> Failure {
 /// What a body that ended at `received` means: complete only at exactly the known entity
 /// length (or, when that is unknown, where the body ends); a range that ended short of it is
 /// continued; anything else was cut short.
-fn finished(expect: &Expect, received: u64) -> Result<Streamed, Failure> {
+fn finished(expect: &Expect<'_>, received: u64) -> Result<Streamed, Failure> {
     let total = expect.total;
     if total == 0 || received == total {
         return Ok(Streamed::Complete(received));
@@ -360,7 +394,7 @@ async fn sync(out: &mut BufWriter<tokio::fs::File>) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn expect(end: Option<u64>, total: u64) -> Expect {
+    fn expect(end: Option<u64>, total: u64) -> Expect<'static> {
         Expect {
             offset: 0,
             end,
@@ -368,6 +402,7 @@ mod tests {
             max_bytes: u64::MAX,
             window: Duration::from_secs(1),
             min_speed: 100,
+            span: None,
         }
     }
 

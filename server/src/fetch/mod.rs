@@ -23,13 +23,21 @@
 //! - `body.rs`: streaming the body into the partial file (hashing it as written, when asked)
 //!   and making it durable, within its announced length, the size limit, the stall and
 //!   low-speed rules and the bandwidth limit.
+//! - `segments.rs`: segmented downloads: one download over several connections, each filling
+//!   its part of the partial file, adding connections while they raise the throughput;
+//!   `spans.rs` is the bookkeeping of the parts, `piece.rs` one segment's ranged requests,
+//!   `hosts.rs` the count of connections per origin (`--max-connections-per-host`).
 //! - `throttle.rs`: the bandwidth limits: the server-wide budget, fair shares of it, and each
 //!   download's own limit, as one token bucket per running attempt.
 
 mod body;
+pub mod hosts;
+mod piece;
 mod request;
 mod resolve;
 mod response;
+pub mod segments;
+mod spans;
 pub mod throttle;
 
 use std::future::Future;
@@ -41,7 +49,7 @@ use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::egress::EgressPolicy;
-use crate::operation::{ErrorReason, ResponseInfo, Settings, TransferError, Validators};
+use crate::operation::{ErrorReason, ResponseInfo, Segment, Settings, TransferError, Validators};
 use crate::sha256::Hasher;
 use response::Resume;
 
@@ -78,10 +86,16 @@ pub trait Observer: Send + Sync {
     /// with them `sha256`, the state of exactly those bytes when the attempt hashes (see
     /// [`Hashing`]).
     fn durable(&self, bytes: u64, sha256: Option<&Hasher>) -> impl Future<Output = ()> + Send;
+    /// The download is fetched in `segments`, each holding its own durable bytes: the engine
+    /// may checkpoint them (their sum is the download's checkpoint). An empty list: the
+    /// download left segmenting and starts over from byte 0 as one stream. Segments are
+    /// written out of order, so no SHA-256 state comes with them: the file is hashed at
+    /// commit.
+    fn durable_segments(&self, segments: Vec<Segment>) -> impl Future<Output = ()> + Send;
 }
 
 /// What to transfer.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Job<'a> {
     /// The URI and headers to request.
     pub settings: &'a Settings,
@@ -95,10 +109,14 @@ pub struct Job<'a> {
     pub total: u64,
     /// Largest entity accepted, in bytes: a longer one fails for good before or while writing.
     pub max_bytes: u64,
-    /// The download's share of the bandwidth limits; every read waits for it.
+    /// The download's share of the bandwidth limits; every read waits for it (all of its
+    /// connections together).
     pub lane: &'a throttle::Lane,
     /// Whether the bytes written are hashed, and from what saved state.
-    pub hashing: Hashing,
+    pub hashing: &'a Hashing,
+    /// Set by the segmenting fetcher on a download's first connection: the part of the entity
+    /// it fills, whose end moves closer when its tail is split off. `None` from the engine.
+    pub span: Option<&'a spans::Span>,
 }
 
 /// Whether an attempt hashes the bytes it writes (SHA-256, in file order), so the finished
@@ -285,6 +303,10 @@ pub struct Fetcher {
     client: reqwest::Client,
     timeouts: Timeouts,
     egress: Arc<EgressPolicy>,
+    /// Most connections one download uses; 1: never segment.
+    per_download: usize,
+    /// Connections per origin, over every download.
+    hosts: Arc<hosts::HostConnections>,
 }
 
 impl Fetcher {
@@ -313,7 +335,22 @@ impl Fetcher {
             client,
             timeouts,
             egress,
+            per_download: 1,
+            hosts: Arc::new(hosts::HostConnections::new(1)),
         })
+    }
+
+    /// Lets downloads use up to `per_download` connections each, and at most `per_host` to
+    /// one origin over all segmenting downloads. Without this, every download is one stream.
+    pub fn with_connections(mut self, per_download: usize, per_host: usize) -> Fetcher {
+        self.per_download = per_download.max(1);
+        self.hosts = Arc::new(hosts::HostConnections::new(per_host.max(1)));
+        self
+    }
+
+    /// Whether downloads may be fetched over several connections.
+    pub fn segmenting(&self) -> bool {
+        self.per_download > 1
     }
 
     /// Where this fetcher may connect.
@@ -329,18 +366,7 @@ impl Fetcher {
         observer: &O,
         stop: &CancellationToken,
     ) -> Outcome {
-        match self.attempt(&job, observer, stop).await {
-            Ok(outcome) => outcome,
-            Err(mut failure) => {
-                // Messages quote URLs (the HTTP client's errors, redirect targets); their
-                // userinfo must not reach logs, the store or clients.
-                let message = &mut failure.error.message;
-                if let std::borrow::Cow::Owned(clean) = crate::redact::text(message) {
-                    *message = clean;
-                }
-                Outcome::Failed(failure)
-            }
-        }
+        redacted(self.attempt(&job, observer, stop).await)
     }
 
     async fn attempt<O: Observer>(
@@ -361,10 +387,11 @@ impl Fetcher {
             discarded: job.checkpoint > file_len,
             durable: job.checkpoint,
             hashing: matches!(job.hashing, Hashing::On(_)),
-            hasher: match &job.hashing {
+            hasher: match job.hashing {
                 Hashing::On(saved) => saved.clone(),
                 Hashing::Off => None,
             },
+            continuing: false,
         };
         if at.offset > 0 && at.validators.if_range().is_none() {
             // Without a validator a Range request cannot detect a changed file: start over
@@ -375,13 +402,23 @@ impl Fetcher {
         let mut asked_again = false;
         loop {
             let ranged = at.offset > 0;
-            let Some(response) = self.request(job, &at.validators, at.offset, stop).await? else {
+            let Some(response) = self
+                .request(job, &at.validators, at.offset, None, stop)
+                .await?
+            else {
                 return Ok(Outcome::Stopped);
             };
+            // A first connection whose tail went to other connections may only continue its
+            // own range: starting over would write over theirs. It fails instead, and its
+            // segment is retried as a segment.
+            let shared = job.span.is_some_and(|span| span.end() < at.total);
             let part = match response::check_resume(&response, at.offset, at.total) {
                 Resume::Continue(part) => Some(part),
+                Resume::Whole if shared && response.status().is_success() => {
+                    return Err(unusable_range(&response, "not the rest of the range"));
+                }
                 Resume::Whole => None,
-                Resume::RequestAgain(reason) if ranged && !asked_again => {
+                Resume::RequestAgain(reason) if ranged && !asked_again && !shared => {
                     tracing::info!(reason, "resume refused; starting over");
                     at.restart();
                     asked_again = true;
@@ -409,6 +446,7 @@ impl Fetcher {
                         }));
                     }
                     at.offset = received;
+                    at.continuing = true;
                 }
             }
         }
@@ -461,8 +499,17 @@ impl Fetcher {
         }
         at.validators = validators.clone();
         let (resumed, hash_prefix) = at.resume_hash();
-        let (file, prefix) = body::open_partial(job.partial, at.offset, hash_prefix).await?;
-        at.hasher = resumed.or(prefix).or_else(|| at.hashing.then(Hasher::new));
+        // Continuing a range, nothing lies past this offset but what other connections of a
+        // segmented download wrote there: keep it. The running hash goes on only if it covers
+        // exactly what lies before; otherwise the file is hashed at commit.
+        let file = if std::mem::take(&mut at.continuing) && part.is_some() {
+            at.hasher = resumed;
+            body::open_segment(job.partial, at.offset).await?
+        } else {
+            let (file, prefix) = body::open_partial(job.partial, at.offset, hash_prefix).await?;
+            at.hasher = resumed.or(prefix).or_else(|| at.hashing.then(Hasher::new));
+            file
+        };
         observer.response(ResponseStart {
             info,
             validators,
@@ -482,10 +529,29 @@ impl Fetcher {
             max_bytes: job.max_bytes,
             window: self.timeouts.stall,
             min_speed: self.timeouts.min_speed,
+            span: job.span,
         };
         let hasher = &mut at.hasher;
         body::stream_body(response, file, hasher, expect, job.lane, observer, stop).await
     }
+}
+
+/// The outcome of an attempt, its failure's message cleaned: messages quote URLs (the HTTP
+/// client's errors, redirect targets), whose userinfo must not reach logs, the store or
+/// clients.
+fn redacted(result: Result<Outcome, Failure>) -> Outcome {
+    match result {
+        Ok(outcome) => outcome,
+        Err(failure) => Outcome::Failed(redacted_failure(failure)),
+    }
+}
+
+fn redacted_failure(mut failure: Failure) -> Failure {
+    let message = &mut failure.error.message;
+    if let std::borrow::Cow::Owned(clean) = crate::redact::text(message) {
+        *message = clean;
+    }
+    failure
 }
 
 /// Where an attempt stands in the entity, across the requests it makes.
@@ -504,11 +570,14 @@ struct Position {
     hashing: bool,
     /// The SHA-256 state of the file's first `offset` bytes, when hashing and known.
     hasher: Option<Hasher>,
+    /// The next request continues a range this attempt wrote up to `offset`.
+    continuing: bool,
 }
 
 impl Position {
     /// Start over from byte 0, of an entity not known yet.
     fn restart(&mut self) {
+        self.continuing = false;
         self.offset = 0;
         self.total = 0;
         self.discarded = true;

@@ -31,13 +31,14 @@ pub const RESERVED_HEADERS: [&str; 9] = [
 ];
 
 impl Fetcher {
-    /// Sends the request, ranged from `offset` when it is not 0 and guarded by `validators`;
-    /// `None` if `stop` fired first.
+    /// Sends the request, ranged from `offset` (up to `end`, exclusive, when given) when either
+    /// is set and guarded by `validators`; `None` if `stop` fired first.
     pub(super) async fn request(
         &self,
         job: &Job<'_>,
         validators: &Validators,
         offset: u64,
+        end: Option<u64>,
         stop: &CancellationToken,
     ) -> Result<Option<reqwest::Response>, Failure> {
         let uri = &job.settings.requested_uri;
@@ -55,8 +56,9 @@ impl Fetcher {
             // The entity bytes exactly as served: no transparent decompression that would make
             // byte offsets and lengths disagree with the server's.
             .header(header::ACCEPT_ENCODING, "identity");
-        if offset > 0 {
-            request = request.header(header::RANGE, format!("bytes={offset}-"));
+        if offset > 0 || end.is_some() {
+            let last = end.map(|end| (end - 1).to_string()).unwrap_or_default();
+            request = request.header(header::RANGE, format!("bytes={offset}-{last}"));
             if let Some(v) = validators.if_range() {
                 request = request.header(header::IF_RANGE, v);
             }

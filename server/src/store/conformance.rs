@@ -5,8 +5,8 @@
 
 use crate::auth::Tenant;
 use crate::operation::{
-    Behavior, CostPolicy, DownloadSpec, ErrorReason, Priority, ResponseInfo, Settings, Status,
-    TransferError, Validators,
+    Behavior, CostPolicy, DownloadSpec, ErrorReason, Priority, ResponseInfo, Segment, Settings,
+    Status, TransferError, Validators,
 };
 use std::time::{Duration, SystemTime};
 
@@ -83,6 +83,7 @@ pub(crate) fn record(guid: &str, seq: u64) -> Record {
         },
         status: Status::Idle,
         checkpoint_bytes: 0,
+        segments: Vec::new(),
         total_bytes: 0,
         sha256_state: None,
         validators: Validators::default(),
@@ -126,6 +127,19 @@ fn full_record(guid: &str, seq: u64) -> Record {
         },
         status: Status::Error,
         checkpoint_bytes: 5_000_000_000_123,
+        // Past 32 bits too; in entity order, as the engine writes them.
+        segments: vec![
+            Segment {
+                start: 0,
+                end: 4_500_000_000_000,
+                durable: 4_000_000_000_000,
+            },
+            Segment {
+                start: 4_500_000_000_000,
+                end: 9_000_000_000_000,
+                durable: 1_000_000_000_123,
+            },
+        ],
         total_bytes: 9_000_000_000_000,
         // Opaque to the store: bytes of every value, including zeros, round-trip.
         sha256_state: Some((0..=255).collect()),

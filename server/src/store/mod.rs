@@ -23,7 +23,8 @@ use std::time::SystemTime;
 
 use crate::auth::Tenant;
 use crate::operation::{
-    Behavior, DownloadSpec, Guid, ResponseInfo, Settings, Status, TransferError, Validators,
+    Behavior, DownloadSpec, Guid, ResponseInfo, Segment, Settings, Status, TransferError,
+    Validators,
 };
 
 pub use sqlite::SqliteStore;
@@ -69,7 +70,12 @@ pub struct Record {
     /// Status at the last save. RUNNING is stored as such; on load it is queued again.
     pub status: Status,
     /// Bytes of the partial file known to be durably on disk (fsynced before this was saved).
+    /// For a segmented download, the sum of its segments' durable bytes.
     pub checkpoint_bytes: u64,
+    /// The segments of a download fetched over several connections, in entity order, each
+    /// with its own durable bytes; empty for a single-stream download, whose checkpoint is
+    /// one prefix of the file.
+    pub segments: Vec<Segment>,
     /// Entity length, or 0 while unknown.
     pub total_bytes: u64,
     /// The SHA-256 state of the first `checkpoint_bytes` bytes, as `sha256::Hasher::encode`

@@ -127,7 +127,8 @@ struct OpenBody(Arc<State>);
 
 impl OpenBody {
     fn new(state: Arc<State>) -> Self {
-        state.open_bodies.fetch_add(1, Ordering::SeqCst);
+        let open = state.open_bodies.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak_bodies.fetch_max(open, Ordering::SeqCst);
         OpenBody(state)
     }
 }

@@ -27,7 +27,13 @@ pub(super) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     state.connections.fetch_add(1, Ordering::SeqCst);
-                    connections.spawn(serve_connection(stream, state.clone()));
+                    let open = state.open_connections.fetch_add(1, Ordering::SeqCst) + 1;
+                    state.peak_connections.fetch_max(open, Ordering::SeqCst);
+                    let state = state.clone();
+                    connections.spawn(async move {
+                        serve_connection(stream, state.clone()).await;
+                        state.open_connections.fetch_sub(1, Ordering::SeqCst);
+                    });
                 }
                 // Usually fd exhaustion; back off instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,

@@ -84,8 +84,14 @@ struct State {
     inner: Mutex<Inner>,
     /// Response bodies whose sending task is still running.
     open_bodies: AtomicUsize,
+    /// Most response bodies ever being sent at once.
+    peak_bodies: AtomicUsize,
     /// Connections accepted, whether or not a request followed.
     connections: AtomicUsize,
+    /// Connections open now.
+    open_connections: AtomicUsize,
+    /// Most connections ever open at once.
+    peak_connections: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -200,6 +206,19 @@ impl Origin {
     /// for tests that prove no connection was made at all.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// The most TCP connections that were ever open at the same time, idle keep-alive ones
+    /// included.
+    pub fn peak_connections(&self) -> usize {
+        self.state.peak_connections.load(Ordering::SeqCst)
+    }
+
+    /// The most response bodies that were ever being sent at the same time: connections busy
+    /// with a request, for tests that prove a cap on connections per origin holds (an idle
+    /// keep-alive connection in a client's pool costs the origin nothing and is not counted).
+    pub fn peak_responses(&self) -> usize {
+        self.state.peak_bodies.load(Ordering::SeqCst)
     }
 }
 

@@ -10,8 +10,8 @@ use rusqlite::ToSql;
 use super::schema;
 use crate::auth::Tenant;
 use crate::operation::{
-    CostPolicy, DownloadSpec, ErrorReason, Priority, ResponseInfo, Settings, Status, TransferError,
-    Validators,
+    CostPolicy, DownloadSpec, ErrorReason, Priority, ResponseInfo, Segment, Settings, Status,
+    TransferError, Validators,
 };
 use crate::store::{Record, StoreError};
 
@@ -90,6 +90,7 @@ row! {
         web_error_status: Option<i64>,
         queue_order: i64,
         finished_at: Option<i64>,
+        segments: String,
     }
 }
 
@@ -101,6 +102,7 @@ impl Row {
             settings,
             status,
             checkpoint_bytes,
+            segments,
             total_bytes,
             sha256_state,
             validators,
@@ -165,6 +167,7 @@ impl Row {
             web_error_status: web_error_status.map(i64::from),
             queue_order: *queue_order,
             finished_at: finished_at.map(schema::unix_millis),
+            segments: segments_to_json(segments),
         }
     }
 
@@ -187,6 +190,7 @@ impl Row {
         let request_headers = headers_from_json(&self.request_headers).map_err(&bad)?;
         let (sensitive_headers, recoverable_web_error_statuses) = self.lists().map_err(&bad)?;
         let max_bytes_per_second = self.rate_limit().map_err(&bad)?;
+        let segments = segments_from_json(&self.segments).map_err(&bad)?;
         let response = match self.response_status {
             None => None,
             Some(status_code) => Some(ResponseInfo {
@@ -228,6 +232,7 @@ impl Row {
             },
             status,
             checkpoint_bytes,
+            segments,
             total_bytes,
             sha256_state: self.sha256_state,
             validators: Validators {
@@ -242,6 +247,30 @@ impl Row {
             finished_at,
         })
     }
+}
+
+/// Segments as a JSON list of `[start, end, durable]` triples, readable in the sqlite3 CLI.
+fn segments_to_json(segments: &[Segment]) -> String {
+    let triples: Vec<[u64; 3]> = segments
+        .iter()
+        .map(|s| [s.start, s.end, s.durable])
+        .collect();
+    serde_json::to_string(&triples).expect("a list of numbers always serialises")
+}
+
+/// The segments [`segments_to_json`] wrote. Whether they fit the download is the engine's to
+/// judge: a list that does not is dropped there and the download starts over.
+fn segments_from_json(json: &str) -> Result<Vec<Segment>, String> {
+    let triples: Vec<[u64; 3]> =
+        serde_json::from_str(json).map_err(|e| format!("segments are not valid JSON: {e}"))?;
+    Ok(triples
+        .into_iter()
+        .map(|[start, end, durable]| Segment {
+            start,
+            end,
+            durable,
+        })
+        .collect())
 }
 
 impl Row {

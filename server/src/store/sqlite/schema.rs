@@ -10,7 +10,7 @@ use crate::operation::Status;
 
 /// The schema version this build writes. A database with a higher one was written by a newer
 /// transferd and is refused rather than misread.
-pub(super) const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 /// Version 1: downloads and transfer groups.
 pub(super) const SCHEMA_V1: &str = "
@@ -99,6 +99,14 @@ const V5_TO_V6: &str = "
 ALTER TABLE downloads ADD COLUMN sha256_state BLOB;
 ";
 
+/// Version 7 adds the segments of a download fetched over several connections: a JSON list of
+/// `[start, end, durable]` triples in entity order (empty for a single-stream download). A
+/// column, not a table: the segments are saved with every checkpoint of the download, in the
+/// same row write, so they can never disagree with `checkpoint_bytes`.
+const V6_TO_V7: &str = "
+ALTER TABLE downloads ADD COLUMN segments TEXT NOT NULL DEFAULT '[]';
+";
+
 /// Brings a database at `version` (0 for a new one) to [`SCHEMA_VERSION`], one version per
 /// transaction, so an interrupted migration leaves the last completed version.
 pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
@@ -138,11 +146,13 @@ pub(super) fn migrate(conn: &Connection, version: i64) -> rusqlite::Result<()> {
         tx.pragma_update(None, "user_version", 5)?;
         tx.commit()?;
     }
-    if version < 6 {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(V5_TO_V6)?;
-        tx.pragma_update(None, "user_version", 6)?;
-        tx.commit()?;
+    for (to, step) in [(6, V5_TO_V6), (7, V6_TO_V7)] {
+        if version < to {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(step)?;
+            tx.pragma_update(None, "user_version", to)?;
+            tx.commit()?;
+        }
     }
     Ok(())
 }

@@ -1,0 +1,153 @@
+//! One segment's connection: requests ranged over what is left of its span, at most
+//! [`PIECE_REQUEST`] each (`Range: bytes=from-last`, guarded by `If-Range`), the answer checked against the entity
+//! every segment shares, and its body written at its offset without touching the rest of the
+//! file. Anything that shows the entity is not the one being assembled (a 200, a changed
+//! validator or length, a range that does not fit) is no failure to retry: the download must
+//! start over.
+
+use reqwest::StatusCode;
+use tokio_util::sync::CancellationToken;
+
+use super::response::{self, Resume};
+use super::segments::{PIECE_REQUEST, Piece};
+use super::spans::{Entity, Span};
+use super::{Failure, Fetcher, Job, Observer, ResponseStart, body};
+use crate::operation::{ErrorReason, TransferError, Validators};
+
+impl Fetcher {
+    /// Fetches what is left of `span`, resuming from its durable bytes, until it is complete,
+    /// fails, or `stop` fires; a range the origin ends early is asked for again. Between
+    /// requests it gives up its connection when `make_way` says so.
+    pub(super) async fn piece<O: Observer>(
+        &self,
+        job: &Job<'_>,
+        span: &Span,
+        entity: &Entity,
+        observer: &O,
+        make_way: &(dyn Fn() -> bool + Sync),
+        stop: &CancellationToken,
+    ) -> Result<Piece, Failure> {
+        let mut reported = false;
+        loop {
+            let (from, end) = (span.durable(), span.end());
+            if from >= end {
+                return Ok(Piece::Done(end));
+            }
+            if reported && make_way() {
+                return Ok(Piece::Yielded);
+            }
+            // Never more than a split leaves in front of the claimed bytes, so a split never
+            // cuts this request short: it ends where it said and its connection is reused.
+            let upto = end.min(from + PIECE_REQUEST);
+            let validators = &entity.validators;
+            let Some(response) = self
+                .request(job, validators, from, Some(upto), stop)
+                .await?
+            else {
+                return Ok(Piece::Stopped);
+            };
+            let status = response.status();
+            if status == StatusCode::OK {
+                return Ok(Piece::Restart(
+                    "a ranged request was answered with the whole entity (HTTP 200): it changed, \
+                     or the server no longer serves ranges of it"
+                        .into(),
+                ));
+            }
+            let part = match response::check_resume(&response, from, entity.total) {
+                Resume::Continue(part) => part,
+                Resume::RequestAgain(reason) => return Ok(Piece::Restart(reason.into())),
+                Resume::Whole => return Err(not_a_range(&response, observer)),
+            };
+            let (info, got) = response::describe(&response, true);
+            if let Some(reason) = changed(validators, &got) {
+                return Ok(Piece::Restart(reason.into()));
+            }
+            let file = body::open_segment(job.partial, from).await?;
+            // One response per connection is news to the engine; its next ranges are not.
+            if !std::mem::replace(&mut reported, true) {
+                observer.response(ResponseStart {
+                    info,
+                    validators: got,
+                    total: entity.total,
+                    offset: from,
+                    restarted: false,
+                });
+            }
+            let expect = body::Expect {
+                offset: from,
+                end: Some(part.end),
+                total: entity.total,
+                max_bytes: job.max_bytes,
+                window: self.timeouts.stall,
+                min_speed: self.timeouts.min_speed,
+                span: Some(span),
+            };
+            match body::stream_body(response, file, &mut None, expect, job.lane, observer, stop)
+                .await?
+            {
+                body::Streamed::Complete(_) => return Ok(Piece::Done(end)),
+                // The range ended where it was asked to (or the server said), short of the
+                // span: ask for the next.
+                body::Streamed::RangeEnded(_) => {}
+                body::Streamed::Stopped => return Ok(Piece::Stopped),
+            }
+        }
+    }
+}
+
+/// Why a 206's validators show a different entity than the one being assembled, if they do:
+/// `If-Range` should have prevented it, but a cache or a careless origin may ignore it.
+fn changed(known: &Validators, got: &Validators) -> Option<&'static str> {
+    match (&known.etag, &got.etag) {
+        (Some(a), Some(b)) if a != b => Some("the entity's ETag changed between segments"),
+        (None, _) => match (&known.last_modified, &got.last_modified) {
+            (Some(a), Some(b)) if a != b => {
+                Some("the entity's Last-Modified changed between segments")
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The failure of an answer that is neither a fitting 206 nor a 200: an error status (retried
+/// when transient), a redirect that was not followed, or another success status.
+fn not_a_range<O: Observer>(response: &reqwest::Response, observer: &O) -> Failure {
+    let status = response.status();
+    let (info, _) = response::describe(response, true);
+    observer.error_response(info);
+    if let Some(failure) = response::unfollowed_redirect(response) {
+        return failure;
+    }
+    if !status.is_success() {
+        return response::http_failure(status, response::retry_after(response.headers()));
+    }
+    Failure::transient(TransferError {
+        message: format!(
+            "the server answered a ranged request with HTTP {}, neither a range nor the whole \
+             entity; nothing was written",
+            status.as_u16()
+        ),
+        http_status: Some(status.as_u16()),
+        reason: ErrorReason::HttpStatus,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_different_validator_is_a_different_entity() {
+        let v = |etag: Option<&str>, lm: Option<&str>| Validators {
+            etag: etag.map(str::to_string),
+            last_modified: lm.map(str::to_string),
+        };
+        let known = v(Some("\"a\""), Some("Mon"));
+        assert!(changed(&known, &v(Some("\"a\""), Some("Tue"))).is_none());
+        assert!(changed(&known, &v(Some("\"b\""), Some("Mon"))).is_some());
+        assert!(changed(&v(None, Some("Mon")), &v(None, Some("Tue"))).is_some());
+        assert!(changed(&v(None, Some("Mon")), &v(None, Some("Mon"))).is_none());
+    }
+}
