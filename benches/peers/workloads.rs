@@ -400,8 +400,8 @@ fn small_jobs(ctx: &Context, dir: &Path) -> Vec<(String, PathBuf)> {
 }
 
 /// transferd on a fresh data directory with `--max-active` at the workload's parallelism: the
-/// files are created over gRPC, `small_parallel` creates in flight on one connection, while a
-/// WatchDownloads stream counts COMPLETED. `bin` is another build to run instead of this one.
+/// files are created over gRPC, [`SMALL_CREATES_IN_FLIGHT`] creates in flight on one
+/// connection, while a WatchDownloads stream counts COMPLETED. `bin` is another build to run instead of this one.
 /// Returns (seconds until every create was answered, seconds until every download was
 /// COMPLETED).
 async fn transferd_small(ctx: &Context, bin: Option<&Path>) -> anyhow::Result<(f64, f64)> {
@@ -418,7 +418,7 @@ async fn transferd_small(ctx: &Context, bin: Option<&Path>) -> anyhow::Result<(f
         .map(|i| ctx.origin.small_url(i))
         .collect();
     let start = Instant::now();
-    let creates = tokio::spawn(create_all(client.clone(), urls, parallel));
+    let creates = tokio::spawn(create_all(client.clone(), urls, SMALL_CREATES_IN_FLIGHT));
     let mut completed = HashSet::new();
     while completed.len() < ctx.sizes.small_count {
         let event = events.message().await?.context("WatchDownloads ended")?;
@@ -441,6 +441,13 @@ async fn transferd_small(ctx: &Context, bin: Option<&Path>) -> anyhow::Result<(f
     sync_all().await?;
     Ok((created, seconds))
 }
+
+/// Creates in flight in the small-files workload. The peers are handed the whole list at once
+/// (curl -Z reads every URL from its config, aria2c -i its input file) and fetch 16 at a time;
+/// transferd's client likewise hands over the list as fast as the server takes it, while
+/// `--max-active` runs 16 at a time. Each create is still acknowledged only once it is
+/// committed; concurrent creates share a commit (group commit).
+const SMALL_CREATES_IN_FLIGHT: usize = 256;
 
 /// Creates a download of each URL (result file `<index>.bin`), `parallel` calls in flight;
 /// returns when the last was answered.
