@@ -135,7 +135,9 @@ impl Engine {
         }
         tracing::info!(
             guid = %guid,
+            host = %op.log_host(),
             tenant = caller.tenant.name(),
+            by = %caller.name,
             file = %op.spec.result_file,
             "download created"
         );
@@ -213,7 +215,7 @@ impl Engine {
         let Some(running) = changed else {
             return Ok(self.view(&op));
         };
-        tracing::info!(guid, "paused");
+        tracing::info!(%guid, host = %op.log_host(), by = %caller.name, "paused by a client");
         if let Some(done) = running {
             let _ = tokio::time::timeout(LET_GO_TIMEOUT, done.cancelled()).await;
         }
@@ -244,7 +246,7 @@ impl Engine {
         if !changed {
             return Ok(self.view(&op));
         }
-        tracing::info!(guid, "resumed");
+        tracing::info!(%guid, host = %op.log_host(), by = %caller.name, "resumed by a client");
         self.persist(&op).await?;
         self.settings_changed(&op).await;
         Ok(self.view(&op))
@@ -271,7 +273,7 @@ impl Engine {
             // COMPLETED download refuses it, so a committed file is never called canceled).
             commit.cancelled().await;
         };
-        tracing::info!(guid, "canceled");
+        tracing::info!(%guid, host = %op.log_host(), by = %caller.name, "canceled by a client");
         match running {
             // The task removes the partial file itself once it has let go of it.
             Some(done) => {

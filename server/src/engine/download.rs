@@ -277,6 +277,12 @@ impl Op {
         })
     }
 
+    /// The host of its URI, as log lines show it (see [`crate::logging::host_of`]). Takes the
+    /// download's lock: call it with none held.
+    pub(super) fn log_host(&self) -> String {
+        crate::logging::host_of(&self.lock().settings.requested_uri)
+    }
+
     /// The download's state lock (see the engine's module docs for the lock order).
     pub(super) fn lock(&self) -> MutexGuard<'_, OpState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())

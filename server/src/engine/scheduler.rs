@@ -163,7 +163,8 @@ impl Engine {
             let engine = self.clone();
             // A root span: schedule often runs inside the span of the transfer that just ended,
             // and a child of it would nest every later transfer in the one before.
-            let span = tracing::info_span!(parent: None, "transfer", guid = %op.spec.guid);
+            let host = crate::logging::host_of(&op.lock().settings.requested_uri);
+            let span = tracing::info_span!(parent: None, "transfer", guid = %op.spec.guid, %host);
             self.inner
                 .tasks
                 .spawn(async move { engine.transfer(op, stop, done).await }.instrument(span));

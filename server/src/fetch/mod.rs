@@ -366,9 +366,20 @@ impl Fetcher {
                 Hashing::Off => None,
             },
         };
+        if at.discarded {
+            tracing::info!(
+                checkpoint = job.checkpoint,
+                file_len,
+                "the partial file is shorter than its checkpoint; starting over"
+            );
+        }
         if at.offset > 0 && at.validators.if_range().is_none() {
             // Without a validator a Range request cannot detect a changed file: start over
             // rather than splice two versions together.
+            tracing::info!(
+                offset = at.offset,
+                "no ETag or Last-Modified to resume safely with; starting over"
+            );
             at.restart();
         }
         // One retry from zero covers every "cannot continue" answer; a second would loop.
@@ -445,6 +456,10 @@ impl Fetcher {
             }
             None => {
                 if ranged {
+                    tracing::info!(
+                        %status,
+                        "the server sent the whole entity (changed since, or no ranges); starting over"
+                    );
                     at.discarded = true;
                 }
                 at.offset = 0;
