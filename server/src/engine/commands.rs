@@ -133,14 +133,7 @@ impl Engine {
             Ok(result) => result?,
             Err(e) => return Err(Error::Storage(StoreError::Unavailable(e.to_string()))),
         }
-        tracing::info!(
-            guid = %guid,
-            host = %op.log_host(),
-            tenant = caller.tenant.name(),
-            by = %caller.name,
-            file = %op.spec.result_file,
-            "download created"
-        );
+        log_created(&op, caller);
         // Conditions may hold it back at once (no network, costed, constrained).
         self.settings_changed(&op).await;
         Ok(self.view(&op))
@@ -554,4 +547,16 @@ fn illegal(guid: &str, action: &'static str, status: Status) -> Error {
         action,
         status,
     }
+}
+
+/// The INFO line of a new download: who created it, where it comes from and goes to.
+fn log_created(op: &Op, caller: &Caller) {
+    tracing::info!(
+        guid = %op.spec.guid,
+        host = %op.log_host(),
+        tenant = caller.tenant.name(),
+        by = %caller.name,
+        file = %op.spec.result_file,
+        "download created"
+    );
 }

@@ -368,7 +368,6 @@ impl Fetcher {
         };
         if at.discarded {
             tracing::info!(
-                checkpoint = job.checkpoint,
                 file_len,
                 "the partial file is shorter than its checkpoint; starting over"
             );
