@@ -152,3 +152,34 @@ async fn a_bad_log_filter_stops_the_server_and_names_the_variable() {
         "{help}"
     );
 }
+
+#[tokio::test]
+async fn a_data_directory_it_may_not_write_is_named_with_the_uid_to_give_it_to() {
+    // Root may write anywhere: the server runs as `nobody` instead, which needs root to arrange.
+    if !rustix::process::geteuid().is_root() {
+        common::cannot_set_up("cannot run transferd as another user here (needs root)");
+        return;
+    }
+    let parent = tempfile::tempdir().unwrap();
+    let data_dir = parent.path().join("data");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_transferd"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let dir = data_dir.display().to_string();
+    assert!(
+        stderr.contains(&format!("cannot lock data directory {dir}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("uid 65534") && stderr.contains(&format!("chown -R 65534:65534 {dir}")),
+        "{stderr}"
+    );
+    // The OS error is said once, not once by the message and again as its cause.
+    assert_eq!(stderr.matches("Permission denied").count(), 1, "{stderr}");
+}

@@ -68,7 +68,9 @@ impl Netns {
         let outer = Ipv4Addr::from(base + 1);
         let inner = Ipv4Addr::from(base + 2);
         if !ip(&["netns", "add", &name]) {
-            super::cannot_set_up("cannot create a network namespace here (needs root and iproute2)");
+            super::cannot_set_up(
+                "cannot create a network namespace here (needs root and iproute2)",
+            );
             return None;
         }
         let etc = PathBuf::from("/etc/netns").join(&name);
