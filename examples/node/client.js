@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Download one URL through transferd and follow its progress: the Node.js twin of
-// examples/python/client.py, with the same flags, output and exit status.
+// examples/python/client.py, with the same flags (TLS and token), output and exit status.
 //
 // 1. CreateDownload queues the download; it returns once the download is durably stored.
 // 2. WatchDownload streams its progress: the current state first, then every status change and
