@@ -135,7 +135,12 @@ impl Core {
                 self.transition(&op, &mut st, Status::Running, StatusReason::Unspecified)
             {
                 // Only IDLE downloads are queued; a broken invariant must not start one.
-                tracing::error!(guid = %op.spec.guid, status = e.from.name(), "a queued download was not IDLE");
+                tracing::error!(
+                    guid = %op.spec.guid,
+                    host = %crate::logging::host_of(&st.settings.requested_uri),
+                    status = e.from.name(),
+                    "a queued download was not IDLE"
+                );
                 st.task = None;
                 continue;
             }
