@@ -542,6 +542,8 @@ impl Observer for Progressor<'_> {
             let mut st = self.op.lock();
             st.checkpoint = bytes;
             st.sha256 = sha256.cloned();
+            // Every few seconds of a long transfer: at DEBUG the log shows it moving.
+            tracing::debug!(bytes, total = st.total, "checkpoint");
         }
         if let Err(e) = self.engine.persist(self.op).await {
             tracing::warn!(error = %e, "checkpoint not stored; the previous one stands");
