@@ -35,6 +35,10 @@ TLS: against a server started with ``--tls-cert``, pass the CA that signed its c
 one in ``--server``. Without ``--ca-cert`` the channel is plaintext::
 
     python client.py --server 127.0.0.1:50051 --ca-cert ca.pem https://example.com/file.bin
+
+Tokens: against a server started with ``--auth-tokens``, pass the token with ``--token`` or,
+better (arguments show in the process list), in ``TRANSFERD_TOKEN``; it is sent as
+``authorization: Bearer TOKEN`` with every call.
 """
 
 from __future__ import annotations
@@ -129,21 +133,24 @@ def download(stubs: Stubs, channel: grpc.Channel, args: argparse.Namespace) -> i
     pb2 = stubs.pb2
     client = stubs.pb2_grpc.BackgroundTransferServiceStub(channel)
 
+    # The bearer token, for a server with --auth-tokens, goes with every call.
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
     operation = client.CreateDownload(
         pb2.CreateDownloadRequest(requested_uri=args.url, result_file=args.result_file),
         timeout=args.rpc_timeout,
+        metadata=metadata,
     )
     print(f"created guid={operation.guid} result_file={operation.result_file}", flush=True)
 
     # The stream ends by itself after a terminal status.
     for progress in client.WatchDownload(
-        pb2.WatchDownloadRequest(guid=operation.guid), timeout=args.timeout
+        pb2.WatchDownloadRequest(guid=operation.guid), timeout=args.timeout, metadata=metadata
     ):
         print(format_progress(pb2, progress), flush=True)
 
     # The stored operation is the authority on the outcome, and carries the error if any.
     operation = client.GetDownload(
-        pb2.GetDownloadRequest(guid=operation.guid), timeout=args.rpc_timeout
+        pb2.GetDownloadRequest(guid=operation.guid), timeout=args.rpc_timeout, metadata=metadata
     )
     status = operation.progress.status
     print(f"result_file={operation.result_file} status={status_name(pb2, status)}", flush=True)
@@ -249,6 +256,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=DEFAULT_PROTO_DIR,
         help="root of the .proto files (default: the repository's proto/)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("TRANSFERD_TOKEN"),
+        help="bearer token, for a server started with --auth-tokens (env TRANSFERD_TOKEN; "
+        "prefer the variable: arguments show in the process list)",
     )
     add_tls_args(parser)
     args = parser.parse_args(argv)

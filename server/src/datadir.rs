@@ -47,13 +47,29 @@ pub enum LockError {
         pid: Option<u32>,
     },
     /// The lock file could not be created, locked or written.
-    #[error("cannot lock data directory {}: {source}", dir.display())]
+    #[error("cannot lock data directory {}: {source}{}", dir.display(), permission_hint(source, dir))]
     Io {
         /// The data directory.
         dir: PathBuf,
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// For a permission error on `dir`: who transferd runs as and how to give it the directory,
+/// since the usual cause is a volume or bind mount owned by another uid (the container image
+/// runs as its own). Empty for any other error.
+pub(crate) fn permission_hint(e: &std::io::Error, dir: &Path) -> String {
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return String::new();
+    }
+    let uid = rustix::process::getuid().as_raw();
+    let gid = rustix::process::getgid().as_raw();
+    format!(
+        "; transferd runs as uid {uid} (gid {gid}), which may not write there: \
+         chown -R {uid}:{gid} {}",
+        dir.display()
+    )
 }
 
 /// The held lock; the directory stays locked until it is dropped (or the process ends).
@@ -125,6 +141,11 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains(&format!("pid {pid}")), "{err}");
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let hint = permission_hint(&denied, dir.path());
+        let uid = rustix::process::getuid().as_raw();
+        assert!(hint.contains(&format!("uid {uid}")), "{hint}");
+        assert!(hint.contains(&dir.path().display().to_string()), "{hint}");
         drop(held);
         DataDirLock::acquire(dir.path()).unwrap();
     }

@@ -15,6 +15,7 @@
 //! - [`auth`]: who is calling: the caller's name, tenant and role, established once per call;
 //!   public for its token file ([`auth::tokens`]), which the binary hashes and reloads.
 //! - [`config`]: flags and environment variables.
+//! - [`logging`]: the log's filter and format (text or JSON lines), checked at start.
 //! - [`egress`]: the egress policy: which addresses the fetcher may connect to.
 //! - [`tls`]: the TLS files of the gRPC port, read and checked before anything binds.
 //! - [`pb`]: generated protobuf code, quarantined.
@@ -70,6 +71,7 @@ pub(crate) mod engine;
 pub(crate) mod error;
 pub(crate) mod fetch;
 pub(crate) mod grpc;
+pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod operation;
 pub(crate) mod paths;

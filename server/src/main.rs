@@ -3,7 +3,6 @@
 //! running server (for container HEALTHCHECKs); `transferd hash-token` hashes or makes a token
 //! for the token file.
 
-use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 use transferd::client::TlsOptions;
 
 /// How long `transferd healthcheck` waits for an answer.
@@ -25,6 +23,8 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     config: transferd::Config,
+    #[command(flatten)]
+    log: transferd::logging::LogConfig,
 }
 
 #[derive(Subcommand, Debug)]
@@ -98,13 +98,10 @@ fn main() -> ExitCode {
     if let Some(Command::HashToken { token }) = &cli.command {
         return report(hash_token(token.as_deref()));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("TRANSFERD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    if let Err(e) = cli.log.init() {
+        eprintln!("transferd: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -126,10 +123,28 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("transferd: {e:#}");
+            eprintln!("transferd: {}", explain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: many errors already print their
+/// source in their own message (`cannot lock ...: Permission denied (os error 13)`), and
+/// repeating it after them would say the same thing twice.
+fn explain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 async fn serve(config: transferd::Config) -> anyhow::Result<()> {

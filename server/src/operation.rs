@@ -264,6 +264,26 @@ pub enum StatusReason {
     ConstrainedMode,
 }
 
+impl StatusReason {
+    /// What holds a download for this reason, in words for log lines ("paused by ...").
+    pub fn cause(self) -> &'static str {
+        match self {
+            StatusReason::Unspecified => "nothing in particular",
+            StatusReason::WaitingForSlot => "a full set of transfer slots",
+            StatusReason::WaitingForGroup => "its serialized group",
+            StatusReason::PausedByClient => "a client",
+            StatusReason::NetworkDownDetected => "no network (detected)",
+            StatusReason::NetworkDownByOperator => "no network (set by an operator)",
+            StatusReason::CostedNetwork => {
+                "a costed network (its cost policy is UNRESTRICTED_ONLY)"
+            }
+            StatusReason::RecoverableWebError => "a recoverable web error status",
+            StatusReason::LowDiskSpace => "low disk space (below --min-free-disk)",
+            StatusReason::ConstrainedMode => "the system policy (constrained mode)",
+        }
+    }
+}
+
 numbered_enum! {
     /// How a transfer group runs its downloads; the numbers are WinRT's
     /// `BackgroundTransferBehavior`.

@@ -42,7 +42,7 @@ pub enum ServeError {
     #[error(transparent)]
     Engine(#[from] crate::error::Error),
     /// A directory could not be prepared.
-    #[error("cannot prepare {path}: {source}")]
+    #[error("cannot prepare {}: {source}{}", path.display(), crate::datadir::permission_hint(source, path))]
     Io {
         /// The directory.
         path: std::path::PathBuf,
@@ -200,8 +200,10 @@ impl Transferd {
         }
         let (routes, health) = grpc::routes(engine.clone()).await?;
         engine.start();
-        let local = listener.local_addr().ok();
-        tracing::info!(addr = ?local, tls = tls.is_some(), "serving");
+        match listener.local_addr() {
+            Ok(addr) => tracing::info!(%addr, tls = tls.is_some(), "serving"),
+            Err(e) => tracing::info!(addr = %e, tls = tls.is_some(), "serving"),
+        }
 
         let stop = async move {
             shutdown.await;

@@ -1,5 +1,6 @@
 //! Small tmpfs filesystems that a disk test mounts for itself, to fill or to make read-only.
-//! Mounting needs root; where it is not allowed, [`Mount::tmpfs`] says so and the test skips.
+//! Mounting needs root; where it is not allowed, [`Mount::tmpfs`] says so and the test skips,
+//! or fails under CI (see [`super::cannot_set_up`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,7 +21,7 @@ impl Mount {
         if ok {
             Some(Mount(at.to_path_buf()))
         } else {
-            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); disk test not run");
+            super::cannot_set_up("cannot mount a tmpfs here (needs root); disk test not run");
             None
         }
     }

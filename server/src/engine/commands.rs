@@ -134,12 +134,7 @@ impl Engine {
             Ok(result) => result?,
             Err(e) => return Err(Error::Storage(StoreError::Unavailable(e.to_string()))),
         }
-        tracing::info!(
-            guid = %guid,
-            tenant = caller.tenant.name(),
-            file = %op.spec.result_file,
-            "download created"
-        );
+        log_created(&op, caller);
         // Conditions may hold it back at once (no network, costed, constrained).
         self.settings_changed(&op).await;
         Ok(self.view(&op))
@@ -214,7 +209,7 @@ impl Engine {
         let Some(running) = changed else {
             return Ok(self.view(&op));
         };
-        tracing::info!(guid, "paused");
+        tracing::info!(%guid, host = %op.log_host(), by = %caller.name, "paused by a client");
         if let Some(done) = running {
             let _ = tokio::time::timeout(LET_GO_TIMEOUT, done.cancelled()).await;
         }
@@ -245,7 +240,7 @@ impl Engine {
         if !changed {
             return Ok(self.view(&op));
         }
-        tracing::info!(guid, "resumed");
+        tracing::info!(%guid, host = %op.log_host(), by = %caller.name, "resumed by a client");
         self.persist(&op).await?;
         self.settings_changed(&op).await;
         Ok(self.view(&op))
@@ -272,7 +267,7 @@ impl Engine {
             // COMPLETED download refuses it, so a committed file is never called canceled).
             commit.cancelled().await;
         };
-        tracing::info!(guid, "canceled");
+        tracing::info!(%guid, host = %op.log_host(), by = %caller.name, "canceled by a client");
         match running {
             // The task removes the partial file itself once it has let go of it.
             Some(done) => {
@@ -553,4 +548,16 @@ fn illegal(guid: &str, action: &'static str, status: Status) -> Error {
         action,
         status,
     }
+}
+
+/// The INFO line of a new download: who created it, where it comes from and goes to.
+fn log_created(op: &Op, caller: &Caller) {
+    tracing::info!(
+        guid = %op.spec.guid,
+        host = %op.log_host(),
+        tenant = caller.tenant.name(),
+        by = %caller.name,
+        file = %op.spec.result_file,
+        "download created"
+    );
 }

@@ -205,11 +205,12 @@ impl OpState {
 
 /// The SHA-256 state stored with a download's checkpoint, if it can be continued. One that
 /// cannot is dropped here, never trusted: the next attempt hashes the partial file's prefix.
-fn saved_hash(guid: &str, stored: Option<&[u8]>) -> Option<Hasher> {
+fn saved_hash(guid: &str, uri: &str, stored: Option<&[u8]>) -> Option<Hasher> {
     match Hasher::decode(stored?) {
         Ok(hasher) => Some(hasher),
         Err(e) => {
-            tracing::debug!(guid, error = %e, "the stored SHA-256 state is dropped; the partial file's prefix will be hashed at resume");
+            let host = crate::logging::host_of(uri);
+            tracing::debug!(%guid, %host, error = %e, "the stored SHA-256 state is dropped; the partial file's prefix will be hashed at resume");
             None
         }
     }
@@ -259,6 +260,7 @@ impl Op {
         Arc::new(Op {
             hub: Arc::new(hub),
             state: Mutex::new(OpState {
+                sha256: saved_hash(&spec.guid, &settings.requested_uri, sha256_state.as_deref()),
                 settings,
                 status,
                 reason,
@@ -266,7 +268,6 @@ impl Op {
                 queue_order,
                 bytes: progress.bytes_received,
                 checkpoint: checkpoint_bytes,
-                sha256: saved_hash(&spec.guid, sha256_state.as_deref()),
                 segments,
                 total: total_bytes,
                 validators,
@@ -282,6 +283,12 @@ impl Op {
             persist: tokio::sync::Mutex::new(()),
             spec,
         })
+    }
+
+    /// The host of its URI, as log lines show it (see [`crate::logging::host_of`]). Takes the
+    /// download's lock: call it with none held.
+    pub(super) fn log_host(&self) -> String {
+        crate::logging::host_of(&self.lock().settings.requested_uri)
     }
 
     /// The download's state lock (see the engine's module docs for the lock order).

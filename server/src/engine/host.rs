@@ -174,7 +174,13 @@ impl Engine {
             core.host.conditions.connected_override = connected;
             core.host.conditions.costed_override = costed;
         }
-        tracing::info!(?connected, ?costed, "network conditions set by operator");
+        // Unset means "as detected": shown in words, not as `None` / `Some(true)`.
+        let said = |value: Option<bool>| value.map_or("detected", |v| if v { "yes" } else { "no" });
+        tracing::info!(
+            connected = said(connected),
+            costed = said(costed),
+            "network conditions set by operator"
+        );
         self.conditions_changed().await;
         self.system()
     }
@@ -335,11 +341,22 @@ fn reconcile_one(core: &mut Core, op: &Arc<Op>) -> bool {
             if let Some(task) = &st.task {
                 let _ = task.stop();
             }
-            tracing::info!(guid = %op.spec.guid, status = to.name(), ?reason, "paused by conditions");
+            tracing::info!(
+                guid = %op.spec.guid,
+                host = %crate::logging::host_of(&st.settings.requested_uri),
+                status = to.name(),
+                "paused by {}",
+                reason.cause()
+            );
             core.transition(op, &mut st, to, reason)
         }
         None if is_automatic_pause(status) => {
-            tracing::info!(guid = %op.spec.guid, "conditions lifted; queued again");
+            tracing::info!(
+                guid = %op.spec.guid,
+                host = %crate::logging::host_of(&st.settings.requested_uri),
+                "resumed: {} no longer holds it; queued again",
+                st.reason.cause()
+            );
             core.transition(op, &mut st, Status::Idle, StatusReason::WaitingForSlot)
         }
         _ => return false,

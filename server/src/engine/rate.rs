@@ -27,7 +27,8 @@ impl Engine {
                 Ok(())
             })
             .await?;
-        tracing::info!(guid, ?limit, "bandwidth limit set");
+        let limit = limit.map_or_else(|| "none".into(), |bps| format!("{bps} B/s"));
+        tracing::info!(%guid, host = %crate::logging::host_of(&view.settings.requested_uri), %limit, "bandwidth limit set");
         Ok(view)
     }
 }

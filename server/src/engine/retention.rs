@@ -96,7 +96,7 @@ impl Engine {
         }
         self.lock().registry.remove(guid);
         self.remove_partial(&op).await;
-        tracing::info!(guid, result_file_deleted, "download deleted");
+        tracing::info!(%guid, host = %op.log_host(), result_file_deleted, "download deleted");
         Ok(Deleted {
             view,
             result_file_deleted,

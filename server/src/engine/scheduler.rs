@@ -138,7 +138,12 @@ impl Core {
                 self.transition(&op, &mut st, Status::Running, StatusReason::Unspecified)
             {
                 // Only IDLE downloads are queued; a broken invariant must not start one.
-                tracing::error!(guid = %op.spec.guid, status = e.from.name(), "a queued download was not IDLE");
+                tracing::error!(
+                    guid = %op.spec.guid,
+                    host = %crate::logging::host_of(&st.settings.requested_uri),
+                    status = e.from.name(),
+                    "a queued download was not IDLE"
+                );
                 st.task = None;
                 continue;
             }
@@ -166,7 +171,8 @@ impl Engine {
             let engine = self.clone();
             // A root span: schedule often runs inside the span of the transfer that just ended,
             // and a child of it would nest every later transfer in the one before.
-            let span = tracing::info_span!(parent: None, "transfer", guid = %op.spec.guid);
+            let host = crate::logging::host_of(&op.lock().settings.requested_uri);
+            let span = tracing::info_span!(parent: None, "transfer", guid = %op.spec.guid, %host);
             self.inner
                 .tasks
                 .spawn(async move { engine.transfer(op, stop, done).await }.instrument(span));

@@ -120,6 +120,8 @@ impl Engine {
         if let Ending::Completed { bytes } = ending {
             crate::metrics::global()
                 .transfer_completed(bytes.saturating_sub(from), started.elapsed());
+            // Logged before the status moves, so whoever sees COMPLETED finds this line.
+            log_completed(bytes, from, started.elapsed());
         }
         let (remove_partial, conditions_moved) = {
             let mut core = self.lock();
@@ -172,11 +174,13 @@ impl Engine {
                 st.checkpoint = bytes;
                 st.segments.clear();
                 st.total = bytes;
-                tracing::info!(bytes, "completed");
                 (Status::Completed, StatusReason::Unspecified)
             }
             Ending::RecoverableWebError(code) => {
-                tracing::info!(code, "paused on a recoverable web error status");
+                tracing::info!(
+                    code,
+                    "paused by a recoverable web error status (HTTP {code})"
+                );
                 st.web_error_status = Some(code);
                 (
                     Status::PausedRecoverableWebErrorStatus,
@@ -196,7 +200,7 @@ impl Engine {
                 (Status::Idle, StatusReason::WaitingForSlot)
             }
             Ending::Failed(error) => {
-                tracing::warn!(error = %error.message, "failed");
+                tracing::warn!(reason = ?error.reason, "failed: {}", error.message);
                 st.error = Some(error);
                 (Status::Error, StatusReason::Unspecified)
             }
@@ -454,9 +458,26 @@ impl Engine {
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         if let Err(e) = removed {
-            tracing::warn!(error = %e, path = %partial.display(), "could not remove partial file");
+            tracing::warn!(guid = %op.spec.guid, error = %e, path = %partial.display(), "could not remove partial file");
         }
     }
+}
+
+/// The INFO line of a completed download: its size, and the time and rate of this transfer
+/// (which received the bytes after `from`, where it resumed).
+fn log_completed(bytes: u64, from: u64, took: std::time::Duration) {
+    let received = bytes.saturating_sub(from);
+    let seconds = took.as_secs_f64();
+    // Below a millisecond the rate says nothing; it is left out rather than made up.
+    let bytes_per_second = (seconds >= 0.001).then(|| (received as f64 / seconds) as u64);
+    let rate = bytes_per_second.map_or_else(|| "-".into(), |r| format!("{r} B/s"));
+    tracing::info!(
+        bytes,
+        received,
+        seconds = format_args!("{seconds:.3}"),
+        bytes_per_second = bytes_per_second.unwrap_or(0),
+        "completed: {bytes} bytes, {received} received in {seconds:.3}s ({rate})"
+    );
 }
 
 /// The byte count of a body that is already whole on disk: checkpointed up to the entity's
@@ -508,10 +529,16 @@ impl Observer for Progressor<'_> {
         } = start;
         let mut st = self.op.lock();
         st.responses += 1;
+        let status = info.status_code;
         if restarted {
             st.restarts += 1;
             crate::metrics::global().restart();
-            tracing::info!(offset, "restarted from byte 0");
+            // The fetcher logged why it could not continue.
+            tracing::info!(status, total, "restarted from byte 0");
+        } else if offset > 0 {
+            tracing::info!(status, offset, total, "resumed from byte {offset}");
+        } else {
+            tracing::info!(status, total, "started from byte 0");
         }
         st.bytes = offset;
         st.total = total;
@@ -544,6 +571,8 @@ impl Observer for Progressor<'_> {
             st.checkpoint = bytes;
             st.sha256 = sha256.cloned();
             st.segments.clear();
+            // Every few seconds of a long transfer: at DEBUG the log shows it moving.
+            tracing::debug!(bytes, total = st.total, "checkpoint");
             bytes > 0 && bytes == st.total
         };
         let (engine, op) = (self.engine.clone(), self.op.clone());

@@ -393,9 +393,19 @@ impl Fetcher {
             },
             continuing: false,
         };
+        if at.discarded {
+            tracing::info!(
+                file_len,
+                "the partial file is shorter than its checkpoint; starting over"
+            );
+        }
         if at.offset > 0 && at.validators.if_range().is_none() {
             // Without a validator a Range request cannot detect a changed file: start over
             // rather than splice two versions together.
+            tracing::info!(
+                offset = at.offset,
+                "no ETag or Last-Modified to resume safely with; starting over"
+            );
             at.restart();
         }
         // One retry from zero covers every "cannot continue" answer; a second would loop.
@@ -483,6 +493,10 @@ impl Fetcher {
             }
             None => {
                 if ranged {
+                    tracing::info!(
+                        %status,
+                        "the server sent the whole entity (changed since, or no ranges); starting over"
+                    );
                     at.discarded = true;
                 }
                 at.offset = 0;

@@ -63,6 +63,11 @@ impl Fetcher {
                 request = request.header(header::IF_RANGE, v);
             }
         }
+        let range = match offset {
+            0 => "none".to_owned(),
+            _ => format!("bytes={offset}-"),
+        };
+        tracing::info!(%range, "request sent (Range: {range})");
         let stall = self.timeouts.stall;
         tokio::select! {
             r = request.send() => r
