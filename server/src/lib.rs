@@ -33,10 +33,12 @@
 //!   function), `registry.rs` (downloads by guid and creation order, the index of live
 //!   downloads, result-file claims, paging, the lazy WatchDownloads snapshot walk), `queue.rs`
 //!   (the run queue), `scheduler.rs` (slots, priorities, serialized groups), `transfer.rs` (the
-//!   transfer task: attempts, checkpoints, commit), `retention.rs` (DeleteDownload and
-//!   `--retain-finished`), `results.rs` (ReadResult: a download's bytes, followed while written), `host.rs` (host conditions and their monitor), `tenants.rs` (which
-//!   downloads a caller's request covers; per-tenant counts and quotas). Every command runs as
-//!   the call's `Caller`. `mod.rs` documents the lock order.
+//!   transfer task: attempts, checkpoints, commit), `progressor.rs` (what a running attempt
+//!   reports, landing in the download's state, its watchers and the store), `retention.rs`
+//!   (DeleteDownload and `--retain-finished`), `results.rs` (ReadResult: a download's bytes,
+//!   followed while written), `host.rs` (host conditions and their monitor), `tenants.rs`
+//!   (which downloads a caller's request covers; per-tenant counts and quotas). Every command
+//!   runs as the call's `Caller`. `mod.rs` documents the lock order.
 //! - `fetch/`: the HTTP fetcher; owns the Range / If-Range / restart rules and classifies
 //!   failures as transient or fatal. `segments.rs` fetches a large file over several
 //!   connections (adding them while throughput grows, one checkpoint per segment, retries per

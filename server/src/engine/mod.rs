@@ -32,6 +32,7 @@
 pub mod commands;
 mod download;
 mod host;
+mod progressor;
 mod queue;
 mod rate;
 mod registry;

@@ -14,14 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::download::{Op, OpState};
 use super::host::{probe_target, routable};
+use super::progressor::Progressor;
 use super::{Core, Engine};
 use crate::fetch::segments::Plan;
-use crate::fetch::{Failure, Hashing, Job, Observer, Outcome, ResponseStart};
-use crate::operation::{
-    DownloadSpec, ErrorReason, ResponseInfo, Segment, Status, StatusReason, TransferError,
-};
+use crate::fetch::{Failure, Hashing, Job, Outcome};
+use crate::operation::{DownloadSpec, ErrorReason, Status, StatusReason, TransferError};
 use crate::paths::{self, CommitError};
-use crate::sha256::Hasher;
 
 /// How a transfer ends for its download, decided from the last attempt's outcome.
 #[derive(Debug)]
@@ -510,101 +508,6 @@ async fn sha256_of_file(partial: &Path) -> Result<String, Failure> {
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
         .map_err(|e| Failure::disk("could not read the finished file to verify it", &e))
-}
-
-/// The engine's side of a running attempt.
-struct Progressor<'a> {
-    engine: &'a Engine,
-    op: &'a Arc<Op>,
-}
-
-impl Observer for Progressor<'_> {
-    fn response(&self, start: ResponseStart) {
-        let ResponseStart {
-            info,
-            validators,
-            total,
-            offset,
-            restarted,
-        } = start;
-        let mut st = self.op.lock();
-        st.responses += 1;
-        let status = info.status_code;
-        if restarted {
-            st.restarts += 1;
-            crate::metrics::global().restart();
-            // The fetcher logged why it could not continue.
-            tracing::info!(status, total, "restarted from byte 0");
-        } else if offset > 0 {
-            tracing::info!(status, offset, total, "resumed from byte {offset}");
-        } else {
-            tracing::info!(status, total, "started from byte 0");
-        }
-        st.bytes = offset;
-        st.total = total;
-        st.validators = validators;
-        st.response = Some(info);
-        self.op.publish(&st);
-    }
-
-    fn error_response(&self, info: ResponseInfo) {
-        let mut st = self.op.lock();
-        st.responses += 1;
-        st.response = Some(info);
-        self.op.publish(&st);
-    }
-
-    fn progress(&self, bytes_received: u64) {
-        self.op.lock().bytes = bytes_received;
-    }
-
-    fn tick(&self) {
-        let st = self.op.lock();
-        self.op.publish(&st);
-    }
-
-    async fn durable(&self, bytes: u64, sha256: Option<&Hasher>) {
-        let whole = {
-            // One store write carries both, so the saved state always describes the
-            // checkpointed bytes.
-            let mut st = self.op.lock();
-            st.checkpoint = bytes;
-            st.sha256 = sha256.cloned();
-            st.segments.clear();
-            // Every few seconds of a long transfer: at DEBUG the log shows it moving.
-            tracing::debug!(bytes, total = st.total, "checkpoint");
-            bytes > 0 && bytes == st.total
-        };
-        let (engine, op) = (self.engine.clone(), self.op.clone());
-        let store = async move {
-            if let Err(e) = engine.persist(&op).await {
-                tracing::warn!(error = %e, "checkpoint not stored; the previous one stands");
-            }
-        };
-        if whole {
-            // The whole body is durable: verify and commit go on while this is stored, and
-            // the write at the end of the transfer follows it (writes of one download are
-            // serialised and each stores the latest state). Waiting would hold the slot for a
-            // store commit that a crash does not need: a committed file is recognised by its
-            // second name, an uncommitted one resumes from the last stored checkpoint.
-            self.engine.inner.tasks.spawn(store);
-        } else {
-            store.await;
-        }
-    }
-
-    async fn durable_segments(&self, segments: Vec<Segment>) {
-        {
-            let mut st = self.op.lock();
-            st.checkpoint = segments.iter().map(|s| s.durable).sum();
-            st.segments = segments;
-            // Written out of order: no running hash describes these bytes.
-            st.sha256 = None;
-        }
-        if let Err(e) = self.engine.persist(self.op).await {
-            tracing::warn!(error = %e, "segment checkpoint not stored; the previous one stands");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -249,18 +249,7 @@ pub(super) async fn stream_body<O: Observer>(
         match chunk {
             Ok(Some(mut bytes)) => {
                 lane.took(bytes.len() as u64);
-                let limit = expect.end.unwrap_or(u64::MAX).min(expect.max_bytes);
-                let overrun = (received + bytes.len() as u64).saturating_sub(limit);
-                if overrun > 0 {
-                    // Keep what fits: the file never holds a byte past what is allowed.
-                    bytes.truncate(bytes.len() - overrun as usize);
-                }
-                let reached = expect.span.is_some_and(|span| {
-                    let allowed = span.claim(received, bytes.len() as u64);
-                    let cut = allowed < bytes.len() as u64;
-                    bytes.truncate(allowed as usize);
-                    cut
-                });
+                let (overrun, reached) = fit(&mut bytes, received, &expect);
                 if let Err(e) = out.write_all(&bytes).await {
                     break End::Failed(Failure::disk("writing the partial file failed", &e));
                 }
@@ -309,6 +298,24 @@ pub(super) async fn stream_body<O: Observer>(
         End::Done => finished(&expect, received),
         End::Reached => Ok(Streamed::Complete(received)),
     }
+}
+
+/// Cuts `bytes`, arriving after `received`, to what may be written: never a byte past the
+/// announced end or the size limit (returns how many bytes overran them), and never past where
+/// the span of a segmented download's connection now ends (returns whether it got there).
+fn fit(bytes: &mut bytes::Bytes, received: u64, expect: &Expect<'_>) -> (u64, bool) {
+    let limit = expect.end.unwrap_or(u64::MAX).min(expect.max_bytes);
+    let overrun = (received + bytes.len() as u64).saturating_sub(limit);
+    if overrun > 0 {
+        bytes.truncate(bytes.len() - overrun as usize);
+    }
+    let reached = expect.span.is_some_and(|span| {
+        let allowed = span.claim(received, bytes.len() as u64);
+        let cut = allowed < bytes.len() as u64;
+        bytes.truncate(allowed as usize);
+        cut
+    });
+    (overrun, reached)
 }
 
 /// The next read of the body, once the bandwidth limit allows it, publishing progress on every

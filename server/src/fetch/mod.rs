@@ -20,6 +20,8 @@
 //!   address it resolves to, at every connection.
 //! - `response.rs`: reading a response: does a 206 fit, resumability, validators, error
 //!   statuses and redirects that were not followed.
+//! - `position.rs`: where an attempt stands in the entity across its requests (offset, length,
+//!   validators, running hash), and opening the partial file to go on from there.
 //! - `body.rs`: streaming the body into the partial file (hashing it as written, when asked)
 //!   and making it durable, within its announced length, the size limit, the stall and
 //!   low-speed rules and the bandwidth limit.
@@ -33,6 +35,7 @@
 mod body;
 pub mod hosts;
 mod piece;
+mod position;
 mod request;
 mod resolve;
 mod response;
@@ -45,12 +48,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::egress::EgressPolicy;
 use crate::operation::{ErrorReason, ResponseInfo, Segment, Settings, TransferError, Validators};
 use crate::sha256::Hasher;
+use position::Position;
 use response::Resume;
 
 pub use body::WRITE_BUFFER_SIZE;
@@ -379,35 +382,7 @@ impl Fetcher {
             Ok(m) => m.len(),
             Err(_) => 0,
         };
-        // Never trust bytes beyond the checkpoint: they may not have reached the disk intact.
-        let mut at = Position {
-            offset: job.checkpoint.min(file_len),
-            total: job.total,
-            validators: job.validators.clone(),
-            discarded: job.checkpoint > file_len,
-            durable: job.checkpoint,
-            hashing: matches!(job.hashing, Hashing::On(_)),
-            hasher: match job.hashing {
-                Hashing::On(saved) => saved.clone(),
-                Hashing::Off => None,
-            },
-            continuing: false,
-        };
-        if at.discarded {
-            tracing::info!(
-                file_len,
-                "the partial file is shorter than its checkpoint; starting over"
-            );
-        }
-        if at.offset > 0 && at.validators.if_range().is_none() {
-            // Without a validator a Range request cannot detect a changed file: start over
-            // rather than splice two versions together.
-            tracing::info!(
-                offset = at.offset,
-                "no ETag or Last-Modified to resume safely with; starting over"
-            );
-            at.restart();
-        }
+        let mut at = Position::start(job, file_len);
         // One retry from zero covers every "cannot continue" answer; a second would loop.
         let mut asked_again = false;
         loop {
@@ -442,22 +417,7 @@ impl Fetcher {
             match end {
                 body::Streamed::Complete(bytes) => return Ok(Outcome::Complete { bytes }),
                 body::Streamed::Stopped => return Ok(Outcome::Stopped),
-                body::Streamed::RangeEnded(received) => {
-                    // A 206 that ended short of the entity: ask for the rest, guarded as any
-                    // resume is.
-                    if at.validators.if_range().is_none() {
-                        return Err(Failure::transient(TransferError {
-                            message: format!(
-                                "the server sent bytes up to {received} of {} without a validator to continue them safely",
-                                at.total
-                            ),
-                            http_status: Some(StatusCode::PARTIAL_CONTENT.as_u16()),
-                            reason: ErrorReason::HttpStatus,
-                        }));
-                    }
-                    at.offset = received;
-                    at.continuing = true;
-                }
+                body::Streamed::RangeEnded(received) => at.continue_range(received)?,
             }
         }
     }
@@ -512,18 +472,7 @@ impl Fetcher {
             ));
         }
         at.validators = validators.clone();
-        let (resumed, hash_prefix) = at.resume_hash();
-        // Continuing a range, nothing lies past this offset but what other connections of a
-        // segmented download wrote there: keep it. The running hash goes on only if it covers
-        // exactly what lies before; otherwise the file is hashed at commit.
-        let file = if std::mem::take(&mut at.continuing) && part.is_some() {
-            at.hasher = resumed;
-            body::open_segment(job.partial, at.offset).await?
-        } else {
-            let (file, prefix) = body::open_partial(job.partial, at.offset, hash_prefix).await?;
-            at.hasher = resumed.or(prefix).or_else(|| at.hashing.then(Hasher::new));
-            file
-        };
+        let file = at.open(job.partial, part.is_some()).await?;
         observer.response(ResponseStart {
             info,
             validators,
@@ -566,52 +515,6 @@ fn redacted_failure(mut failure: Failure) -> Failure {
         *message = clean;
     }
     failure
-}
-
-/// Where an attempt stands in the entity, across the requests it makes.
-struct Position {
-    /// Where the next body is written: the resume offset, or 0.
-    offset: u64,
-    /// The entity length known so far, 0 if unknown; a later answer may not forget it.
-    total: u64,
-    /// Validators of the entity being written.
-    validators: Validators,
-    /// Whether data was discarded since the last response was reported.
-    discarded: bool,
-    /// The checkpoint the engine holds.
-    durable: u64,
-    /// Whether the attempt hashes what it writes.
-    hashing: bool,
-    /// The SHA-256 state of the file's first `offset` bytes, when hashing and known.
-    hasher: Option<Hasher>,
-    /// The next request continues a range this attempt wrote up to `offset`.
-    continuing: bool,
-}
-
-impl Position {
-    /// Start over from byte 0, of an entity not known yet.
-    fn restart(&mut self) {
-        self.continuing = false;
-        self.offset = 0;
-        self.total = 0;
-        self.discarded = true;
-        self.hasher = None;
-    }
-
-    /// Takes the carried SHA-256 state if it is of exactly the bytes before `offset`; and
-    /// whether, hashing without one, the partial file's prefix must be hashed first.
-    fn resume_hash(&mut self) -> (Option<Hasher>, bool) {
-        let carried = self.hasher.take();
-        let resumed = carried.filter(|h| self.hashing && h.len() == self.offset);
-        let hash_prefix = self.hashing && self.offset > 0 && resumed.is_none();
-        if hash_prefix {
-            tracing::debug!(
-                offset = self.offset,
-                "no SHA-256 state saved at the resume offset; hashing the partial file's prefix once"
-            );
-        }
-        (resumed, hash_prefix)
-    }
 }
 
 /// A range answer that does not fit the request and cannot be helped by asking again: a failed
