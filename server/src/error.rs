@@ -181,6 +181,15 @@ pub enum Error {
     /// The durable store failed; nothing was changed.
     #[error("storage failed: {0}")]
     Storage(#[from] StoreError),
+    /// Another replica carried out the call and refused it; `code` is the gRPC code it
+    /// answered with, `message` its message.
+    #[error("{message}")]
+    Remote {
+        /// The gRPC status code.
+        code: i32,
+        /// What the other replica said.
+        message: String,
+    },
 }
 
 /// Longest piece of client input an error message repeats, in characters: enough to recognise

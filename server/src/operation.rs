@@ -239,29 +239,31 @@ impl fmt::Debug for Settings {
     }
 }
 
-/// Why a download is in its current status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum StatusReason {
-    /// No particular reason: running, finished or failed.
-    Unspecified,
-    /// IDLE, waiting for a transfer slot.
-    WaitingForSlot,
-    /// IDLE, waiting for its serialized group.
-    WaitingForGroup,
-    /// Paused by a client.
-    PausedByClient,
-    /// No network, as detected.
-    NetworkDownDetected,
-    /// No network, as an operator said.
-    NetworkDownByOperator,
-    /// Costed network and an UNRESTRICTED_ONLY policy.
-    CostedNetwork,
-    /// A recoverable HTTP status.
-    RecoverableWebError,
-    /// Free disk space below the minimum.
-    LowDiskSpace,
-    /// An operator's constrained mode.
-    ConstrainedMode,
+numbered_enum! {
+    /// Why a download is in its current status. The numbers are transferd's own: replicas
+    /// sharing a store send them to each other.
+    pub enum StatusReason {
+        /// No particular reason: running, finished or failed.
+        Unspecified = 0,
+        /// IDLE, waiting for a transfer slot.
+        WaitingForSlot = 1,
+        /// IDLE, waiting for its serialized group.
+        WaitingForGroup = 2,
+        /// Paused by a client.
+        PausedByClient = 3,
+        /// No network, as detected.
+        NetworkDownDetected = 4,
+        /// No network, as an operator said.
+        NetworkDownByOperator = 5,
+        /// Costed network and an UNRESTRICTED_ONLY policy.
+        CostedNetwork = 6,
+        /// A recoverable HTTP status.
+        RecoverableWebError = 7,
+        /// Free disk space below the minimum.
+        LowDiskSpace = 8,
+        /// An operator's constrained mode.
+        ConstrainedMode = 9,
+    }
 }
 
 impl StatusReason {

@@ -187,9 +187,14 @@ pub fn with_guid_suffix(name: &str, guid: &Guid) -> String {
     }
 }
 
-/// Where the partial data of a download lives.
-pub fn partial_path(download_dir: &Path, guid: &Guid) -> PathBuf {
-    download_dir.join(PARTIAL_DIR).join(partial_name(guid))
+/// Where a download's partial file is kept by the holder of lease `epoch`, when replicas share
+/// the download directory (`None`: one transferd owns the directory, and the name has no
+/// epoch). Each holder writes its own name, so a replica that lost its lease can never write,
+/// truncate or commit its successor's file (see `engine/cluster.rs`).
+pub fn partial_path_at(download_dir: &Path, guid: &Guid, epoch: Option<i64>) -> PathBuf {
+    download_dir
+        .join(PARTIAL_DIR)
+        .join(partial_name(guid, epoch))
 }
 
 /// Free bytes on the filesystem holding `dir`, as an unprivileged writer sees them.
@@ -233,13 +238,14 @@ pub fn commit(
     guid: &Guid,
     result_file: &str,
     replace: bool,
+    epoch: Option<i64>,
 ) -> Result<(), CommitError> {
     let root = open_root(download_dir)?;
     let staging = open_dir_beneath(&root, PARTIAL_DIR)?;
     let home = tenant_home(&root, tenant)?;
     let (parent_path, name) = result_file.rsplit_once('/').unwrap_or(("", result_file));
     let parent = make_dirs(&home, parent_path)?;
-    let partial = partial_name(guid);
+    let partial = partial_name(guid, epoch);
     let placed = if replace {
         rustix::fs::renameat(&staging, &partial, &parent, name)
     } else {
@@ -301,7 +307,7 @@ pub fn sweep_partials(download_dir: &Path, keep: impl Fn(&str) -> bool) -> io::R
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(guid) = name.to_str().and_then(|n| n.strip_suffix(".part")) else {
+        let Some(guid) = name.to_str().and_then(guid_of_partial) else {
             continue;
         };
         if !keep(guid) && entry.file_type()?.is_file() {
@@ -348,7 +354,7 @@ pub fn result_exists(
 }
 
 /// Opens a download's partial file for writing, creating it and the staging directory if
-/// needed, resolved beneath the download directory (`partial` is a [`partial_path`]) and never
+/// needed, resolved beneath the download directory (`partial` is a [`partial_path_at`]) and never
 /// through a symlink.
 pub fn open_partial(partial: &Path) -> io::Result<File> {
     let not_partial = || io::Error::other(format!("{} is not a partial file", partial.display()));
@@ -383,9 +389,42 @@ fn staging_lock() -> std::sync::MutexGuard<'static, ()> {
     STAGING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The file name of a download's partial file inside [`PARTIAL_DIR`].
-fn partial_name(guid: &Guid) -> String {
-    format!("{guid}.part")
+/// The file name of a download's partial file inside [`PARTIAL_DIR`]: `GUID.part`, or
+/// `GUID@EPOCH.part` for the holder of lease `epoch` in a directory replicas share.
+fn partial_name(guid: &Guid, epoch: Option<i64>) -> String {
+    match epoch {
+        None => format!("{guid}.part"),
+        Some(epoch) => format!("{guid}@{epoch}.part"),
+    }
+}
+
+/// The guid whose partial file (of any epoch) has this name.
+fn guid_of_partial(name: &str) -> Option<&str> {
+    let stem = name.strip_suffix(".part")?;
+    Some(stem.split_once('@').map_or(stem, |(guid, _)| guid))
+}
+
+/// The epochs of `guid`'s partial files in the staging directory, highest first: the files
+/// of the lease holders that wrote them, in a directory replicas share.
+pub fn partial_epochs(download_dir: &Path, guid: &str) -> io::Result<Vec<i64>> {
+    let staging = download_dir.join(PARTIAL_DIR);
+    let entries = match std::fs::read_dir(&staging) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        entries => entries?,
+    };
+    let prefix = format!("{guid}@");
+    let mut epochs: Vec<i64> = entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            let name = name.to_str()?;
+            name.strip_prefix(&prefix)?
+                .strip_suffix(".part")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    epochs.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(epochs)
 }
 
 /// The directory of `tenant` beneath the download directory `root`, made if missing: `root`

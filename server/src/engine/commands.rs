@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::cluster::{Call, Control};
 use super::download::{Op, OpState, TaskHandle, client_owned_pause};
 use super::registry::{PageRequest, SnapshotWalk};
 use super::tenants::Scope;
@@ -22,6 +23,7 @@ use crate::operation::{
 };
 use crate::progress::{self, Message};
 use crate::redact;
+use crate::store::shared::Notice;
 use crate::store::{Record, StoreError};
 
 /// How long PauseDownload and CancelDownload wait for a running transfer to let go (drop its
@@ -123,11 +125,14 @@ impl Engine {
                 core.registry.settle(&added.spec.tenant);
                 return Err(e);
             }
-            let mut core = engine.lock();
-            core.registry.settle(&added.spec.tenant);
-            core.add(added.clone());
-            drop(core);
+            {
+                let mut core = engine.lock();
+                core.registry.settle(&added.spec.tenant);
+                core.add(added.clone());
+            }
             added.hub.announce();
+            let guid = added.spec.guid.clone();
+            engine.announce(|node| Notice::Changed { guid, node }).await;
             Ok(())
         });
         match stored.await {
@@ -182,6 +187,10 @@ impl Engine {
     /// transfer has let go (request dropped, data checkpointed). A pause that arrives while the
     /// finished file is being committed waits for the commit and is refused if it succeeded.
     pub async fn pause(&self, caller: &Caller, guid: &str) -> Result<DownloadView, Error> {
+        let _held = match self.control(caller, guid, Call::Pause).await? {
+            Control::Here(held) => held,
+            Control::Done(view) => return Ok(view),
+        };
         let op = self.op(caller, guid)?;
         let changed = loop {
             let commit = {
@@ -220,6 +229,10 @@ impl Engine {
     /// Resumes a download paused by a client or by a recoverable web error: it is queued again
     /// (or held by conditions) and continues from its partial data.
     pub async fn resume(&self, caller: &Caller, guid: &str) -> Result<DownloadView, Error> {
+        let _held = match self.control(caller, guid, Call::Resume).await? {
+            Control::Here(held) => held,
+            Control::Done(view) => return Ok(view),
+        };
         let op = self.op(caller, guid)?;
         let changed = {
             let mut core = self.lock();
@@ -250,6 +263,10 @@ impl Engine {
     /// and no file appears at its result path. A cancel that arrives while the finished file is
     /// being committed waits for the commit and is refused (COMPLETED) if it succeeded.
     pub async fn cancel(&self, caller: &Caller, guid: &str) -> Result<DownloadView, Error> {
+        let _held = match self.control(caller, guid, Call::Cancel).await? {
+            Control::Here(held) => held,
+            Control::Done(view) => return Ok(view),
+        };
         let op = self.op(caller, guid)?;
         let running = loop {
             let commit = {
@@ -286,6 +303,19 @@ impl Engine {
         guid: &str,
         cost_policy: CostPolicy,
     ) -> Result<DownloadView, Error> {
+        let _held = match self
+            .control(
+                caller,
+                guid,
+                Call::SetCostPolicy {
+                    policy: cost_policy.code(),
+                },
+            )
+            .await?
+        {
+            Control::Here(held) => held,
+            Control::Done(view) => return Ok(view),
+        };
         self.edit(caller, guid, "change the cost policy of", |_, st| {
             st.settings.cost_policy = cost_policy;
             Ok(())
@@ -300,6 +330,19 @@ impl Engine {
         guid: &str,
         priority: Priority,
     ) -> Result<DownloadView, Error> {
+        let _held = match self
+            .control(
+                caller,
+                guid,
+                Call::SetPriority {
+                    priority: priority.code(),
+                },
+            )
+            .await?
+        {
+            Control::Here(held) => held,
+            Control::Done(view) => return Ok(view),
+        };
         self.edit(caller, guid, "change the priority of", |_, st| {
             st.settings.priority = priority;
             Ok(())
@@ -323,6 +366,21 @@ impl Engine {
             .then(|| name.to_ascii_lowercase())
             .into_iter()
             .collect();
+        let _held = match self
+            .control(
+                caller,
+                guid,
+                Call::SetRequestHeader {
+                    name: name.into(),
+                    value: value.into(),
+                    sensitive,
+                },
+            )
+            .await?
+        {
+            Control::Here(held) => held,
+            Control::Done(view) => return Ok(view),
+        };
         self.edit(caller, guid, "set a request header of", |_, st| {
             // Both checked before either changes, so a refusal leaves the download as it was.
             let settings = &mut st.settings;
@@ -342,6 +400,17 @@ impl Engine {
         guid: &str,
         name: &str,
     ) -> Result<DownloadView, Error> {
+        let _held = match self
+            .control(
+                caller,
+                guid,
+                Call::RemoveRequestHeader { name: name.into() },
+            )
+            .await?
+        {
+            Control::Here(held) => held,
+            Control::Done(view) => return Ok(view),
+        };
         let name = name.to_ascii_lowercase();
         self.edit(caller, guid, "remove a request header of", |_, st| {
             st.settings.request_headers.remove(&name);
@@ -368,6 +437,21 @@ impl Engine {
         for (name, value) in headers {
             validate::set_header(&mut checked, name, value)?;
         }
+        let _held = match self
+            .control(
+                caller,
+                guid,
+                Call::SetRequestedUri {
+                    uri: uri.to_string(),
+                    headers: headers.clone(),
+                    sensitive: sensitive.to_vec(),
+                },
+            )
+            .await?
+        {
+            Control::Here(held) => held,
+            Control::Done(view) => return Ok(view),
+        };
         self.edit(caller, guid, "change the URI of", |guid, st| {
             if !client_owned_pause(st.status()) {
                 return Err(Error::NotPaused {
@@ -399,6 +483,7 @@ impl Engine {
         validate::group(group)?;
         let tenant = &caller.tenant;
         self.inner.store.save_group(tenant, group, behavior).await?;
+        self.announce(|node| Notice::Groups { node }).await;
         self.lock().slots.set_behavior(tenant, group, behavior);
         tracing::info!(
             tenant = tenant.name(),
@@ -511,7 +596,7 @@ impl Engine {
         self.lock().registry.find(guid, caller)
     }
 
-    fn view(&self, op: &Op) -> DownloadView {
+    pub(super) fn view(&self, op: &Op) -> DownloadView {
         self.lock().view(op)
     }
 }

@@ -18,6 +18,7 @@ use crate::operation::{
 use crate::progress::{self, Bus, Hub};
 use crate::sha256::Hasher;
 use crate::store::Record;
+use crate::store::shared::{Lease, StatusChange};
 
 /// A download in memory.
 #[derive(Debug)]
@@ -69,6 +70,17 @@ pub(super) struct OpState {
     pub(super) committing: bool,
     /// When it reached its terminal status; set only by [`Core::transition`].
     finished_at: Option<SystemTime>,
+    /// With a shared store: the lease this replica holds on it, while it runs here or a control
+    /// call changes it here (see `engine/cluster.rs`). Always `None` with one transferd.
+    pub(super) lease: Option<Lease>,
+    /// With a shared store: the holders of the lease here (its transfer task, control calls in
+    /// progress); the last one to let go gives the lease back.
+    pub(super) holds: u32,
+    /// With a shared store: status changes not yet written, announced with the next write.
+    pub(super) unsent: Vec<StatusChange>,
+    /// With a shared store: the epoch whose name its partial file has here (see
+    /// `paths::partial_path_at`); `None` with one transferd.
+    pub(super) partial_epoch: Option<i64>,
 }
 
 /// The handles of a running transfer task.
@@ -159,6 +171,9 @@ impl Core {
         st.status = to;
         crate::metrics::global().download_moved(from, to);
         st.reason = reason;
+        if st.lease.is_some() {
+            st.unsent.push(StatusChange::new(to, reason));
+        }
         match to {
             Status::Idle => self.queue.push(op.queue_key(st)),
             Status::Running => self.slots.acquire(&op.spec),
@@ -172,6 +187,28 @@ impl Core {
         Ok(())
     }
 
+    /// Sets a download's status to what another replica stored, without the state machine's
+    /// checks: the move happened there. Keeps the run queue and the live index in step as
+    /// [`Core::transition`] does, and publishes.
+    pub(super) fn mirror(&mut self, op: &Op, st: &mut OpState, to: Status, reason: StatusReason) {
+        let from = st.status;
+        if from == to && st.reason == reason {
+            return;
+        }
+        if from == Status::Idle {
+            self.queue.remove(&op.spec.guid);
+        }
+        st.status = to;
+        st.reason = reason;
+        if to == Status::Idle {
+            self.queue.push(op.queue_key(st));
+        }
+        if to.is_terminal() && !from.is_terminal() {
+            self.registry.retire(&op.spec);
+        }
+        op.publish(st);
+    }
+
     /// Records that a download's transfer task has let go of it: the task handle is gone and
     /// its transfer slot is free. Unless it completed, only what reached the disk counts.
     pub(super) fn let_go(&mut self, op: &Op, st: &mut OpState) {
@@ -183,6 +220,41 @@ impl Core {
 }
 
 impl OpState {
+    /// Takes what another replica stored about the download, all but its status (which
+    /// [`Core::mirror`] sets, so the queue follows). Counters only a running replica knows
+    /// (responses, restarts) and bytes are left to the notices that carry them.
+    pub(super) fn adopt(&mut self, record: Record) {
+        let Record {
+            spec: _,
+            settings,
+            status: _,
+            checkpoint_bytes,
+            segments,
+            total_bytes,
+            sha256_state,
+            validators,
+            response,
+            error,
+            attempts,
+            web_error_status,
+            queue_order,
+            finished_at,
+        } = record;
+        self.sha256 = sha256_state.as_deref().and_then(|s| Hasher::decode(s).ok());
+        self.settings = settings;
+        self.checkpoint = checkpoint_bytes;
+        self.bytes = self.bytes.max(checkpoint_bytes);
+        self.segments = segments;
+        self.total = total_bytes;
+        self.validators = validators;
+        self.response = response;
+        self.error = error;
+        self.attempts = attempts;
+        self.web_error_status = web_error_status;
+        self.queue_order = queue_order;
+        self.finished_at = finished_at;
+    }
+
     /// The current status (changed only by [`Core::transition`]).
     pub(super) fn status(&self) -> Status {
         self.status
@@ -279,6 +351,10 @@ impl Op {
                 task: None,
                 committing: false,
                 finished_at,
+                lease: None,
+                holds: 0,
+                unsent: Vec::new(),
+                partial_epoch: None,
             }),
             persist: tokio::sync::Mutex::new(()),
             spec,
@@ -308,7 +384,11 @@ impl Op {
 
     /// Everything to store about it now.
     pub(super) fn record(&self) -> Record {
-        let st = self.lock();
+        self.record_of(&self.lock())
+    }
+
+    /// Everything to store about it, from its locked state.
+    pub(super) fn record_of(&self, st: &OpState) -> Record {
         Record {
             spec: self.spec.clone(),
             settings: st.settings.clone(),

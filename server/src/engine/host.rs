@@ -327,6 +327,11 @@ pub(super) async fn routable(targets: &[(String, u16)]) -> bool {
 /// whether it moved.
 fn reconcile_one(core: &mut Core, op: &Arc<Op>) -> bool {
     let mut st = op.lock();
+    if core.clustered && st.lease.is_none() {
+        // Another replica's (or nobody's): its holder applies its own conditions, and this
+        // replica's apply only to what it claims.
+        return false;
+    }
     let status = st.status();
     if !(status == Status::Idle || status == Status::Running || is_automatic_pause(status)) {
         return false;

@@ -29,6 +29,7 @@
 //! until the rename's outcome is its status, no other status change happens (the transition
 //! function refuses it), and pause and cancel wait for that outcome.
 
+mod cluster;
 pub mod commands;
 mod download;
 mod host;
@@ -60,6 +61,7 @@ use crate::progress::{Bus, Message};
 use crate::retry::RetryPolicy;
 use crate::store::{self, Store};
 
+pub use cluster::ClusterConfig;
 pub use commands::NewDownload;
 pub use host::Conditions;
 pub use retention::Deleted;
@@ -154,6 +156,8 @@ struct Inner {
     core: Mutex<Core>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// With a store shared by several replicas: leases, claims and the feed.
+    cluster: Option<cluster::Cluster>,
 }
 
 /// Everything the engine-wide lock guards.
@@ -167,6 +171,9 @@ struct Core {
     slots: Slots,
     /// Network, policy and disk conditions.
     host: Host,
+    /// Whether replicas share the store: host conditions then apply only to the downloads this
+    /// replica holds.
+    clustered: bool,
 }
 
 impl Engine {
@@ -175,6 +182,31 @@ impl Engine {
     pub async fn open(
         config: EngineConfig,
         store: Arc<dyn Store>,
+        fetcher: Fetcher,
+        shutdown: CancellationToken,
+    ) -> Result<Engine, Error> {
+        Engine::open_with(config, store, None, fetcher, shutdown).await
+    }
+
+    /// Opens the engine as one replica of several sharing `shared` (see `engine/cluster.rs`):
+    /// downloads are claimed from the shared queue, and what other replicas run is followed,
+    /// not run.
+    pub async fn open_shared(
+        config: EngineConfig,
+        shared: Arc<dyn store::shared::SharedStore>,
+        cluster: ClusterConfig,
+        fetcher: Fetcher,
+        shutdown: CancellationToken,
+    ) -> Result<Engine, Error> {
+        let store: Arc<dyn Store> = shared.clone();
+        let cluster = cluster::Cluster::new(shared, cluster);
+        Engine::open_with(config, store, Some(cluster), fetcher, shutdown).await
+    }
+
+    async fn open_with(
+        config: EngineConfig,
+        store: Arc<dyn Store>,
+        cluster: Option<cluster::Cluster>,
         fetcher: Fetcher,
         shutdown: CancellationToken,
     ) -> Result<Engine, Error> {
@@ -187,6 +219,7 @@ impl Engine {
                 config.min_free_disk_bytes,
                 config.default_cost_policy,
             )),
+            clustered: cluster.is_some(),
         };
         if let Some(retain) = config.retain_finished {
             let pruned = retention::prune_store(&*store, retain).await?;
@@ -205,7 +238,10 @@ impl Engine {
                 // A download that was running, or paused by conditions, when the server stopped
                 // waits for a slot again; conditions are measured afresh. This is how a stored
                 // record is read back, not a status change: nothing has run yet.
-                if record.status == Status::Running || host::is_automatic_pause(record.status) {
+                // With a shared store, another replica may be running it: it stays as stored.
+                if cluster.is_none()
+                    && (record.status == Status::Running || host::is_automatic_pause(record.status))
+                {
                     record.status = Status::Idle;
                 }
                 core.add(Op::from_record(record, &bus));
@@ -232,6 +268,7 @@ impl Engine {
                 core: Mutex::new(core),
                 shutdown,
                 tasks: TaskTracker::new(),
+                cluster,
             }),
         })
     }
@@ -250,6 +287,9 @@ impl Engine {
             self.inner
                 .tasks
                 .spawn(async move { engine.prune_periodically(retain).await });
+        }
+        if self.inner.cluster.is_some() {
+            self.start_cluster();
         }
         self.schedule();
     }
@@ -277,6 +317,9 @@ impl Engine {
     /// Writes the download's latest state to the store.
     async fn persist(&self, op: &Arc<Op>) -> Result<(), Error> {
         let _serial = op.persist.lock().await;
+        if self.inner.cluster.is_some() {
+            return self.persist_fenced(op).await;
+        }
         let record = op.record();
         Ok(self.inner.store.save(&record).await?)
     }
@@ -318,6 +361,7 @@ mod fixtures {
                 behavior: *b,
             })),
             host: Host::new(Conditions::new(0, CostPolicy::Always)),
+            clustered: false,
         };
         for op in ops {
             core.add(op.clone());

@@ -2,6 +2,7 @@
 //! the priority (stored, shown, kept across restarts); what makes it live is that the running
 //! attempt's lane in the fetcher's throttle follows it at once, without a new request.
 
+use super::cluster::{Call, Control};
 use super::{DownloadView, Engine, validate};
 use crate::auth::Caller;
 use crate::error::Error;
@@ -17,6 +18,13 @@ impl Engine {
     ) -> Result<DownloadView, Error> {
         // Checked before the download is looked up, as a bad number is wrong anywhere.
         let limit = validate::rate_limit("bytes_per_second", bytes_per_second)?;
+        let _held = match self
+            .control(caller, guid, Call::SetRateLimit { bytes_per_second })
+            .await?
+        {
+            Control::Here(held) => held,
+            Control::Done(view) => return Ok(view),
+        };
         let throttle = &self.inner.throttle;
         let view = self
             .edit(caller, guid, "change the bandwidth limit of", |guid, st| {

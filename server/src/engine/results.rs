@@ -266,7 +266,7 @@ impl Reader {
         let spec = &self.op.spec;
         let download_dir = self.engine.inner.config.download_dir.clone();
         let (tenant, result_file) = (spec.tenant.clone(), spec.result_file.clone());
-        let partial = paths::partial_path(&download_dir, &spec.guid);
+        let partial = self.engine.partial_of(&self.op);
         let (completed, size) = {
             let st = self.op.lock();
             (st.status() == Status::Completed, st.checkpoint)

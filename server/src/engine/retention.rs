@@ -10,6 +10,7 @@ use crate::auth::Caller;
 use crate::error::Error;
 use crate::operation::Status;
 use crate::paths;
+use crate::store::shared::Notice;
 use crate::store::{Store, StoreError};
 
 /// Shortest pause between two prunes: keeps a tiny retention (tests use one second) from
@@ -95,6 +96,8 @@ impl Engine {
             return Err(Error::NotFound { guid: guid.into() });
         }
         self.lock().registry.remove(guid);
+        let guids = vec![guid.to_string()];
+        self.announce(|node| Notice::Deleted { guids, node }).await;
         self.remove_partial(&op).await;
         tracing::info!(%guid, host = %op.log_host(), result_file_deleted, "download deleted");
         Ok(Deleted {
@@ -132,12 +135,15 @@ impl Engine {
             match prune_store(&*self.inner.store, retain).await {
                 Ok(pruned) if pruned.is_empty() => {}
                 Ok(pruned) => {
-                    let mut core = self.lock();
-                    for guid in &pruned {
-                        core.registry.remove(guid);
+                    {
+                        let mut core = self.lock();
+                        for guid in &pruned {
+                            core.registry.remove(guid);
+                        }
                     }
-                    drop(core);
                     tracing::info!(count = pruned.len(), "pruned finished downloads");
+                    let guids = pruned.clone();
+                    self.announce(|node| Notice::Deleted { guids, node }).await;
                 }
                 // The next tick tries again; nothing was forgotten.
                 Err(e) => tracing::warn!(error = %e, "could not prune finished downloads"),

@@ -163,6 +163,11 @@ impl Engine {
         if self.inner.shutdown.is_cancelled() {
             return;
         }
+        if self.inner.cluster.is_some() {
+            // Replicas share one queue, in the store: slots are filled by claims from it.
+            self.claim_soon();
+            return;
+        }
         let shutdown = &self.inner.shutdown;
         let started = self
             .lock()

@@ -98,7 +98,7 @@ impl Engine {
         // No store write here: a stored RUNNING is read back as IDLE at the next start (see
         // `Engine::load`), so writing it would cost a commit on every start and change nothing
         // a restart sees. The first checkpoint, or the end of the transfer, stores the state.
-        let partial = paths::partial_path(&self.inner.config.download_dir, &op.spec.guid);
+        let partial = self.partial_of(&op);
         let (started, from) = (std::time::Instant::now(), op.lock().checkpoint);
         let ending = catch_panic(async {
             let outcome = match complete_on_disk(&op, &partial) {
@@ -157,6 +157,7 @@ impl Engine {
             self.remove_partial(&op).await;
         }
         done.cancel();
+        self.unhold(&op).await;
         if conditions_moved {
             self.conditions_changed().await;
         }
@@ -367,6 +368,11 @@ impl Engine {
         if let Err(failure) = self.verify(op, partial, bytes).await {
             return Ending::failed(failure, &op.spec);
         }
+        // With replicas, only the lease holder commits, and only while the lease is surely
+        // its own; one that lost it stops, and the new holder commits.
+        if !self.may_commit(op).await {
+            return Ending::Stopped;
+        }
         {
             let _core = self.lock();
             let mut st = op.lock();
@@ -428,9 +434,10 @@ impl Engine {
             replace_existing,
             ..
         } = op.spec.clone();
+        let epoch = op.lock().partial_epoch;
         let disk = |what: &str, e: std::io::Error| Failure::disk(what, &e);
         tokio::task::spawn_blocking(move || {
-            match paths::commit(&download_dir, &tenant, &guid, &result_file, replace_existing) {
+            match paths::commit(&download_dir, &tenant, &guid, &result_file, replace_existing, epoch) {
                 Ok(()) => Ok(()),
                 Err(CommitError::Exists) => Err(Failure::fatal(TransferError {
                     message: format!(
@@ -448,7 +455,7 @@ impl Engine {
 
     /// Removes a download's partial file, if there is one.
     pub(super) async fn remove_partial(&self, op: &Op) {
-        let partial = paths::partial_path(&self.inner.config.download_dir, &op.spec.guid);
+        let partial = self.partial_of(op);
         let removed = tokio::task::spawn_blocking({
             let partial = partial.clone();
             move || paths::remove_partial(&partial)

@@ -71,6 +71,7 @@ pub fn identify_layer(tokens: Option<Arc<TokenFile>>) -> IdentifyLayer {
 
 pub use identify::IdentifyLayer;
 pub use measure::MeasureLayer;
+pub(crate) use status::code as code_of;
 
 /// The health service's reporter, so the server can announce shutdown without naming the
 /// generated service types.

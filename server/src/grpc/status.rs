@@ -22,7 +22,8 @@ impl From<Lagged> for GrpcStatus {
     }
 }
 
-fn code(error: &Error) -> Code {
+/// The gRPC code a domain error is answered with.
+pub(crate) fn code(error: &Error) -> Code {
     match error {
         Error::InvalidUri { .. } | Error::InvalidResultFile { .. } | Error::InvalidArgument(_) => {
             Code::InvalidArgument
@@ -43,6 +44,8 @@ fn code(error: &Error) -> Code {
         Error::OtherTenant { .. } => Code::PermissionDenied,
         Error::ShuttingDown => Code::Unavailable,
         Error::Storage(e) => store_status(e),
+        // Decided by the replica that carried the call out, with this same table.
+        Error::Remote { code, .. } => Code::from(*code),
     }
 }
 
@@ -56,6 +59,9 @@ fn store_status(e: &StoreError) -> Code {
         StoreError::Corrupt(_) => Code::DataLoss,
         StoreError::NewerSchema { .. } => Code::FailedPrecondition,
         StoreError::Conflict(_) => Code::Aborted,
+        // Another replica took the download over while this one changed it: the client may
+        // retry, and the retry reaches the new holder.
+        StoreError::Fenced(_) => Code::Aborted,
     }
 }
 
@@ -89,9 +95,10 @@ mod tests {
             Error::ReadOutOfRange { .. } => 16,
             Error::ResultUnreadable { .. } => 17,
             Error::ReadAborted { .. } => 18,
+            Error::Remote { .. } => 19,
         }
     }
-    const VARIANTS: usize = 19;
+    const VARIANTS: usize = 20;
 
     /// One of each store error with its code. The store's errors are being reworked on another
     /// branch; this and [`store_status`] are what a merge swaps.
@@ -116,6 +123,7 @@ mod tests {
                 StoreError::Conflict("download `g` is already stored".into()),
                 Code::Aborted,
             ),
+            (StoreError::Fenced("g".into()), Code::Aborted),
         ]
     }
 
@@ -177,6 +185,13 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (Error::ShuttingDown, Code::Unavailable),
+            (
+                Error::Remote {
+                    code: Code::FailedPrecondition as i32,
+                    message: "download g is COMPLETED".into(),
+                },
+                Code::FailedPrecondition,
+            ),
             (
                 Error::QuotaExceeded {
                     tenant: "media".into(),

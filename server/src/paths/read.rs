@@ -34,7 +34,7 @@ pub fn open_result(download_dir: &Path, tenant: &Tenant, result_file: &str) -> i
     regular(File::from(fd))
 }
 
-/// Opens a download's partial file (a [`super::partial_path`]) for reading.
+/// Opens a download's partial file (a [`super::partial_path_at`]) for reading.
 pub fn open_partial_for_reading(partial: &Path) -> io::Result<File> {
     let not_partial = || io::Error::other(format!("{} is not a partial file", partial.display()));
     let name = partial.file_name().ok_or_else(not_partial)?;

@@ -42,7 +42,7 @@ fn rejects_escapes() {
 /// A download directory with a staged partial file for guid `g`.
 fn staged(body: &[u8]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let mut file = open_partial(&partial_path(dir.path(), &"g".to_string())).unwrap();
+    let mut file = open_partial(&partial_path_at(dir.path(), &"g".to_string(), None)).unwrap();
     std::io::Write::write_all(&mut file, body).unwrap();
     dir
 }
@@ -51,19 +51,19 @@ fn staged(body: &[u8]) -> tempfile::TempDir {
 fn commits_into_new_directories_and_never_replaces_unless_asked() {
     let dir = staged(b"new");
     let g = "g".to_string();
-    commit(dir.path(), &dt(), &g, "a/b/c.bin", false).unwrap();
+    commit(dir.path(), &dt(), &g, "a/b/c.bin", false, None).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a/b/c.bin")).unwrap(), b"new");
     assert_eq!(result_exists(dir.path(), &dt(), "a/b/c.bin"), Ok(true));
     assert_eq!(result_exists(dir.path(), &dt(), "a/x"), Ok(false));
 
-    let mut file = open_partial(&partial_path(dir.path(), &g)).unwrap();
+    let mut file = open_partial(&partial_path_at(dir.path(), &g, None)).unwrap();
     std::io::Write::write_all(&mut file, b"newer").unwrap();
     assert!(matches!(
-        commit(dir.path(), &dt(), &g, "a/b/c.bin", false),
+        commit(dir.path(), &dt(), &g, "a/b/c.bin", false, None),
         Err(CommitError::Exists)
     ));
     assert_eq!(std::fs::read(dir.path().join("a/b/c.bin")).unwrap(), b"new");
-    commit(dir.path(), &dt(), &g, "a/b/c.bin", true).unwrap();
+    commit(dir.path(), &dt(), &g, "a/b/c.bin", true, None).unwrap();
     assert_eq!(
         std::fs::read(dir.path().join("a/b/c.bin")).unwrap(),
         b"newer"
@@ -77,14 +77,14 @@ fn commits_into_new_directories_and_never_replaces_unless_asked() {
 fn a_commit_interrupted_before_completed_is_recognised_and_never_written_again() {
     let dir = staged(b"whole");
     let g = "g".to_string();
-    let partial = partial_path(dir.path(), &g);
+    let partial = partial_path_at(dir.path(), &g, None);
     assert!(!partial_is_committed(&partial));
-    commit(dir.path(), &dt(), &g, "r.bin", false).unwrap();
+    commit(dir.path(), &dt(), &g, "r.bin", false, None).unwrap();
     assert!(
         partial_is_committed(&partial),
         "the partial name stays until COMPLETED"
     );
-    commit(dir.path(), &dt(), &g, "r.bin", false).expect("its own file is in place");
+    commit(dir.path(), &dt(), &g, "r.bin", false, None).expect("its own file is in place");
     assert_eq!(std::fs::read(dir.path().join("r.bin")).unwrap(), b"whole");
 
     let mut file = open_partial(&partial).unwrap();
@@ -92,7 +92,7 @@ fn a_commit_interrupted_before_completed_is_recognised_and_never_written_again()
     assert_eq!(std::fs::read(dir.path().join("r.bin")).unwrap(), b"whole");
     assert!(!partial_is_committed(&partial));
 
-    let other = partial_path(dir.path(), &"h".to_string());
+    let other = partial_path_at(dir.path(), &"h".to_string(), None);
     std::fs::write(&other, b"left over").unwrap();
     assert_eq!(sweep_partials(dir.path(), |guid| guid == "g").unwrap(), 1);
     assert!(partial.exists() && !other.exists());
@@ -112,11 +112,11 @@ fn symlinks_lead_nowhere_outside_but_work_inside() {
             result_exists(dir.path(), &dt(), escaping).is_err(),
             "{escaping}"
         );
-        let err = commit(dir.path(), &dt(), &g, escaping, false).unwrap_err();
+        let err = commit(dir.path(), &dt(), &g, escaping, false, None).unwrap_err();
         assert!(err.to_string().contains("outside"), "{escaping}: {err}");
     }
     assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
-    commit(dir.path(), &dt(), &g, "in/sub/x", false).unwrap();
+    commit(dir.path(), &dt(), &g, "in/sub/x", false, None).unwrap();
     assert_eq!(std::fs::read(dir.path().join("real/sub/x")).unwrap(), b"x");
 }
 
@@ -163,7 +163,7 @@ fn a_named_tenant_lives_in_its_own_directory_and_cannot_leave_it() {
     assert_eq!(resolved(&media, "a/x"), "media/a/x");
     assert_eq!(resolved(&dt(), "a/x"), "a/x");
     assert_eq!(result_exists(dir.path(), &media, "x"), Ok(false));
-    commit(dir.path(), &media, &g, "x", false).unwrap();
+    commit(dir.path(), &media, &g, "x", false, None).unwrap();
     assert_eq!(std::fs::read(dir.path().join("media/x")).unwrap(), b"media");
     assert_eq!(result_exists(dir.path(), &media, "x"), Ok(true));
     assert_eq!(result_exists(dir.path(), &ml, "x"), Ok(false));
@@ -173,9 +173,9 @@ fn a_named_tenant_lives_in_its_own_directory_and_cannot_leave_it() {
     std::fs::write(dir.path().join("ml/secret"), b"ml").unwrap();
     std::os::unix::fs::symlink("../ml", dir.path().join("media/peek")).unwrap();
     assert!(result_exists(dir.path(), &media, "peek/secret").is_err());
-    let mut file = open_partial(&partial_path(dir.path(), &g)).unwrap();
+    let mut file = open_partial(&partial_path_at(dir.path(), &g, None)).unwrap();
     std::io::Write::write_all(&mut file, b"clobber").unwrap();
-    assert!(commit(dir.path(), &media, &g, "peek/secret", true).is_err());
+    assert!(commit(dir.path(), &media, &g, "peek/secret", true, None).is_err());
     assert!(remove_result_file(dir.path(), &media, "peek/secret").is_err());
     assert_eq!(std::fs::read(dir.path().join("ml/secret")).unwrap(), b"ml");
     assert!(remove_result_file(dir.path(), &media, "x").unwrap());

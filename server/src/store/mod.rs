@@ -14,6 +14,7 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod shared;
 mod sqlite;
 mod trust;
 
@@ -58,6 +59,10 @@ pub enum StoreError {
     /// The call contradicts what is stored (a download inserted twice, or saved but never inserted).
     #[error("{0}")]
     Conflict(String),
+    /// A write under a lease that another replica has since taken over (see [`shared`]):
+    /// nothing changed.
+    #[error("the lease on download {0} was taken over by another replica")]
+    Fenced(String),
 }
 
 /// Everything stored about one download.
