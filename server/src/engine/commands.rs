@@ -146,8 +146,9 @@ impl Engine {
     }
 
     /// One download.
-    pub fn get(&self, caller: &Caller, guid: &str) -> Result<DownloadView, Error> {
-        let op = self.op(caller, guid)?;
+    pub async fn get(&self, caller: &Caller, guid: &str) -> Result<DownloadView, Error> {
+        // With replicas, one created on another a moment ago is read from the store.
+        let op = self.op_or_fetch(caller, guid).await?;
         Ok(self.view(&op))
     }
 
@@ -537,13 +538,13 @@ impl Engine {
     }
 
     /// The progress publisher of a download, for WatchDownload.
-    pub fn watch(
+    pub async fn watch(
         &self,
         caller: &Caller,
         guid: &str,
     ) -> Result<impl futures_util::Stream<Item = Result<Message, progress::Lagged>> + use<>, Error>
     {
-        let op = self.op(caller, guid)?;
+        let op = self.op_or_fetch(caller, guid).await?;
         Ok(progress::watch_one(
             op.hub.clone(),
             self.inner.shutdown.clone(),

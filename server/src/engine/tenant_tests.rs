@@ -76,9 +76,9 @@ fn list(engine: &Engine, caller: &Caller, filter: Option<&str>) -> Result<Page, 
 /// Every call that names a guid, as `caller`, each reduced to its error (if any).
 async fn every_guid_call(engine: &Engine, caller: &Caller, guid: &str) -> Vec<Option<Error>> {
     vec![
-        engine.get(caller, guid).err(),
+        engine.get(caller, guid).await.err(),
         engine.response_information(caller, guid).err(),
-        engine.watch(caller, guid).err(),
+        engine.watch(caller, guid).await.err(),
         engine.pause(caller, guid).await.err(),
         engine.resume(caller, guid).await.err(),
         engine.cancel(caller, guid).await.err(),
@@ -140,7 +140,7 @@ async fn another_tenants_download_is_not_found_exactly_like_a_missing_one() {
     }
     // Nothing changed, and the owner and an admin still see it as it was.
     for who in [&media, &caller("ops", Role::Admin, None), &Caller::local()] {
-        let view = engine.get(who, &guid).unwrap();
+        let view = engine.get(who, &guid).await.unwrap();
         assert_eq!(view.progress.progress.status, Status::Idle);
         assert_eq!(view.settings.priority, Priority::Default);
         assert!(view.settings.request_headers.is_empty());

@@ -54,7 +54,7 @@ impl BackgroundTransferService for TransferService {
     ) -> Result<Response<pb::DownloadOperation>, GrpcStatus> {
         let caller = Caller::of(&request)?;
         let pb::GetDownloadRequest { guid } = request.into_inner();
-        Ok(Response::new(self.engine.get(&caller, &guid)?.into()))
+        Ok(Response::new(self.engine.get(&caller, &guid).await?.into()))
     }
 
     async fn list_downloads(
@@ -139,7 +139,8 @@ impl BackgroundTransferService for TransferService {
         let pb::WatchDownloadRequest { guid } = request.into_inner();
         let stream = self
             .engine
-            .watch(&caller, &guid)?
+            .watch(&caller, &guid)
+            .await?
             .map(|item| item.map(Into::into).map_err(Into::into));
         Ok(Response::new(Box::pin(stream)))
     }
