@@ -252,12 +252,25 @@ impl Engine {
             .live()
             .map(|op| op.spec.guid.as_str())
             .collect();
-        match crate::paths::sweep_partials(&config.download_dir, |guid| live.contains(guid)) {
+        // With replicas, a download created after this replica read the store may already be
+        // running elsewhere: only the partial files of downloads known to be finished go.
+        let finished: std::collections::HashSet<&str> = core
+            .registry
+            .all()
+            .filter(|op| op.lock().status().is_terminal())
+            .map(|op| op.spec.guid.as_str())
+            .collect();
+        let keep = |guid: &str| match cluster {
+            None => live.contains(guid),
+            Some(_) => !finished.contains(guid),
+        };
+        match crate::paths::sweep_partials(&config.download_dir, keep) {
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "removed partial files of finished downloads"),
             Err(e) => tracing::warn!(error = %e, "could not sweep the partial files"),
         }
         drop(live);
+        drop(finished);
         Ok(Engine {
             inner: Arc::new(Inner {
                 throttle: Throttle::new(config.max_download_rate),

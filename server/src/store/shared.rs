@@ -120,6 +120,13 @@ pub enum Notice {
         /// The replica that changed it.
         node: String,
     },
+    /// A lease was given back: the download may be claimable now.
+    Released {
+        /// The download.
+        guid: Guid,
+        /// The replica that gave it back.
+        node: String,
+    },
     /// Downloads were forgotten.
     Deleted {
         /// The downloads.
@@ -202,8 +209,9 @@ pub trait SharedStore: Store {
     /// Stores a download under a lease held by `node` and announces its status changes on
     /// the feed in the same transaction. [`StoreError::Fenced`] if the lease was taken over.
     fn save_fenced<'a>(&'a self, node: &'a str, write: &'a FencedWrite<'a>) -> StoreFuture<'a, ()>;
-    /// Gives a lease back without writing anything else. [`StoreError::Fenced`] if it was
-    /// taken over.
+    /// Gives a lease back without writing anything else, and announces
+    /// [`Notice::Released`] in the same transaction. [`StoreError::Fenced`] if it was taken
+    /// over.
     fn release<'a>(&'a self, node: &'a str, guid: &'a str, lease: Lease) -> StoreFuture<'a, ()>;
     /// The stored downloads among `guids` (missing ones are left out).
     fn get<'a>(&'a self, guids: &'a [Guid]) -> StoreFuture<'a, Vec<Record>>;

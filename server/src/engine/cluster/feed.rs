@@ -144,6 +144,7 @@ impl Engine {
             Notice::Saved { node, .. }
             | Notice::Progress { node, .. }
             | Notice::Changed { node, .. }
+            | Notice::Released { node, .. }
             | Notice::Deleted { node, .. }
             | Notice::Groups { node }
                 if node == me => {}
@@ -177,6 +178,7 @@ impl Engine {
                 }
                 self.claim_soon();
             }
+            Notice::Released { .. } => self.claim_soon(),
             Notice::Deleted { guids, .. } => {
                 let mut core = self.lock();
                 for guid in &guids {
