@@ -16,6 +16,13 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// slow origins, few enough not to overwhelm one origin or the disk.
 pub const DEFAULT_MAX_ACTIVE: usize = 6;
 
+/// Default `--lease-ttl`: a dead replica's downloads wait this long before another replica
+/// takes them over; a replica that cannot reach PostgreSQL for most of it stops its transfers.
+pub const DEFAULT_LEASE_TTL: &str = "15s";
+
+/// Longest `--lease-ttl`.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(600);
+
 /// Upper bound for `--max-active`: every active download holds a connection, a file and a write
 /// buffer, so this keeps a typo from exhausting file descriptors and memory.
 pub const MAX_MAX_ACTIVE: usize = 1024;
@@ -168,6 +175,25 @@ pub struct Config {
     /// Directory of the embedded database (SQLite, WAL mode). Created if missing.
     #[arg(long, env = "TRANSFERD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// Where downloads are stored: `sqlite:` (the embedded database under --data-dir) or a
+    /// PostgreSQL URL, `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, which several
+    /// replicas may share (see the README's "Running more than one replica").
+    #[arg(long, env = "TRANSFERD_STORE", default_value = "sqlite:",
+          value_parser = parse_store, hide_env_values = true)]
+    pub store: StoreUrl,
+
+    /// This replica's name among the replicas sharing a PostgreSQL store: it names the leases
+    /// it holds, and must differ between replicas [default: HOSTNAME-PID].
+    #[arg(long, env = "TRANSFERD_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+
+    /// With a PostgreSQL store, how long a replica's lease on a download it runs lasts without
+    /// renewal (renewed every third of it): how long the downloads of a replica that died wait
+    /// before another replica takes them over (1s to 10m).
+    #[arg(long, env = "TRANSFERD_LEASE_TTL", default_value = DEFAULT_LEASE_TTL,
+          value_parser = parse_lease_ttl)]
+    pub lease_ttl: Duration,
 
     /// Directory result files are written under [default: DATA_DIR/downloads]. Clients name
     /// result files relative to it and cannot escape it.
@@ -407,6 +433,64 @@ fn duration_within(s: &str, max: Duration) -> Result<Duration, String> {
         return Err("must be longer than zero".into());
     }
     Ok(d)
+}
+
+fn parse_lease_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = duration_within(s, MAX_LEASE_TTL)?;
+    if ttl < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(ttl)
+}
+
+/// Where downloads are stored (`--store`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// The embedded SQLite database under `--data-dir`.
+    Sqlite,
+    /// A PostgreSQL database, by URL.
+    Postgres(String),
+}
+
+/// Never prints a password: the URL may hold one.
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite => f.write_str("sqlite:"),
+            StoreUrl::Postgres(_) => f.write_str("postgres://…"),
+        }
+    }
+}
+
+fn parse_store(s: &str) -> Result<StoreUrl, String> {
+    if s == "sqlite:" || s == "sqlite" {
+        return Ok(StoreUrl::Sqlite);
+    }
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        s.parse::<tokio_postgres::Config>()
+            .map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+        return Ok(StoreUrl::Postgres(s.to_string()));
+    }
+    Err("use `sqlite:` or a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE)".into())
+}
+
+fn parse_node_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err("use 1 to 64 letters, digits, `-`, `_` or `.`".into());
+    }
+    Ok(s.to_string())
+}
+
+impl Config {
+    /// This replica's `--node-id`, or HOSTNAME-PID.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "transferd".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
 }
 
 fn parse_connect_timeout(s: &str) -> Result<Duration, String> {

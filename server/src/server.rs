@@ -21,7 +21,9 @@ use crate::grpc;
 use crate::grpc::limits::{LimitLayer, LimitsConfig};
 use crate::metrics::{MetricsServer, TimedStore};
 use crate::retry::RetryPolicy;
-use crate::store::{SqliteStore, StoreError};
+use crate::config::StoreUrl;
+use crate::engine::ClusterConfig;
+use crate::store::{PostgresStore, SqliteStore, StoreError};
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -120,10 +122,8 @@ impl Transferd {
             source,
         })?;
         let metrics = bind_metrics(config.metrics_listen).await?;
-        let store = Arc::new(TimedStore::new(SqliteStore::open(&config.data_dir).await?));
         let token = CancellationToken::new();
-        let engine = Engine::open(
-            EngineConfig {
+        let engine_config = EngineConfig {
                 download_dir,
                 max_active: config.max_active,
                 retry: RetryPolicy {
@@ -136,9 +136,8 @@ impl Transferd {
                 max_file_size: config.max_file_size,
                 retain_finished: config.retain_finished,
                 max_download_rate: config.max_download_rate.filter(|&rate| rate > 0),
-            },
-            store,
-            Fetcher::new(
+        };
+        let fetcher = Fetcher::new(
                 Timeouts {
                     connect: config.connect_timeout,
                     stall: config.stall_timeout,
@@ -150,10 +149,23 @@ impl Transferd {
             .with_connections(
                 config.max_connections_per_download as usize,
                 config.max_connections_per_host as usize,
-            ),
-            token.clone(),
-        )
-        .await?;
+            );
+        let engine = match &config.store {
+            StoreUrl::Sqlite => {
+                let store = Arc::new(TimedStore::new(SqliteStore::open(&config.data_dir).await?));
+                Engine::open(engine_config, store, fetcher, token.clone()).await?
+            }
+            StoreUrl::Postgres(url) => {
+                let store = Arc::new(PostgresStore::open(url).await?);
+                let node = config.node_id();
+                tracing::info!(node = %node, lease_ttl = ?config.lease_ttl, "sharing a PostgreSQL store with any other replicas");
+                let cluster = ClusterConfig {
+                    node,
+                    lease_ttl: config.lease_ttl,
+                };
+                Engine::open_shared(engine_config, store, cluster, fetcher, token.clone()).await?
+            }
+        };
         Ok(Transferd {
             engine,
             token,

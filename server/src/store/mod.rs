@@ -14,6 +14,7 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+mod postgres;
 pub mod shared;
 mod sqlite;
 mod trust;
@@ -28,6 +29,7 @@ use crate::operation::{
     Validators,
 };
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use trust::LoadCheck;
 

@@ -8,8 +8,8 @@
 //! userinfo) as given, because a download needs them again after a restart; its files are
 //! therefore readable by transferd's user alone ([`DB_FILE_MODE`]).
 
-mod row;
-mod schema;
+pub(super) mod row;
+pub(super) mod schema;
 mod writer;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

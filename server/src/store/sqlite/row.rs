@@ -1,11 +1,14 @@
-//! How a [`Record`] maps to the columns of the `downloads` table. The column list is written
-//! once, in the `row!` invocation below: reads go by column name and writes bind named
-//! parameters (`:guid`), so no statement depends on column order.
+//! How a [`Record`] maps to the columns of the `downloads` table, in SQLite and in PostgreSQL
+//! (which keep the same columns with the same names). The column list is written once, in the
+//! `row!` invocation below: reads go by column name and writes bind named parameters (`:guid`
+//! in SQLite) or numbered ones in column order (`$1` in PostgreSQL, see
+//! [`Row::pg_values`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use rusqlite::ToSql;
+use tokio_postgres::types::ToSql as PgToSql;
 
 use super::schema;
 use crate::auth::Tenant;
@@ -22,17 +25,17 @@ macro_rules! row {
         fixed { $($fixed:ident: $fixed_ty:ty,)* }
         state { $($state:ident: $state_ty:ty,)* }
     ) => {
-        /// A download as SQLite values, one field per column. Kept flat and readable so
-        /// operators can query it with the sqlite3 CLI.
-        pub(super) struct Row {
-            $(pub(super) $fixed: $fixed_ty,)*
-            $(pub(super) $state: $state_ty,)*
+        /// A download as database values, one field per column. Kept flat and readable so
+        /// operators can query it with the sqlite3 or psql CLI.
+        pub(in crate::store) struct Row {
+            $(pub(in crate::store) $fixed: $fixed_ty,)*
+            $(pub(in crate::store) $state: $state_ty,)*
         }
 
         /// Columns written once, by `insert`.
-        pub(super) const FIXED_COLUMNS: &[&str] = &[$(stringify!($fixed)),*];
+        pub(in crate::store) const FIXED_COLUMNS: &[&str] = &[$(stringify!($fixed)),*];
         /// Columns `save` rewrites.
-        pub(super) const STATE_COLUMNS: &[&str] = &[$(stringify!($state)),*];
+        pub(in crate::store) const STATE_COLUMNS: &[&str] = &[$(stringify!($state)),*];
 
         impl Row {
             /// Reads a row selected with every column, by column name.
@@ -48,6 +51,25 @@ macro_rules! row {
                 vec![
                     $((concat!(":", stringify!($fixed)), &self.$fixed as &dyn ToSql),)*
                     $((concat!(":", stringify!($state)), &self.$state as &dyn ToSql),)*
+                ]
+            }
+
+            /// Reads a PostgreSQL row selected with every column, by column name.
+            pub(in crate::store) fn read_pg(
+                r: &tokio_postgres::Row,
+            ) -> Result<Row, tokio_postgres::Error> {
+                Ok(Row {
+                    $($fixed: r.try_get(stringify!($fixed))?,)*
+                    $($state: r.try_get(stringify!($state))?,)*
+                })
+            }
+
+            /// Every column's value for PostgreSQL, fixed columns then state columns, in the
+            /// order of [`FIXED_COLUMNS`] and [`STATE_COLUMNS`].
+            pub(in crate::store) fn pg_values(&self) -> Vec<&(dyn PgToSql + Sync)> {
+                vec![
+                    $(&self.$fixed as &(dyn PgToSql + Sync),)*
+                    $(&self.$state as &(dyn PgToSql + Sync),)*
                 ]
             }
         }
@@ -96,7 +118,7 @@ row! {
 
 impl Row {
     /// The columns of `record`.
-    pub(super) fn from_record(record: &Record) -> Row {
+    pub(in crate::store) fn from_record(record: &Record) -> Row {
         let Record {
             spec,
             settings,
@@ -172,7 +194,7 @@ impl Row {
     }
 
     /// The record this row holds, or [`StoreError::Corrupt`] if a value cannot be interpreted.
-    pub(super) fn into_record(self) -> Result<Record, StoreError> {
+    pub(in crate::store) fn into_record(self) -> Result<Record, StoreError> {
         let guid = self.guid.clone();
         let bad = |detail: String| {
             StoreError::Corrupt(format!("stored download `{guid}` is unreadable: {detail}"))

@@ -168,14 +168,14 @@ fn terminal_codes() -> String {
 }
 
 /// A time as stored: milliseconds since the Unix epoch (0 for earlier times).
-pub(super) fn unix_millis(t: SystemTime) -> i64 {
+pub(in crate::store) fn unix_millis(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
 /// A stored time back as a [`SystemTime`]; `None` for a negative value.
-pub(super) fn from_unix_millis(ms: i64) -> Option<SystemTime> {
+pub(in crate::store) fn from_unix_millis(ms: i64) -> Option<SystemTime> {
     let ms = u64::try_from(ms).ok()?;
     SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms))
 }

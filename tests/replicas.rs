@@ -1,0 +1,385 @@
+//! Several transferd replicas sharing one PostgreSQL database and one download directory:
+//! any replica serves any call, the shared queue runs each download on exactly one replica, a
+//! replica killed with SIGKILL is taken over once its leases expire, and one stopped with
+//! SIGSTOP past its lease is fenced: when it wakes it writes and commits nothing.
+//!
+//! CI runs a bounded version (50 downloads). The soak is the same test with more:
+//!
+//! ```sh
+//! REPLICAS_DOWNLOADS=400 REPLICAS_ROUNDS=5 cargo test --release --test replicas -- --nocapture
+//! ```
+//!
+//! `REPLICAS_SEED` replays a run; the seed is printed at the start.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::origin::{Resource, test_bytes};
+use common::*;
+use tokio::task::JoinHandle;
+
+/// A short lease, so the test sees a dead replica taken over in seconds.
+const LEASE_TTL: &str = "2s";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The flags of replica `i` on database `url`, sharing `downloads`.
+fn replica_flags(url: &str, i: usize, downloads: &Path, max_active: &str) -> Vec<String> {
+    [
+        "--store",
+        url,
+        "--node-id",
+        &format!("replica-{i}"),
+        "--lease-ttl",
+        LEASE_TTL,
+        "--download-dir",
+        downloads.to_str().unwrap(),
+        "--max-active",
+        max_active,
+        "--retry-base-delay",
+        "50ms",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Starts replica `i`.
+async fn start_replica(
+    root: &Path,
+    url: &str,
+    i: usize,
+    downloads: &Path,
+    max_active: &str,
+) -> Harness {
+    let flags = replica_flags(url, i, downloads, max_active);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Harness::start_at(&root.join(format!("replica-{i}")), &flags).await
+}
+
+/// Every status each download went through, as a WatchDownloads stream on one replica saw it.
+type Seen = HashMap<String, Vec<S>>;
+
+/// Watches every download through a replica until it has seen `target` downloads
+/// COMPLETED, recording each one's status changes.
+fn watch_statuses(client: transferd::client::Client, target: usize) -> JoinHandle<Seen> {
+    tokio::spawn(async move {
+        let mut seen = Seen::new();
+        let mut stream = client.watch_all(None).await.expect("WatchDownloads");
+        while let Ok(Some(event)) = stream.message().await {
+            let Some(progress) = event.progress else {
+                continue;
+            };
+            let status = S::try_from(progress.status).unwrap_or(S::Unspecified);
+            let statuses = seen.entry(event.guid).or_default();
+            if statuses.last() != Some(&status) {
+                statuses.push(status);
+            }
+            let completed = seen
+                .values()
+                .filter(|s| s.last() == Some(&S::Completed))
+                .count();
+            if completed >= target {
+                break;
+            }
+        }
+        seen
+    })
+}
+
+/// Waits until at least `count` of `guids` have received bytes, as `replica` reports them.
+async fn wait_for_bytes(replica: &Harness, guids: &[String], count: usize) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut moving = 0;
+        for guid in guids {
+            let op = replica.get(guid).await;
+            if op.progress.is_some_and(|p| p.bytes_received > 0) {
+                moving += 1;
+            }
+        }
+        if moving >= count {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "downloads never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many downloads the chaos runs create.
+fn watch_target() -> usize {
+    env_or("REPLICAS_DOWNLOADS", 50) as usize
+}
+
+/// Asserts a watcher saw every download complete, and never a status after COMPLETED.
+fn assert_saw_completion(name: &str, seen: &Seen, guids: &[String]) {
+    for guid in guids {
+        let statuses = seen
+            .get(guid)
+            .unwrap_or_else(|| panic!("{name} never saw {guid}"));
+        assert_eq!(
+            statuses.last(),
+            Some(&S::Completed),
+            "{name} saw {guid} end in {statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|s| **s == S::Completed).count(),
+            1,
+            "{name} saw {guid} complete more than once: {statuses:?}"
+        );
+    }
+}
+
+/// Puts `count` resources on the origin: throttled so kills land mid-body, every fifth unable
+/// to resume; returns their SHA-256s.
+fn put_resources(origin: &common::origin::Origin, count: usize, seed: u64) -> Vec<String> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..count)
+        .map(|i| {
+            let len = rng.usize(64 * 1024..1024 * 1024);
+            let body = test_bytes(len, seed ^ i as u64);
+            let mut resource =
+                Resource::new(body.clone()).throttle(16 * 1024, Duration::from_millis(20));
+            if i % 5 == 4 {
+                resource = resource.ignore_range();
+            }
+            origin.put(&format!("/d{i}"), resource);
+            sha256(&body)
+        })
+        .collect()
+}
+
+/// The chaos run: `victim` is killed (`stop = false`) or stopped past its lease and woken
+/// (`stop = true`) while downloads are in flight on every replica.
+async fn chaos(stop: bool) {
+    let Some(url) = common::postgres::fresh_database().await else {
+        return;
+    };
+    let downloads = watch_target();
+    let seed = env_or("REPLICAS_SEED", fastrand::u64(..));
+    println!("replicas: {downloads} downloads, stop={stop}, REPLICAS_SEED={seed}");
+    let root = tempfile::tempdir().unwrap();
+    let shared = root.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        replicas.push(start_replica(root.path(), &url, i, &shared, "4").await);
+    }
+    let expected = put_resources(&replicas[0].origin, downloads, seed);
+    // Two serialized groups: their downloads must run one at a time across all replicas.
+    replicas[0]
+        .client
+        .set_group_behavior("serial-a", pb::BackgroundTransferBehavior::Serialized)
+        .await
+        .unwrap();
+    replicas[1]
+        .client
+        .set_group_behavior("serial-b", pb::BackgroundTransferBehavior::Serialized)
+        .await
+        .unwrap();
+    // Watchers on the two replicas that survive.
+    let watchers = [
+        watch_statuses(replicas[0].server.client().await, downloads),
+        watch_statuses(replicas[2].server.client().await, downloads),
+    ];
+    let mut guids = Vec::new();
+    for i in 0..downloads {
+        let replica = &replicas[i % 3];
+        let group = match i % 10 {
+            3 => "serial-a",
+            7 => "serial-b",
+            _ => "",
+        };
+        let request = pb::CreateDownloadRequest {
+            expected_sha256: expected[i].clone(),
+            transfer_group: group.into(),
+            ..create_request(&replicas[0].origin.url(&format!("/d{i}")), &format!("d{i}"))
+        };
+        guids.push(replica.create_with(request).await.guid);
+    }
+    // Let every replica get going, then strike replica 1.
+    wait_for_bytes(&replicas[0], &guids, 6).await;
+    let victim = replicas[1].server.pid();
+    if stop {
+        signal(victim, "STOP");
+        // Well past its lease: another replica takes its downloads over meanwhile.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        signal(victim, "CONT");
+    } else {
+        replicas[1].server.kill().await;
+    }
+
+    for (i, guid) in guids.iter().enumerate() {
+        let op = replicas[0].wait_finished(guid).await;
+        assert_eq!(status_of(&op), S::Completed, "d{i}: {op:?}\n{}", replicas[0].server.log());
+        assert_eq!(
+            sha256_file(&shared.join(format!("d{i}"))),
+            expected[i],
+            "d{i} has the wrong bytes"
+        );
+        // The other survivor answers the same.
+        assert_eq!(replicas[2].status(guid).await, S::Completed, "d{i} on replica 2");
+    }
+    let mut files = files_under(&shared);
+    files.sort();
+    let mut want: Vec<String> = (0..downloads).map(|i| format!("d{i}")).collect();
+    want.sort();
+    assert_eq!(files, want, "stray or missing files (partial files must be gone)");
+    for (name, watcher) in ["replica 0", "replica 2"].into_iter().zip(watchers) {
+        let seen = tokio::time::timeout(DEADLINE, watcher)
+            .await
+            .unwrap_or_else(|_| panic!("{name}'s watcher never saw every download complete"))
+            .unwrap();
+        assert_saw_completion(name, &seen, &guids);
+    }
+    if stop {
+        // The stopped replica woke up fenced: it said so, and committed nothing it had lost.
+        let log = replicas[1].server.log();
+        assert!(
+            log.contains("the lease was taken over by another replica"),
+            "the stopped replica never noticed it was fenced:\n{log}"
+        );
+        assert_eq!(replicas[1].status(&guids[0]).await, S::Completed);
+    }
+    let committed = committed_per_guid(&replicas);
+    for guid in &guids {
+        assert_eq!(
+            committed.get(guid.as_str()).copied().unwrap_or(0),
+            1,
+            "{guid} was committed {} times",
+            committed.get(guid.as_str()).copied().unwrap_or(0)
+        );
+    }
+}
+
+/// How many times each download's file was moved into place, by the log lines every replica
+/// writes when its commit links the file.
+fn committed_per_guid(replicas: &[Harness]) -> HashMap<String, usize> {
+    let mut committed: HashMap<String, usize> = HashMap::new();
+    for replica in replicas {
+        for line in replica.server.log().lines() {
+            if !line.contains("committed the file") {
+                continue;
+            }
+            if let Some(guid) = guid_in(line) {
+                *committed.entry(guid).or_default() += 1;
+            }
+        }
+    }
+    committed
+}
+
+/// The `guid=` field of a log line.
+fn guid_in(line: &str) -> Option<String> {
+    let start = line.find("guid=")? + "guid=".len();
+    let rest = &line[start..];
+    let end = rest.find(|c: char| !(c.is_ascii_hexdigit() || c == '-')).unwrap_or(rest.len());
+    Some(rest[..end].to_string())
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_is_taken_over_and_nothing_is_lost_or_doubled() {
+    chaos(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_past_its_lease_wakes_fenced() {
+    chaos(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_call_on_one_replica_reaches_the_download_running_on_another() {
+    let Some(url) = common::postgres::fresh_database().await else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let shared = root.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    // Replica 0 alone at first, so it is the one running the download.
+    let a = start_replica(root.path(), &url, 0, &shared, "2").await;
+    let body = test_bytes(2 << 20, 7);
+    a.origin.put(
+        "/big",
+        Resource::new(body.clone()).throttle(64 * 1024, Duration::from_millis(20)),
+    );
+    let request = pb::CreateDownloadRequest {
+        expected_sha256: sha256(&body),
+        ..create_request(&a.origin.url("/big"), "big.bin")
+    };
+    let guid = a.create_with(request).await.guid;
+    a.wait_status(&guid, S::Running).await;
+    a.wait_bytes(&guid, 1).await;
+    let b = start_replica(root.path(), &url, 1, &shared, "2").await;
+    // B learns of A's download and watches it.
+    let mut watch = b.watch(&guid).await;
+    let first = next_message(&mut watch).await;
+    assert_eq!(S::try_from(first.status).unwrap(), S::Running, "B sees it RUNNING");
+
+    // Pause on B: it takes effect on A, and B's call returns once A has let go.
+    let paused = b.pause(&guid).await;
+    assert_eq!(status_of(&paused), S::PausedByApplication);
+    assert_eq!(a.status(&guid).await, S::PausedByApplication);
+    assert!(
+        a.server.log().contains("paused by a client"),
+        "A did not pause it:\n{}",
+        a.server.log()
+    );
+    let checkpoint = a.get(&guid).await.progress.unwrap().bytes_received;
+    assert!(checkpoint > 0 && checkpoint < body.len() as u64);
+
+    // An edit on B lands on the stored download, seen by A.
+    b.client
+        .set_priority(&guid, pb::BackgroundTransferPriority::High)
+        .await
+        .unwrap();
+    a.wait_until(&guid, "A sees the new priority", |op| {
+        op.priority == pb::BackgroundTransferPriority::High as i32
+    })
+    .await;
+
+    // Resume on B: one replica runs it to the end, from its checkpoint.
+    let resumed = b.resume(&guid).await;
+    assert_ne!(status_of(&resumed), S::PausedByApplication);
+    let done = b.wait_finished(&guid).await;
+    assert_eq!(status_of(&done), S::Completed, "{}", b.server.log());
+    assert_holds(&shared.join("big.bin"), &body);
+    let statuses: Vec<S> = read_until(&mut watch, "COMPLETED", |m| {
+        m.status == S::Completed as i32
+    })
+    .await
+    .iter()
+    .map(|m| S::try_from(m.status).unwrap())
+    .collect();
+    let mut changes = statuses.clone();
+    changes.dedup();
+    assert!(
+        changes.starts_with(&[S::PausedByApplication]) || changes.starts_with(&[S::Running, S::PausedByApplication]),
+        "B's watcher saw {changes:?}"
+    );
+    assert_eq!(changes.last(), Some(&S::Completed), "B's watcher saw {changes:?}");
+    assert_eq!(changes.iter().filter(|s| **s == S::Completed).count(), 1);
+    // Resumed from where it paused, not from zero: the origin saw a range request.
+    let ranged = a
+        .origin
+        .requests_for("/big")
+        .iter()
+        .filter(|r| r.header("range").is_some())
+        .count();
+    assert!(ranged >= 1, "the resume did not ask for the rest");
+}
