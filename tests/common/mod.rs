@@ -24,6 +24,7 @@ pub mod disk;
 pub mod netns;
 pub mod origin;
 pub mod pki;
+pub mod postgres;
 pub mod rpcs;
 pub mod server;
 pub mod sockets;

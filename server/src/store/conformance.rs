@@ -502,24 +502,26 @@ pub(crate) async fn concurrent_writes_are_all_durable<F: Fixture>() {
     assert_eq!(load_all(&*reopen(&fixture).await).await, saved);
 }
 
-/// Of writes in flight together, the ones that contradict what is stored (a duplicate insert,
-/// a save of a download never inserted) fail with their own error; every other one succeeds
-/// and is durable.
+/// Of writes in flight together, the ones that contradict what is stored (a duplicate of a
+/// download already stored, a save of a download never inserted) fail with their own error;
+/// every other one succeeds and is durable. (Which of two concurrent inserts of one guid wins
+/// is not promised; the engine never makes them.)
 pub(crate) async fn a_bad_write_among_concurrent_ones_fails_alone<F: Fixture>() {
     let (fixture, store) = F::open().await;
     let good: Vec<Record> = (1..=20).map(|n| record(&format!("g{n}"), n)).collect();
+    store.insert(&good[2]).await.unwrap();
     let duplicate = full_record("g3", 100);
     let unknown = record("never-inserted", 101);
     let (first, rest) = good.split_at(10);
     let mut writes = Vec::new();
-    writes.extend(first.iter().map(|r| store.insert(r)));
+    writes.extend(first.iter().filter(|r| r.spec.guid != "g3").map(|r| store.insert(r)));
     writes.push(store.insert(&duplicate));
     writes.push(store.save(&unknown));
     writes.extend(rest.iter().map(|r| store.insert(r)));
     let results = futures_util::future::join_all(writes).await;
     for (i, result) in results.iter().enumerate() {
         match i {
-            10 | 11 => assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}"),
+            9 | 10 => assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}"),
             _ => assert!(result.is_ok(), "write {i}: {result:?}"),
         }
     }

@@ -308,3 +308,5 @@ impl Store for PostgresStore {
     }
 }
 
+#[cfg(test)]
+mod tests;
