@@ -77,7 +77,9 @@ fn watch_statuses(client: transferd::client::Client, target: usize) -> JoinHandl
             let Some(progress) = event.progress else {
                 continue;
             };
-            let status = S::try_from(progress.status).unwrap_or(S::Unspecified);
+            let Ok(status) = S::try_from(progress.status) else {
+                continue;
+            };
             let statuses = seen.entry(event.guid).or_default();
             if statuses.last() != Some(&status) {
                 statuses.push(status);
@@ -314,17 +316,15 @@ async fn a_control_call_on_one_replica_reaches_the_download_running_on_another()
     // Replica 0 alone at first, so it is the one running the download.
     let a = start_replica(root.path(), &url, 0, &shared, "2").await;
     let body = test_bytes(2 << 20, 7);
-    a.origin.put(
-        "/big",
-        Resource::new(body.clone()).throttle(64 * 1024, Duration::from_millis(20)),
-    );
+    // Held mid-body until released, so the pause provably lands while A transfers it.
+    a.origin
+        .put("/big", Resource::new(body.clone()).hold_after(1 << 20));
     let request = pb::CreateDownloadRequest {
         expected_sha256: sha256(&body),
         ..create_request(&a.origin.url("/big"), "big.bin")
     };
     let guid = a.create_with(request).await.guid;
-    a.wait_status(&guid, S::Running).await;
-    a.wait_bytes(&guid, 1).await;
+    a.wait_bytes(&guid, 1 << 20).await;
     let b = start_replica(root.path(), &url, 1, &shared, "2").await;
     // B learns of A's download and watches it.
     let mut watch = b.watch(&guid).await;
@@ -341,7 +341,8 @@ async fn a_control_call_on_one_replica_reaches_the_download_running_on_another()
         a.server.log()
     );
     let checkpoint = a.get(&guid).await.progress.unwrap().bytes_received;
-    assert!(checkpoint > 0 && checkpoint < body.len() as u64);
+    assert_eq!(checkpoint, 1 << 20, "A checkpointed what it had when it paused");
+    a.origin.release("/big");
 
     // An edit on B lands on the stored download, seen by A.
     b.client
