@@ -110,7 +110,10 @@ async fn wait_for_bytes(replica: &Harness, guids: &[String], count: usize) {
         if moving >= count {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "downloads never started");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "downloads never started"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -220,20 +223,32 @@ async fn chaos(stop: bool) {
 
     for (i, guid) in guids.iter().enumerate() {
         let op = replicas[0].wait_finished(guid).await;
-        assert_eq!(status_of(&op), S::Completed, "d{i}: {op:?}\n{}", replicas[0].server.log());
+        assert_eq!(
+            status_of(&op),
+            S::Completed,
+            "d{i}: {op:?}\n{}",
+            replicas[0].server.log()
+        );
         assert_eq!(
             sha256_file(&shared.join(format!("d{i}"))),
             expected[i],
             "d{i} has the wrong bytes"
         );
         // The other survivor answers the same.
-        assert_eq!(replicas[2].status(guid).await, S::Completed, "d{i} on replica 2");
+        assert_eq!(
+            replicas[2].status(guid).await,
+            S::Completed,
+            "d{i} on replica 2"
+        );
     }
     let mut files = files_under(&shared);
     files.sort();
     let mut want: Vec<String> = (0..downloads).map(|i| format!("d{i}")).collect();
     want.sort();
-    assert_eq!(files, want, "stray or missing files (partial files must be gone)");
+    assert_eq!(
+        files, want,
+        "stray or missing files (partial files must be gone)"
+    );
     for (name, watcher) in ["replica 0", "replica 2"].into_iter().zip(watchers) {
         let seen = tokio::time::timeout(DEADLINE, watcher)
             .await
@@ -282,7 +297,9 @@ fn committed_per_guid(replicas: &[Harness]) -> HashMap<String, usize> {
 fn guid_in(line: &str) -> Option<String> {
     let start = line.find("guid=")? + "guid=".len();
     let rest = &line[start..];
-    let end = rest.find(|c: char| !(c.is_ascii_hexdigit() || c == '-')).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+        .unwrap_or(rest.len());
     Some(rest[..end].to_string())
 }
 
@@ -329,7 +346,11 @@ async fn a_control_call_on_one_replica_reaches_the_download_running_on_another()
     // B learns of A's download and watches it.
     let mut watch = b.watch(&guid).await;
     let first = next_message(&mut watch).await;
-    assert_eq!(S::try_from(first.status).unwrap(), S::Running, "B sees it RUNNING");
+    assert_eq!(
+        S::try_from(first.status).unwrap(),
+        S::Running,
+        "B sees it RUNNING"
+    );
 
     // Pause on B: it takes effect on A, and B's call returns once A has let go.
     let paused = b.pause(&guid).await;
@@ -341,7 +362,11 @@ async fn a_control_call_on_one_replica_reaches_the_download_running_on_another()
         a.server.log()
     );
     let checkpoint = a.get(&guid).await.progress.unwrap().bytes_received;
-    assert_eq!(checkpoint, 1 << 20, "A checkpointed what it had when it paused");
+    assert_eq!(
+        checkpoint,
+        1 << 20,
+        "A checkpointed what it had when it paused"
+    );
     a.origin.release("/big");
 
     // An edit on B lands on the stored download, seen by A.
@@ -360,20 +385,23 @@ async fn a_control_call_on_one_replica_reaches_the_download_running_on_another()
     let done = b.wait_finished(&guid).await;
     assert_eq!(status_of(&done), S::Completed, "{}", b.server.log());
     assert_holds(&shared.join("big.bin"), &body);
-    let statuses: Vec<S> = read_until(&mut watch, "COMPLETED", |m| {
-        m.status == S::Completed as i32
-    })
-    .await
-    .iter()
-    .map(|m| S::try_from(m.status).unwrap())
-    .collect();
+    let statuses: Vec<S> = read_until(&mut watch, "COMPLETED", |m| m.status == S::Completed as i32)
+        .await
+        .iter()
+        .map(|m| S::try_from(m.status).unwrap())
+        .collect();
     let mut changes = statuses.clone();
     changes.dedup();
     assert!(
-        changes.starts_with(&[S::PausedByApplication]) || changes.starts_with(&[S::Running, S::PausedByApplication]),
+        changes.starts_with(&[S::PausedByApplication])
+            || changes.starts_with(&[S::Running, S::PausedByApplication]),
         "B's watcher saw {changes:?}"
     );
-    assert_eq!(changes.last(), Some(&S::Completed), "B's watcher saw {changes:?}");
+    assert_eq!(
+        changes.last(),
+        Some(&S::Completed),
+        "B's watcher saw {changes:?}"
+    );
     assert_eq!(changes.iter().filter(|s| **s == S::Completed).count(), 1);
     // Resumed from where it paused, not from zero: the origin saw a range request.
     let ranged = a

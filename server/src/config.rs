@@ -475,7 +475,12 @@ fn parse_store(s: &str) -> Result<StoreUrl, String> {
 }
 
 fn parse_node_id(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return Err("use 1 to 64 letters, digits, `-`, `_` or `.`".into());
     }
     Ok(s.to_string())

@@ -231,7 +231,8 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// unless that file *is* the partial file (same inode), committed by an earlier life of this
 /// download that was killed before it could record COMPLETED. The partial name stays until the
 /// engine has stored COMPLETED and calls [`remove_partial`], so a crash at any moment leaves a
-/// way to tell. With `replace`, the partial file is renamed over whatever is there.
+/// way to tell. With `replace`, the partial file is renamed over whatever is there. Returns
+/// whether this call placed the file (`false`: an earlier life already had).
 pub fn commit(
     download_dir: &Path,
     tenant: &Tenant,
@@ -239,7 +240,7 @@ pub fn commit(
     result_file: &str,
     replace: bool,
     epoch: Option<i64>,
-) -> Result<(), CommitError> {
+) -> Result<bool, CommitError> {
     let root = open_root(download_dir)?;
     let staging = open_dir_beneath(&root, PARTIAL_DIR)?;
     let home = tenant_home(&root, tenant)?;
@@ -251,14 +252,14 @@ pub fn commit(
     } else {
         link_no_replace(&staging, &partial, &parent, name)
     };
-    match placed {
-        Ok(()) => {}
-        Err(Errno::EXIST) if same_file(&staging, &partial, &parent, name)? => {}
+    let placed = match placed {
+        Ok(()) => true,
+        Err(Errno::EXIST) if same_file(&staging, &partial, &parent, name)? => false,
         Err(Errno::EXIST) => return Err(CommitError::Exists),
         Err(e) => return Err(CommitError::Io(e.into())),
-    }
+    };
     dirsync::sync_dir(&parent)?;
-    Ok(())
+    Ok(placed)
 }
 
 /// Links `from` as `to` without ever replacing what is at the target. On a filesystem without

@@ -13,16 +13,16 @@ use tonic::transport::ServerTlsConfig;
 
 use crate::auth::tokens::{TokenFile, TokenFileError};
 use crate::config::Config;
+use crate::config::StoreUrl;
 use crate::datadir::DataDirLock;
 use crate::egress::EgressPolicy;
+use crate::engine::ClusterConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::fetch::{Fetcher, Timeouts};
 use crate::grpc;
 use crate::grpc::limits::{LimitLayer, LimitsConfig};
 use crate::metrics::{MetricsServer, TimedStore};
 use crate::retry::RetryPolicy;
-use crate::config::StoreUrl;
-use crate::engine::ClusterConfig;
 use crate::store::{PostgresStore, SqliteStore, StoreError};
 
 /// Why the server could not start or stopped abnormally.
@@ -124,32 +124,32 @@ impl Transferd {
         let metrics = bind_metrics(config.metrics_listen).await?;
         let token = CancellationToken::new();
         let engine_config = EngineConfig {
-                download_dir,
-                max_active: config.max_active,
-                retry: RetryPolicy {
-                    max_attempts: config.max_attempts,
-                    base_delay: config.retry_base_delay,
-                    max_delay: config.retry_max_delay,
-                },
-                min_free_disk_bytes: config.min_free_disk,
-                default_cost_policy: config.default_cost_policy.into(),
-                max_file_size: config.max_file_size,
-                retain_finished: config.retain_finished,
-                max_download_rate: config.max_download_rate.filter(|&rate| rate > 0),
+            download_dir,
+            max_active: config.max_active,
+            retry: RetryPolicy {
+                max_attempts: config.max_attempts,
+                base_delay: config.retry_base_delay,
+                max_delay: config.retry_max_delay,
+            },
+            min_free_disk_bytes: config.min_free_disk,
+            default_cost_policy: config.default_cost_policy.into(),
+            max_file_size: config.max_file_size,
+            retain_finished: config.retain_finished,
+            max_download_rate: config.max_download_rate.filter(|&rate| rate > 0),
         };
         let fetcher = Fetcher::new(
-                Timeouts {
-                    connect: config.connect_timeout,
-                    stall: config.stall_timeout,
-                    min_speed: config.min_speed,
-                },
-                Arc::new(EgressPolicy::new(&config.deny_egress, &config.allow_egress)),
-                &config.resolve,
-            )?
-            .with_connections(
-                config.max_connections_per_download as usize,
-                config.max_connections_per_host as usize,
-            );
+            Timeouts {
+                connect: config.connect_timeout,
+                stall: config.stall_timeout,
+                min_speed: config.min_speed,
+            },
+            Arc::new(EgressPolicy::new(&config.deny_egress, &config.allow_egress)),
+            &config.resolve,
+        )?
+        .with_connections(
+            config.max_connections_per_download as usize,
+            config.max_connections_per_host as usize,
+        );
         let engine = match &config.store {
             StoreUrl::Sqlite => {
                 let store = Arc::new(TimedStore::new(SqliteStore::open(&config.data_dir).await?));

@@ -1,54 +1,50 @@
-//! A fresh PostgreSQL database for each test that needs one. The server is the one named by
-//! `TRANSFERD_TEST_POSTGRES` (a URL, as `.ci/run` exports it), or else the private instance
-//! `.ci/postgres` starts on first use and leaves running for later runs (`.ci/postgres stop`
-//! ends it). Each test gets its own database, so tests run in parallel without seeing each
-//! other's downloads.
+//! A fresh PostgreSQL database per test, on the server `TRANSFERD_TEST_POSTGRES` names or else
+//! on the private instance `.ci/postgres url` starts. Without one, [`fresh_database`] reports
+//! it through [`super::cannot_set_up`] (a failure under CI) and returns `None`.
 
-#![allow(dead_code)]
+use tokio_postgres::NoTls;
 
-use super::cannot_set_up;
-
-/// The URL of a new, empty database, or `None` (after [`cannot_set_up`], which fails under
-/// CI) when no PostgreSQL can be reached or started here.
+/// The URL of a new, empty database no other test sees; `None` if there is no PostgreSQL.
 pub async fn fresh_database() -> Option<String> {
-    let base = match server_url() {
+    let admin = match std::env::var("TRANSFERD_TEST_POSTGRES") {
         Ok(url) => url,
-        Err(why) => {
-            cannot_set_up(&format!("no PostgreSQL for this test: {why}"));
-            return None;
+        Err(_) => {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
+            match std::process::Command::new("bash")
+                .args([script, "url"])
+                .output()
+            {
+                Ok(out) if out.status.success() => {
+                    String::from_utf8_lossy(&out.stdout).trim().to_string()
+                }
+                Ok(out) => {
+                    let why = String::from_utf8_lossy(&out.stderr);
+                    super::cannot_set_up(&format!("no PostgreSQL ({})", why.trim()));
+                    return None;
+                }
+                Err(e) => {
+                    super::cannot_set_up(&format!("cannot run .ci/postgres: {e}"));
+                    return None;
+                }
+            }
         }
     };
-    let (client, connection) = match tokio_postgres::connect(&base, tokio_postgres::NoTls).await {
-        Ok(pair) => pair,
-        Err(e) => {
-            cannot_set_up(&format!("cannot connect to PostgreSQL at {base}: {e}"));
-            return None;
-        }
-    };
-    tokio::spawn(connection);
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    client
+    connect(&admin)
+        .await
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .expect("create a test database");
-    let mut url = url::Url::parse(&base).expect("a PostgreSQL URL");
-    url.set_path(&format!("/{name}"));
+    let mut url = url::Url::parse(&admin).expect("a PostgreSQL URL");
+    url.set_path(&name);
     Some(url.to_string())
 }
 
-/// The PostgreSQL server's URL (its `postgres` database).
-fn server_url() -> Result<String, String> {
-    if let Ok(url) = std::env::var("TRANSFERD_TEST_POSTGRES") {
-        return Ok(url);
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
-    let output = std::process::Command::new("bash")
-        .arg(script)
-        .arg("url")
-        .output()
-        .map_err(|e| format!("cannot run {script}: {e}"))?;
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+/// A plain connection to the database at `url`, to look at what transferd stored.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    tokio::spawn(connection);
+    client
 }

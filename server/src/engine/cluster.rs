@@ -138,6 +138,15 @@ impl Engine {
         }
     }
 
+    /// The creation number of a new download, from the shared store; `None` with one
+    /// transferd, which numbers its own.
+    pub(super) async fn next_seq(&self) -> Result<Option<u64>, Error> {
+        match &self.inner.cluster {
+            None => Ok(None),
+            Some(cluster) => Ok(Some(cluster.shared.next_seq().await?)),
+        }
+    }
+
     /// Asks the claimer to look at the shared queue now.
     pub(super) fn claim_soon(&self) {
         if let Some(cluster) = &self.inner.cluster {

@@ -72,12 +72,15 @@ impl Engine {
         // guid index grows at its end instead of at random pages: with many creates in one
         // commit, a random key touched a page per create and the commit grew with the store.
         let guid = uuid::Uuid::now_v7().to_string();
+        // Replicas take creation numbers from the shared store, so no two hand out the same.
+        let seq = self.next_seq().await?;
         let (seq, result_file) = self.claim_result_file(
             caller,
             &guid,
             &checked.uri,
             checked.result_file,
             checked.replace_existing,
+            seq,
         )?;
         let record = Record {
             spec: DownloadSpec {
@@ -190,7 +193,7 @@ impl Engine {
     pub async fn pause(&self, caller: &Caller, guid: &str) -> Result<DownloadView, Error> {
         let _held = match self.control(caller, guid, Call::Pause).await? {
             Control::Here(held) => held,
-            Control::Done(view) => return Ok(view),
+            Control::Done(view) => return Ok(*view),
         };
         let op = self.op(caller, guid)?;
         let changed = loop {
@@ -232,7 +235,7 @@ impl Engine {
     pub async fn resume(&self, caller: &Caller, guid: &str) -> Result<DownloadView, Error> {
         let _held = match self.control(caller, guid, Call::Resume).await? {
             Control::Here(held) => held,
-            Control::Done(view) => return Ok(view),
+            Control::Done(view) => return Ok(*view),
         };
         let op = self.op(caller, guid)?;
         let changed = {
@@ -266,7 +269,7 @@ impl Engine {
     pub async fn cancel(&self, caller: &Caller, guid: &str) -> Result<DownloadView, Error> {
         let _held = match self.control(caller, guid, Call::Cancel).await? {
             Control::Here(held) => held,
-            Control::Done(view) => return Ok(view),
+            Control::Done(view) => return Ok(*view),
         };
         let op = self.op(caller, guid)?;
         let running = loop {
@@ -315,7 +318,7 @@ impl Engine {
             .await?
         {
             Control::Here(held) => held,
-            Control::Done(view) => return Ok(view),
+            Control::Done(view) => return Ok(*view),
         };
         self.edit(caller, guid, "change the cost policy of", |_, st| {
             st.settings.cost_policy = cost_policy;
@@ -342,7 +345,7 @@ impl Engine {
             .await?
         {
             Control::Here(held) => held,
-            Control::Done(view) => return Ok(view),
+            Control::Done(view) => return Ok(*view),
         };
         self.edit(caller, guid, "change the priority of", |_, st| {
             st.settings.priority = priority;
@@ -380,7 +383,7 @@ impl Engine {
             .await?
         {
             Control::Here(held) => held,
-            Control::Done(view) => return Ok(view),
+            Control::Done(view) => return Ok(*view),
         };
         self.edit(caller, guid, "set a request header of", |_, st| {
             // Both checked before either changes, so a refusal leaves the download as it was.
@@ -410,7 +413,7 @@ impl Engine {
             .await?
         {
             Control::Here(held) => held,
-            Control::Done(view) => return Ok(view),
+            Control::Done(view) => return Ok(*view),
         };
         let name = name.to_ascii_lowercase();
         self.edit(caller, guid, "remove a request header of", |_, st| {
@@ -451,7 +454,7 @@ impl Engine {
             .await?
         {
             Control::Here(held) => held,
-            Control::Done(view) => return Ok(view),
+            Control::Done(view) => return Ok(*view),
         };
         self.edit(caller, guid, "change the URI of", |guid, st| {
             if !client_owned_pause(st.status()) {

@@ -198,6 +198,11 @@ impl Engine {
         fetcher: Fetcher,
         shutdown: CancellationToken,
     ) -> Result<Engine, Error> {
+        // What this replica held in an earlier life (same --node-id) is taken over at once.
+        let expired = shared.expire_leases_of(&cluster.node).await?;
+        if expired > 0 {
+            tracing::info!(count = expired, node = %cluster.node, "ended the leases of this replica's earlier life");
+        }
         let store: Arc<dyn Store> = shared.clone();
         let cluster = cluster::Cluster::new(shared, cluster);
         Engine::open_with(config, store, Some(cluster), fetcher, shutdown).await

@@ -23,7 +23,7 @@ impl Engine {
             .await?
         {
             Control::Here(held) => held,
-            Control::Done(view) => return Ok(view),
+            Control::Done(view) => return Ok(*view),
         };
         let throttle = &self.inner.throttle;
         let view = self

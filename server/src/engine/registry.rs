@@ -135,11 +135,18 @@ impl Registry {
     /// create counts against its tenant's quota until [`Registry::settle`]. Called before the
     /// store write, so a concurrent create cannot take the same file, or the last place under
     /// the quota, meanwhile.
-    pub(super) fn reserve(&mut self, resolved: String, guid: &Guid, tenant: &Tenant) -> u64 {
+    /// With replicas, `seq` is the one the shared store handed out.
+    pub(super) fn reserve(
+        &mut self,
+        resolved: String,
+        guid: &Guid,
+        tenant: &Tenant,
+        seq: Option<u64>,
+    ) -> u64 {
         self.claimed.insert(resolved, guid.clone());
         self.tenants.entry(tenant.clone()).or_default().pending += 1;
-        self.last_seq += 1;
-        self.last_seq
+        self.last_seq = seq.unwrap_or(self.last_seq + 1).max(self.last_seq);
+        seq.unwrap_or(self.last_seq)
     }
 
     /// A reserved create of `tenant` was added, or given up: it no longer counts as pending.
@@ -395,6 +402,7 @@ impl Engine {
         uri: &url::Url,
         requested: Option<String>,
         replace: bool,
+        seq: Option<u64>,
     ) -> Result<(u64, String), Error> {
         let download_dir = &self.inner.config.download_dir;
         let tenant = &caller.tenant;
@@ -431,7 +439,7 @@ impl Engine {
         };
         let seq = core
             .registry
-            .reserve(paths::resolved(tenant, &result_file), guid, tenant);
+            .reserve(paths::resolved(tenant, &result_file), guid, tenant, seq);
         Ok((seq, result_file))
     }
 }

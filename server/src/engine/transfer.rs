@@ -436,9 +436,20 @@ impl Engine {
         } = op.spec.clone();
         let epoch = op.lock().partial_epoch;
         let disk = |what: &str, e: std::io::Error| Failure::disk(what, &e);
+        // Logged in the transfer's span (the blocking thread has none): one line per file
+        // moved into place, which the replica tests count.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _in = span.enter();
             match paths::commit(&download_dir, &tenant, &guid, &result_file, replace_existing, epoch) {
-                Ok(()) => Ok(()),
+                Ok(true) => {
+                    tracing::info!(epoch = ?epoch, "committed the file");
+                    Ok(())
+                }
+                Ok(false) => {
+                    tracing::info!(epoch = ?epoch, "the file was already in place, committed by an earlier holder");
+                    Ok(())
+                }
                 Err(CommitError::Exists) => Err(Failure::fatal(TransferError {
                     message: format!(
                         "`{result_file}` appeared in the download directory before the download finished; it was not replaced and the downloaded bytes were discarded (create the download with replace_existing to replace a file)"

@@ -23,6 +23,12 @@ pub(crate) trait Fixture: Sized {
     async fn reopen(&self) -> Result<Box<dyn Store>, StoreError>;
     /// Records `version` as the store's schema version, as a transferd of that version would.
     async fn set_schema_version(&self, version: i64);
+    /// Whether the backend can be set up here. A backend that needs a server (PostgreSQL)
+    /// says `false` outside CI when there is none, and every case then returns at once; under
+    /// CI it must fail instead.
+    fn available() -> bool {
+        true
+    }
 }
 
 /// Expands to one `#[tokio::test]` per case of the suite, run against the given [`Fixture`];
@@ -51,6 +57,9 @@ macro_rules! suite {
         $(
             #[tokio::test]
             async fn $case() {
+                if !<$fixture as $crate::store::conformance::Fixture>::available() {
+                    return;
+                }
                 $crate::store::conformance::$case::<$fixture>().await;
             }
         )*
@@ -514,7 +523,12 @@ pub(crate) async fn a_bad_write_among_concurrent_ones_fails_alone<F: Fixture>() 
     let unknown = record("never-inserted", 101);
     let (first, rest) = good.split_at(10);
     let mut writes = Vec::new();
-    writes.extend(first.iter().filter(|r| r.spec.guid != "g3").map(|r| store.insert(r)));
+    writes.extend(
+        first
+            .iter()
+            .filter(|r| r.spec.guid != "g3")
+            .map(|r| store.insert(r)),
+    );
     writes.push(store.insert(&duplicate));
     writes.push(store.save(&unknown));
     writes.extend(rest.iter().map(|r| store.insert(r)));

@@ -23,8 +23,6 @@ use super::{Record, Store, StoreError, StoreFuture, StoredGroup};
 use crate::auth::Tenant;
 use crate::operation::{Behavior, Guid};
 
-pub use shared::CHANNEL;
-
 /// Connections one replica keeps open at most: enough for concurrent creates and checkpoints,
 /// few enough that many replicas stay well under PostgreSQL's default of 100 connections.
 const POOL_SIZE: usize = 16;
@@ -46,9 +44,6 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
-    /// The schema version this build writes; a database with a higher one is refused.
-    pub const SCHEMA_VERSION: i64 = schema::SCHEMA_VERSION;
-
     /// Connects to the database at `url` (`postgres://user[:password]@host[:port]/database`),
     /// creates or migrates its schema, and refuses one written by a newer transferd. Errors
     /// name the database, never the password.
@@ -110,7 +105,10 @@ fn describe(config: &tokio_postgres::Config) -> String {
         None => "localhost".into(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    let db = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
     format!("{host}:{port}/{db}")
 }
 
@@ -120,9 +118,11 @@ fn describe(config: &tokio_postgres::Config) -> String {
 fn classify(e: tokio_postgres::Error) -> StoreError {
     use tokio_postgres::error::SqlState;
     match e.code() {
-        Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
-            StoreError::Conflict(format!("already stored: {}", e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())))
-        }
+        Some(code) if *code == SqlState::UNIQUE_VIOLATION => StoreError::Conflict(format!(
+            "already stored: {}",
+            e.as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_string())
+        )),
         Some(code) if code.code().starts_with("22") || *code == SqlState::UNDEFINED_COLUMN => {
             StoreError::Corrupt(e.to_string())
         }
@@ -180,7 +180,10 @@ async fn save_in(
     let values = row.pg_values();
     let mut params = vec![values[0]];
     params.extend_from_slice(&values[FIXED_COLUMNS.len()..]);
-    let updated = client.execute(UPDATE.as_str(), &params).await.map_err(classify)?;
+    let updated = client
+        .execute(UPDATE.as_str(), &params)
+        .await
+        .map_err(classify)?;
     Ok(updated == 1)
 }
 
@@ -194,7 +197,10 @@ impl Store for PostgresStore {
             );
             let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows = client.query(&sql, &[&after, &limit]).await.map_err(classify)?;
+            let rows = client
+                .query(&sql, &[&after, &limit])
+                .await
+                .map_err(classify)?;
             rows.iter().map(record).collect()
         })
     }

@@ -213,6 +213,12 @@ pub trait SharedStore: Store {
     /// [`Notice::Released`] in the same transaction. [`StoreError::Fenced`] if it was taken
     /// over.
     fn release<'a>(&'a self, node: &'a str, guid: &'a str, lease: Lease) -> StoreFuture<'a, ()>;
+    /// Ends the leases `node` holds, as a replica restarted under the same name does for its
+    /// earlier life's: their downloads are taken over at once (their partial files fenced as
+    /// for any expired lease). Returns how many.
+    fn expire_leases_of<'a>(&'a self, node: &'a str) -> StoreFuture<'a, u64>;
+    /// A creation number no replica has used: downloads list in this order everywhere.
+    fn next_seq(&self) -> StoreFuture<'_, u64>;
     /// The stored downloads among `guids` (missing ones are left out).
     fn get<'a>(&'a self, guids: &'a [Guid]) -> StoreFuture<'a, Vec<Record>>;
     /// Sends notices on the feed, in order.

@@ -106,7 +106,7 @@ pub(in crate::engine) enum Control {
     /// Here: this replica holds the lease until the guard drops.
     Here(Held),
     /// Another replica carried it out; this is the download as it left it.
-    Done(DownloadView),
+    Done(Box<DownloadView>),
 }
 
 /// A hold on a download's lease for one call; dropping it lets go (see `Engine::unhold`).
@@ -158,7 +158,7 @@ impl Engine {
                 }
                 Claim::HeldBy(_) if forwarded => return Err(moved(guid)),
                 Claim::HeldBy(holder) => match self.forward(&holder, caller, guid, &call).await {
-                    Some(Ok(())) => return Ok(Control::Done(self.view(&op))),
+                    Some(Ok(())) => return Ok(Control::Done(Box::new(self.view(&op)))),
                     Some(Err(e)) => return Err(e),
                     // Moved or no answer: look again (an unanswered lease expires meanwhile).
                     None => tokio::time::sleep(cluster.ttl() / 4).await,

@@ -9,11 +9,12 @@ use crate::store::StoreError;
 pub(super) const SCHEMA_VERSION: i64 = 1;
 
 /// The advisory lock migrations hold ("migrate" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6d69_6772_6174_65;
+const MIGRATION_LOCK: i64 = 0x006d_6967_7261_7465;
 
 /// Version 1: the SQLite store's columns at its version 7, with the same names (so one mapping
 /// serves both, see `sqlite/row.rs`), and the lease of `postgres/shared.rs`: who holds it,
-/// until when, and the epoch every claim raises (the fencing token).
+/// until when, and the epoch every claim raises (the fencing token); and the sequence every
+/// replica takes creation numbers from.
 const V1: &str = "
 CREATE TABLE downloads (
     guid                  TEXT PRIMARY KEY,
@@ -55,6 +56,7 @@ CREATE TABLE downloads (
 );
 CREATE INDEX downloads_by_finished_at ON downloads (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX downloads_queue ON downloads (priority, queue_order, seq) WHERE finished_at IS NULL;
+CREATE SEQUENCE download_seq;
 CREATE TABLE transfer_groups (
     tenant    TEXT NOT NULL,
     name      TEXT NOT NULL,

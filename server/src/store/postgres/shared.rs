@@ -11,15 +11,15 @@ use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
 use super::{COLUMNS_OF_D, PostgresStore, classify, record, save_in};
-use crate::operation::{Behavior, Status, StatusReason};
 use crate::operation::Guid;
+use crate::operation::{Behavior, Status, StatusReason};
 use crate::store::shared::{
     Claim, ClaimFilter, Claimed, FencedWrite, Lease, Notice, SharedStore, StatusChange,
 };
 use crate::store::{Record, StoreError, StoreFuture};
 
 /// The NOTIFY channel every replica listens on.
-pub const CHANNEL: &str = "transferd";
+pub(super) const CHANNEL: &str = "transferd";
 
 /// The advisory lock that serialises claims from the queue, so two replicas never both see a
 /// serialized group idle and each start one of its downloads. Claims are one per started
@@ -41,7 +41,8 @@ const RUNNABLE: [Status; 5] = [
 
 /// Queue order in SQL: HIGH, then DEFAULT, then LOW (see `Priority::rank`), then position,
 /// then creation.
-const QUEUE_ORDER: &str = "CASE d.priority WHEN 1 THEN 0 WHEN 0 THEN 1 ELSE 2 END, d.queue_order, d.seq";
+const QUEUE_ORDER: &str =
+    "CASE d.priority WHEN 1 THEN 0 WHEN 0 THEN 1 ELSE 2 END, d.queue_order, d.seq";
 
 fn secs(ttl: Duration) -> f64 {
     ttl.as_secs_f64()
@@ -132,7 +133,12 @@ impl SharedStore for PostgresStore {
                                 lease_epoch = lease_epoch + 1, status = $4
                           WHERE guid = $1
                       RETURNING lease_epoch",
-                        &[&record.spec.guid, &node, &secs(ttl), &i64::from(Status::Running.code())],
+                        &[
+                            &record.spec.guid,
+                            &node,
+                            &secs(ttl),
+                            &i64::from(Status::Running.code()),
+                        ],
                     )
                     .await
                     .map_err(classify)?
@@ -140,7 +146,10 @@ impl SharedStore for PostgresStore {
                 notices.push(encode(&Notice::Saved {
                     guid: record.spec.guid.clone(),
                     node: node.into(),
-                    changes: vec![StatusChange::new(Status::Running, StatusReason::Unspecified)],
+                    changes: vec![StatusChange::new(
+                        Status::Running,
+                        StatusReason::Unspecified,
+                    )],
                     bytes: record.checkpoint_bytes,
                     restarts: 0,
                 }));
@@ -278,6 +287,33 @@ impl SharedStore for PostgresStore {
         })
     }
 
+    fn expire_leases_of<'a>(&'a self, node: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let expired = client
+                .execute(
+                    "UPDATE downloads SET lease_until = now() - interval '1 second'
+                      WHERE lease_owner = $1",
+                    &[&node],
+                )
+                .await
+                .map_err(classify)?;
+            Ok(expired)
+        })
+    }
+
+    fn next_seq(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let seq: i64 = client
+                .query_one("SELECT nextval('download_seq')", &[])
+                .await
+                .map_err(classify)?
+                .get(0);
+            Ok(u64::try_from(seq).unwrap_or(0))
+        })
+    }
+
     fn get<'a>(&'a self, guids: &'a [Guid]) -> StoreFuture<'a, Vec<Record>> {
         Box::pin(async move {
             let client = self.client().await?;
@@ -350,7 +386,10 @@ impl SharedStore for PostgresStore {
 }
 
 /// Sends notices on [`CHANNEL`], in order, within whatever transaction `client` is in.
-async fn send(client: &impl deadpool_postgres::GenericClient, payloads: &[String]) -> Result<(), StoreError> {
+async fn send(
+    client: &impl deadpool_postgres::GenericClient,
+    payloads: &[String],
+) -> Result<(), StoreError> {
     if payloads.is_empty() {
         return Ok(());
     }

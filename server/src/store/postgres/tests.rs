@@ -6,32 +6,39 @@
 use std::time::Duration;
 
 use super::PostgresStore;
+use crate::operation::{CostPolicy, Status};
 use crate::store::conformance::{self, Fixture, record};
 use crate::store::shared::{Claim, ClaimFilter, FencedWrite, Lease, Notice, SharedStore};
 use crate::store::{Store, StoreError};
-use crate::operation::{CostPolicy, Status};
+
+/// The test PostgreSQL server's URL, or `None` when there is none (a failure under CI).
+fn server_url() -> Option<String> {
+    if let Ok(url) = std::env::var("TRANSFERD_TEST_POSTGRES") {
+        return Some(url);
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
+    match std::process::Command::new("bash")
+        .arg(script)
+        .arg("url")
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        }
+        other => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "no PostgreSQL for the store tests: {other:?}"
+            );
+            eprintln!("SKIPPED: no PostgreSQL ({other:?})");
+            None
+        }
+    }
+}
 
 /// A fresh database's URL, or `None` when no PostgreSQL is reachable (a failure under CI).
 pub(crate) async fn fresh_database() -> Option<String> {
-    let base = match std::env::var("TRANSFERD_TEST_POSTGRES") {
-        Ok(url) => url,
-        Err(_) => {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
-            match std::process::Command::new("bash").arg(script).arg("url").output() {
-                Ok(out) if out.status.success() => {
-                    String::from_utf8_lossy(&out.stdout).trim().to_string()
-                }
-                other => {
-                    assert!(
-                        std::env::var_os("CI").is_none(),
-                        "no PostgreSQL for the store tests: {other:?}"
-                    );
-                    eprintln!("SKIPPED: no PostgreSQL ({other:?})");
-                    return None;
-                }
-            }
-        }
-    };
+    let base = server_url()?;
     let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
         .await
         .expect("connect to the test PostgreSQL");
@@ -51,18 +58,24 @@ struct PgFixture {
 }
 
 impl Fixture for PgFixture {
-    const SCHEMA_VERSION: i64 = PostgresStore::SCHEMA_VERSION;
+    const SCHEMA_VERSION: i64 = super::schema::SCHEMA_VERSION;
 
     async fn open() -> (Self, Box<dyn Store>) {
         // The suite has no way to skip: without PostgreSQL outside CI, these cases fail with
         // the reason, like any test whose environment is missing.
-        let url = fresh_database().await.expect("PostgreSQL for the conformance suite");
+        let url = fresh_database()
+            .await
+            .expect("PostgreSQL for the conformance suite");
         let store = PostgresStore::open(&url).await.unwrap();
         (PgFixture { url }, Box::new(store))
     }
 
     async fn reopen(&self) -> Result<Box<dyn Store>, StoreError> {
         Ok(Box::new(PostgresStore::open(&self.url).await?))
+    }
+
+    fn available() -> bool {
+        server_url().is_some()
     }
 
     async fn set_schema_version(&self, version: i64) {
@@ -91,19 +104,30 @@ async fn store_with(count: u64) -> Option<PostgresStore> {
     let url = fresh_database().await?;
     let store = PostgresStore::open(&url).await.unwrap();
     for seq in 1..=count {
-        store.insert(&record(&format!("g{seq}"), seq)).await.unwrap();
+        store
+            .insert(&record(&format!("g{seq}"), seq))
+            .await
+            .unwrap();
     }
     Some(store)
 }
 
 #[tokio::test]
 async fn claims_go_in_queue_order_and_never_twice() {
-    let Some(store) = store_with(3).await else { return };
-    let first = store.claim_next("a", 2, &every_policy(), TTL).await.unwrap();
+    let Some(store) = store_with(3).await else {
+        return;
+    };
+    let first = store
+        .claim_next("a", 2, &every_policy(), TTL)
+        .await
+        .unwrap();
     let guids: Vec<_> = first.iter().map(|c| c.record.spec.guid.as_str()).collect();
     assert_eq!(guids, ["g1", "g2"]);
     assert!(first.iter().all(|c| !c.took_over && c.lease.epoch == 1));
-    let second = store.claim_next("b", 5, &every_policy(), TTL).await.unwrap();
+    let second = store
+        .claim_next("b", 5, &every_policy(), TTL)
+        .await
+        .unwrap();
     let guids: Vec<_> = second.iter().map(|c| c.record.spec.guid.as_str()).collect();
     assert_eq!(guids, ["g3"], "a leased download is claimed once");
     // Claimed downloads are stored RUNNING.
@@ -113,9 +137,14 @@ async fn claims_go_in_queue_order_and_never_twice() {
 
 #[tokio::test]
 async fn a_live_lease_is_held_and_an_expired_one_is_taken_over() {
-    let Some(store) = store_with(1).await else { return };
+    let Some(store) = store_with(1).await else {
+        return;
+    };
     let short = Duration::from_secs(1);
-    let claimed = store.claim_next("a", 1, &every_policy(), short).await.unwrap();
+    let claimed = store
+        .claim_next("a", 1, &every_policy(), short)
+        .await
+        .unwrap();
     let lease = claimed[0].lease;
     match store.claim("b", "g1", TTL).await.unwrap() {
         Claim::HeldBy(owner) => assert_eq!(owner, "a"),
@@ -128,7 +157,13 @@ async fn a_live_lease_is_held_and_an_expired_one_is_taken_over() {
     assert!(taken.took_over);
     assert_eq!(taken.lease.epoch, lease.epoch + 1);
     // The old holder is fenced: it can neither renew, write nor release.
-    assert!(store.renew("a", &[("g1".into(), lease)], TTL).await.unwrap().is_empty());
+    assert!(
+        store
+            .renew("a", &[("g1".into(), lease)], TTL)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let rec = record("g1", 1);
     let write = FencedWrite {
         record: &rec,
@@ -137,18 +172,32 @@ async fn a_live_lease_is_held_and_an_expired_one_is_taken_over() {
         bytes: 0,
         restarts: 0,
     };
-    assert!(matches!(store.save_fenced("a", &write).await, Err(StoreError::Fenced(_))));
-    assert!(matches!(store.release("a", "g1", lease).await, Err(StoreError::Fenced(_))));
+    assert!(matches!(
+        store.save_fenced("a", &write).await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert!(matches!(
+        store.release("a", "g1", lease).await,
+        Err(StoreError::Fenced(_))
+    ));
     // The new holder can.
-    let write = FencedWrite { lease: taken.lease, ..write };
+    let write = FencedWrite {
+        lease: taken.lease,
+        ..write
+    };
     store.save_fenced("b", &write).await.unwrap();
     store.release("b", "g1", taken.lease).await.unwrap();
-    assert!(matches!(store.claim("c", "missing", TTL).await.unwrap(), Claim::Missing));
+    assert!(matches!(
+        store.claim("c", "missing", TTL).await.unwrap(),
+        Claim::Missing
+    ));
 }
 
 #[tokio::test]
 async fn notices_reach_every_listener_in_order() {
-    let Some(store) = store_with(1).await else { return };
+    let Some(store) = store_with(1).await else {
+        return;
+    };
     let mut feed = store.listen().await.unwrap();
     let notices: Vec<Notice> = (0..5)
         .map(|i| Notice::Changed {
@@ -157,14 +206,31 @@ async fn notices_reach_every_listener_in_order() {
         })
         .collect();
     store.notify(&notices).await.unwrap();
-    let claimed = store.claim_next("a", 1, &every_policy(), TTL).await.unwrap();
+    let claimed = store
+        .claim_next("a", 1, &every_policy(), TTL)
+        .await
+        .unwrap();
     for want in &notices {
-        let got = tokio::time::timeout(TTL, feed.recv()).await.unwrap().unwrap().unwrap();
+        let got = tokio::time::timeout(TTL, feed.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(&got, want);
     }
     // The claim announced RUNNING in its own transaction.
-    let got = tokio::time::timeout(TTL, feed.recv()).await.unwrap().unwrap().unwrap();
-    let Notice::Saved { guid, node, changes, .. } = got else {
+    let got = tokio::time::timeout(TTL, feed.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Notice::Saved {
+        guid,
+        node,
+        changes,
+        ..
+    } = got
+    else {
         panic!("{got:?}");
     };
     assert_eq!((guid.as_str(), node.as_str()), ("g1", "a"));
@@ -174,19 +240,29 @@ async fn notices_reach_every_listener_in_order() {
 
 #[tokio::test]
 async fn a_plain_save_leaves_the_lease_alone() {
-    let Some(store) = store_with(1).await else { return };
-    let claimed = store.claim_next("a", 1, &every_policy(), TTL).await.unwrap();
+    let Some(store) = store_with(1).await else {
+        return;
+    };
+    let claimed = store
+        .claim_next("a", 1, &every_policy(), TTL)
+        .await
+        .unwrap();
     let lease: Lease = claimed[0].lease;
     store.save(&record("g1", 1)).await.unwrap();
     assert_eq!(
-        store.renew("a", &[("g1".into(), lease)], TTL).await.unwrap(),
+        store
+            .renew("a", &[("g1".into(), lease)], TTL)
+            .await
+            .unwrap(),
         ["g1"]
     );
 }
 
 #[tokio::test]
 async fn a_serialized_group_runs_one_download_across_replicas() {
-    let Some(url) = fresh_database().await else { return };
+    let Some(url) = fresh_database().await else {
+        return;
+    };
     let store = PostgresStore::open(&url).await.unwrap();
     let tenant = crate::auth::Tenant::default_tenant();
     store
@@ -198,15 +274,23 @@ async fn a_serialized_group_runs_one_download_across_replicas() {
         r.spec.transfer_group = "fleet".into();
         store.insert(&r).await.unwrap();
     }
-    let a = store.claim_next("a", 3, &every_policy(), TTL).await.unwrap();
+    let a = store
+        .claim_next("a", 3, &every_policy(), TTL)
+        .await
+        .unwrap();
     assert_eq!(a.len(), 1, "one at a time");
-    let b = store.claim_next("b", 3, &every_policy(), TTL).await.unwrap();
+    let b = store
+        .claim_next("b", 3, &every_policy(), TTL)
+        .await
+        .unwrap();
     assert!(b.is_empty(), "another replica waits for the group too");
 }
 
 #[tokio::test]
 async fn two_replicas_opening_at_once_migrate_once() {
-    let Some(url) = fresh_database().await else { return };
+    let Some(url) = fresh_database().await else {
+        return;
+    };
     let (a, b) = tokio::join!(PostgresStore::open(&url), PostgresStore::open(&url));
     a.unwrap();
     b.unwrap();
