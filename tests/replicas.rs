@@ -379,12 +379,34 @@ async fn a_control_call_on_one_replica_reaches_the_download_running_on_another()
     })
     .await;
 
+    // B follows the result while A holds it paused: it reads A's partial file up to the
+    // stored checkpoint, then the rest as the download goes on, and ends at its last byte.
+    let follow = b.client.read_result(&guid, 0, 0, true).await.unwrap();
+    let followed = tokio::spawn(async move {
+        let mut stream = follow;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            assert_eq!(chunk.offset, bytes.len() as u64, "chunks arrive in order");
+            bytes.extend_from_slice(&chunk.data);
+        }
+        bytes
+    });
+
     // Resume on B: one replica runs it to the end, from its checkpoint.
     let resumed = b.resume(&guid).await;
     assert_ne!(status_of(&resumed), S::PausedByApplication);
     let done = b.wait_finished(&guid).await;
     assert_eq!(status_of(&done), S::Completed, "{}", b.server.log());
     assert_holds(&shared.join("big.bin"), &body);
+    let followed = tokio::time::timeout(DEADLINE, followed)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        sha256(&followed),
+        sha256(&body),
+        "B's ReadResult(follow) bytes"
+    );
     let statuses: Vec<S> = read_until(&mut watch, "COMPLETED", |m| m.status == S::Completed as i32)
         .await
         .iter()
@@ -411,4 +433,15 @@ async fn a_control_call_on_one_replica_reaches_the_download_running_on_another()
         .filter(|r| r.header("range").is_some())
         .count();
     assert!(ranged >= 1, "the resume did not ask for the rest");
+
+    // Reordering a whole group is refused with replicas, saying what to do instead.
+    let grouped = b
+        .create_with(pb::CreateDownloadRequest {
+            transfer_group: "fleet".into(),
+            ..create_request(&a.origin.url("/big"), "again.bin")
+        })
+        .await;
+    let err = b.client.make_current(&grouped.guid).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("SetPriority"), "{err:?}");
 }

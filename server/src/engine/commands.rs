@@ -512,6 +512,14 @@ impl Engine {
         if group.is_empty() {
             return Err(Error::NoGroup { guid: guid.into() });
         }
+        if self.inner.cluster.is_some() {
+            // It rewrites the queue places of every member of the group, some of which other
+            // replicas may hold; until that is one fenced write per member, it is refused.
+            return Err(Error::NotWithReplicas {
+                call: "MakeCurrentInGroup",
+                instead: "raise the download with SetPriority instead",
+            });
+        }
         let moved = {
             let mut core = self.lock();
             let status = op.lock().status();

@@ -98,6 +98,10 @@ pub enum Notice {
         bytes: u64,
         /// Restarts so far (a watcher's `has_restarted` follows it).
         restarts: u64,
+        /// The writer's lease epoch: its partial file is `GUID@EPOCH.part`, which a replica
+        /// following the download reads for ReadResult.
+        #[serde(default)]
+        epoch: i64,
     },
     /// A running download's byte progress, coalesced at the holder.
     Progress {
@@ -246,6 +250,7 @@ mod tests {
             )],
             bytes: 5,
             restarts: 1,
+            epoch: 3,
         };
         let text = serde_json::to_string(&notice).unwrap();
         assert!(text.starts_with(r#"{"k":"saved""#), "{text}");

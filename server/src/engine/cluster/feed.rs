@@ -153,8 +153,12 @@ impl Engine {
                 changes,
                 bytes,
                 restarts,
+                epoch,
                 ..
-            } => self.apply_saved(guid, changes, bytes, restarts).await,
+            } => {
+                self.apply_saved(guid, changes, bytes, restarts, epoch)
+                    .await
+            }
             Notice::Progress {
                 guid,
                 status,
@@ -212,6 +216,7 @@ impl Engine {
         changes: Vec<crate::store::shared::StatusChange>,
         bytes: u64,
         restarts: u64,
+        epoch: i64,
     ) {
         let records = match cluster(&self.inner)
             .shared
@@ -245,6 +250,8 @@ impl Engine {
             }
             st.adopt(record);
             st.restarts = st.restarts.max(restarts);
+            // Where the holder's partial file is, for ReadResult with follow here.
+            st.partial_epoch = Some(epoch);
             for change in changes {
                 if let Some((status, reason)) = change.decode() {
                     core.mirror(&op, &mut st, status, reason);

@@ -152,6 +152,7 @@ impl SharedStore for PostgresStore {
                     )],
                     bytes: record.checkpoint_bytes,
                     restarts: 0,
+                    epoch,
                 }));
                 claimed.push(Claimed {
                     record,
@@ -257,6 +258,7 @@ impl SharedStore for PostgresStore {
                 changes: write.changes.to_vec(),
                 bytes: write.bytes,
                 restarts: write.restarts,
+                epoch: write.lease.epoch,
             };
             send(&tx, &[encode(&notice)]).await?;
             tx.commit().await.map_err(classify)
