@@ -37,17 +37,22 @@
 //!   reports, landing in the download's state, its watchers and the store), `retention.rs`
 //!   (DeleteDownload and `--retain-finished`), `results.rs` (ReadResult: a download's bytes,
 //!   followed while written), `host.rs` (host conditions and their monitor), `tenants.rs`
-//!   (which downloads a caller's request covers; per-tenant counts and quotas). Every command
-//!   runs as the call's `Caller`. `mod.rs` documents the lock order.
+//!   (which downloads a caller's request covers; per-tenant counts and quotas), `cluster.rs`
+//!   (replicas sharing a PostgreSQL store: claims, leases, fencing, per-epoch partial files;
+//!   `cluster/call.rs` runs or forwards control calls, `cluster/feed.rs` keeps every replica's
+//!   copies current). Every command runs as the call's `Caller`. `mod.rs` documents the lock
+//!   order.
 //! - `fetch/`: the HTTP fetcher; owns the Range / If-Range / restart rules and classifies
 //!   failures as transient or fatal. `segments.rs` fetches a large file over several
 //!   connections (adding them while throughput grows, one checkpoint per segment, retries per
 //!   segment), with `spans.rs` (the parts and their sums), `piece.rs` (one segment's ranged
 //!   requests) and `hosts.rs` (the per-host connection cap).
 //! - `store/`: durable state behind the async `Store` trait with backend-neutral errors;
-//!   `sqlite.rs` is the embedded default (its schema and migrations in `sqlite/schema.rs`),
-//!   `trust.rs` the checks a loaded row must pass, `conformance.rs` the suite every backend
-//!   passes.
+//!   `sqlite.rs` is the embedded default (its schema and migrations in `sqlite/schema.rs`, the
+//!   column mapping both backends share in `sqlite/row.rs`), `postgres.rs` the store replicas
+//!   share (`postgres/shared.rs`: leases, claims, fenced writes, LISTEN/NOTIFY), `shared.rs`
+//!   the `SharedStore` trait it implements, `trust.rs` the checks a loaded row must pass,
+//!   `conformance.rs` the suite every backend passes.
 //! - `metrics/`: every Prometheus metric, the `--metrics-listen` endpoint that serves them,
 //!   and the timed store wrapper; the engine, fetcher, store and gRPC layer (`grpc/measure.rs`)
 //!   only report events to it.

@@ -1,14 +1,19 @@
-//! Durable storage of downloads behind the small async [`Store`] trait, so a networked store can
-//! be added for multi-node deployments. [`SqliteStore`] is the embedded default: one SQLite file
-//! in WAL mode that operators can open with the `sqlite3` CLI.
+//! Durable storage of downloads behind the small async [`Store`] trait. [`SqliteStore`] is the
+//! embedded default: one SQLite file in WAL mode that operators can open with the `sqlite3`
+//! CLI. [`PostgresStore`] is the store several replicas share; what sharing adds (leases,
+//! claims, fenced writes, the feed between replicas) is the [`shared::SharedStore`] trait.
 //!
 //! The store is written on state changes and periodic checkpoints, never per network read.
 //!
 //! # Layout
 //! - `mod.rs`: the [`Store`] trait, the [`Record`] it stores and the backend-neutral
 //!   [`StoreError`].
-//! - `sqlite.rs`: the SQLite backend; the only place that knows SQL or `rusqlite`. Its schema
-//!   and versioned migrations live in `sqlite/schema.rs`.
+//! - `sqlite.rs`: the SQLite backend, the only place that knows `rusqlite`. Its schema and
+//!   versioned migrations live in `sqlite/schema.rs`; `sqlite/row.rs` maps a [`Record`] to the
+//!   columns both backends keep under the same names.
+//! - `postgres.rs`: the PostgreSQL backend, the only place that knows `tokio-postgres`;
+//!   `postgres/schema.rs` its migrations, `postgres/shared.rs` its [`shared::SharedStore`].
+//! - `shared.rs`: what a store shared by replicas adds, backend-neutral.
 //! - `trust.rs`: the backend-neutral checks a loaded download must pass before it is served.
 //! - `conformance.rs` (tests only): the one suite every backend must pass.
 
