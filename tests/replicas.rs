@@ -264,6 +264,19 @@ async fn chaos(stop: bool) {
             "the stopped replica never noticed it was fenced:\n{log}"
         );
         assert_eq!(replicas[1].status(&guids[0]).await, S::Completed);
+        // And it committed no file after it learned it had lost that file's lease.
+        let mut fenced = std::collections::HashSet::new();
+        for line in log.lines() {
+            if line.contains("the lease was taken over by another replica") {
+                fenced.extend(guid_in(line));
+            } else if line.contains("committed the file") {
+                let guid = guid_in(line).unwrap_or_default();
+                assert!(
+                    !fenced.contains(&guid),
+                    "a fenced replica committed {guid}:\n{line}"
+                );
+            }
+        }
     }
     let committed = committed_per_guid(&replicas);
     for guid in &guids {
