@@ -150,8 +150,12 @@ impl Engine {
 
     /// One download.
     pub async fn get(&self, caller: &Caller, guid: &str) -> Result<DownloadView, Error> {
-        // With replicas, one created on another a moment ago is read from the store.
+        // With replicas, one created on another a moment ago is read from the store, and one
+        // this replica does not hold is answered from the store (see `fresh_view`).
         let op = self.op_or_fetch(caller, guid).await?;
+        if let Some(view) = self.fresh_view(&op).await? {
+            return Ok(view);
+        }
         Ok(self.view(&op))
     }
 

@@ -41,6 +41,55 @@ impl Engine {
         }
     }
 
+    /// With replicas, a download this replica does not hold as the store has it now, so a read
+    /// right after another replica's change sees it (the copy follows the feed, a moment
+    /// behind). Bytes of a download running elsewhere come from the copy when it is in the
+    /// same status, as they move faster than checkpoints. `None` without a shared store, or
+    /// for a download held here, whose own state is the newest.
+    pub(in crate::engine) async fn fresh_view(
+        &self,
+        op: &Arc<Op>,
+    ) -> Result<Option<crate::engine::DownloadView>, Error> {
+        let Some(cluster) = &self.inner.cluster else {
+            return Ok(None);
+        };
+        if op.lock().lease.is_some() {
+            return Ok(None);
+        }
+        let Some(record) = cluster
+            .shared
+            .get(std::slice::from_ref(&op.spec.guid))
+            .await?
+            .pop()
+        else {
+            return Err(Error::NotFound {
+                guid: op.spec.guid.clone(),
+            });
+        };
+        let mut view = self.view(op);
+        let status = record.status;
+        let copy = view.progress.progress;
+        view.progress.progress = crate::operation::Progress {
+            bytes_received: match status {
+                Status::Completed => record.total_bytes.max(record.checkpoint_bytes),
+                s if s == copy.status => copy.bytes_received.max(record.checkpoint_bytes),
+                _ => record.checkpoint_bytes,
+            },
+            total_bytes_to_receive: record.total_bytes,
+            status,
+        };
+        if status != copy.status {
+            view.reason = reason_of(status, view.reason);
+            view.progress.has_response_changed = false;
+            view.progress.has_restarted = false;
+        }
+        view.settings = record.settings;
+        view.web_error_status = record.web_error_status;
+        view.error = record.error;
+        view.attempts = record.attempts;
+        Ok(Some(view))
+    }
+
     /// Reads downloads from the store and applies them to this replica's copies.
     async fn fetch(&self, guids: &[Guid]) -> Result<(), StoreError> {
         let records = cluster(&self.inner).shared.get(guids).await?;
