@@ -28,7 +28,7 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// CPU time (user and system) the process `pid` has used so far, in seconds.
-// Each driver compiles this module on its own; only store_growth reads CPU time.
+// Each driver compiles this module on its own; not every one reads CPU time.
 #[allow(dead_code)]
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
