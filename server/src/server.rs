@@ -150,22 +150,7 @@ impl Transferd {
             config.max_connections_per_download as usize,
             config.max_connections_per_host as usize,
         );
-        let engine = match &config.store {
-            StoreUrl::Sqlite => {
-                let store = Arc::new(TimedStore::new(SqliteStore::open(&config.data_dir).await?));
-                Engine::open(engine_config, store, fetcher, token.clone()).await?
-            }
-            StoreUrl::Postgres(url) => {
-                let store = Arc::new(PostgresStore::open(url).await?);
-                let node = config.node_id();
-                tracing::info!(node = %node, lease_ttl = ?config.lease_ttl, "sharing a PostgreSQL store with any other replicas");
-                let cluster = ClusterConfig {
-                    node,
-                    lease_ttl: config.lease_ttl,
-                };
-                Engine::open_shared(engine_config, store, cluster, fetcher, token.clone()).await?
-            }
-        };
+        let engine = open_engine(&config, engine_config, fetcher, token.clone()).await?;
         Ok(Transferd {
             engine,
             token,
@@ -274,4 +259,30 @@ async fn bind_metrics(
     let bound = server.local_addr().unwrap_or(addr);
     tracing::info!(addr = %bound, "metrics listening");
     Ok(Some(server))
+}
+
+/// Opens the engine on the store `--store` names: the embedded SQLite database, or PostgreSQL
+/// shared with any other replicas.
+async fn open_engine(
+    config: &Config,
+    engine_config: EngineConfig,
+    fetcher: Fetcher,
+    token: CancellationToken,
+) -> Result<Engine, ServeError> {
+    Ok(match &config.store {
+        StoreUrl::Sqlite => {
+            let store = Arc::new(TimedStore::new(SqliteStore::open(&config.data_dir).await?));
+            Engine::open(engine_config, store, fetcher, token).await?
+        }
+        StoreUrl::Postgres(url) => {
+            let store = Arc::new(PostgresStore::open(url).await?);
+            let node = config.node_id();
+            tracing::info!(node = %node, lease_ttl = ?config.lease_ttl, "sharing a PostgreSQL store with any other replicas");
+            let cluster = ClusterConfig {
+                node,
+                lease_ttl: config.lease_ttl,
+            };
+            Engine::open_shared(engine_config, store, cluster, fetcher, token).await?
+        }
+    })
 }

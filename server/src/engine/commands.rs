@@ -18,8 +18,7 @@ use super::{DownloadView, Engine, Page, validate};
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::operation::{
-    Behavior, CostPolicy, DownloadSpec, Priority, ResponseInfo, Settings, Status, StatusReason,
-    Validators,
+    CostPolicy, DownloadSpec, Priority, ResponseInfo, Settings, Status, StatusReason, Validators,
 };
 use crate::progress::{self, Message};
 use crate::redact;
@@ -67,7 +66,7 @@ impl Engine {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let checked = validate::new_download(new, self.inner.fetcher.egress())?;
+        let mut checked = validate::new_download(new, self.inner.fetcher.egress())?;
         // Time-ordered (UUIDv7: a millisecond timestamp, then 74 random bits), so the store's
         // guid index grows at its end instead of at random pages: with many creates in one
         // commit, a random key touched a page per create and the commit grew with the store.
@@ -78,43 +77,11 @@ impl Engine {
             caller,
             &guid,
             &checked.uri,
-            checked.result_file,
+            checked.result_file.take(),
             checked.replace_existing,
             seq,
         )?;
-        let record = Record {
-            spec: DownloadSpec {
-                guid: guid.clone(),
-                seq,
-                tenant: caller.tenant.clone(),
-                result_file,
-                transfer_group: checked.transfer_group,
-                expected_sha256: checked.expected_sha256,
-                recoverable_web_error_statuses: checked.recoverable_web_error_statuses,
-                max_bytes: checked.max_bytes,
-                replace_existing: checked.replace_existing,
-            },
-            settings: Settings {
-                requested_uri: checked.uri.to_string(),
-                request_headers: checked.request_headers,
-                sensitive_headers: checked.sensitive_headers,
-                priority: checked.priority,
-                cost_policy: checked.cost_policy,
-                max_bytes_per_second: checked.max_bytes_per_second,
-            },
-            status: Status::Idle,
-            checkpoint_bytes: 0,
-            segments: Vec::new(),
-            total_bytes: 0,
-            sha256_state: None,
-            validators: Validators::default(),
-            response: None,
-            error: None,
-            attempts: 0,
-            web_error_status: None,
-            queue_order: i64::try_from(seq).unwrap_or(i64::MAX),
-            finished_at: None,
-        };
+        let record = new_record(guid.clone(), seq, caller, result_file, checked);
         let op = Op::from_record(record.clone(), &self.inner.bus);
         // The store write and what follows it run as their own task: a client that goes away
         // mid-call drops this future, and must not leave a stored download the engine does not
@@ -476,82 +443,6 @@ impl Engine {
         .await
     }
 
-    /// Sets how a transfer group of the caller's tenant runs its downloads.
-    pub async fn set_group_behavior(
-        &self,
-        caller: &Caller,
-        group: &str,
-        behavior: Behavior,
-    ) -> Result<Behavior, Error> {
-        if group.is_empty() {
-            return Err(Error::InvalidArgument(
-                "transfer_group is empty; name the group whose behavior to set".into(),
-            ));
-        }
-        validate::group(group)?;
-        let tenant = &caller.tenant;
-        self.inner.store.save_group(tenant, group, behavior).await?;
-        self.announce(|node| Notice::Groups { node }).await;
-        self.lock().slots.set_behavior(tenant, group, behavior);
-        tracing::info!(
-            tenant = tenant.name(),
-            group,
-            ?behavior,
-            "transfer group behavior set"
-        );
-        self.schedule();
-        Ok(behavior)
-    }
-
-    /// Moves a download, and the downloads of its group queued after it, to the front of its
-    /// group (in its tenant). Other groups keep their places: the group's own queue slots are
-    /// reassigned.
-    pub async fn make_current_in_group(
-        &self,
-        caller: &Caller,
-        guid: &str,
-    ) -> Result<DownloadView, Error> {
-        let op = self.op(caller, guid)?;
-        let group = op.spec.transfer_group.clone();
-        if group.is_empty() {
-            return Err(Error::NoGroup { guid: guid.into() });
-        }
-        if self.inner.cluster.is_some() {
-            // It rewrites the queue places of every member of the group, some of which other
-            // replicas may hold; until that is one fenced write per member, it is refused.
-            return Err(Error::NotWithReplicas {
-                call: "MakeCurrentInGroup",
-                instead: "raise the download with SetPriority instead",
-            });
-        }
-        let moved = {
-            let mut core = self.lock();
-            let status = op.lock().status();
-            if status.is_terminal() {
-                return Err(illegal(guid, "reorder", status));
-            }
-            let mut members = core.registry.live_members(&op.spec.tenant, &group);
-            members.sort_by_key(|o| (o.lock().queue_order, o.spec.seq));
-            let slots: Vec<i64> = members.iter().map(|o| o.lock().queue_order).collect();
-            let at = members
-                .iter()
-                .position(|o| o.spec.guid == op.spec.guid)
-                .expect("a live download is a member of its own group");
-            members.rotate_left(at);
-            for (member, slot) in members.iter().zip(slots) {
-                let mut st = member.lock();
-                st.queue_order = slot;
-                core.queue.reposition(member.queue_key(&st));
-            }
-            members
-        };
-        for member in &moved {
-            self.persist(member).await?;
-        }
-        self.schedule();
-        Ok(self.view(&op))
-    }
-
     /// The progress publisher of a download, for WatchDownload.
     pub async fn watch(
         &self,
@@ -617,6 +508,49 @@ impl Engine {
     }
 }
 
+/// A new download as it is first stored: IDLE, nothing received, at the end of its queue.
+fn new_record(
+    guid: String,
+    seq: u64,
+    caller: &Caller,
+    result_file: String,
+    checked: validate::CheckedDownload,
+) -> Record {
+    Record {
+        spec: DownloadSpec {
+            guid,
+            seq,
+            tenant: caller.tenant.clone(),
+            result_file,
+            transfer_group: checked.transfer_group,
+            expected_sha256: checked.expected_sha256,
+            recoverable_web_error_statuses: checked.recoverable_web_error_statuses,
+            max_bytes: checked.max_bytes,
+            replace_existing: checked.replace_existing,
+        },
+        settings: Settings {
+            requested_uri: checked.uri.to_string(),
+            request_headers: checked.request_headers,
+            sensitive_headers: checked.sensitive_headers,
+            priority: checked.priority,
+            cost_policy: checked.cost_policy,
+            max_bytes_per_second: checked.max_bytes_per_second,
+        },
+        status: Status::Idle,
+        checkpoint_bytes: 0,
+        segments: Vec::new(),
+        total_bytes: 0,
+        sha256_state: None,
+        validators: Validators::default(),
+        response: None,
+        error: None,
+        attempts: 0,
+        web_error_status: None,
+        queue_order: i64::try_from(seq).unwrap_or(i64::MAX),
+        finished_at: None,
+    }
+}
+
 /// Points `settings` at `uri`. When the origin (scheme, host, port) changes, every sensitive
 /// header (the built-in rule and the download's marks, `marks` included) is dropped before
 /// `headers` are set: a re-pointed download never carries a secret to a host it was not given
@@ -643,7 +577,7 @@ fn repoint(
     Ok(())
 }
 
-fn illegal(guid: &str, action: &'static str, status: Status) -> Error {
+pub(super) fn illegal(guid: &str, action: &'static str, status: Status) -> Error {
     Error::IllegalTransition {
         guid: guid.into(),
         action,

@@ -12,6 +12,7 @@
 //!   and paging.
 //! - `queue`: the run queue, a type that keeps its order and its index in step.
 //! - `scheduler`: transfer slots, priorities and serialized groups (per tenant).
+//! - `groups`: transfer groups' behavior, and MakeCurrentInGroup.
 //! - `tenants`: which downloads a caller's request covers, and per-tenant counts and quotas.
 //! - `transfer`: the task that transfers one download: attempts, retries, checkpoints, commit.
 //! - `rate`: a download's own bandwidth limit, changed live (SetRateLimit).
@@ -32,6 +33,7 @@
 mod cluster;
 pub mod commands;
 mod download;
+mod groups;
 mod host;
 mod progressor;
 mod queue;
@@ -252,30 +254,7 @@ impl Engine {
                 core.add(Op::from_record(record, &bus));
             }
         }
-        let live: std::collections::HashSet<&str> = core
-            .registry
-            .live()
-            .map(|op| op.spec.guid.as_str())
-            .collect();
-        // With replicas, a download created after this replica read the store may already be
-        // running elsewhere: only the partial files of downloads known to be finished go.
-        let finished: std::collections::HashSet<&str> = core
-            .registry
-            .all()
-            .filter(|op| op.lock().status().is_terminal())
-            .map(|op| op.spec.guid.as_str())
-            .collect();
-        let keep = |guid: &str| match cluster {
-            None => live.contains(guid),
-            Some(_) => !finished.contains(guid),
-        };
-        match crate::paths::sweep_partials(&config.download_dir, keep) {
-            Ok(0) => {}
-            Ok(count) => tracing::info!(count, "removed partial files of finished downloads"),
-            Err(e) => tracing::warn!(error = %e, "could not sweep the partial files"),
-        }
-        drop(live);
-        drop(finished);
+        sweep_partials(&config.download_dir, &core, cluster.is_some());
         Ok(Engine {
             inner: Arc::new(Inner {
                 throttle: Throttle::new(config.max_download_rate),
@@ -340,6 +319,32 @@ impl Engine {
         }
         let record = op.record();
         Ok(self.inner.store.save(&record).await?)
+    }
+}
+
+/// Removes partial files left by finished or forgotten downloads. With replicas, a download
+/// created after this replica read the store may already be running elsewhere: only the
+/// partial files of downloads known to be finished go.
+fn sweep_partials(download_dir: &std::path::Path, core: &Core, shared: bool) {
+    let live: std::collections::HashSet<&str> = core
+        .registry
+        .live()
+        .map(|op| op.spec.guid.as_str())
+        .collect();
+    let finished: std::collections::HashSet<&str> = core
+        .registry
+        .all()
+        .filter(|op| op.lock().status().is_terminal())
+        .map(|op| op.spec.guid.as_str())
+        .collect();
+    let keep = |guid: &str| match shared {
+        false => live.contains(guid),
+        true => !finished.contains(guid),
+    };
+    match crate::paths::sweep_partials(download_dir, keep) {
+        Ok(0) => {}
+        Ok(count) => tracing::info!(count, "removed partial files of finished downloads"),
+        Err(e) => tracing::warn!(error = %e, "could not sweep the partial files"),
     }
 }
 

@@ -4,6 +4,7 @@
 //! are sent in its transaction, so PostgreSQL delivers them in commit order, and only if it
 //! committed.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -66,63 +67,7 @@ impl SharedStore for PostgresStore {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])
                 .await
                 .map_err(classify)?;
-            let runnable: Vec<i64> = RUNNABLE.iter().map(|s| i64::from(s.code())).collect();
-            let policies: Vec<i64> = filter
-                .cost_policies
-                .iter()
-                .map(|p| i64::from(p.code()))
-                .collect();
-            let candidates = i64::try_from(limit * CANDIDATES_PER_SLOT).unwrap_or(i64::MAX);
-            let sql = format!(
-                "SELECT {columns}, d.lease_owner IS NOT NULL AS took_over,
-                        COALESCE(g.behavior, 0) = {serialized} AS serialized
-                   FROM downloads d
-                   LEFT JOIN transfer_groups g
-                     ON g.tenant = d.tenant AND g.name = d.transfer_group
-                  WHERE d.finished_at IS NULL
-                    AND d.status = ANY($1)
-                    AND (d.lease_owner IS NULL OR d.lease_until < now())
-                    AND d.cost_policy = ANY($2)
-                  ORDER BY {QUEUE_ORDER}
-                  LIMIT $3
-                    FOR UPDATE OF d SKIP LOCKED",
-                columns = *COLUMNS_OF_D,
-                serialized = Behavior::Serialized.code(),
-            );
-            let rows = tx
-                .query(&sql, &[&runnable, &policies, &candidates])
-                .await
-                .map_err(classify)?;
-            // Serialized groups with a download running under a live lease anywhere.
-            let busy: std::collections::HashSet<(String, String)> = tx
-                .query(
-                    "SELECT DISTINCT tenant, transfer_group FROM downloads
-                      WHERE lease_owner IS NOT NULL AND lease_until >= now()
-                        AND status = $1 AND transfer_group <> ''",
-                    &[&i64::from(Status::Running.code())],
-                )
-                .await
-                .map_err(classify)?
-                .iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect();
-            let mut taken_groups = std::collections::HashSet::new();
-            let mut chosen = Vec::new();
-            for r in &rows {
-                if chosen.len() == limit {
-                    break;
-                }
-                let record = record(r)?;
-                let serialized: bool = r.get("serialized");
-                let group = (
-                    record.spec.tenant.name().to_string(),
-                    record.spec.transfer_group.clone(),
-                );
-                if serialized && (busy.contains(&group) || !taken_groups.insert(group)) {
-                    continue;
-                }
-                chosen.push((record, r.get::<_, bool>("took_over")));
-            }
+            let chosen = choose(&tx, limit, filter).await?;
             let mut claimed = Vec::with_capacity(chosen.len());
             let mut notices = Vec::with_capacity(chosen.len());
             for (record, took_over) in chosen {
@@ -385,6 +330,74 @@ impl SharedStore for PostgresStore {
             Ok(rx)
         })
     }
+}
+
+/// The downloads to claim next, in queue order, locked for this transaction, at most `limit`,
+/// and at most one of each serialized group, none of a group already running under a live
+/// lease anywhere; with whether each one's previous lease had expired (`took_over`).
+async fn choose(
+    tx: &deadpool_postgres::Transaction<'_>,
+    limit: usize,
+    filter: &ClaimFilter,
+) -> Result<Vec<(Record, bool)>, StoreError> {
+    let runnable: Vec<i64> = RUNNABLE.iter().map(|s| i64::from(s.code())).collect();
+    let policies: Vec<i64> = filter
+        .cost_policies
+        .iter()
+        .map(|p| i64::from(p.code()))
+        .collect();
+    let candidates = i64::try_from(limit * CANDIDATES_PER_SLOT).unwrap_or(i64::MAX);
+    let sql = format!(
+        "SELECT {columns}, d.lease_owner IS NOT NULL AS took_over,
+                COALESCE(g.behavior, 0) = {serialized} AS serialized
+           FROM downloads d
+           LEFT JOIN transfer_groups g
+             ON g.tenant = d.tenant AND g.name = d.transfer_group
+          WHERE d.finished_at IS NULL
+            AND d.status = ANY($1)
+            AND (d.lease_owner IS NULL OR d.lease_until < now())
+            AND d.cost_policy = ANY($2)
+          ORDER BY {QUEUE_ORDER}
+          LIMIT $3
+            FOR UPDATE OF d SKIP LOCKED",
+        columns = *COLUMNS_OF_D,
+        serialized = Behavior::Serialized.code(),
+    );
+    let rows = tx
+        .query(&sql, &[&runnable, &policies, &candidates])
+        .await
+        .map_err(classify)?;
+    // Serialized groups with a download running under a live lease anywhere.
+    let busy: HashSet<(String, String)> = tx
+        .query(
+            "SELECT DISTINCT tenant, transfer_group FROM downloads
+              WHERE lease_owner IS NOT NULL AND lease_until >= now()
+                AND status = $1 AND transfer_group <> ''",
+            &[&i64::from(Status::Running.code())],
+        )
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut taken_groups = HashSet::new();
+    let mut chosen = Vec::new();
+    for r in &rows {
+        if chosen.len() == limit {
+            break;
+        }
+        let record = record(r)?;
+        let serialized: bool = r.get("serialized");
+        let group = (
+            record.spec.tenant.name().to_string(),
+            record.spec.transfer_group.clone(),
+        );
+        if serialized && (busy.contains(&group) || !taken_groups.insert(group)) {
+            continue;
+        }
+        chosen.push((record, r.get::<_, bool>("took_over")));
+    }
+    Ok(chosen)
 }
 
 /// Sends notices on [`CHANNEL`], in order, within whatever transaction `client` is in.
