@@ -447,6 +447,26 @@ async fn a_control_call_on_one_replica_reaches_the_download_running_on_another()
         .count();
     assert!(ranged >= 1, "the resume did not ask for the rest");
 
+    // ListDownloads on either replica reads the database: the same downloads, pages and
+    // statuses, and a page token of one replica works on the other.
+    let other = a.create(&a.origin.url("/big"), "other.bin").await.guid;
+    let first = b.client.list(None, 1, "").await.unwrap();
+    assert_eq!(first.downloads.len(), 1);
+    assert_eq!(first.downloads[0].guid, guid);
+    assert_eq!(status_of(&first.downloads[0]), S::Completed);
+    let second = a
+        .client
+        .list(None, 1, &first.next_page_token)
+        .await
+        .unwrap();
+    assert_eq!(second.downloads.len(), 1);
+    assert_eq!(
+        second.downloads[0].guid, other,
+        "created on A, listed by B's token"
+    );
+    let err = b.client.list(None, 1, "999999999").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
     // Reordering a whole group is refused with replicas, saying what to do instead.
     let grouped = b
         .create_with(pb::CreateDownloadRequest {

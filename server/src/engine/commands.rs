@@ -136,7 +136,7 @@ impl Engine {
     }
 
     /// A page of the downloads in `scope` (see [`Scope::of`]), in creation order.
-    pub fn list(
+    pub async fn list(
         &self,
         scope: &Scope,
         group: Option<&str>,
@@ -144,6 +144,10 @@ impl Engine {
         page_token: &str,
     ) -> Result<Page, Error> {
         let request = PageRequest::parse(page_size, page_token)?;
+        if self.inner.cluster.is_some() {
+            // With replicas, the page comes from the database (see `cluster/feed.rs`).
+            return self.list_shared(scope, group, request).await;
+        }
         let core = self.lock();
         let (page, more) = core.registry.page(scope, group, request)?;
         let downloads = page.iter().map(|op| core.view(op)).collect();

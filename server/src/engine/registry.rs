@@ -85,7 +85,7 @@ impl PageRequest {
 }
 
 /// A page token the server did not hand out.
-fn not_issued(page_token: &str) -> Error {
+pub(super) fn not_issued(page_token: &str) -> Error {
     Error::InvalidArgument(format!(
         "page_token `{}` is not a token returned by ListDownloads; pass the next_page_token of the previous page, or none for the first page",
         crate::error::shorten(page_token)

@@ -69,8 +69,8 @@ fn guids(page: &Page) -> Vec<String> {
     page.downloads.iter().map(|d| d.spec.guid.clone()).collect()
 }
 
-fn list(engine: &Engine, caller: &Caller, filter: Option<&str>) -> Result<Page, Error> {
-    engine.list(&Scope::of(caller, filter)?, None, 0, "")
+async fn list(engine: &Engine, caller: &Caller, filter: Option<&str>) -> Result<Page, Error> {
+    engine.list(&Scope::of(caller, filter)?, None, 0, "").await
 }
 
 /// Every call that names a guid, as `caller`, each reduced to its error (if any).
@@ -168,17 +168,24 @@ async fn lists_and_watches_show_only_the_callers_tenant_and_admins_filter() {
         l.push(engine.create(&ml, new(&format!("l{i}"), "")).await.unwrap());
     }
     let ids = |v: &[DownloadView]| v.iter().map(|d| d.spec.guid.clone()).collect::<Vec<_>>();
-    assert_eq!(guids(&list(&engine, &media, None).unwrap()), ids(&m));
+    assert_eq!(guids(&list(&engine, &media, None).await.unwrap()), ids(&m));
     assert_eq!(
-        guids(&list(&engine, &media, Some("media")).unwrap()),
+        guids(&list(&engine, &media, Some("media")).await.unwrap()),
         ids(&m)
     );
-    let err = list(&engine, &media, Some("ml")).unwrap_err();
+    let err = list(&engine, &media, Some("ml")).await.unwrap_err();
     assert!(matches!(err, Error::OtherTenant { .. }), "{err:?}");
-    assert_eq!(guids(&list(&engine, &admin, Some("ml")).unwrap()), ids(&l));
-    assert_eq!(list(&engine, &admin, None).unwrap().downloads.len(), 6);
+    assert_eq!(
+        guids(&list(&engine, &admin, Some("ml")).await.unwrap()),
+        ids(&l)
+    );
+    assert_eq!(
+        list(&engine, &admin, None).await.unwrap().downloads.len(),
+        6
+    );
     assert!(
         list(&engine, &admin, Some(""))
+            .await
             .unwrap()
             .downloads
             .is_empty()
@@ -187,14 +194,17 @@ async fn lists_and_watches_show_only_the_callers_tenant_and_admins_filter() {
     // Pages of one tenant: tokens are its own downloads' positions, and a token past its last
     // download was never handed out to it, whatever other tenants created since.
     let own = Scope::of(&ml, None).unwrap();
-    let first = engine.list(&own, None, 2, "").unwrap();
+    let first = engine.list(&own, None, 2, "").await.unwrap();
     assert_eq!(guids(&first), ids(&l[..2]));
-    let rest = engine.list(&own, None, 2, &first.next_page_token).unwrap();
+    let rest = engine
+        .list(&own, None, 2, &first.next_page_token)
+        .await
+        .unwrap();
     assert_eq!(guids(&rest), ids(&l[2..]));
     assert!(rest.next_page_token.is_empty());
     let past = (l[2].spec.seq + 1).to_string();
     engine.create(&media, new("later", "")).await.unwrap();
-    let err = engine.list(&own, None, 2, &past).unwrap_err();
+    let err = engine.list(&own, None, 2, &past).await.unwrap_err();
     assert!(err.to_string().contains("not a token"), "{err}");
 
     // WatchDownloads: the snapshot holds the tenant's downloads, then only its events follow.
@@ -258,7 +268,7 @@ async fn the_quota_holds_under_concurrent_creates_and_frees_as_downloads_finish(
     }
     assert_eq!(created.len() as u64, LIMIT);
     assert_eq!(
-        list(&engine, &media, None).unwrap().downloads.len() as u64,
+        list(&engine, &media, None).await.unwrap().downloads.len() as u64,
         LIMIT
     );
     // Another tenant's count is its own.
@@ -274,7 +284,7 @@ async fn the_quota_holds_under_concurrent_creates_and_frees_as_downloads_finish(
     );
     // Nothing was stored for the refused creates.
     assert_eq!(
-        list(&engine, &media, None).unwrap().downloads.len() as u64,
+        list(&engine, &media, None).await.unwrap().downloads.len() as u64,
         LIMIT + 1
     );
 }

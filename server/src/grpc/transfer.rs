@@ -69,12 +69,15 @@ impl BackgroundTransferService for TransferService {
             tenant,
         } = request.into_inner();
         let scope = Scope::of(&caller, tenant.as_deref())?;
-        let page = self.engine.list(
-            &scope,
-            transfer_group.as_deref(),
-            usize::try_from(page_size).unwrap_or(usize::MAX),
-            &page_token,
-        )?;
+        let page = self
+            .engine
+            .list(
+                &scope,
+                transfer_group.as_deref(),
+                usize::try_from(page_size).unwrap_or(usize::MAX),
+                &page_token,
+            )
+            .await?;
         Ok(Response::new(page.into()))
     }
 

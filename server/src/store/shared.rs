@@ -221,6 +221,17 @@ pub trait SharedStore: Store {
     /// earlier life's: their downloads are taken over at once (their partial files fenced as
     /// for any expired lease). Returns how many.
     fn expire_leases_of<'a>(&'a self, node: &'a str) -> StoreFuture<'a, u64>;
+    /// Up to `limit` downloads with `seq` greater than `after`, in `seq` order, of `tenant`
+    /// (all tenants when `None`) and of `group` (all groups when `None`): a page of
+    /// ListDownloads. Also the highest creation number ever handed out, to tell a page token
+    /// that was never issued.
+    fn page<'a>(
+        &'a self,
+        tenant: Option<&'a str>,
+        group: Option<&'a str>,
+        after: u64,
+        limit: usize,
+    ) -> StoreFuture<'a, (Vec<Record>, u64)>;
     /// A creation number no replica has used: downloads list in this order everywhere.
     fn next_seq(&self) -> StoreFuture<'_, u64>;
     /// The stored downloads among `guids` (missing ones are left out).

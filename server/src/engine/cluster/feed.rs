@@ -66,7 +66,17 @@ impl Engine {
                 guid: op.spec.guid.clone(),
             });
         };
+        Ok(Some(self.view_with(op, record)))
+    }
+
+    /// A download as `record` (just read from the store) has it, with the copy's bytes when
+    /// the copy is in the same status, as they move faster than checkpoints. A download held
+    /// here is shown as held: its own state is the newest.
+    fn view_with(&self, op: &Arc<Op>, record: Record) -> crate::engine::DownloadView {
         let mut view = self.view(op);
+        if op.lock().lease.is_some() {
+            return view;
+        }
         let status = record.status;
         let copy = view.progress.progress;
         view.progress.progress = crate::operation::Progress {
@@ -87,7 +97,50 @@ impl Engine {
         view.web_error_status = record.web_error_status;
         view.error = record.error;
         view.attempts = record.attempts;
-        Ok(Some(view))
+        view
+    }
+
+    /// A page of ListDownloads from the database, each download as [`Engine::fresh_view`]
+    /// shows it; its token is the last download's creation number, as on one node.
+    pub(in crate::engine) async fn list_shared(
+        &self,
+        scope: &crate::engine::Scope,
+        group: Option<&str>,
+        request: crate::engine::registry::PageRequest,
+    ) -> Result<crate::engine::Page, Error> {
+        let cluster = cluster(&self.inner);
+        let tenant = scope.tenant().map(|t| t.name());
+        let (mut records, issued) = cluster
+            .shared
+            .page(tenant, group, request.after, request.size + 1)
+            .await?;
+        if request.after > issued {
+            return Err(crate::engine::registry::not_issued(
+                &request.after.to_string(),
+            ));
+        }
+        let more = records.len() > request.size;
+        records.truncate(request.size);
+        let next_page_token = match (more, records.last()) {
+            (true, Some(last)) => last.spec.seq.to_string(),
+            _ => String::new(),
+        };
+        let mut downloads = Vec::with_capacity(records.len());
+        for record in records {
+            let known = self.lock().registry.get(&record.spec.guid);
+            let op = match known {
+                Some(op) => op,
+                None => match self.apply_record(record.clone()) {
+                    Some(op) => op,
+                    None => continue,
+                },
+            };
+            downloads.push(self.view_with(&op, record));
+        }
+        Ok(crate::engine::Page {
+            downloads,
+            next_page_token,
+        })
     }
 
     /// Reads downloads from the store and applies them to this replica's copies.

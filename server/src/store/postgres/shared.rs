@@ -249,6 +249,42 @@ impl SharedStore for PostgresStore {
         })
     }
 
+    fn page<'a>(
+        &'a self,
+        tenant: Option<&'a str>,
+        group: Option<&'a str>,
+        after: u64,
+        limit: usize,
+    ) -> StoreFuture<'a, (Vec<Record>, u64)> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let sql = format!(
+                "SELECT {columns} FROM downloads d
+                  WHERE d.seq > $1
+                    AND ($2::text IS NULL OR d.tenant = $2)
+                    AND ($3::text IS NULL OR d.transfer_group = $3)
+                  ORDER BY d.seq LIMIT $4",
+                columns = *COLUMNS_OF_D,
+            );
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = client
+                .query(&sql, &[&after, &tenant, &group, &limit])
+                .await
+                .map_err(classify)?;
+            let records = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
+            let issued: i64 = client
+                .query_one(
+                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM download_seq",
+                    &[],
+                )
+                .await
+                .map_err(classify)?
+                .get(0);
+            Ok((records, u64::try_from(issued).unwrap_or(0)))
+        })
+    }
+
     fn next_seq(&self) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             let client = self.client().await?;
