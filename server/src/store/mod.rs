@@ -125,6 +125,30 @@ pub struct StoredGroup {
     pub behavior: Behavior,
 }
 
+impl StoredGroup {
+    /// A group as a backend read it: its tenant's name, its name and its behavior's number,
+    /// or [`StoreError::Corrupt`] for a number this build does not know.
+    pub(crate) fn from_row(
+        tenant: &str,
+        name: String,
+        code: i64,
+    ) -> Result<StoredGroup, StoreError> {
+        let behavior = i32::try_from(code)
+            .ok()
+            .and_then(Behavior::from_code)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "stored transfer group `{name}` is unreadable: unknown behavior {code}"
+                ))
+            })?;
+        Ok(StoredGroup {
+            tenant: Tenant::new(tenant),
+            name,
+            behavior,
+        })
+    }
+}
+
 /// A store call in flight.
 ///
 /// The trait returns boxed futures by hand rather than through the `async-trait` macro: it is

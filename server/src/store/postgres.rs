@@ -250,19 +250,7 @@ impl Store for PostgresStore {
                 .map(|r| {
                     let (tenant, name, code): (String, String, i64) =
                         (r.get(0), r.get(1), r.get(2));
-                    let behavior = i32::try_from(code)
-                        .ok()
-                        .and_then(Behavior::from_code)
-                        .ok_or_else(|| {
-                            StoreError::Corrupt(format!(
-                                "stored transfer group `{name}` is unreadable: unknown behavior {code}"
-                            ))
-                        })?;
-                    Ok(StoredGroup {
-                        tenant: Tenant::new(&tenant),
-                        name,
-                        behavior,
-                    })
+                    StoredGroup::from_row(&tenant, name, code)
                 })
                 .collect()
         })

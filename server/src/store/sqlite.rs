@@ -234,19 +234,7 @@ impl Store for SqliteStore {
                 .map_err(fail)?;
             rows.map(|row| {
                 let (tenant, name, code): (String, String, i64) = row.map_err(fail)?;
-                let behavior = i32::try_from(code)
-                    .ok()
-                    .and_then(Behavior::from_code)
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "stored transfer group `{name}` is unreadable: unknown behavior {code}"
-                        ))
-                    })?;
-                Ok(StoredGroup {
-                    tenant: Tenant::new(&tenant),
-                    name,
-                    behavior,
-                })
+                StoredGroup::from_row(&tenant, name, code)
             })
             .collect()
         })
