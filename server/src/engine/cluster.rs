@@ -283,7 +283,8 @@ impl Engine {
         self.inner.tasks.spawn(
             async move {
                 engine.adopt_partial(&op, lease, took_over).await;
-                engine.transfer(op, stop, done).await;
+                engine.clone().transfer(op.clone(), stop, done).await;
+                engine.remove_fenced_partial(&op, lease).await;
             }
             .instrument(span),
         );
@@ -313,6 +314,26 @@ impl Engine {
             tracing::warn!(guid = %op.spec.guid, error = %e, "could not take over the partial file; the download continues from what is on disk");
         }
         op.lock().partial_epoch = Some(lease.epoch);
+    }
+
+    /// After a transfer that was fenced has stopped: removes what it may have written under
+    /// its lease's name after the new holder moved that file aside (a retry reopens its file by
+    /// name), so no stray partial file is left on the shared volume.
+    async fn remove_fenced_partial(&self, op: &Op, lease: Lease) {
+        if op.lock().fenced != Some(lease.epoch) {
+            return;
+        }
+        let path = paths::partial_path_at(
+            &self.inner.config.download_dir,
+            &op.spec.guid,
+            Some(lease.epoch),
+        );
+        let removed = tokio::task::spawn_blocking(move || paths::remove_partial(&path))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = removed {
+            tracing::warn!(guid = %op.spec.guid, error = %e, "could not remove the partial file of a lease taken over");
+        }
     }
 
     /// Where a download's partial file is on this replica.
@@ -393,6 +414,7 @@ impl Engine {
         }
         tracing::warn!(guid = %op.spec.guid, epoch = lease.epoch, "the lease was taken over by another replica; this replica stops its transfer");
         st.lease = None;
+        st.fenced = Some(lease.epoch);
         st.unsent.clear();
         if let Some(task) = &st.task {
             let _ = task.stop();

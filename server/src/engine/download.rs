@@ -81,6 +81,10 @@ pub(super) struct OpState {
     /// With a shared store: the epoch whose name its partial file has here (see
     /// `paths::partial_path_at`); `None` with one transferd.
     pub(super) partial_epoch: Option<i64>,
+    /// With a shared store: the epoch of a lease another replica took over while this one
+    /// held it. The partial file of that epoch's name is this replica's to remove once its
+    /// transfer has stopped (the new holder works in a copy).
+    pub(super) fenced: Option<i64>,
 }
 
 /// The handles of a running transfer task.
@@ -355,6 +359,7 @@ impl Op {
                 holds: 0,
                 unsent: Vec::new(),
                 partial_epoch: None,
+                fenced: None,
             }),
             persist: tokio::sync::Mutex::new(()),
             spec,

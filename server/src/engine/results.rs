@@ -9,6 +9,9 @@
 //! waits for more; the commit links that same file to the result path, so an open reader reads
 //! on to the end. If the download starts over (its origin's entity changed), fails, or is
 //! canceled, the stream ends with [`Error::ReadAborted`]: what it sent is not a whole result.
+//! With replicas, a replica that takes a download over from a lost holder goes on in a copy of
+//! its partial file, under a new name: a reader that finds its file ending early opens the
+//! download's current file once, and aborts only if that one ends early too.
 //!
 //! Each read runs as a task of its own that sends chunks into a small channel, so a slow client
 //! holds at most a few chunks in memory, and a client that goes away ends the task.
@@ -176,6 +179,7 @@ impl Reader {
         let restarts = self.op.lock().restarts;
         let mut changes = self.op.hub.changes();
         let mut file = None;
+        let mut reopened = false;
         loop {
             match self.next(restarts)? {
                 Next::Done => return Ok(()),
@@ -184,7 +188,22 @@ impl Reader {
                         Some(file) => file,
                         None => file.insert(self.open().await?),
                     };
-                    let data = self.read(file, upto).await?;
+                    let data = match self.read(file, upto).await? {
+                        Some(data) => data,
+                        // The file ends early: with replicas, a replica that took the
+                        // download over from a lost holder writes a copy of it under a new
+                        // name. The copy is read from here on; if it too ends early, the bytes
+                        // are not what was promised.
+                        None if !reopened => {
+                            reopened = true;
+                            *file = self.open().await?;
+                            continue;
+                        }
+                        None => {
+                            return Err(self.aborted("the file was cut short while it was read"));
+                        }
+                    };
+                    reopened = false;
                     // Bytes read while the download started over may be the new entity's: they
                     // are sent only if no restart happened before they were read (a restart is
                     // counted before anything new is written).
@@ -267,6 +286,14 @@ impl Reader {
         let download_dir = self.engine.inner.config.download_dir.clone();
         let (tenant, result_file) = (spec.tenant.clone(), spec.result_file.clone());
         let partial = self.engine.partial_of(&self.op);
+        // With replicas, the download's current file is the one of its newest lease: the
+        // holder may be another replica, and this one may not have heard which lease that is.
+        let newest = self
+            .engine
+            .inner
+            .cluster
+            .is_some()
+            .then(|| spec.guid.clone());
         let (completed, size) = {
             let st = self.op.lock();
             (st.status() == Status::Completed, st.checkpoint)
@@ -282,6 +309,14 @@ impl Reader {
                 }
                 Ok(file)
             } else {
+                let partial = match newest {
+                    Some(guid) => paths::partial_epochs(&download_dir, &guid)?
+                        .first()
+                        .map_or(partial, |&epoch| {
+                            paths::partial_path_at(&download_dir, &guid, Some(epoch))
+                        }),
+                    None => partial,
+                };
                 paths::open_partial_for_reading(&partial)
             }
         })
@@ -296,8 +331,8 @@ impl Reader {
     }
 
     /// Reads the next chunk: from `self.at`, at most [`CHUNK_SIZE`] bytes and no further than
-    /// `upto`, all of which must be there.
-    async fn read(&self, file: &mut tokio::fs::File, upto: u64) -> Result<Bytes, Error> {
+    /// `upto`; `None` if the file ends before that.
+    async fn read(&self, file: &mut tokio::fs::File, upto: u64) -> Result<Option<Bytes>, Error> {
         let want = usize::try_from(upto - self.at).map_or(CHUNK_SIZE, |n| n.min(CHUNK_SIZE));
         let mut buf = BytesMut::zeroed(want);
         let read = async {
@@ -306,10 +341,8 @@ impl Reader {
             Ok::<_, io::Error>(())
         };
         match read.await {
-            Ok(()) => Ok(buf.freeze()),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                Err(self.aborted("the file was cut short while it was read"))
-            }
+            Ok(()) => Ok(Some(buf.freeze())),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
             Err(e) => Err(self.unreadable(&e)),
         }
     }

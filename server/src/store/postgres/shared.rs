@@ -148,7 +148,9 @@ impl SharedStore for PostgresStore {
             Ok(Claim::Claimed(Box::new(Claimed {
                 record,
                 lease: Lease { epoch },
-                took_over: owner.is_some(),
+                // Our own live lease is being given back by an earlier call of this process,
+                // which writes nothing more: the file is handed over, not taken.
+                took_over: owner.is_some_and(|o| o != node || expired == Some(true)),
             })))
         })
     }

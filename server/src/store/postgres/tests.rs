@@ -194,6 +194,29 @@ async fn a_live_lease_is_held_and_an_expired_one_is_taken_over() {
 }
 
 #[tokio::test]
+async fn a_replica_claiming_its_own_live_lease_is_handed_the_file() {
+    let Some(store) = store_with(1).await else {
+        return;
+    };
+    let Claim::Claimed(first) = store.claim("a", "g1", TTL).await.unwrap() else {
+        panic!("a free download was not claimed");
+    };
+    assert!(!first.took_over);
+    // Its release is still on the way when it claims the download again: nobody else wrote
+    // the file, so it is handed over (renamed), not taken over (copied).
+    let Claim::Claimed(again) = store.claim("a", "g1", TTL).await.unwrap() else {
+        panic!("a replica could not claim its own lease");
+    };
+    assert!(!again.took_over, "its own live lease counted as taken over");
+    assert_eq!(again.lease.epoch, first.lease.epoch + 1);
+    // Another replica's live lease still holds.
+    match store.claim("b", "g1", TTL).await.unwrap() {
+        Claim::HeldBy(owner) => assert_eq!(owner, "a"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn notices_reach_every_listener_in_order() {
     let Some(store) = store_with(1).await else {
         return;
