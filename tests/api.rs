@@ -126,10 +126,16 @@ async fn empty_result_file_gets_a_name_from_the_uri() {
     let url = h.origin.url(path);
     let a = h.create(&url, "").await;
     assert_eq!(a.result_file, "weights.safetensors");
+    // Taken names get the guid's last 12 hex digits: guids made in the same minute share
+    // their first ones (UUIDv7 starts with the time), so two more in a row still differ.
     let b = h.create(&url, "").await;
-    let short: String = b.guid.chars().take(8).collect();
-    assert_eq!(b.result_file, format!("weights-{short}.safetensors"));
-    for op in [&a, &b] {
+    let c = h.create(&url, "").await;
+    for op in [&b, &c] {
+        let short = &op.guid[op.guid.len() - 12..];
+        assert_eq!(op.result_file, format!("weights-{short}.safetensors"));
+    }
+    assert_ne!(b.result_file, c.result_file);
+    for op in [&a, &b, &c] {
         h.wait_status(&op.guid, S::Completed).await;
         h.assert_file(&op.result_file, &test_bytes(1000, 3));
     }

@@ -472,17 +472,64 @@ async fn a_control_call_on_one_replica_reaches_the_download_running_on_another()
     );
     let err = b.client.list(None, 1, "999999999").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+}
 
-    // Reordering a whole group is refused with replicas, saying what to do instead.
-    let grouped = b
-        .create_with(pb::CreateDownloadRequest {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_current_in_group_reorders_a_serialized_group_across_replicas() {
+    use pb::BackgroundTransferBehavior as Behavior;
+    let Some(url) = common::postgres::fresh_database().await else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let shared = root.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let a = start_replica(root.path(), &url, 0, &shared, "4").await;
+    let b = start_replica(root.path(), &url, 1, &shared, "4").await;
+    let group = b.client.set_group_behavior("fleet", Behavior::Serialized);
+    assert_eq!(group.await.unwrap().behavior(), Behavior::Serialized);
+    // Four members created on both replicas; each is held after its first bytes, so the first
+    // runs (on either replica) while the others wait for the group.
+    let mut guids = Vec::new();
+    for i in 0..4 {
+        let path = format!("/g{i}");
+        a.origin
+            .put(&path, Resource::new(test_bytes(5000, i)).hold_after(100));
+        let request = pb::CreateDownloadRequest {
             transfer_group: "fleet".into(),
-            ..create_request(&a.origin.url("/big"), "again.bin")
-        })
-        .await;
-    let err = b.client.make_current(&grouped.guid).await.unwrap_err();
+            ..create_request(&a.origin.url(&path), &format!("g{i}"))
+        };
+        let replica = if i % 2 == 0 { &a } else { &b };
+        guids.push(replica.create_with(request).await.guid);
+    }
+    a.wait_status(&guids[0], S::Running).await;
+    for g in &guids[1..] {
+        let op = b.get(g).await;
+        assert_eq!(status_of(&op), S::Idle, "{g} runs beside the group's first");
+    }
+    // On B: g3 to the front of its group. The members are moved where they are held, the
+    // running g0 included: the order becomes g3, g0, g1, g2.
+    let made = b.client.make_current(&guids[3]).await.unwrap();
+    assert_eq!(made.guid, guids[3]);
+    for i in 0..4 {
+        a.origin.release(&format!("/g{i}"));
+    }
+    for g in &guids {
+        let done = a.wait_finished(g).await;
+        assert_eq!(status_of(&done), S::Completed, "{g}");
+    }
+    let order: Vec<String> = a
+        .origin
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| p.starts_with("/g"))
+        .collect();
+    assert_eq!(order, ["/g0", "/g3", "/g1", "/g2"]);
+    // A download outside any group is refused, on either replica.
+    a.origin.put("/solo", Resource::new(test_bytes(5000, 9)));
+    let solo = a.create(&a.origin.url("/solo"), "solo").await.guid;
+    let err = b.client.make_current(&solo).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("SetPriority"), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,4 +601,113 @@ async fn a_follower_reads_on_when_its_download_is_taken_over_from_a_killed_repli
         sha256(&body),
         "the bytes B's ReadResult(follow) sent across the takeover"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_racing_on_three_replicas_keep_quotas_and_result_files() {
+    use common::tokens::token_file;
+    use common::{Server, Token};
+    const MEDIA: Token = Token {
+        name: "ingest",
+        tenant: "media",
+        role: "user",
+        secret: "media-secret",
+    };
+    const ML: Token = Token {
+        name: "trainer",
+        tenant: "ml",
+        role: "user",
+        secret: "ml-secret",
+    };
+    const QUOTA: usize = 3;
+    let Some(url) = common::postgres::fresh_database().await else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let shared = root.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let tokens = root.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "{}\nmax_live_downloads = {QUOTA}\n\n{}",
+            token_file(&[MEDIA]).trim_end(),
+            token_file(&[ML])
+        ),
+    )
+    .unwrap();
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        let mut flags = replica_flags(&url, i, &shared, "4");
+        flags.extend(["--auth-tokens".into(), tokens.to_str().unwrap().into()]);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        servers.push(Server::start(&root.path().join(format!("replica-{i}")), &flags).await);
+    }
+    // Held after their first bytes, so every download stays unfinished while the test counts.
+    let origin = common::origin::Origin::start().await;
+    origin.put(
+        "/q.bin",
+        Resource::new(test_bytes(64 * 1024, 5)).hold_after(1024),
+    );
+    let url_of = origin.url("/q.bin");
+
+    // Twelve creates of media at once, four on each replica: exactly its quota get in.
+    let mut racing = Vec::new();
+    for (i, server) in servers.iter().enumerate() {
+        for j in 0..4 {
+            let client = server.client_as(&MEDIA).await;
+            let request = create_request(&url_of, &format!("q{i}-{j}"));
+            racing.push(tokio::spawn(async move { client.create(request).await }));
+        }
+    }
+    let mut stored = 0;
+    for race in racing {
+        match race.await.unwrap() {
+            Ok(_) => stored += 1,
+            Err(e) => assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}"),
+        }
+    }
+    assert_eq!(stored, QUOTA, "media's quota across three replicas");
+
+    // Nine creates of one result file at once, three on each replica: exactly one gets it.
+    let mut racing = Vec::new();
+    for server in &servers {
+        for _ in 0..3 {
+            let client = server.client_as(&ML).await;
+            let request = create_request(&url_of, "same.bin");
+            racing.push(tokio::spawn(async move { client.create(request).await }));
+        }
+    }
+    let mut winners = Vec::new();
+    for race in racing {
+        match race.await.unwrap() {
+            Ok(op) => winners.push(op.guid),
+            Err(e) => assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "one result file, one unfinished download");
+
+    // Nine creates without a result file, named after the URI by transferd: every one is
+    // stored, each under a name of its own.
+    let mut racing = Vec::new();
+    for server in &servers {
+        for _ in 0..3 {
+            let client = server.client_as(&ML).await;
+            let request = create_request(&url_of, "");
+            racing.push(tokio::spawn(async move { client.create(request).await }));
+        }
+    }
+    let mut names = Vec::new();
+    for race in racing {
+        names.push(
+            race.await
+                .unwrap()
+                .expect("a create without a result file")
+                .result_file,
+        );
+    }
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 9, "{names:?}");
+    assert!(names.contains(&"q.bin".to_string()), "{names:?}");
 }

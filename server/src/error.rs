@@ -181,14 +181,6 @@ pub enum Error {
     /// The durable store failed; nothing was changed.
     #[error("storage failed: {0}")]
     Storage(#[from] StoreError),
-    /// A call this build does not carry out while replicas share the store.
-    #[error("{call} is not available while replicas share a PostgreSQL store; {instead}")]
-    NotWithReplicas {
-        /// The call.
-        call: &'static str,
-        /// What to do instead.
-        instead: &'static str,
-    },
     /// Another replica carried out the call and refused it; `code` is the gRPC code it
     /// answered with, `message` its message.
     #[error("{message}")]

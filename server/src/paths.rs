@@ -177,10 +177,12 @@ pub fn name_from_uri(uri: &url::Url) -> String {
     name
 }
 
-/// `name` made unique with part of the guid, keeping the extension: `model.bin` becomes
-/// `model-1a2b3c4d.bin`.
+/// `name` made unique with the guid's last 12 hex digits, keeping the extension: `model.bin`
+/// becomes `model-9f8e7d6c5b4a.bin`. Guids are UUIDv7, whose leading digits are a timestamp
+/// shared by every download created in the same minute; the last 48 bits are random.
 pub fn with_guid_suffix(name: &str, guid: &Guid) -> String {
-    let short: String = guid.chars().filter(|c| *c != '-').take(8).collect();
+    let hex: Vec<char> = guid.chars().filter(|c| *c != '-').collect();
+    let short: String = hex[hex.len().saturating_sub(12)..].iter().collect();
     match name.rsplit_once('.') {
         Some((stem, ext)) if !stem.is_empty() => format!("{stem}-{short}.{ext}"),
         _ => format!("{name}-{short}"),

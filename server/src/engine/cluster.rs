@@ -17,6 +17,7 @@
 //! - The lease is given back when its last holder here lets go ([`OpState::holds`]).
 
 mod call;
+mod create;
 mod feed;
 
 use std::collections::HashMap;

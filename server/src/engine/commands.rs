@@ -73,6 +73,7 @@ impl Engine {
         let guid = uuid::Uuid::now_v7().to_string();
         // Replicas take creation numbers from the shared store, so no two hand out the same.
         let seq = self.next_seq().await?;
+        let named = checked.result_file.is_some();
         let (seq, result_file) = self.claim_result_file(
             caller,
             &guid,
@@ -81,34 +82,34 @@ impl Engine {
             checked.replace_existing,
             seq,
         )?;
-        let record = new_record(guid.clone(), seq, caller, result_file, checked);
-        let op = Op::from_record(record.clone(), &self.inner.bus);
+        let mut record = new_record(guid.clone(), seq, caller, result_file, checked);
+        let quota = caller.max_live_downloads;
         // The store write and what follows it run as their own task: a client that goes away
         // mid-call drops this future, and must not leave a stored download the engine does not
         // know, or a result file claimed by nobody.
         let engine = self.clone();
-        let added = op.clone();
         let stored = tokio::spawn(async move {
-            if let Err(e) = engine.inner.store.insert(&record).await {
+            let stored = engine.store_new(&mut record, named, quota).await;
+            let op = {
                 let mut core = engine.lock();
-                core.registry.release_claim(&added.spec);
-                core.registry.settle(&added.spec.tenant);
-                return Err(e);
-            }
-            {
-                let mut core = engine.lock();
-                core.registry.settle(&added.spec.tenant);
-                core.add(added.clone());
-            }
-            added.hub.announce();
-            let guid = added.spec.guid.clone();
+                core.registry.settle(&record.spec.tenant);
+                if let Err(e) = stored {
+                    core.registry.release_claim(&record.spec);
+                    return Err(e);
+                }
+                let op = Op::from_record(record, &engine.inner.bus);
+                core.add(op.clone());
+                op
+            };
+            op.hub.announce();
+            let guid = op.spec.guid.clone();
             engine.announce(|node| Notice::Changed { guid, node }).await;
-            Ok(())
+            Ok(op)
         });
-        match stored.await {
+        let op = match stored.await {
             Ok(result) => result?,
             Err(e) => return Err(Error::Storage(StoreError::Unavailable(e.to_string()))),
-        }
+        };
         log_created(&op, caller);
         // Conditions may hold it back at once (no network, costed, constrained).
         self.settings_changed(&op).await;

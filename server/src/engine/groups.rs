@@ -1,7 +1,11 @@
 //! Transfer groups: how a group of a tenant runs its downloads (SetTransferGroupBehavior), and
 //! MakeCurrentInGroup, which moves a download to the front of its group.
 
+use std::sync::Arc;
+
+use super::cluster::{Call, Control};
 use super::commands::illegal;
+use super::download::Op;
 use super::{DownloadView, Engine, validate};
 use crate::auth::Caller;
 use crate::error::Error;
@@ -44,21 +48,14 @@ impl Engine {
         caller: &Caller,
         guid: &str,
     ) -> Result<DownloadView, Error> {
-        let op = self.op(caller, guid)?;
+        // With replicas, one created on another a moment ago is read from the store.
+        let op = self.op_or_fetch(caller, guid).await?;
         let group = op.spec.transfer_group.clone();
         if group.is_empty() {
             return Err(Error::NoGroup { guid: guid.into() });
         }
-        if self.inner.cluster.is_some() {
-            // It rewrites the queue places of every member of the group, some of which other
-            // replicas may hold; until that is one fenced write per member, it is refused.
-            return Err(Error::NotWithReplicas {
-                call: "MakeCurrentInGroup",
-                instead: "raise the download with SetPriority instead",
-            });
-        }
-        let moved = {
-            let mut core = self.lock();
+        let moves = {
+            let core = self.lock();
             let status = op.lock().status();
             if status.is_terminal() {
                 return Err(illegal(guid, "reorder", status));
@@ -71,17 +68,68 @@ impl Engine {
                 .position(|o| o.spec.guid == op.spec.guid)
                 .expect("a live download is a member of its own group");
             members.rotate_left(at);
-            for (member, slot) in members.iter().zip(slots) {
+            members.into_iter().zip(slots).collect::<Vec<_>>()
+        };
+        if self.inner.cluster.is_some() {
+            return self.make_current_with_replicas(caller, &op, moves).await;
+        }
+        {
+            let mut core = self.lock();
+            for (member, slot) in &moves {
                 let mut st = member.lock();
-                st.queue_order = slot;
+                st.queue_order = *slot;
                 core.queue.reposition(member.queue_key(&st));
             }
-            members
-        };
-        for member in &moved {
+        }
+        for (member, _) in &moves {
             self.persist(member).await?;
         }
         self.schedule();
         Ok(self.view(&op))
+    }
+
+    /// MakeCurrentInGroup with replicas: each member whose slot changes is moved where it is
+    /// held, one fenced write each (see `cluster/call.rs`), the chosen download first. A
+    /// member that finished meanwhile keeps its slot, as it no longer queues.
+    async fn make_current_with_replicas(
+        &self,
+        caller: &Caller,
+        op: &Arc<Op>,
+        moves: Vec<(Arc<Op>, i64)>,
+    ) -> Result<DownloadView, Error> {
+        for (member, slot) in moves {
+            if member.lock().queue_order == slot {
+                continue;
+            }
+            let guid = &member.spec.guid;
+            match self.set_queue_order(caller, guid, slot).await {
+                Ok(_) => {}
+                Err(Error::IllegalTransition { .. }) if guid != &op.spec.guid => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.claim_soon();
+        Ok(self.view(op))
+    }
+
+    /// Gives one download its new slot in its group's queue, on the replica that holds it.
+    pub(in crate::engine) async fn set_queue_order(
+        &self,
+        caller: &Caller,
+        guid: &str,
+        order: i64,
+    ) -> Result<DownloadView, Error> {
+        let _held = match self
+            .control(caller, guid, Call::SetQueueOrder { order })
+            .await?
+        {
+            Control::Here(held) => held,
+            Control::Done(view) => return Ok(*view),
+        };
+        self.edit(caller, guid, "reorder", |_, st| {
+            st.queue_order = order;
+            Ok(())
+        })
+        .await
     }
 }

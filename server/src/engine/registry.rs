@@ -183,6 +183,13 @@ impl Registry {
         }
     }
 
+    /// Moves a create's claim from its result file to the path `to` (see
+    /// `Engine::store_new`).
+    pub(super) fn rename_claim(&mut self, spec: &DownloadSpec, to: String) {
+        self.release_claim(spec);
+        self.claimed.insert(to, spec.guid.clone());
+    }
+
     /// Forgets a finished download. Its creation sequence is not handed out again, so page
     /// tokens issued before stay valid.
     pub(super) fn remove(&mut self, guid: &str) -> Option<Arc<Op>> {

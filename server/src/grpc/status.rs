@@ -35,8 +35,7 @@ pub(crate) fn code(error: &Error) -> Code {
         | Error::NoGroup { .. }
         | Error::ResultFileNotRemoved { .. }
         | Error::NotReadable { .. }
-        | Error::ResultUnreadable { .. }
-        | Error::NotWithReplicas { .. } => Code::FailedPrecondition,
+        | Error::ResultUnreadable { .. } => Code::FailedPrecondition,
         Error::ReadOutOfRange { .. } => Code::OutOfRange,
         // The read may be asked again: the download may be retried or recreated.
         Error::ReadAborted { .. } => Code::Aborted,
@@ -97,10 +96,9 @@ mod tests {
             Error::ResultUnreadable { .. } => 17,
             Error::ReadAborted { .. } => 18,
             Error::Remote { .. } => 19,
-            Error::NotWithReplicas { .. } => 20,
         }
     }
-    const VARIANTS: usize = 21;
+    const VARIANTS: usize = 20;
 
     /// One of each store error with its code. The store's errors are being reworked on another
     /// branch; this and [`store_status`] are what a merge swaps.
@@ -187,13 +185,6 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (Error::ShuttingDown, Code::Unavailable),
-            (
-                Error::NotWithReplicas {
-                    call: "MakeCurrentInGroup",
-                    instead: "use SetPriority",
-                },
-                Code::FailedPrecondition,
-            ),
             (
                 Error::Remote {
                     code: Code::FailedPrecondition as i32,

@@ -128,9 +128,12 @@ fn picks_safe_names() {
     assert_eq!(name_from_uri(&u("http://h/a/..")), "download");
     assert_eq!(name_from_uri(&u("http://h/a%20b")), "a_20b");
     assert_eq!(name_from_uri(&u("http://h/.env")), "_.env");
-    let g = "1a2b3c4d-0000-0000-0000-000000000000".to_string();
-    assert_eq!(with_guid_suffix("model.bin", &g), "model-1a2b3c4d.bin");
-    assert_eq!(with_guid_suffix("download", &g), "download-1a2b3c4d");
+    let g = "01a202c5-5fd0-711f-a020-9f8e7d6c5b4a".to_string();
+    assert_eq!(with_guid_suffix("model.bin", &g), "model-9f8e7d6c5b4a.bin");
+    assert_eq!(with_guid_suffix("download", &g), "download-9f8e7d6c5b4a");
+    // Two guids of the same minute differ in their suffixes.
+    let h = "01a202c5-5fd1-7000-b111-0123456789ab".to_string();
+    assert_ne!(with_guid_suffix("x", &g), with_guid_suffix("x", &h));
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! The connection runs without TLS: run PostgreSQL on loopback, a private network or a Unix
 //! socket (see the README).
 
+mod create;
 mod schema;
 mod shared;
 

@@ -180,9 +180,36 @@ pub struct FencedWrite<'a> {
     pub restarts: u64,
 }
 
+/// What [`SharedStore::insert_new`] did with a new download.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// It is stored.
+    Stored,
+    /// Another unfinished download lands at the same path (its tenant's directory joined with
+    /// its result file); nothing was stored.
+    PathTaken {
+        /// That download.
+        holder: Guid,
+    },
+    /// Its tenant already has `count` unfinished downloads, as many as its quota allows;
+    /// nothing was stored.
+    OverQuota {
+        /// The tenant's unfinished downloads.
+        count: u64,
+    },
+}
+
 /// A store several replicas share. Every method is atomic and durable once its future
 /// resolves `Ok`.
 pub trait SharedStore: Store {
+    /// Stores a new download, unless another unfinished download lands at the same path or its
+    /// tenant already has `quota` unfinished downloads. Both are checked in the transaction
+    /// that stores it, so replicas creating at the same moment cannot both pass.
+    fn insert_new<'a>(
+        &'a self,
+        record: &'a Record,
+        quota: Option<u64>,
+    ) -> StoreFuture<'a, Inserted>;
     /// Claims up to `limit` runnable downloads for `node` in queue order (priority, then queue
     /// position, then creation), at most one per serialized group running anywhere, with a
     /// lease of `ttl`. Runnable: unfinished, not paused by a client or a recoverable web

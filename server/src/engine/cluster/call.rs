@@ -78,6 +78,11 @@ pub(crate) enum Call {
         /// Bytes per second; 0 for none.
         bytes_per_second: u64,
     },
+    /// One member's new place in its group, from MakeCurrentInGroup.
+    SetQueueOrder {
+        /// Its queue slot.
+        order: i64,
+    },
 }
 
 /// A forwarded call on the feed: the call, the download and who asked.
@@ -330,6 +335,7 @@ impl Engine {
             Call::SetRateLimit { bytes_per_second } => {
                 self.set_rate_limit(&caller, guid, bytes_per_second).await?
             }
+            Call::SetQueueOrder { order } => self.set_queue_order(&caller, guid, order).await?,
         };
         Ok(())
     }

@@ -6,7 +6,13 @@ use super::classify;
 use crate::store::StoreError;
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
+
+/// Where an unfinished download lands, as `paths::resolved` spells it: its tenant's directory
+/// (none for the default tenant) joined with its result file. No two unfinished downloads
+/// share one (version 2's index).
+pub(super) const LIVE_PATH: &str =
+    "(CASE WHEN tenant = '' THEN result_file ELSE tenant || '/' || result_file END)";
 
 /// The advisory lock migrations hold ("migrate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006d_6967_7261_7465;
@@ -65,6 +71,16 @@ CREATE TABLE transfer_groups (
 );
 ";
 
+/// Version 2: the claims that every replica once checked in its own memory, checked by the
+/// database: one unfinished download per path ([`LIVE_PATH`]), and the unfinished downloads
+/// of a tenant counted from an index for its quota.
+fn v2() -> String {
+    format!(
+        "CREATE UNIQUE INDEX downloads_live_path ON downloads ({LIVE_PATH}) WHERE finished_at IS NULL;
+         CREATE INDEX downloads_live_by_tenant ON downloads (tenant) WHERE finished_at IS NULL;"
+    )
+}
+
 /// Brings the database to [`SCHEMA_VERSION`], or refuses a newer one.
 pub(super) async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), StoreError> {
     let tx = client.transaction().await.map_err(classify)?;
@@ -88,6 +104,14 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()
     }
     if found < 1 {
         tx.batch_execute(V1).await.map_err(classify)?;
+    }
+    if found < 2 {
+        tx.batch_execute(&v2()).await.map_err(|e| match classify(e) {
+            StoreError::Conflict(detail) => StoreError::Conflict(format!(
+                "two unfinished downloads land at the same path, which this version refuses; cancel one with the transferd that made them, then start this one again ({detail})"
+            )),
+            other => other,
+        })?;
     }
     if found < SCHEMA_VERSION {
         tx.execute("DELETE FROM transferd_schema", &[])

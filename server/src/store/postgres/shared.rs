@@ -15,7 +15,7 @@ use super::{COLUMNS_OF_D, PostgresStore, classify, record, save_in};
 use crate::operation::Guid;
 use crate::operation::{Behavior, Status, StatusReason};
 use crate::store::shared::{
-    Claim, ClaimFilter, Claimed, FencedWrite, Lease, Notice, SharedStore, StatusChange,
+    Claim, ClaimFilter, Claimed, FencedWrite, Inserted, Lease, Notice, SharedStore, StatusChange,
 };
 use crate::store::{Record, StoreError, StoreFuture};
 
@@ -54,6 +54,14 @@ fn encode(notice: &Notice) -> String {
 }
 
 impl SharedStore for PostgresStore {
+    fn insert_new<'a>(
+        &'a self,
+        record: &'a Record,
+        quota: Option<u64>,
+    ) -> StoreFuture<'a, Inserted> {
+        Box::pin(super::create::insert_new(self, record, quota))
+    }
+
     fn claim_next<'a>(
         &'a self,
         node: &'a str,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::PostgresStore;
 use crate::operation::{CostPolicy, Status};
 use crate::store::conformance::{Fixture, record};
-use crate::store::shared::{Claim, ClaimFilter, FencedWrite, Lease, Notice, SharedStore};
+use crate::store::shared::{Claim, ClaimFilter, FencedWrite, Inserted, Lease, Notice, SharedStore};
 use crate::store::{Store, StoreError};
 
 /// The test PostgreSQL server's URL, or `None` when there is none (a failure under CI).
@@ -328,4 +328,128 @@ async fn an_unreachable_database_is_named_without_its_password() {
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(message.contains("127.0.0.1:1/db"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
+}
+
+/// A record of `tenant` landing at `file`.
+fn record_at(guid: &str, seq: u64, tenant: &str, file: &str) -> crate::store::Record {
+    let mut r = record(guid, seq);
+    r.spec.tenant = crate::auth::Tenant::new(tenant);
+    r.spec.result_file = file.into();
+    r
+}
+
+#[tokio::test]
+async fn a_new_download_is_refused_a_path_an_unfinished_one_holds() {
+    let Some(store) = store_with(0).await else {
+        return;
+    };
+    let first = record_at("g1", 1, "", "media/x.bin");
+    assert_eq!(
+        store.insert_new(&first, None).await.unwrap(),
+        Inserted::Stored
+    );
+    // The same path, from the default tenant and from tenant `media` (whose directory is
+    // `media/`): both land where g1 does.
+    for (guid, seq, tenant, file) in [("g2", 2, "", "media/x.bin"), ("g3", 3, "media", "x.bin")] {
+        assert_eq!(
+            store
+                .insert_new(&record_at(guid, seq, tenant, file), None)
+                .await
+                .unwrap(),
+            Inserted::PathTaken {
+                holder: "g1".into()
+            },
+            "{guid}"
+        );
+    }
+    assert!(
+        store
+            .get(&["g2".into(), "g3".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Another tenant's same name lands elsewhere.
+    let other = record_at("g4", 4, "films", "x.bin");
+    assert_eq!(
+        store.insert_new(&other, None).await.unwrap(),
+        Inserted::Stored
+    );
+    // Once g1 finished, its path is free again.
+    let mut done = first.clone();
+    done.status = Status::Completed;
+    done.finished_at = Some(std::time::SystemTime::now());
+    store.save(&done).await.unwrap();
+    let again = record_at("g5", 5, "media", "x.bin");
+    assert_eq!(
+        store.insert_new(&again, None).await.unwrap(),
+        Inserted::Stored
+    );
+    // A guid stored twice is still a conflict, not a taken path.
+    let twice = record_at("g5", 6, "", "elsewhere.bin");
+    assert!(matches!(
+        store.insert_new(&twice, None).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_creates_on_many_replicas_never_pass_a_quota_or_share_a_path() {
+    let Some(store) = store_with(0).await else {
+        return;
+    };
+    let store = std::sync::Arc::new(store);
+    // Twelve creates at once, each on its own connection as on its own replica: a quota of 5
+    // lets exactly five in.
+    let creates = (1..=12u64).map(|seq| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let r = record_at(&format!("q{seq}"), seq, "media", &format!("q{seq}.bin"));
+            store.insert_new(&r, Some(5)).await.unwrap()
+        })
+    });
+    let outcomes: Vec<Inserted> = futures_util::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let stored = outcomes.iter().filter(|o| **o == Inserted::Stored).count();
+    assert_eq!(stored, 5, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Inserted::Stored | Inserted::OverQuota { count: 5 })),
+        "{outcomes:?}"
+    );
+    // Twelve creates of one path at once: exactly one is stored.
+    let creates = (100..112u64).map(|seq| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let r = record_at(&format!("p{seq}"), seq, "films", "same.bin");
+            store.insert_new(&r, None).await.unwrap()
+        })
+    });
+    let outcomes: Vec<Inserted> = futures_util::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let winners: Vec<_> = outcomes
+        .iter()
+        .filter(|o| **o == Inserted::Stored)
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    let (records, _) = store.page(Some("films"), None, 0, 100).await.unwrap();
+    assert_eq!(records.len(), 1);
+    let holder = records[0].spec.guid.clone();
+    for o in &outcomes {
+        if *o != Inserted::Stored {
+            assert_eq!(
+                *o,
+                Inserted::PathTaken {
+                    holder: holder.clone()
+                }
+            );
+        }
+    }
 }
