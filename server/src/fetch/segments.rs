@@ -5,9 +5,10 @@
 //! [`Fetcher::run`]), so a small file, an origin without ranges or one without a validator is
 //! fetched exactly as before. Once that first response shows the origin serves byte ranges of
 //! a known length guarded by a validator, and enough is left ([`MIN_SEGMENT`] twice), growth
-//! begins: every [`RAMP_WINDOW`] the download's throughput is measured, and while the
-//! connections added last raised it by at least [`MIN_GAIN`] of what each connection brought
-//! before, [`GROWTH`] times as many connections run next (each added one splitting the largest
+//! begins: once the connections added last deliver, the download's throughput is measured
+//! over a window ([`MEASURE_WINDOW`] or longer), and while the connections added last raised
+//! it by at least [`MIN_GAIN`] of what each connection brought before, [`GROWTH`] times as
+//! many connections run next (each added one splitting the largest
 //! remaining segment in half), up to `--max-connections-per-download` and while the origin
 //! has room under `--max-connections-per-host`. A connection whose segment is done takes over
 //! a segment left idle or the back half of the largest one, so all connections stay busy to
@@ -54,10 +55,25 @@ pub const MIN_SEGMENT: u64 = 4 << 20;
 /// (which the origin would briefly see as one connection too many).
 pub const PIECE_REQUEST: u64 = MIN_SEGMENT;
 
-/// How often throughput is measured while connections are added: long enough to average over
-/// many reads and to let a new connection get going, short enough that ramping up to dozens
-/// of connections takes under a second.
-pub const RAMP_WINDOW: Duration = Duration::from_millis(250);
+/// How often a run looks at its connections: to see whether the ones added last have started
+/// delivering, whether a measuring window is over, and to reopen a vacant connection.
+const TICK: Duration = Duration::from_millis(25);
+
+/// Shortest window over which throughput is measured while connections are added: long enough
+/// to average over many reads at tens of MiB/s, short enough that ramping up to dozens of
+/// connections takes a few tenths of a second. A window starts only once every connection
+/// added last has delivered its first bytes, and lasts at least as long as they took to get
+/// there, so a far origin's handshakes and slow starts are not mistaken for connections that
+/// bring nothing.
+pub const MEASURE_WINDOW: Duration = Duration::from_millis(100);
+
+/// Longest wait for the connections added last to deliver their first bytes; one that has not
+/// by then is measured as it is (bringing nothing yet).
+const START_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long a connection cut at the end of its span waits before it is opened again (see
+/// [`Crew::vacant`]).
+const REOPEN_DELAY: Duration = Duration::from_millis(250);
 
 /// How many times as many connections run after each step of growth. Four reaches 32
 /// connections in three windows (doubling would take five, a second and a half in which a
@@ -125,7 +141,7 @@ struct Crew<'s> {
     failures: HashMap<u64, (u32, u64)>,
     /// Most connections that ran at once, for the log.
     peak: usize,
-    /// Connections to open again at the next window: the first connection's, cut at the end
+    /// Connections to open again after [`REOPEN_DELAY`]: the first connection's, cut at the end
     /// of its span (its socket closes only once its HTTP client notices; opening the next one
     /// at once would briefly show the origin one connection too many).
     vacant: Vec<(HostPermit, tokio::time::Instant)>,
@@ -134,11 +150,51 @@ struct Crew<'s> {
 
 /// Throughput measured each window, and the connections added last.
 struct Ramp {
-    at: tokio::time::Instant,
-    bytes: u64,
+    /// When the window being measured began, and the bytes received then; `None` while the
+    /// connections added last are starting.
+    window: Option<(tokio::time::Instant, u64)>,
+    /// How long the window lasts.
+    length: Duration,
+    /// Connections added last that have not delivered yet: each one's span and where it was.
+    starting: Vec<(Arc<Span>, u64)>,
+    /// When they were added.
+    since: tokio::time::Instant,
     /// Rate before the last addition, the connections running then, and how many were added.
     pending: Option<(f64, usize, usize)>,
     done: bool,
+}
+
+impl Ramp {
+    /// Waits for `spans`, just set to work at `now`, before measuring again.
+    fn starting(&mut self, spans: Vec<Arc<Span>>, now: tokio::time::Instant) {
+        self.starting = spans
+            .into_iter()
+            .map(|span| {
+                let at = span.received.load(Ordering::SeqCst);
+                (span, at)
+            })
+            .collect();
+        self.since = now;
+        self.window = None;
+    }
+
+    /// Whether every connection added last has delivered (or waited long enough); then the
+    /// next window begins, lasting at least as long as they took.
+    fn started(&mut self, now: tokio::time::Instant, bytes: u64) -> bool {
+        if self.window.is_some() {
+            return true;
+        }
+        self.starting
+            .retain(|(span, at)| span.received.load(Ordering::SeqCst) == *at);
+        let waited = now - self.since;
+        if !self.starting.is_empty() && waited < START_LIMIT {
+            return false;
+        }
+        self.starting.clear();
+        self.window = Some((now, bytes));
+        self.length = waited.max(MEASURE_WINDOW);
+        false
+    }
 }
 
 /// One segmented run of a download.
@@ -226,14 +282,23 @@ impl<O: Observer> Run<'_, O> {
         } else {
             self.resume(&mut crew, permit);
         }
-        let mut ticker = tokio::time::interval(RAMP_WINDOW);
+        let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let now = tokio::time::Instant::now();
         let mut ramp = Ramp {
-            at: tokio::time::Instant::now(),
-            bytes: self.board.received.load(Ordering::SeqCst),
+            window: None,
+            length: MEASURE_WINDOW,
+            starting: Vec::new(),
+            since: now,
             pending: None,
             done: false,
         };
+        let working: Vec<Arc<Span>> = lock(&self.board.spans)
+            .iter()
+            .filter(|s| s.busy.load(Ordering::SeqCst))
+            .cloned()
+            .collect();
+        ramp.starting(working, now);
         loop {
             crew.peak = crew.peak.max(crew.workers.len());
             self.running.store(crew.workers.len(), Ordering::SeqCst);
@@ -456,20 +521,14 @@ impl<O: Observer> Run<'_, O> {
         crew.workers.push(self.piece(span, permit, delay));
     }
 
-    /// Measures the window that just ended and adds connections while they pay off.
+    /// Reopens vacant connections, and at the end of each window measures it and adds
+    /// connections while they pay off.
     fn grow<'s>(&'s self, crew: &mut Crew<'s>, ramp: &mut Ramp) {
         let now = tokio::time::Instant::now();
-        let bytes = self.board.received.load(Ordering::SeqCst);
-        let seconds = now
-            .duration_since(ramp.at)
-            .as_secs_f64()
-            .max(f64::MIN_POSITIVE);
-        let rate = bytes.saturating_sub(ramp.bytes) as f64 / seconds;
-        (ramp.at, ramp.bytes) = (now, bytes);
         while crew
             .vacant
             .first()
-            .is_some_and(|(_, at)| now - *at >= RAMP_WINDOW)
+            .is_some_and(|(_, at)| now - *at >= REOPEN_DELAY)
         {
             let (permit, _) = crew.vacant.remove(0);
             if let Some(span) = self.board.idle().or_else(|| self.board.split_largest()) {
@@ -477,10 +536,25 @@ impl<O: Observer> Run<'_, O> {
             }
         }
         let running = crew.workers.len();
-        if ramp.done || self.halt.is_cancelled() || rate <= 0.0 || running == 0 {
+        if ramp.done || self.halt.is_cancelled() || running == 0 {
             return;
         }
         if !self.board.entity().is_some_and(|e| e.resumable) {
+            return;
+        }
+        let bytes = self.board.received.load(Ordering::SeqCst);
+        if !ramp.started(now, bytes) {
+            return;
+        }
+        let Some((at, before)) = ramp.window else {
+            return;
+        };
+        if now - at < ramp.length {
+            return;
+        }
+        let rate = bytes.saturating_sub(before) as f64 / (now - at).as_secs_f64();
+        ramp.window = Some((now, bytes));
+        if rate <= 0.0 {
             return;
         }
         if let Some((before, connections, added)) = ramp.pending {
@@ -497,7 +571,7 @@ impl<O: Observer> Run<'_, O> {
             }
         }
         let room = self.fetcher.per_download.saturating_sub(running);
-        let mut added = 0;
+        let mut added = Vec::new();
         for _ in 0..(running * (GROWTH - 1)).min(room) {
             let Some(permit) = self.fetcher.hosts.extra(&self.origin) else {
                 break;
@@ -505,12 +579,14 @@ impl<O: Observer> Run<'_, O> {
             let Some(span) = self.board.split_largest() else {
                 break;
             };
-            crew.workers.push(self.piece(span, permit, Duration::ZERO));
-            added += 1;
+            crew.workers
+                .push(self.piece(span.clone(), permit, Duration::ZERO));
+            added.push(span);
         }
-        if added > 0 {
-            tracing::debug!(rate, running, added, "adding connections");
-            ramp.pending = Some((rate, running, added));
+        if !added.is_empty() {
+            tracing::debug!(rate, running, added = added.len(), "adding connections");
+            ramp.pending = Some((rate, running, added.len()));
+            ramp.starting(added, now);
         } else if room == 0 {
             ramp.done = true;
         }
