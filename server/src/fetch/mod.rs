@@ -36,6 +36,7 @@ mod body;
 pub mod hosts;
 mod piece;
 mod position;
+mod ramp;
 mod request;
 mod resolve;
 mod response;

@@ -6,8 +6,8 @@
 //! fetched exactly as before. Once that first response shows the origin serves byte ranges of
 //! a known length guarded by a validator, and enough is left ([`MIN_SEGMENT`] twice), growth
 //! begins: once the connections added last deliver, the download's throughput is measured
-//! over a window ([`MEASURE_WINDOW`] or longer), and while the connections added last raised
-//! it by at least [`MIN_GAIN`] of what each connection brought before, [`GROWTH`] times as
+//! over a window ([`MEASURE_WINDOW`](super::ramp::MEASURE_WINDOW) or longer), and while the connections added last raised
+//! it by at least [`MIN_GAIN`](super::ramp::MIN_GAIN) of what each connection brought before, [`GROWTH`] times as
 //! many connections run next (each added one splitting the largest
 //! remaining segment in half), up to `--max-connections-per-download` and while the origin
 //! has room under `--max-connections-per-host`. A connection whose segment is done takes over
@@ -37,6 +37,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
 use super::hosts::{HostPermit, origin_of};
+use super::ramp::{GROWTH, Ramp, TICK};
 use super::spans::{Board, Entity, Restarted, Span, SpanObserver, lock, sound};
 use super::{Failure, Fetcher, Job, Observer, Outcome, redacted, redacted_failure};
 use crate::operation::{Segment, Validators};
@@ -55,43 +56,9 @@ pub const MIN_SEGMENT: u64 = 4 << 20;
 /// (which the origin would briefly see as one connection too many).
 pub const PIECE_REQUEST: u64 = MIN_SEGMENT;
 
-/// How often a run looks at its connections: to see whether the ones added last have started
-/// delivering, whether a measuring window is over, and to reopen a vacant connection.
-const TICK: Duration = Duration::from_millis(25);
-
-/// Shortest window over which throughput is measured while connections are added. A window
-/// starts only once every connection added last has delivered its first bytes, and lasts at
-/// least as long as they took to get there, so a far origin's handshakes and slow starts are
-/// not mistaken for connections that bring nothing. Origins that cap each connection often let
-/// a new one burst first (nginx's `limit_rate` allows a second's worth at once): with 100 ms
-/// windows growth stopped anywhere between 6 and 26 of 32 connections in the capped benchmark;
-/// with 250 ms it reaches its peak every time.
-pub const MEASURE_WINDOW: Duration = Duration::from_millis(250);
-
-/// Windows in a row without enough gain that end growth: one window can mislead for the same
-/// reason.
-const MISSES: u32 = 2;
-
-/// Longest wait for the connections added last to deliver their first bytes; one that has not
-/// by then is measured as it is (bringing nothing yet).
-const START_LIMIT: Duration = Duration::from_secs(2);
-
 /// How long a connection cut at the end of its span waits before it is opened again (see
 /// [`Crew::vacant`]).
 const REOPEN_DELAY: Duration = Duration::from_millis(250);
-
-/// How many times as many connections run after each step of growth. Four reaches 32
-/// connections in three windows (doubling would take five, a second and a half in which a
-/// capped origin gives a fraction of what it could); where one stream already takes all there
-/// is, the first step finds no gain and growth stops at four.
-pub const GROWTH: usize = 4;
-
-/// Least gain, as a share of what one connection brought on average before, that each
-/// connection added last must bring for more to be added. Where every connection is capped
-/// alike, each brings about as much as the others (a gain of 1); where one stream already takes
-/// all there is (a local origin, a full link, a bandwidth limit), another brings almost nothing
-/// and growth stops at once.
-pub const MIN_GAIN: f64 = 0.5;
 
 /// What the engine hands a segmented run beyond the [`Job`].
 #[derive(Clone, Copy, Debug)]
@@ -151,57 +118,6 @@ struct Crew<'s> {
     /// at once would briefly show the origin one connection too many).
     vacant: Vec<(HostPermit, tokio::time::Instant)>,
     verdict: Option<Verdict>,
-}
-
-/// Throughput measured each window, and the connections added last.
-struct Ramp {
-    /// When the window being measured began, and the bytes received then; `None` while the
-    /// connections added last are starting.
-    window: Option<(tokio::time::Instant, u64)>,
-    /// How long the window lasts.
-    length: Duration,
-    /// Connections added last that have not delivered yet: each one's span and where it was.
-    starting: Vec<(Arc<Span>, u64)>,
-    /// When they were added.
-    since: tokio::time::Instant,
-    /// Rate before the last addition, the connections running then, and how many were added.
-    pending: Option<(f64, usize, usize)>,
-    /// Windows in a row in which the connections added last did not pay off.
-    misses: u32,
-    done: bool,
-}
-
-impl Ramp {
-    /// Waits for `spans`, just set to work at `now`, before measuring again.
-    fn starting(&mut self, spans: Vec<Arc<Span>>, now: tokio::time::Instant) {
-        self.starting = spans
-            .into_iter()
-            .map(|span| {
-                let at = span.received.load(Ordering::SeqCst);
-                (span, at)
-            })
-            .collect();
-        self.since = now;
-        self.window = None;
-    }
-
-    /// Whether every connection added last has delivered (or waited long enough); then the
-    /// next window begins, lasting at least as long as they took.
-    fn started(&mut self, now: tokio::time::Instant, bytes: u64) -> bool {
-        if self.window.is_some() {
-            return true;
-        }
-        self.starting
-            .retain(|(span, at)| span.received.load(Ordering::SeqCst) == *at);
-        let waited = now - self.since;
-        if !self.starting.is_empty() && waited < START_LIMIT {
-            return false;
-        }
-        self.starting.clear();
-        self.window = Some((now, bytes));
-        self.length = waited.max(MEASURE_WINDOW);
-        false
-    }
 }
 
 /// One segmented run of a download.
@@ -291,22 +207,12 @@ impl<O: Observer> Run<'_, O> {
         }
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let now = tokio::time::Instant::now();
-        let mut ramp = Ramp {
-            window: None,
-            length: MEASURE_WINDOW,
-            starting: Vec::new(),
-            since: now,
-            pending: None,
-            misses: 0,
-            done: false,
-        };
         let working: Vec<Arc<Span>> = lock(&self.board.spans)
             .iter()
             .filter(|s| s.busy.load(Ordering::SeqCst))
             .cloned()
             .collect();
-        ramp.starting(working, now);
+        let mut ramp = Ramp::new(working, tokio::time::Instant::now());
         loop {
             crew.peak = crew.peak.max(crew.workers.len());
             self.running.store(crew.workers.len(), Ordering::SeqCst);
@@ -551,38 +457,11 @@ impl<O: Observer> Run<'_, O> {
             return;
         }
         let bytes = self.board.received.load(Ordering::SeqCst);
-        if !ramp.started(now, bytes) {
-            return;
-        }
-        let Some((at, before)) = ramp.window else {
+        let Some(rate) = ramp.measure(now, bytes) else {
             return;
         };
-        if now - at < ramp.length {
+        if !ramp.pays_off(rate, running) {
             return;
-        }
-        let rate = bytes.saturating_sub(before) as f64 / (now - at).as_secs_f64();
-        ramp.window = Some((now, bytes));
-        if rate <= 0.0 {
-            return;
-        }
-        if let Some((before, connections, added)) = ramp.pending {
-            let needed = before * (1.0 + MIN_GAIN * added as f64 / connections as f64);
-            if rate < needed {
-                // Origins that cap each connection often let it burst first, so one window can
-                // mislead: growth ends after two in a row.
-                ramp.misses += 1;
-                if ramp.misses >= MISSES {
-                    tracing::debug!(
-                        rate,
-                        needed,
-                        running,
-                        "another connection would not pay off"
-                    );
-                    ramp.done = true;
-                }
-                return;
-            }
-            ramp.misses = 0;
         }
         let room = self.fetcher.per_download.saturating_sub(running);
         let mut added = Vec::new();
@@ -599,8 +478,7 @@ impl<O: Observer> Run<'_, O> {
         }
         if !added.is_empty() {
             tracing::debug!(rate, running, added = added.len(), "adding connections");
-            ramp.pending = Some((rate, running, added.len()));
-            ramp.starting(added, now);
+            ramp.added(rate, running, added, now);
         } else if room == 0 {
             ramp.done = true;
         }
