@@ -21,7 +21,7 @@ const MIGRATION_LOCK: i64 = 0x006d_6967_7261_7465;
 /// serves both, see `sqlite/row.rs`), and the lease of `postgres/shared.rs`: who holds it,
 /// until when, and the epoch every claim raises (the fencing token); and the sequence every
 /// replica takes creation numbers from.
-const V1: &str = "
+pub(super) const V1: &str = "
 CREATE TABLE downloads (
     guid                  TEXT PRIMARY KEY,
     seq                   BIGINT NOT NULL UNIQUE,

@@ -453,3 +453,66 @@ async fn concurrent_creates_on_many_replicas_never_pass_a_quota_or_share_a_path(
         }
     }
 }
+
+#[tokio::test]
+async fn version_1_is_migrated_unless_two_unfinished_downloads_share_a_path() {
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    // A database as version 1 left it, with two unfinished downloads at one path (which
+    // version 1's replicas could store when they created at the same moment).
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client.batch_execute(super::schema::V1).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE transferd_schema (version BIGINT NOT NULL);
+             INSERT INTO transferd_schema (version) VALUES (1);",
+        )
+        .await
+        .unwrap();
+    for (guid, seq) in [("g1", 1), ("g2", 2)] {
+        let row = super::Row::from_record(&record_at(guid, seq, "", "same.bin"));
+        client
+            .execute(super::INSERT.as_str(), &row.pg_values())
+            .await
+            .unwrap();
+    }
+    let refused = PostgresStore::open(&url).await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Conflict(m) if m.contains("land at the same path")),
+        "{refused}"
+    );
+    let version: i64 = client
+        .query_one("SELECT version FROM transferd_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 1, "a refused migration changes nothing");
+    // Once one of them has finished, the migration goes through and the path is guarded.
+    client
+        .execute(
+            "UPDATE downloads SET finished_at = 1, status = 5 WHERE guid = 'g2'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let store = PostgresStore::open(&url).await.unwrap();
+    let version: i64 = client
+        .query_one("SELECT version FROM transferd_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, super::schema::SCHEMA_VERSION);
+    assert_eq!(
+        store
+            .insert_new(&record_at("g3", 3, "", "same.bin"), None)
+            .await
+            .unwrap(),
+        Inserted::PathTaken {
+            holder: "g1".into()
+        }
+    );
+}
