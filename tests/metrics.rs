@@ -263,3 +263,32 @@ async fn without_the_flag_nothing_serves_metrics() {
     assert!(log.contains("metrics off"), "{log}");
     assert!(!log.contains("metrics listening"), "{log}");
 }
+
+#[tokio::test]
+async fn a_postgresql_store_times_every_call_it_makes() {
+    let Some(url) = common::postgres::fresh_database().await else {
+        return;
+    };
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--store", url.as_str(), "--node-id", "timed"]);
+    let h = Harness::start(&flags).await;
+    let addr = metrics_addr(&h.server);
+    let body = test_bytes(200_000, 3);
+    h.origin.put("/pg", Resource::new(body.clone()));
+    let done = h.create(&h.origin.url("/pg"), "pg.bin").await;
+    h.wait_status(&done.guid, S::Completed).await;
+    h.assert_file("pg.bin", &body);
+    let m = scrape(addr).await;
+    let count = |operation: &str| {
+        m.value(&format!(
+            r#"transferd_store_operation_duration_seconds_count{{operation="{operation}"}}"#
+        ))
+    };
+    // One create, checked and stored by the database in one call; it was claimed from the
+    // queue, and its run's writes were fenced by its lease.
+    assert_eq!(count("insert_new"), 1.0);
+    assert_eq!(count("insert"), 0.0);
+    assert!(count("claim_next") >= 1.0);
+    assert!(count("save_fenced") >= 1.0);
+    assert_eq!(count("expire_leases_of"), 1.0, "once, at start");
+}

@@ -275,7 +275,7 @@ async fn open_engine(
             Engine::open(engine_config, store, fetcher, token).await?
         }
         StoreUrl::Postgres(url) => {
-            let store = Arc::new(PostgresStore::open(url).await?);
+            let store = Arc::new(TimedStore::new(PostgresStore::open(url).await?));
             let node = config.node_id();
             tracing::info!(node = %node, lease_ttl = ?config.lease_ttl, "sharing a PostgreSQL store with any other replicas");
             let cluster = ClusterConfig {

@@ -1,12 +1,17 @@
-//! [`TimedStore`]: any [`Store`] with every call timed into
-//! `transferd_store_operation_duration_seconds`, so the store's latency is measured in one
-//! place, around the trait, whatever the backend.
+//! [`TimedStore`]: any [`Store`] (and any [`SharedStore`], for replicas) with every call timed
+//! into `transferd_store_operation_duration_seconds`, so the store's latency is measured in
+//! one place, around the traits, whatever the backend.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
 
 use crate::auth::Tenant;
 use crate::operation::{Behavior, Guid};
-use crate::store::{Record, Store, StoreFuture, StoredGroup};
+use crate::store::shared::{
+    Claim, ClaimFilter, Claimed, FencedWrite, Inserted, Lease, Notice, SharedStore,
+};
+use crate::store::{Record, Store, StoreError, StoreFuture, StoredGroup};
 
 /// A store whose calls are timed; otherwise exactly the store it wraps.
 #[derive(Debug)]
@@ -67,5 +72,80 @@ impl<S: Store> Store for TimedStore<S> {
             "delete_finished_before",
             self.inner.delete_finished_before(cutoff),
         )
+    }
+}
+
+impl<S: SharedStore> SharedStore for TimedStore<S> {
+    fn insert_new<'a>(
+        &'a self,
+        record: &'a Record,
+        quota: Option<u64>,
+    ) -> StoreFuture<'a, Inserted> {
+        timed("insert_new", self.inner.insert_new(record, quota))
+    }
+
+    fn claim_next<'a>(
+        &'a self,
+        node: &'a str,
+        limit: usize,
+        filter: &'a ClaimFilter,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Claimed>> {
+        timed(
+            "claim_next",
+            self.inner.claim_next(node, limit, filter, ttl),
+        )
+    }
+
+    fn claim<'a>(&'a self, node: &'a str, guid: &'a str, ttl: Duration) -> StoreFuture<'a, Claim> {
+        timed("claim", self.inner.claim(node, guid, ttl))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        node: &'a str,
+        leases: &'a [(Guid, Lease)],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Guid>> {
+        timed("renew", self.inner.renew(node, leases, ttl))
+    }
+
+    fn save_fenced<'a>(&'a self, node: &'a str, write: &'a FencedWrite<'a>) -> StoreFuture<'a, ()> {
+        timed("save_fenced", self.inner.save_fenced(node, write))
+    }
+
+    fn release<'a>(&'a self, node: &'a str, guid: &'a str, lease: Lease) -> StoreFuture<'a, ()> {
+        timed("release", self.inner.release(node, guid, lease))
+    }
+
+    fn expire_leases_of<'a>(&'a self, node: &'a str) -> StoreFuture<'a, u64> {
+        timed("expire_leases_of", self.inner.expire_leases_of(node))
+    }
+
+    fn page<'a>(
+        &'a self,
+        tenant: Option<&'a str>,
+        group: Option<&'a str>,
+        after: u64,
+        limit: usize,
+    ) -> StoreFuture<'a, (Vec<Record>, u64)> {
+        timed("page", self.inner.page(tenant, group, after, limit))
+    }
+
+    fn next_seq(&self) -> StoreFuture<'_, u64> {
+        timed("next_seq", self.inner.next_seq())
+    }
+
+    fn get<'a>(&'a self, guids: &'a [Guid]) -> StoreFuture<'a, Vec<Record>> {
+        timed("get", self.inner.get(guids))
+    }
+
+    fn notify<'a>(&'a self, notices: &'a [Notice]) -> StoreFuture<'a, ()> {
+        timed("notify", self.inner.notify(notices))
+    }
+
+    /// Times only opening the feed; the notices that arrive on it are not calls.
+    fn listen(&self) -> StoreFuture<'_, mpsc::UnboundedReceiver<Result<Notice, StoreError>>> {
+        timed("listen", self.inner.listen())
     }
 }
