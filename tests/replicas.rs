@@ -213,7 +213,7 @@ async fn chaos(stop: bool) {
     wait_for_bytes(&replicas[0], &guids, 6).await;
     let victim = replicas[1].server.pid();
     if stop {
-        signal(victim, "STOP");
+        stop_holding_a_lease(victim, &url).await;
         // Well past its lease: another replica takes its downloads over meanwhile.
         tokio::time::sleep(Duration::from_secs(6)).await;
         signal(victim, "CONT");
@@ -320,6 +320,37 @@ fn guid_in(line: &str) -> Option<String> {
         .find(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
         .unwrap_or(rest.len());
     Some(rest[..end].to_string())
+}
+
+/// Stops replica 1 (`pid`) with SIGSTOP at a moment it holds a lease, as the database shows
+/// once it is stopped, so it has downloads to find taken over when it wakes. A replica caught
+/// between two downloads is woken and stopped again.
+async fn stop_holding_a_lease(pid: u32, url: &str) {
+    let db = common::postgres::connect(url).await;
+    let held = || async {
+        db.query_one(
+            "SELECT count(*) FROM downloads WHERE lease_owner = 'replica-1' AND lease_until > now()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if held().await > 0 {
+            signal(pid, "STOP");
+            if held().await > 0 {
+                return;
+            }
+            signal(pid, "CONT");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica 1 never held a lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn signal(pid: u32, name: &str) {

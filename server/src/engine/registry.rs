@@ -413,6 +413,13 @@ impl Engine {
     ) -> Result<(u64, String), Error> {
         let download_dir = &self.inner.config.download_dir;
         let tenant = &caller.tenant;
+        // The disk is looked at before the engine is locked, so creates do not queue behind
+        // each other's system calls. What is there may change until the commit anyway, which
+        // never replaces a file that appeared meanwhile.
+        let name = requested
+            .clone()
+            .unwrap_or_else(|| paths::name_from_uri(uri));
+        let on_disk = paths::result_exists(download_dir, tenant, &name);
         let mut core = self.lock();
         core.registry
             .check_quota(tenant, caller.max_live_downloads)?;
@@ -424,19 +431,18 @@ impl Engine {
                         path,
                     });
                 }
-                match paths::result_exists(download_dir, tenant, &path) {
+                match on_disk {
                     Err(reason) => return Err(Error::InvalidResultFile { path, reason }),
                     Ok(true) if !replace => return Err(Error::ResultFileExists { path }),
                     Ok(_) => path,
                 }
             }
             None => {
-                let name = paths::name_from_uri(uri);
                 let taken = core
                     .registry
                     .holder(&paths::resolved(tenant, &name))
                     .is_some()
-                    || paths::result_exists(download_dir, tenant, &name) != Ok(false);
+                    || on_disk != Ok(false);
                 if taken {
                     paths::with_guid_suffix(&name, guid)
                 } else {
