@@ -51,6 +51,25 @@ fn replica_flags(url: &str, i: usize, downloads: &Path, max_active: &str) -> Vec
     .to_vec()
 }
 
+/// What every replica of a test shares: a fresh database, and the download directory under
+/// a temporary root (which also holds each replica's data directory).
+struct Cluster {
+    url: String,
+    root: tempfile::TempDir,
+    shared: std::path::PathBuf,
+}
+
+impl Cluster {
+    /// `None` when no PostgreSQL is reachable (a failure under CI).
+    async fn new() -> Option<Cluster> {
+        let url = common::postgres::fresh_database().await?;
+        let root = tempfile::tempdir().unwrap();
+        let shared = root.path().join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        Some(Cluster { url, root, shared })
+    }
+}
+
 /// Starts replica `i`.
 async fn start_replica(
     root: &Path,
@@ -164,15 +183,12 @@ fn put_resources(origin: &common::origin::Origin, count: usize, seed: u64) -> Ve
 /// The chaos run: `victim` is killed (`stop = false`) or stopped past its lease and woken
 /// (`stop = true`) while downloads are in flight on every replica.
 async fn chaos(stop: bool) {
-    let Some(url) = common::postgres::fresh_database().await else {
+    let Some(Cluster { url, root, shared }) = Cluster::new().await else {
         return;
     };
     let downloads = watch_target();
     let seed = env_or("REPLICAS_SEED", fastrand::u64(..));
     println!("replicas: {downloads} downloads, stop={stop}, REPLICAS_SEED={seed}");
-    let root = tempfile::tempdir().unwrap();
-    let shared = root.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
     let mut replicas = Vec::new();
     for i in 0..3 {
         replicas.push(start_replica(root.path(), &url, i, &shared, "4").await);
@@ -374,12 +390,9 @@ async fn a_replica_stopped_past_its_lease_wakes_fenced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_call_on_one_replica_reaches_the_download_running_on_another() {
-    let Some(url) = common::postgres::fresh_database().await else {
+    let Some(Cluster { url, root, shared }) = Cluster::new().await else {
         return;
     };
-    let root = tempfile::tempdir().unwrap();
-    let shared = root.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
     // Replica 0 alone at first, so it is the one running the download.
     let a = start_replica(root.path(), &url, 0, &shared, "2").await;
     let body = test_bytes(2 << 20, 7);
@@ -508,12 +521,9 @@ async fn a_control_call_on_one_replica_reaches_the_download_running_on_another()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn make_current_in_group_reorders_a_serialized_group_across_replicas() {
     use pb::BackgroundTransferBehavior as Behavior;
-    let Some(url) = common::postgres::fresh_database().await else {
+    let Some(Cluster { url, root, shared }) = Cluster::new().await else {
         return;
     };
-    let root = tempfile::tempdir().unwrap();
-    let shared = root.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
     let a = start_replica(root.path(), &url, 0, &shared, "4").await;
     let b = start_replica(root.path(), &url, 1, &shared, "4").await;
     let group = b.client.set_group_behavior("fleet", Behavior::Serialized);
@@ -565,12 +575,9 @@ async fn make_current_in_group_reorders_a_serialized_group_across_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_reads_on_when_its_download_is_taken_over_from_a_killed_replica() {
-    let Some(url) = common::postgres::fresh_database().await else {
+    let Some(Cluster { url, root, shared }) = Cluster::new().await else {
         return;
     };
-    let root = tempfile::tempdir().unwrap();
-    let shared = root.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
     // Replica 0 alone at first, so it is the one running the download.
     let mut a = start_replica(root.path(), &url, 0, &shared, "2").await;
     // Slow enough that A checkpoints (every 3 s) before the origin holds the rest back, so B
@@ -651,12 +658,9 @@ async fn creates_racing_on_three_replicas_keep_quotas_and_result_files() {
         secret: "ml-secret",
     };
     const QUOTA: usize = 3;
-    let Some(url) = common::postgres::fresh_database().await else {
+    let Some(Cluster { url, root, shared }) = Cluster::new().await else {
         return;
     };
-    let root = tempfile::tempdir().unwrap();
-    let shared = root.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
     let tokens = root.path().join("tokens.toml");
     std::fs::write(
         &tokens,
