@@ -369,6 +369,29 @@ async fn stop_holding_a_lease(pid: u32, url: &str) {
     }
 }
 
+/// Sends `per_replica` creates as `token` to each of `servers` at once (request `(i, j)` is the
+/// `j`th on replica `i`) and returns how each one ended.
+async fn race_creates(
+    servers: &[common::Server],
+    token: &common::Token,
+    per_replica: usize,
+    request: impl Fn(usize, usize) -> pb::CreateDownloadRequest,
+) -> Vec<Result<pb::DownloadOperation, tonic::Status>> {
+    let mut racing = Vec::new();
+    for (i, server) in servers.iter().enumerate() {
+        for j in 0..per_replica {
+            let client = server.client_as(token).await;
+            let request = request(i, j);
+            racing.push(tokio::spawn(async move { client.create(request).await }));
+        }
+    }
+    let mut outcomes = Vec::new();
+    for race in racing {
+        outcomes.push(race.await.unwrap());
+    }
+    outcomes
+}
+
 fn signal(pid: u32, name: &str) {
     let status = std::process::Command::new("kill")
         .arg(format!("-{name}"))
@@ -687,17 +710,13 @@ async fn creates_racing_on_three_replicas_keep_quotas_and_result_files() {
     let url_of = origin.url("/q.bin");
 
     // Twelve creates of media at once, four on each replica: exactly its quota get in.
-    let mut racing = Vec::new();
-    for (i, server) in servers.iter().enumerate() {
-        for j in 0..4 {
-            let client = server.client_as(&MEDIA).await;
-            let request = create_request(&url_of, &format!("q{i}-{j}"));
-            racing.push(tokio::spawn(async move { client.create(request).await }));
-        }
-    }
+    let outcomes = race_creates(&servers, &MEDIA, 4, |i, j| {
+        create_request(&url_of, &format!("q{i}-{j}"))
+    })
+    .await;
     let mut stored = 0;
-    for race in racing {
-        match race.await.unwrap() {
+    for outcome in outcomes {
+        match outcome {
             Ok(_) => stored += 1,
             Err(e) => assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}"),
         }
@@ -705,17 +724,10 @@ async fn creates_racing_on_three_replicas_keep_quotas_and_result_files() {
     assert_eq!(stored, QUOTA, "media's quota across three replicas");
 
     // Nine creates of one result file at once, three on each replica: exactly one gets it.
-    let mut racing = Vec::new();
-    for server in &servers {
-        for _ in 0..3 {
-            let client = server.client_as(&ML).await;
-            let request = create_request(&url_of, "same.bin");
-            racing.push(tokio::spawn(async move { client.create(request).await }));
-        }
-    }
+    let outcomes = race_creates(&servers, &ML, 3, |_, _| create_request(&url_of, "same.bin")).await;
     let mut winners = Vec::new();
-    for race in racing {
-        match race.await.unwrap() {
+    for outcome in outcomes {
+        match outcome {
             Ok(op) => winners.push(op.guid),
             Err(e) => assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}"),
         }
@@ -724,23 +736,11 @@ async fn creates_racing_on_three_replicas_keep_quotas_and_result_files() {
 
     // Nine creates without a result file, named after the URI by transferd: every one is
     // stored, each under a name of its own.
-    let mut racing = Vec::new();
-    for server in &servers {
-        for _ in 0..3 {
-            let client = server.client_as(&ML).await;
-            let request = create_request(&url_of, "");
-            racing.push(tokio::spawn(async move { client.create(request).await }));
-        }
-    }
-    let mut names = Vec::new();
-    for race in racing {
-        names.push(
-            race.await
-                .unwrap()
-                .expect("a create without a result file")
-                .result_file,
-        );
-    }
+    let outcomes = race_creates(&servers, &ML, 3, |_, _| create_request(&url_of, "")).await;
+    let mut names: Vec<String> = outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("a create without a result file").result_file)
+        .collect();
     names.sort();
     names.dedup();
     assert_eq!(names.len(), 9, "{names:?}");
