@@ -37,7 +37,11 @@ impl Server {
             .arg("--download-dir")
             .arg(dir.join("downloads"))
             .args(flags)
-            .env("TRANSFERD_LOG", "warn")
+            // Warnings only, unless PEERS_TRANSFERD_LOG asks for more (to see what a run did).
+            .env(
+                "TRANSFERD_LOG",
+                std::env::var("PEERS_TRANSFERD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stderr(std::fs::File::create(dir.join("server.log"))?);
         // Settings from the caller's environment would change what is measured.
         for (name, _) in std::env::vars_os() {
