@@ -207,8 +207,8 @@ async fn phase(
     tokio::time::sleep(SETTLE).await;
     let rss = rss_kib(pid)?;
 
-    let cpu_before = cpu_time(pid)?;
-    let client_before = cpu_time(std::process::id())?;
+    let cpu_before = support::cpu_seconds(pid)?;
+    let client_before = support::cpu_seconds(std::process::id())?;
     let mut sent = Vec::with_capacity(args.changes);
     let mut calls = Vec::with_capacity(args.changes);
     for k in 0..args.changes {
@@ -241,8 +241,9 @@ async fn phase(
         }
         tokio::time::sleep(CHANGE_GAP).await;
     }
-    let cpu = cpu_time(pid)? - cpu_before;
-    let client_cpu = cpu_time(std::process::id())? - client_before;
+    let cpu = Duration::from_secs_f64(support::cpu_seconds(pid)? - cpu_before);
+    let client_cpu =
+        Duration::from_secs_f64(support::cpu_seconds(std::process::id())? - client_before);
     let mut delays = Vec::with_capacity(count * args.changes);
     while let Some(reader) = readers.join_next().await {
         let times = reader??;
@@ -285,23 +286,6 @@ async fn read(
         }
     }
     Ok(times)
-}
-
-/// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    /// Clock ticks per second of `/proc/PID/stat` (USER_HZ, 100 on Linux).
-    const TICKS_PER_SECOND: u64 = 100;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name may hold spaces; the fields after its closing parenthesis do not.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("no command name in stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15, so 11 and 12 after the name and state.
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
 }
 
 /// The `q` quantile of sorted `values`.

@@ -45,6 +45,8 @@ mod deps;
 mod hello;
 mod load;
 mod origin;
+#[path = "../../examples/support/proc.rs"]
+mod proc;
 mod report;
 mod server;
 mod workloads;

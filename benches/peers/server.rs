@@ -79,6 +79,11 @@ impl Server {
         Ok(Server { addr, child })
     }
 
+    /// CPU time (user and system) the server has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        crate::proc::cpu_seconds(self.child.id().context("the server has exited")?)
+    }
+
     /// Kills the server and waits until it is gone, so it takes no CPU from the next run.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         Ok(self.child.kill().await?)

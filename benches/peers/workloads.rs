@@ -360,13 +360,15 @@ pub async fn small(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
             }
             ctx.set_aside(dir);
             sync_all().await?;
-            let (created, completed) = transferd_small(ctx, None).await?;
+            let (created, completed, cpu) = transferd_small(ctx, None).await?;
             samples.push(("transferd".into(), completed));
             samples.push(("transferd creates".into(), created));
+            samples.push(("transferd CPU".into(), cpu));
             if let Some(bin) = &ctx.baseline {
-                let (created, completed) = transferd_small(ctx, Some(bin)).await?;
+                let (created, completed, cpu) = transferd_small(ctx, Some(bin)).await?;
                 samples.push((BASELINE.into(), completed));
                 samples.push((format!("{BASELINE} creates"), created));
+                samples.push((format!("{BASELINE} CPU"), cpu));
             }
         }
         for (name, seconds) in samples.into_iter().filter(|_| keep) {
@@ -386,6 +388,7 @@ pub async fn small(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
     for peer in ["reqwest + fsync", "aria2c -j16 + syncfs"] {
         report.compare(W, BASELINE, peer);
     }
+    report.compare(W, "transferd CPU", &format!("{BASELINE} CPU"));
     Ok(())
 }
 
@@ -403,8 +406,8 @@ fn small_jobs(ctx: &Context, dir: &Path) -> Vec<(String, PathBuf)> {
 /// files are created over gRPC, [`SMALL_CREATES_IN_FLIGHT`] creates in flight on one
 /// connection, while a WatchDownloads stream counts COMPLETED. `bin` is another build to run instead of this one.
 /// Returns (seconds until every create was answered, seconds until every download was
-/// COMPLETED).
-async fn transferd_small(ctx: &Context, bin: Option<&Path>) -> anyhow::Result<(f64, f64)> {
+/// COMPLETED, the server's CPU seconds from its start to then).
+async fn transferd_small(ctx: &Context, bin: Option<&Path>) -> anyhow::Result<(f64, f64, f64)> {
     let dir = ctx.fresh("small-transferd")?;
     let parallel = ctx.sizes.small_parallel;
     let flags = ["--max-active", &parallel.to_string()];
@@ -432,6 +435,7 @@ async fn transferd_small(ctx: &Context, bin: Option<&Path>) -> anyhow::Result<(f
     }
     let seconds = start.elapsed().as_secs_f64();
     let created = creates.await??.duration_since(start).as_secs_f64();
+    let cpu = server.cpu_seconds()?;
     server.stop().await?;
     for i in 0..ctx.sizes.small_count {
         let path = dir.join("downloads").join(format!("{i}.bin"));
@@ -439,7 +443,7 @@ async fn transferd_small(ctx: &Context, bin: Option<&Path>) -> anyhow::Result<(f
     }
     ctx.set_aside(dir);
     sync_all().await?;
-    Ok((created, seconds))
+    Ok((created, seconds, cpu))
 }
 
 /// Creates in flight in the small-files workload. The peers are handed the whole list at once

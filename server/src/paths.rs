@@ -457,10 +457,13 @@ fn open_dir_beneath(root: &OwnedFd, path: &str) -> io::Result<OwnedFd> {
 /// time: each is made inside the handle of its parent, and the path so far is opened again
 /// beneath the root, so a component swapped for a symlink out of the tree fails there.
 fn make_dirs(root: &OwnedFd, path: &str) -> io::Result<OwnedFd> {
-    let mut dir = open_dir_beneath(root, "")?;
-    if path.is_empty() {
-        return Ok(dir);
+    // Most often every component is there already (the staging directory, a tenant's): one
+    // open beneath the root finds it.
+    match open_dir_beneath(root, path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        found => return found,
     }
+    let mut dir = open_dir_beneath(root, "")?;
     let mut end = 0;
     for part in path.split('/') {
         match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(DIR_MODE)) {

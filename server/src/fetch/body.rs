@@ -11,11 +11,11 @@ use std::io::{Seek, SeekFrom};
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio_util::sync::CancellationToken;
 
 use super::spans::Span;
 use super::throttle::Lane;
+use super::writer::PartialWriter;
 use super::{Failure, Observer};
 use crate::operation::{ErrorReason, TransferError};
 use crate::sha256::Hasher;
@@ -165,15 +165,11 @@ impl Speed {
     }
 }
 
-/// Opens the partial file for writing at `offset`, keeping everything in it: a segment writes
-/// its own part while others write theirs.
-pub(super) async fn open_segment(path: &Path, offset: u64) -> Result<tokio::fs::File, Failure> {
+/// Opens the partial file for writing, keeping everything in it: a segment writes its own
+/// part (at its offset) while others write theirs.
+pub(super) async fn open_segment(path: &Path) -> Result<std::fs::File, Failure> {
     let path = path.to_path_buf();
-    let open = move || {
-        let mut file = crate::paths::open_partial(&path)?;
-        file.seek(SeekFrom::Start(offset))?;
-        Ok::<_, std::io::Error>(tokio::fs::File::from_std(file))
-    };
+    let open = move || crate::paths::open_partial(&path);
     tokio::task::spawn_blocking(open)
         .await
         .map_err(std::io::Error::other)
@@ -181,14 +177,14 @@ pub(super) async fn open_segment(path: &Path, offset: u64) -> Result<tokio::fs::
         .map_err(|e| Failure::disk("opening the partial file failed", &e))
 }
 
-/// Opens the partial file for writing at `offset`, dropping anything past it. With
+/// Opens the partial file for writing from `offset`, dropping anything past it. With
 /// `hash_prefix`, also returns the SHA-256 state of its first `offset` bytes, read once: the
 /// fallback of a resume without a usable saved state.
 pub(super) async fn open_partial(
     path: &Path,
     offset: u64,
     hash_prefix: bool,
-) -> Result<(tokio::fs::File, Option<Hasher>), Failure> {
+) -> Result<(std::fs::File, Option<Hasher>), Failure> {
     let path = path.to_path_buf();
     let open = move || {
         // Resolved beneath the download directory, never through a symlink out of it.
@@ -204,13 +200,12 @@ pub(super) async fn open_partial(
         } else {
             None
         };
-        file.seek(SeekFrom::Start(offset))?;
         // Only a truncation to zero is made durable at once; a new, empty file (every small
         // download) has nothing to drop, and its fsync would cost a journal commit each.
         if offset == 0 && len > 0 {
             file.sync_all()?;
         }
-        Ok::<_, std::io::Error>((tokio::fs::File::from_std(file), prefix))
+        Ok::<_, std::io::Error>((file, prefix))
     };
     tokio::task::spawn_blocking(open)
         .await
@@ -227,14 +222,18 @@ pub(super) async fn open_partial(
 /// carries the state of exactly the bytes it reports.
 pub(super) async fn stream_body<O: Observer>(
     mut response: reqwest::Response,
-    file: tokio::fs::File,
+    file: std::fs::File,
     hasher: &mut Option<Hasher>,
     expect: Expect<'_>,
     lane: &Lane,
     observer: &O,
     stop: &CancellationToken,
 ) -> Result<Streamed, Failure> {
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER_SIZE, file);
+    let expected = expect
+        .end
+        .unwrap_or(expect.total)
+        .saturating_sub(expect.offset);
+    let mut out = PartialWriter::new(file, expect.offset, expected);
     let mut received = expect.offset;
     let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -250,7 +249,7 @@ pub(super) async fn stream_body<O: Observer>(
             Ok(Some(mut bytes)) => {
                 lane.took(bytes.len() as u64);
                 let (overrun, reached) = fit(&mut bytes, received, &expect);
-                if let Err(e) = out.write_all(&bytes).await {
+                if let Err(e) = out.write(&bytes).await {
                     break End::Failed(Failure::disk("writing the partial file failed", &e));
                 }
                 if let Some(hasher) = hasher.as_mut() {
@@ -269,7 +268,7 @@ pub(super) async fn stream_body<O: Observer>(
                     break End::Failed(failure);
                 }
                 if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
-                    if let Err(e) = sync(&mut out).await {
+                    if let Err(e) = out.sync().await {
                         break End::Failed(Failure::disk("syncing the partial file failed", &e));
                     }
                     observer.durable(received, hasher.as_ref()).await;
@@ -286,7 +285,7 @@ pub(super) async fn stream_body<O: Observer>(
         }
     };
     // Whatever ended the attempt, keep what arrived: flush, fsync, checkpoint.
-    if let Err(e) = sync(&mut out).await {
+    if let Err(e) = out.sync().await {
         return Err(Failure::disk("syncing the partial file failed", &e));
     }
     observer.progress(received);
@@ -390,11 +389,6 @@ fn finished(expect: &Expect<'_>, received: u64) -> Result<Streamed, Failure> {
         http_status: None,
         reason: ErrorReason::Network,
     }))
-}
-
-async fn sync(out: &mut BufWriter<tokio::fs::File>) -> std::io::Result<()> {
-    out.flush().await?;
-    out.get_ref().sync_data().await
 }
 
 #[cfg(test)]

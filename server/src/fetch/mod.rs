@@ -43,6 +43,7 @@ mod response;
 pub mod segments;
 mod spans;
 pub mod throttle;
+mod writer;
 
 use std::future::Future;
 use std::path::Path;
@@ -379,10 +380,9 @@ impl Fetcher {
         observer: &O,
         stop: &CancellationToken,
     ) -> Result<Outcome, Failure> {
-        let file_len = match tokio::fs::metadata(job.partial).await {
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        };
+        // One statx of a local file, asked for directly: a trip to a blocking thread would
+        // cost more than the call (and every small download makes it).
+        let file_len = std::fs::metadata(job.partial).map_or(0, |m| m.len());
         let mut at = Position::start(job, file_len);
         // One retry from zero covers every "cannot continue" answer; a second would loop.
         let mut asked_again = false;

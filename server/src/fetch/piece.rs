@@ -63,7 +63,7 @@ impl Fetcher {
             if let Some(reason) = changed(validators, &got) {
                 return Ok(Piece::Restart(reason.into()));
             }
-            let file = body::open_segment(job.partial, from).await?;
+            let file = body::open_segment(job.partial).await?;
             // One response per connection is news to the engine; its next ranges are not.
             if !std::mem::replace(&mut reported, true) {
                 observer.response(ResponseStart {

@@ -118,11 +118,11 @@ impl Position {
         &mut self,
         partial: &Path,
         ranged: bool,
-    ) -> Result<tokio::fs::File, Failure> {
+    ) -> Result<std::fs::File, Failure> {
         let (resumed, hash_prefix) = self.resume_hash();
         if std::mem::take(&mut self.continuing) && ranged {
             self.hasher = resumed;
-            return body::open_segment(partial, self.offset).await;
+            return body::open_segment(partial).await;
         }
         let (file, prefix) = body::open_partial(partial, self.offset, hash_prefix).await?;
         self.hasher = resumed
