@@ -23,7 +23,9 @@
 //!   server's SayHello.
 //!
 //! `--baseline BIN` also runs another transferd build in the small-files workload, after
-//! transferd in each pairing, as the row `transferd (baseline)`: a before/after in one run.
+//! transferd in each pairing, as the row `transferd (baseline)`: a before/after in one run
+//! (with the server CPU each used, `transferd CPU` against `transferd (baseline) CPU`). The
+//! servers log warnings only, unless `PEERS_TRANSFERD_LOG` names another filter.
 //!
 //! It prints a markdown table of medians and transferd/peer ratios and writes every sample as
 //! JSON to `--out` (default: a new `target/peers/run-<unix time>`).
