@@ -1,9 +1,9 @@
-//! Who is calling: the [`Caller`] every RPC runs as (a name for audit lines, the [`Tenant`] whose
-//! downloads it may see, and its [`Role`]). The gRPC layer establishes the caller once per call
-//! and puts it in the request's extensions; handlers read it with [`Caller::of`] and pass it to
+//! Who is calling: the `Caller` every RPC runs as (a name for audit lines, the `Tenant` whose
+//! downloads it may see, and its `Role`). The gRPC layer establishes the caller once per call
+//! and puts it in the request's extensions; handlers read it with `Caller::of` and pass it to
 //! the engine, which scopes every lookup to the caller's tenant.
 //!
-//! Without `--auth-tokens`, every call runs as [`Caller::local`]: an admin of the default
+//! Without `--auth-tokens`, every call runs as `Caller::local`: an admin of the default
 //! tenant, so a single-user deployment behaves exactly as before tenants existed. With it,
 //! [`tokens`] reads the token file and maps each bearer token to its caller.
 

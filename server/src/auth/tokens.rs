@@ -1,4 +1,4 @@
-//! The token file (`--auth-tokens`): which bearer tokens exist and the [`Caller`] each one
+//! The token file (`--auth-tokens`): which bearer tokens exist and the `Caller` each one
 //! becomes. The file holds only SHA-256 digests of the tokens, so reading it reveals no secret.
 //! It is validated strictly when loaded (unknown keys, bad digests, duplicate names or digests,
 //! tenant names that could not be directory names), and [`TokenFile::reload`] swaps in a new set
