@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::origin::{Resource, test_bytes};
-use common::{Harness, S, Token, create_request, pb, run_transferd};
+use common::{Harness, S, create_request, pb, run_transferd};
 use tonic::Code;
 
 const KIB: u64 = 1024;
@@ -236,18 +236,7 @@ fn uuid_like() -> String {
 
 #[tokio::test]
 async fn set_rate_limit_on_another_tenants_download_is_not_found() {
-    const MEDIA: Token = Token {
-        name: "ingest",
-        tenant: "media",
-        role: "user",
-        secret: "media-secret",
-    };
-    const ML: Token = Token {
-        name: "trainer",
-        tenant: "ml",
-        role: "user",
-        secret: "ml-secret",
-    };
+    use common::tokens::{MEDIA, ML};
     let h = Harness::start_with_tokens(&[MEDIA, ML], &MEDIA, &[]).await;
     let ml = h.server.client_as(&ML).await;
     let op = h

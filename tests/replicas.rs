@@ -666,20 +666,8 @@ async fn a_follower_reads_on_when_its_download_is_taken_over_from_a_killed_repli
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_racing_on_three_replicas_keep_quotas_and_result_files() {
-    use common::tokens::token_file;
-    use common::{Server, Token};
-    const MEDIA: Token = Token {
-        name: "ingest",
-        tenant: "media",
-        role: "user",
-        secret: "media-secret",
-    };
-    const ML: Token = Token {
-        name: "trainer",
-        tenant: "ml",
-        role: "user",
-        secret: "ml-secret",
-    };
+    use common::Server;
+    use common::tokens::{MEDIA, ML, token_file};
     const QUOTA: usize = 3;
     let Some(Cluster { url, root, shared }) = Cluster::new().await else {
         return;

@@ -9,22 +9,10 @@ mod common;
 
 use common::origin::{Origin, Resource, test_bytes};
 use common::rpcs::every_rpc;
-use common::tokens::token_file;
+use common::tokens::{MEDIA, ML, token_file};
 use common::{Client, Harness, S, Server, Token, assert_holds, create_request, next_message, pb};
 use tonic::Code;
 
-const MEDIA: Token = Token {
-    name: "ingest-worker",
-    tenant: "media",
-    role: "user",
-    secret: "media-secret-1",
-};
-const ML: Token = Token {
-    name: "trainer",
-    tenant: "ml",
-    role: "user",
-    secret: "ml-secret-2",
-};
 const ADMIN: Token = Token {
     name: "ops",
     tenant: "ops",

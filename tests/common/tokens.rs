@@ -18,6 +18,22 @@ pub struct Token {
     pub secret: &'static str,
 }
 
+/// A user of tenant `media`, the tenant most multi-tenant tests create in.
+pub const MEDIA: Token = Token {
+    name: "ingest-worker",
+    tenant: "media",
+    role: "user",
+    secret: "media-secret-1",
+};
+
+/// A user of tenant `ml`: the other tenant, which must never see `media`'s downloads.
+pub const ML: Token = Token {
+    name: "trainer",
+    tenant: "ml",
+    role: "user",
+    secret: "ml-secret-2",
+};
+
 /// The file name the token file gets inside the data directory.
 pub const TOKEN_FILE: &str = "tokens.toml";
 
