@@ -216,6 +216,31 @@ async fn metrics_move_by_exactly_what_downloads_and_calls_did() {
 }
 
 #[tokio::test]
+async fn a_download_created_while_the_network_is_down_is_stored_paused_by_one_write() {
+    let h = Harness::start(&FLAGS).await;
+    let addr = metrics_addr(&h.server);
+    let st = h.set_network(Some(false), None).await;
+    assert!(!st.connected);
+    let insert = r#"transferd_store_operation_duration_seconds_count{operation="insert"}"#;
+    let save = r#"transferd_store_operation_duration_seconds_count{operation="save"}"#;
+    let before = scrape(addr).await;
+    h.origin.put("/held", Resource::new(test_bytes(1000, 9)));
+    for i in 0..5 {
+        let op = h
+            .create(&h.origin.url("/held"), &format!("held-{i}.bin"))
+            .await;
+        assert_eq!(common::status_of(&op), S::PausedNoNetwork, "{op:?}");
+    }
+    let after = scrape(addr).await;
+    assert_eq!(after.downloads("PAUSED_NO_NETWORK"), 5.0);
+    assert_eq!(after.downloads("IDLE"), 0.0);
+    // Each create wrote its download once, already paused: no second write to pause it.
+    assert_eq!(after.value(insert) - before.value(insert), 5.0);
+    assert_eq!(after.value(save) - before.value(save), 0.0);
+    assert!(h.origin.requests_for("/held").is_empty());
+}
+
+#[tokio::test]
 async fn a_cut_body_that_cannot_resume_counts_a_network_retry_and_a_restart() {
     let h = Harness::start(&FLAGS).await;
     let addr = metrics_addr(&h.server);

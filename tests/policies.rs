@@ -119,9 +119,18 @@ async fn operator_says_no_network_then_gives_detection_back() {
     })
     .await;
     assert!(paused.contains(&running.guid) && paused.contains(&queued.guid));
-    // New downloads wait too, and never touch the network.
+    // New downloads wait too, from the start (WatchDownloads never shows them IDLE), and
+    // never touch the network.
     h.origin.put("/n", Resource::new(body.clone()));
     let new = h.create(&h.origin.url("/n"), "n").await;
+    assert_eq!(status_of(&new), S::PausedNoNetwork);
+    assert_eq!(new.status_reason(), Reason::NetworkDownByOperator);
+    let seen = read_until(&mut events, "the new download's first event", |event| {
+        event.guid == new.guid
+    })
+    .await;
+    let first = seen.last().unwrap().progress.unwrap();
+    assert_eq!(first.status(), S::PausedNoNetwork);
     h.wait_status_reason(&new.guid, S::PausedNoNetwork, Reason::NetworkDownByOperator)
         .await;
     assert!(h.origin.requests_for("/n").is_empty());

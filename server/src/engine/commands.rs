@@ -83,6 +83,10 @@ impl Engine {
             seq,
         )?;
         let mut record = new_record(guid.clone(), seq, caller, result_file, checked);
+        let held = self.held_from_start(record.settings.cost_policy);
+        if let Some((status, _)) = held {
+            record.status = status;
+        }
         let quota = caller.max_live_downloads;
         // The store write and what follows it run as their own task: a client that goes away
         // mid-call drops this future, and must not leave a stored download the engine does not
@@ -98,6 +102,9 @@ impl Engine {
                     return Err(e);
                 }
                 let op = Op::from_record(record, &engine.inner.bus);
+                if let Some((_, reason)) = held {
+                    op.lock().reason = reason;
+                }
                 core.add(op.clone());
                 op
             };
@@ -600,4 +607,12 @@ fn log_created(op: &Op, caller: &Caller) {
         file = %op.spec.result_file,
         "download created"
     );
+    let (status, reason) = {
+        let st = op.lock();
+        (st.status(), st.reason)
+    };
+    if status != Status::Idle {
+        // Held from the start by the host's conditions: the line a later pause would log.
+        tracing::info!(guid = %op.spec.guid, host = %op.log_host(), status = status.name(), "paused by {}", reason.cause());
+    }
 }

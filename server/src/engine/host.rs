@@ -227,6 +227,22 @@ impl Engine {
         self.schedule();
     }
 
+    /// The paused state a download created now starts in, if the host's conditions hold it
+    /// back (no network, constrained, low disk space, a costed network its policy refuses):
+    /// it is stored paused by its create's one write, rather than stored IDLE and written
+    /// again a moment later by [`Engine::settings_changed`]. With replicas, whoever claims it
+    /// applies its own conditions, so it starts IDLE.
+    pub(super) fn held_from_start(
+        &self,
+        cost_policy: CostPolicy,
+    ) -> Option<(Status, StatusReason)> {
+        let core = self.lock();
+        if core.clustered {
+            return None;
+        }
+        core.host.blocks(cost_policy)
+    }
+
     /// [`Engine::conditions_changed`] for one download whose own settings or status changed
     /// (created, resumed, edited) while the host's conditions did not: the others already
     /// follow them, so a create costs the same however long the queue is.
