@@ -284,7 +284,14 @@ pub(super) async fn stream_body<O: Observer>(
             }
         }
     };
-    // Whatever ended the attempt, keep what arrived: flush, fsync, checkpoint.
+    // A write that failed ends the attempt with its own error (a full disk says so): the
+    // file lacks bytes that arrived, so nothing more is made durable or reported.
+    if out.failed() {
+        if let End::Failed(failure) = end {
+            return Err(failure);
+        }
+    }
+    // Whatever else ended the attempt, keep what arrived: flush, fsync, checkpoint.
     if let Err(e) = out.sync().await {
         return Err(Failure::disk("syncing the partial file failed", &e));
     }

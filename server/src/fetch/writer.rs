@@ -25,6 +25,9 @@ pub(super) struct PartialWriter {
     buf: Vec<u8>,
     /// The previous full buffer's write, if it may still be running.
     pending: Option<Pending>,
+    /// A write failed: bytes taken in are missing from the file, so no later sync may report
+    /// anything durable.
+    failed: bool,
 }
 
 impl PartialWriter {
@@ -43,6 +46,7 @@ impl PartialWriter {
             at: offset,
             buf: Vec::with_capacity(first),
             pending: None,
+            failed: false,
         }
     }
 
@@ -67,20 +71,31 @@ impl PartialWriter {
         Ok(())
     }
 
+    /// Whether a write failed, so that the file lacks bytes taken in.
+    pub(super) fn failed(&self) -> bool {
+        self.failed
+    }
+
     /// Writes everything taken in and makes it durable (`fdatasync`): one trip to a blocking
     /// thread for both, after any full buffer still being written.
     pub(super) async fn sync(&mut self) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other(
+                "an earlier write to the partial file failed",
+            ));
+        }
         let next = self.finish_pending().await?;
         let rest = std::mem::replace(&mut self.buf, next);
         let (file, at) = (self.file.clone(), self.at);
         let len = rest.len() as u64;
-        let (synced, mut rest) = tokio::task::spawn_blocking(move || {
+        let synced = tokio::task::spawn_blocking(move || {
             let synced = file.write_all_at(&rest, at).and_then(|()| file.sync_data());
             (synced, rest)
         })
         .await
-        .map_err(io::Error::other)?;
-        synced?;
+        .map_err(io::Error::other)
+        .and_then(|(synced, rest)| synced.map(|()| rest));
+        let mut rest = self.failing(synced)?;
         self.at += len;
         if self.buf.capacity() < rest.capacity() {
             rest.clear();
@@ -95,10 +110,19 @@ impl PartialWriter {
         let Some(pending) = self.pending.take() else {
             return Ok(Vec::with_capacity(self.buf.capacity()));
         };
-        let (written, mut buf) = pending.await.map_err(io::Error::other)?;
-        written?;
+        let written = pending
+            .await
+            .map_err(io::Error::other)
+            .and_then(|(written, buf)| written.map(|()| buf));
+        let mut buf = self.failing(written)?;
         buf.clear();
         Ok(buf)
+    }
+
+    /// Passes `result` on, remembering a failure for good.
+    fn failing<T>(&mut self, result: io::Result<T>) -> io::Result<T> {
+        self.failed |= result.is_err();
+        result
     }
 }
 
@@ -128,6 +152,25 @@ mod tests {
         assert_eq!(&on_disk[..4], b"0123");
         assert_eq!(&on_disk[4..4 + body.len()], &body[..]);
         assert_eq!(&on_disk[4 + body.len()..], b"tail");
+    }
+
+    #[tokio::test]
+    async fn after_a_buffer_failed_to_be_written_no_sync_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut writer = PartialWriter::new(file, 0, 0);
+        // A full buffer whose write failed in the background (as a full disk fails it); the
+        // file itself still takes writes.
+        writer.at = WRITE_BUFFER_SIZE as u64;
+        writer.pending = Some(tokio::spawn(async {
+            (Err(io::Error::other("no space left")), Vec::new())
+        }));
+        writer.write(b"after").await.unwrap();
+        assert!(writer.sync().await.is_err(), "the failure surfaces");
+        // Its bytes are missing from the file: nothing after may be reported durable.
+        writer.write(b"more").await.unwrap();
+        assert!(writer.sync().await.is_err());
     }
 
     #[tokio::test]
