@@ -20,8 +20,9 @@ use super::{Failure, Observer};
 use crate::operation::{ErrorReason, TransferError};
 use crate::sha256::Hasher;
 
-/// Size of the write buffer between the socket and the partial file. Large writes keep the
-/// disk and the blocking pool efficient; memory per active download is bounded by it.
+/// Size of the write buffers between the socket and the partial file. Large writes keep the
+/// disk and the blocking pool efficient; a connection holds at most two (one being written
+/// while the next fills, see `writer.rs`).
 pub const WRITE_BUFFER_SIZE: usize = 1024 * 1024;
 
 /// How often the fetcher fsyncs the partial file and lets the engine checkpoint the byte
