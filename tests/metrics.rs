@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::origin::{Fault, Resource, test_bytes};
-use common::{DEADLINE, Harness, S, Server};
+use common::{DEADLINE, Harness, S, Server, pb};
 
 /// Flags of the server under test: metrics on a free loopback port, and quick retries so the
 /// 503 case does not wait a second.
@@ -216,7 +216,7 @@ async fn metrics_move_by_exactly_what_downloads_and_calls_did() {
 }
 
 #[tokio::test]
-async fn a_download_created_while_the_network_is_down_is_stored_paused_by_one_write() {
+async fn creates_and_resumes_while_the_network_is_down_are_stored_paused_by_one_write() {
     let h = Harness::start(&FLAGS).await;
     let addr = metrics_addr(&h.server);
     let st = h.set_network(Some(false), None).await;
@@ -225,11 +225,13 @@ async fn a_download_created_while_the_network_is_down_is_stored_paused_by_one_wr
     let save = r#"transferd_store_operation_duration_seconds_count{operation="save"}"#;
     let before = scrape(addr).await;
     h.origin.put("/held", Resource::new(test_bytes(1000, 9)));
+    let mut ops = Vec::new();
     for i in 0..5 {
         let op = h
             .create(&h.origin.url("/held"), &format!("held-{i}.bin"))
             .await;
         assert_eq!(common::status_of(&op), S::PausedNoNetwork, "{op:?}");
+        ops.push(op);
     }
     let after = scrape(addr).await;
     assert_eq!(after.downloads("PAUSED_NO_NETWORK"), 5.0);
@@ -237,6 +239,25 @@ async fn a_download_created_while_the_network_is_down_is_stored_paused_by_one_wr
     // Each create wrote its download once, already paused: no second write to pause it.
     assert_eq!(after.value(insert) - before.value(insert), 5.0);
     assert_eq!(after.value(save) - before.value(save), 0.0);
+
+    // Paused by the client and resumed while the network is still down: the resume takes it
+    // straight back to PAUSED_NO_NETWORK, in one write, and its watchers never see IDLE.
+    let guid = &ops[0].guid;
+    h.pause(guid).await;
+    let mut watch = h.watch(guid).await;
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), S::PausedByApplication);
+    let before = scrape(addr).await;
+    let resumed = h.resume(guid).await;
+    assert_eq!(common::status_of(&resumed), S::PausedNoNetwork);
+    assert_eq!(
+        resumed.status_reason(),
+        pb::StatusReason::NetworkDownByOperator
+    );
+    let next = watch.message().await.unwrap().unwrap();
+    assert_eq!(next.status(), S::PausedNoNetwork);
+    let after = scrape(addr).await;
+    assert_eq!(after.value(save) - before.value(save), 1.0);
     assert!(h.origin.requests_for("/held").is_empty());
 }
 

@@ -11,10 +11,14 @@
 //! `all` holds the WatchDownloads stream: a lazy walk of the first snapshot, then bus events.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::{broadcast, watch};
+use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Tenant;
@@ -248,73 +252,155 @@ impl FlagCursor {
     }
 }
 
-/// Streams one download's progress: the current state, then every change, ending after a
-/// terminal status or when `shutdown` fires.
+/// Streams one download's progress: the current state, then every status change in order and
+/// the latest bytes, until a terminal status, a lag too far behind the status log, or `shutdown`.
+///
+/// Written by hand rather than as an `unfold` with a `select!`: with thousands of watchers of
+/// one download every status change wakes each of them once, and this poll is the only work a
+/// watcher adds to what gRPC costs. It registers with `shutdown` once per task (see
+/// [`Shutdown`]) and moves no state between items.
 pub fn watch_one(
     hub: Arc<Hub>,
-    shutdown: CancellationToken,
+    closing: Closing,
 ) -> impl Stream<Item = Result<Message, Lagged>> + Send + 'static {
-    struct State {
-        hub: Arc<Hub>,
-        rx: watch::Receiver<Snapshot>,
-        cursor: (FlagCursor, u64),
-        pending: VecDeque<Result<Message, Lagged>>,
-        done: bool,
-        shutdown: CancellationToken,
-    }
     // The first message is the state when the watch was asked for, not when the stream is
     // first polled: a change in between is then delivered as a change.
     let mut rx = hub.tx.subscribe();
     let first = *rx.borrow_and_update();
     let (cursor, message) = FlagCursor::first(&first);
-    let state = State {
+    WatchOne {
         hub,
-        rx,
-        cursor: (cursor, first.status_seq),
+        changes: WatchStream::from_changes(rx),
+        cursor,
+        seen_status_seq: first.status_seq,
         pending: VecDeque::from([Ok(message)]),
         done: first.progress.status.is_terminal(),
-        shutdown,
-    };
-    futures_util::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(item) = st.pending.pop_front() {
-                return Some((item, st));
-            }
-            if st.done {
-                return None;
-            }
-            tokio::select! {
-                changed = st.rx.changed() => {
-                    if changed.is_err() {
-                        return None;
+        shutdown: Shutdown::new(closing),
+    }
+}
+
+/// One WatchDownload stream.
+struct WatchOne {
+    hub: Arc<Hub>,
+    /// The hub's snapshots after the first, each as it is published (coalesced when slow).
+    changes: WatchStream<Snapshot>,
+    cursor: FlagCursor,
+    seen_status_seq: u64,
+    pending: VecDeque<Result<Message, Lagged>>,
+    done: bool,
+    shutdown: Shutdown,
+}
+
+impl WatchOne {
+    /// Queues what `snapshot` tells the watcher: the status changes it skipped (from the log),
+    /// then itself.
+    fn on_snapshot(&mut self, snapshot: Snapshot) {
+        if snapshot.status_seq > self.seen_status_seq + 1 {
+            match self
+                .hub
+                .status_changes_between(self.seen_status_seq, snapshot.status_seq)
+            {
+                Ok(missed) => {
+                    for s in missed {
+                        self.pending.push_back(Ok(self.cursor.next(&s)));
                     }
                 }
-                () = st.shutdown.cancelled() => return None,
-            }
-            let snapshot = *st.rx.borrow_and_update();
-            let (cursor, seen_status_seq) = &mut st.cursor;
-            if snapshot.status_seq > *seen_status_seq + 1 {
-                match st
-                    .hub
-                    .status_changes_between(*seen_status_seq, snapshot.status_seq)
-                {
-                    Ok(missed) => {
-                        for s in missed {
-                            st.pending.push_back(Ok(cursor.next(&s)));
-                        }
-                    }
-                    Err(lagged) => {
-                        st.pending.push_back(Err(lagged));
-                        st.done = true;
-                        continue;
-                    }
+                Err(lagged) => {
+                    self.pending.push_back(Err(lagged));
+                    self.done = true;
+                    return;
                 }
             }
-            *seen_status_seq = snapshot.status_seq;
-            st.pending.push_back(Ok(cursor.next(&snapshot)));
-            st.done = snapshot.progress.status.is_terminal();
         }
-    })
+        self.seen_status_seq = snapshot.status_seq;
+        self.pending.push_back(Ok(self.cursor.next(&snapshot)));
+        self.done = snapshot.progress.status.is_terminal();
+    }
+}
+
+impl Stream for WatchOne {
+    type Item = Result<Message, Lagged>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(item) = this.pending.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            if this.done || this.shutdown.poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            match ready!(this.changes.poll_next_unpin(cx)) {
+                Some(snapshot) => this.on_snapshot(snapshot),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+/// The server's shutdown as progress streams see it: closed once the engine's shutdown token
+/// fires. A [`CancellationToken`] takes a lock shared by every holder both to check it and to
+/// wait on it, and a stream that looked at it for every item made that lock the hottest in a
+/// fan-out to thousands of watchers; this is checked with one atomic load.
+#[derive(Clone, Debug)]
+pub struct Closing {
+    /// Its sender is dropped when the token fires; nothing is ever sent.
+    rx: watch::Receiver<()>,
+}
+
+impl Closing {
+    /// Closes when `token` fires. Spawns the task that waits for it, so call it in the runtime.
+    pub fn new(token: &CancellationToken) -> Closing {
+        let (tx, rx) = watch::channel(());
+        let token = token.clone();
+        tokio::spawn(async move {
+            token.cancelled().await;
+            drop(tx);
+        });
+        Closing { rx }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.rx.has_changed().is_err()
+    }
+}
+
+/// A stream's wait for [`Closing`]: registered with the polling task's waker once, then checked
+/// with one atomic load per poll, and registered again only if a different task polls.
+pub(crate) struct Shutdown {
+    closing: Closing,
+    wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+    registered: Option<Waker>,
+}
+
+impl Shutdown {
+    pub(crate) fn new(closing: Closing) -> Shutdown {
+        let mut rx = closing.rx.clone();
+        Shutdown {
+            closing,
+            wait: Box::pin(async move { while rx.changed().await.is_ok() {} }),
+            registered: None,
+        }
+    }
+
+    /// Ready once the server is shutting down; otherwise the task is woken when it does.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.closing.is_closed() {
+            return Poll::Ready(());
+        }
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        let poll = self.wait.as_mut().poll(cx);
+        if poll.is_pending() {
+            self.registered = Some(cx.waker().clone());
+        }
+        poll
+    }
 }
 
 #[cfg(test)]
@@ -332,6 +418,12 @@ pub(super) mod tests {
         }
     }
 
+    /// A shutdown that never comes: nobody can cancel its token (the waiting task holds the
+    /// only handle left).
+    fn never() -> Closing {
+        Closing::new(&CancellationToken::new())
+    }
+
     fn hub() -> Arc<Hub> {
         Arc::new(Hub::new(
             &"g".to_string(),
@@ -345,7 +437,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn a_slow_watcher_gets_every_status_change_in_order_then_the_latest() {
         let hub = hub();
-        let mut stream = Box::pin(watch_one(hub.clone(), CancellationToken::new()));
+        let mut stream = Box::pin(watch_one(hub.clone(), never()));
         let first = stream.next().await.unwrap().unwrap();
         assert_eq!(first.progress.status, Status::Idle);
         // Many publications while the watcher does not read.
@@ -387,7 +479,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn coalesced_byte_updates_never_lose_a_flag() {
         let hub = hub();
-        let mut stream = Box::pin(watch_one(hub.clone(), CancellationToken::new()));
+        let mut stream = Box::pin(watch_one(hub.clone(), never()));
         stream.next().await.unwrap().unwrap();
         hub.publish(p(0, Status::Running), 0, 0);
         assert!(!stream.next().await.unwrap().unwrap().has_response_changed);
@@ -407,7 +499,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn a_watcher_too_far_behind_is_told_so() {
         let hub = hub();
-        let mut stream = Box::pin(watch_one(hub.clone(), CancellationToken::new()));
+        let mut stream = Box::pin(watch_one(hub.clone(), never()));
         stream.next().await.unwrap().unwrap();
         for i in 0..=STATUS_LOG_CAPACITY {
             let s = if i % 2 == 0 {
@@ -425,10 +517,10 @@ pub(super) mod tests {
     async fn the_stream_ends_after_a_terminal_status_and_on_shutdown() {
         let hub = hub();
         hub.publish(p(100, Status::Completed), 1, 0);
-        let all: Vec<_> = watch_one(hub, CancellationToken::new()).collect().await;
+        let all: Vec<_> = watch_one(hub, never()).collect().await;
         assert_eq!(all.len(), 1);
         let shutdown = CancellationToken::new();
-        let mut stream = Box::pin(watch_one(self::hub(), shutdown.clone()));
+        let mut stream = Box::pin(watch_one(self::hub(), Closing::new(&shutdown)));
         stream.next().await.unwrap().unwrap();
         shutdown.cancel();
         assert!(stream.next().await.is_none());

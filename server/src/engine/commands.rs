@@ -221,7 +221,7 @@ impl Engine {
             Control::Done(view) => return Ok(*view),
         };
         let op = self.op(caller, guid)?;
-        let changed = {
+        let resumed_to = {
             let mut core = self.lock();
             let mut st = op.lock();
             let status = st.status();
@@ -229,18 +229,30 @@ impl Engine {
                 return Err(illegal(guid, "resume", status));
             }
             // Running, queued, or held by conditions that lift by themselves: nothing to do.
-            let owned = client_owned_pause(status);
-            if owned {
+            if !client_owned_pause(status) {
+                None
+            } else {
                 st.web_error_status = None;
-                core.transition(&op, &mut st, Status::Idle, StatusReason::WaitingForSlot)
+                // Conditions that hold downloads back now take it straight to their pause: one
+                // write and one status change, not IDLE and then paused a moment later.
+                let (to, reason) = core
+                    .held(st.settings.cost_policy)
+                    .unwrap_or((Status::Idle, StatusReason::WaitingForSlot));
+                core.transition(&op, &mut st, to, reason)
                     .map_err(|e| illegal(guid, "resume", e.from))?;
+                Some(to)
             }
-            owned
         };
-        if !changed {
+        let Some(resumed_to) = resumed_to else {
             return Ok(self.view(&op));
-        }
-        tracing::info!(%guid, host = %op.log_host(), by = %caller.name, "resumed by a client");
+        };
+        tracing::info!(
+            %guid,
+            host = %op.log_host(),
+            by = %caller.name,
+            status = resumed_to.name(),
+            "resumed by a client"
+        );
         self.persist(&op).await?;
         self.settings_changed(&op).await;
         Ok(self.view(&op))
@@ -465,7 +477,7 @@ impl Engine {
         let op = self.op_or_fetch(caller, guid).await?;
         Ok(progress::watch_one(
             op.hub.clone(),
-            self.inner.shutdown.clone(),
+            self.inner.closing.clone(),
         ))
     }
 
@@ -483,7 +495,7 @@ impl Engine {
             group: group.clone(),
         };
         let walk = SnapshotWalk::new(&self.inner, scope, group);
-        progress::watch_all(events, walk, filter, self.inner.shutdown.clone())
+        progress::watch_all(events, walk, filter, self.inner.closing.clone())
     }
 
     /// Applies a live edit to a non-terminal download, keeping its queue position consistent,

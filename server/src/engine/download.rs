@@ -115,7 +115,8 @@ pub(super) struct IllegalMove {
 /// Whether the state machine allows a download in `from` to move to `to`. A terminal status
 /// never changes; RUNNING is entered only from IDLE by the scheduler, and only a running
 /// transfer completes, fails or meets a recoverable web error. An automatic pause may move to
-/// another one (conditions changed) or to itself with a new reason.
+/// another one (conditions changed) or to itself with a new reason; a client's pause moves to
+/// one when it is resumed while conditions hold downloads back.
 pub(super) fn legal(from: Status, to: Status) -> bool {
     use Status as S;
     if from.is_terminal() {
@@ -128,7 +129,10 @@ pub(super) fn legal(from: Status, to: Status) -> bool {
         S::Completed | S::Error | S::PausedRecoverableWebErrorStatus => from == S::Running,
         S::Canceled => true,
         S::PausedCostedNetwork | S::PausedNoNetwork | S::PausedSystemPolicy => {
-            from == S::Idle || from == S::Running || host::is_automatic_pause(from)
+            from == S::Idle
+                || from == S::Running
+                || host::is_automatic_pause(from)
+                || client_owned_pause(from)
         }
     }
 }
@@ -475,10 +479,26 @@ mod tests {
                     S::PausedSystemPolicy,
                 ],
             ),
-            (S::PausedByApplication, &[S::Idle, S::Canceled]),
+            (
+                S::PausedByApplication,
+                &[
+                    S::Idle,
+                    S::Canceled,
+                    S::PausedCostedNetwork,
+                    S::PausedNoNetwork,
+                    S::PausedSystemPolicy,
+                ],
+            ),
             (
                 S::PausedRecoverableWebErrorStatus,
-                &[S::Idle, S::PausedByApplication, S::Canceled],
+                &[
+                    S::Idle,
+                    S::PausedByApplication,
+                    S::Canceled,
+                    S::PausedCostedNetwork,
+                    S::PausedNoNetwork,
+                    S::PausedSystemPolicy,
+                ],
             ),
             (S::Completed, &[]),
             (S::Canceled, &[]),

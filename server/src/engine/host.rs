@@ -230,17 +230,12 @@ impl Engine {
     /// The paused state a download created now starts in, if the host's conditions hold it
     /// back (no network, constrained, low disk space, a costed network its policy refuses):
     /// it is stored paused by its create's one write, rather than stored IDLE and written
-    /// again a moment later by [`Engine::settings_changed`]. With replicas, whoever claims it
-    /// applies its own conditions, so it starts IDLE.
+    /// again a moment later by [`Engine::settings_changed`]. See [`Core::held`].
     pub(super) fn held_from_start(
         &self,
         cost_policy: CostPolicy,
     ) -> Option<(Status, StatusReason)> {
-        let core = self.lock();
-        if core.clustered {
-            return None;
-        }
-        core.host.blocks(cost_policy)
+        self.lock().held(cost_policy)
     }
 
     /// [`Engine::conditions_changed`] for one download whose own settings or status changed
@@ -337,6 +332,18 @@ pub(super) async fn routable(targets: &[(String, u16)]) -> bool {
         }
     }
     false
+}
+
+impl Core {
+    /// The paused state the host's conditions hold a download with `cost_policy` in, if any,
+    /// for a download that is created or resumed now. With replicas, whoever claims it applies
+    /// its own conditions, so it goes IDLE.
+    pub(super) fn held(&self, cost_policy: CostPolicy) -> Option<(Status, StatusReason)> {
+        if self.clustered {
+            return None;
+        }
+        self.host.blocks(cost_policy)
+    }
 }
 
 /// Puts `op` in the state the current conditions call for (see [`Engine::reconcile`]); returns

@@ -59,7 +59,7 @@ use crate::error::Error;
 use crate::fetch::Fetcher;
 use crate::fetch::throttle::Throttle;
 use crate::operation::{CostPolicy, DownloadSpec, Settings, Status, StatusReason, TransferError};
-use crate::progress::{Bus, Message};
+use crate::progress::{self, Bus, Message};
 use crate::retry::RetryPolicy;
 use crate::store::{self, Store};
 
@@ -157,6 +157,8 @@ struct Inner {
     bus: Bus,
     core: Mutex<Core>,
     shutdown: CancellationToken,
+    /// The shutdown as progress streams check it, once per item.
+    closing: progress::Closing,
     tasks: TaskTracker,
     /// With a store shared by several replicas: leases, claims and the feed.
     cluster: Option<cluster::Cluster>,
@@ -263,6 +265,7 @@ impl Engine {
                 fetcher,
                 bus,
                 core: Mutex::new(core),
+                closing: progress::Closing::new(&shutdown),
                 shutdown,
                 tasks: TaskTracker::new(),
                 cluster,

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use futures_util::Stream;
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
-use super::{Event, FlagCursor, Lagged, Message, Snapshot};
+use super::{Closing, Event, FlagCursor, Lagged, Message, Shutdown, Snapshot};
 use crate::auth::Tenant;
 
 /// Where WatchDownloads reads its first snapshot: the downloads in scope when the watcher
@@ -42,7 +41,7 @@ impl Filter {
 }
 
 /// Streams the progress of every download `filter` passes: the current state of each, then every
-/// change, until `shutdown` fires.
+/// change, until the server shuts down.
 ///
 /// `events` subscribed before `catalog` fixed its scope, so nothing published meanwhile is
 /// lost; the snapshot is sent first and the events after it. An event that raced the walk is
@@ -53,7 +52,7 @@ pub fn watch_all(
     events: broadcast::Receiver<Event>,
     catalog: impl Catalog,
     filter: Filter,
-    shutdown: CancellationToken,
+    closing: Closing,
 ) -> impl Stream<Item = Result<(Arc<str>, Message), Lagged>> + Send + 'static {
     let state = WatchAll {
         events,
@@ -63,14 +62,14 @@ pub fn watch_all(
         pending: VecDeque::new(),
         done: false,
         filter,
-        shutdown,
+        shutdown: Shutdown::new(closing),
     };
     futures_util::stream::unfold(state, |mut st| async move {
         loop {
             if let Some(item) = st.pending.pop_front() {
                 return Some((item, st));
             }
-            if st.done || st.shutdown.is_cancelled() {
+            if st.done {
                 return None;
             }
             if let Some(after) = st.walk_after {
@@ -78,8 +77,9 @@ pub fn watch_all(
                 continue;
             }
             let event = tokio::select! {
+                biased;
+                () = std::future::poll_fn(|cx| st.shutdown.poll(cx)) => return None,
                 e = st.events.recv() => e,
-                () = st.shutdown.cancelled() => return None,
             };
             match event {
                 Ok(event) => st.on_event(event),
@@ -109,7 +109,7 @@ struct WatchAll<C> {
     pending: VecDeque<Result<(Arc<str>, Message), Lagged>>,
     done: bool,
     filter: Filter,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 }
 
 impl<C: Catalog> WatchAll<C> {
@@ -159,6 +159,7 @@ mod tests {
     use super::*;
     use crate::operation::Status;
     use futures_util::StreamExt;
+    use tokio_util::sync::CancellationToken;
 
     /// A snapshot walk over hubs, reading each hub's state only when its page is walked.
     struct Hubs {
@@ -224,7 +225,7 @@ mod tests {
                 tenant: None,
                 group: Some("g1".into()),
             },
-            CancellationToken::new(),
+            Closing::new(&CancellationToken::new()),
         ));
         let (guid, first) = stream.next().await.unwrap().unwrap();
         assert_eq!((&*guid, first.progress.status), ("a", Status::Running));
@@ -262,7 +263,7 @@ mod tests {
             events,
             catalog,
             Filter::default(),
-            CancellationToken::new(),
+            Closing::new(&CancellationToken::new()),
         ));
         // Nothing is read before the client reads.
         assert_eq!(pages_read.load(std::sync::atomic::Ordering::SeqCst), 0);
