@@ -12,9 +12,15 @@
 //! next change is sent once every watcher has seen the last. It prints p50/p99/max of the
 //! delays over all watchers and changes, the control call's own p50, and the server's RSS.
 //!
+//! Then it runs the same `--watchers` phase against the peer (`fanout/peer.rs`): a plain tonic
+//! server that streams one status from a `watch` channel and nothing else, started as a
+//! process of its own, and prints transferd's ratios to it.
+//!
 //! Build the server first, then run:
 //! `cargo build --release && cargo run --release --example fanout -- --dir /tmp/fanout-runs`
 
+#[path = "fanout/peer.rs"]
+mod peer;
 mod support;
 
 use std::path::PathBuf;
@@ -26,6 +32,8 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use pb::BackgroundTransferStatus as S;
 use support::{rss_kib, start_origin, start_server};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 use transferd::client::Client;
 use transferd::pb::backgroundtransfer::v1 as pb;
@@ -98,6 +106,9 @@ struct Phase {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some(peer::SERVE_FLAG) {
+        return peer::serve().await;
+    }
     let args = Args::read()?;
     std::fs::create_dir_all(&args.dir)?;
     let run_dir = tempfile::Builder::new()
@@ -125,6 +136,22 @@ async fn main() -> anyhow::Result<()> {
         bail!("the server exited during the run: {exit}");
     }
     server.kill().await?;
+    drop(clients);
+
+    let (mut peer, peer_addr) = start_peer().await?;
+    let peer_pid = peer.id().context("peer pid")?;
+    let peer_control = Client::connect(&peer_addr).await?;
+    let peer_clients = connections(&peer_addr, args.connections).await?;
+    let plain = phase(
+        &args,
+        &peer_control,
+        &peer_clients,
+        peer::GUID,
+        args.watchers,
+        peer_pid,
+    )
+    .await?;
+    peer.kill().await?;
 
     println!(
         "| watchers | changes | delay p50 | delay p99 | delay max | control call p50 | CPU per change, server / driver | server RSS |"
@@ -134,7 +161,12 @@ async fn main() -> anyhow::Result<()> {
         "| none (one waiting download) | - | - | - | - | - | - | {} MiB |",
         idle / 1024
     );
-    for (n, p) in [(args.baseline, &base), (args.watchers, &many)] {
+    let rows = [
+        (args.baseline.to_string(), &base),
+        (args.watchers.to_string(), &many),
+        (format!("{}, plain tonic peer", args.watchers), &plain),
+    ];
+    for (n, p) in rows {
         println!(
             "| {n} | {} | {} | {} | {} | {} | {} / {} | {} MiB |",
             args.changes,
@@ -157,7 +189,40 @@ async fn main() -> anyhow::Result<()> {
         pct(&many.calls, 0.5).as_secs_f64() / pct(&base.calls, 0.5).as_secs_f64(),
         many.rss as f64 / idle as f64
     );
+    let to_peer = |q| pct(&many.delays, q).as_secs_f64() / pct(&plain.delays, q).as_secs_f64();
+    println!(
+        "| ratio transferd / peer, {} watchers | - | {:.2} | {:.2} | - | {:.2} | {:.2} / {:.2} | {:.2} |",
+        args.watchers,
+        to_peer(0.50),
+        to_peer(0.99),
+        pct(&many.calls, 0.5).as_secs_f64() / pct(&plain.calls, 0.5).as_secs_f64(),
+        many.cpu.as_secs_f64() / plain.cpu.as_secs_f64(),
+        many.client_cpu.as_secs_f64() / plain.client_cpu.as_secs_f64(),
+        many.rss as f64 / plain.rss as f64
+    );
     Ok(())
+}
+
+/// Starts the peer as a process of its own (this program with [`peer::SERVE_FLAG`]), so its CPU
+/// time and memory are measured apart from the driver's, and returns it with its address.
+async fn start_peer() -> anyhow::Result<(Child, String)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg(peer::SERVE_FLAG)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the peer")?;
+    let stdout = child.stdout.take().context("peer stdout")?;
+    let line = BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await?
+        .context("the peer exited at start")?;
+    let addr = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_string();
+    Ok((child, addr))
 }
 
 /// `count` clients, each on a connection of its own.
