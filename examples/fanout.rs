@@ -32,7 +32,6 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use pb::BackgroundTransferStatus as S;
 use support::{rss_kib, start_origin, start_server};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 use transferd::client::Client;
@@ -212,16 +211,7 @@ async fn start_peer() -> anyhow::Result<(Child, String)> {
         .kill_on_drop(true)
         .spawn()
         .context("cannot start the peer")?;
-    let stdout = child.stdout.take().context("peer stdout")?;
-    let line = BufReader::new(stdout)
-        .lines()
-        .next_line()
-        .await?
-        .context("the peer exited at start")?;
-    let addr = line
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .to_string();
+    let addr = support::listening_addr(&mut child).await?;
     Ok((child, addr))
 }
 

@@ -44,6 +44,13 @@ pub async fn start_server(
                 bin.display()
             )
         })?;
+    let addr = listening_addr(&mut child).await?;
+    Ok((child, addr))
+}
+
+/// The address a server started with piped stdout says it listens on in its first line
+/// (`listening on ADDR`, as transferd prints it).
+pub async fn listening_addr(child: &mut Child) -> anyhow::Result<String> {
     let stdout = child.stdout.take().context("server stdout")?;
     let line = BufReader::new(stdout)
         .lines()
@@ -54,7 +61,7 @@ pub async fn start_server(
         .strip_prefix("listening on ")
         .with_context(|| format!("unexpected first line {line:?}"))?
         .to_string();
-    Ok((child, addr))
+    Ok(addr)
 }
 
 /// A tiny HTTP/1.1 origin that answers every request with [`BODY`].
