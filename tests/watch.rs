@@ -1,11 +1,13 @@
 //! End-to-end: progress streams. WatchDownload sends the current state first, then every
 //! status change in order and coalesced byte progress, and ends after a terminal status;
 //! WatchDownloads does the same for every download of a group. The one-shot flags appear in
-//! exactly the messages WinRT defines.
+//! exactly the messages WinRT defines. A client's pause, resume or cancel, and a transfer's
+//! failure, reach watchers only once they are stored.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use common::origin::{Resource, test_bytes};
 use common::*;
@@ -226,4 +228,150 @@ async fn the_snapshot_of_many_downloads_arrives_complete_in_order_then_live_even
         (second.guid.as_str(), second.progress.unwrap().status()),
         (late.guid.as_str(), S::Idle)
     );
+}
+
+/// How long a test watches a stream for a message that must not come.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// The store's write lock, held by another connection to the database (as an operator's
+/// `sqlite3` shell can hold it) until dropped: every store write of the server waits meanwhile,
+/// within its busy timeout.
+struct StoreLocked(rusqlite::Connection);
+
+impl StoreLocked {
+    fn take(h: &Harness) -> StoreLocked {
+        let conn = rusqlite::Connection::open(h.server.data_dir.join("transferd.db")).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        StoreLocked(conn)
+    }
+}
+
+impl Drop for StoreLocked {
+    fn drop(&mut self) {
+        self.0.execute_batch("ROLLBACK").unwrap();
+    }
+}
+
+/// The status stored for `guid`, read from the database file.
+fn stored_status(h: &Harness, guid: &str) -> i32 {
+    let conn = rusqlite::Connection::open(h.server.data_dir.join("transferd.db")).unwrap();
+    conn.query_row(
+        "SELECT status FROM downloads WHERE guid = ?1",
+        [guid],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// The statuses of the messages `stream` sends within [`QUIET`].
+async fn statuses_within(stream: &mut tonic::Streaming<pb::BackgroundDownloadProgress>) -> Vec<S> {
+    let mut seen = Vec::new();
+    let until = tokio::time::Instant::now() + QUIET;
+    while let Ok(message) = tokio::time::timeout_at(until, stream.message()).await {
+        seen.push(message.unwrap().expect("the stream ended").status());
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_pause_reaches_watchers_only_once_it_is_stored() {
+    let h = Harness::start(&[]).await;
+    let body = test_bytes(300_000, 8);
+    let op = h.start_held("/p.bin", Resource::new(body), 100_000).await;
+    let mut watcher = h.watch(&op.guid).await;
+    assert_eq!(next_message(&mut watcher).await.status(), S::Running);
+
+    let locked = StoreLocked::take(&h);
+    let pause = tokio::spawn({
+        let (client, guid) = (h.client.clone(), op.guid.clone());
+        async move { client.pause(&guid).await }
+    });
+    // The server has paused it but cannot store that yet, so no watcher is told, and
+    // GetDownload agrees with them: a crash now would bring it back RUNNING.
+    h.wait_log("paused by a client").await;
+    assert_eq!(statuses_within(&mut watcher).await, []);
+    let during = h.get(&op.guid).await;
+    assert_eq!(
+        (status_of(&during), during.status_reason()),
+        (S::Running, pb::StatusReason::Unspecified)
+    );
+    assert!(
+        !pause.is_finished(),
+        "the call answers once the pause is stored"
+    );
+    // A running download is stored as IDLE: where a restart would queue it again.
+    assert_eq!(stored_status(&h, &op.guid), S::Idle as i32);
+
+    drop(locked);
+    let answered = pause.await.unwrap().expect("PauseDownload");
+    assert_eq!(status_of(&answered), S::PausedByApplication);
+    let seen = next_message(&mut watcher).await;
+    assert_eq!(
+        (seen.status(), seen.bytes_received),
+        (S::PausedByApplication, 100_000)
+    );
+    assert_eq!(stored_status(&h, &op.guid), S::PausedByApplication as i32);
+
+    // A resume and a cancel are shown the same way: stored first.
+    let locked = StoreLocked::take(&h);
+    let resume = tokio::spawn({
+        let (client, guid) = (h.client.clone(), op.guid.clone());
+        async move { client.resume(&guid).await }
+    });
+    h.wait_log("resumed by a client").await;
+    assert_eq!(statuses_within(&mut watcher).await, []);
+    assert_eq!(h.status(&op.guid).await, S::PausedByApplication);
+    drop(locked);
+    resume.await.unwrap().expect("ResumeDownload");
+    assert_eq!(next_message(&mut watcher).await.status(), S::Idle);
+    h.wait_bytes(&op.guid, 100_000).await;
+
+    let locked = StoreLocked::take(&h);
+    let cancel = tokio::spawn({
+        let (client, guid) = (h.client.clone(), op.guid.clone());
+        async move { client.cancel(&guid).await }
+    });
+    h.wait_log("canceled by a client").await;
+    let seen = statuses_within(&mut watcher).await;
+    assert!(!seen.contains(&S::Canceled), "{seen:?}");
+    drop(locked);
+    cancel.await.unwrap().expect("CancelDownload");
+    assert_eq!(next_message(&mut watcher).await.status(), S::Canceled);
+    assert_eq!(stored_status(&h, &op.guid), S::Canceled as i32);
+}
+
+#[tokio::test]
+async fn a_failure_reaches_watchers_only_once_it_is_stored() {
+    let h = Harness::start(&["--max-active", "1"]).await;
+    h.origin.put(
+        "/blocker",
+        Resource::new(test_bytes(4096, 9)).hold_after(10),
+    );
+    h.origin
+        .put("/gone", Resource::new(test_bytes(1000, 10)).status(404));
+    let blocker = h.create(&h.origin.url("/blocker"), "blocker").await;
+    h.wait_bytes(&blocker.guid, 10).await;
+    let op = h.create(&h.origin.url("/gone"), "gone.bin").await;
+    let mut watcher = h.watch(&op.guid).await;
+    assert_eq!(next_message(&mut watcher).await.status(), S::Idle);
+
+    // The blocker completes and frees its slot without waiting for the store; the next
+    // download starts, and its origin answers 404.
+    let locked = StoreLocked::take(&h);
+    h.origin.release("/blocker");
+    h.wait_log("failed: the server answered HTTP 404").await;
+    // Watchers see it start, but not fail until the failure is stored: a crash now would run
+    // it again.
+    let mut seen = statuses_within(&mut watcher).await;
+    seen.dedup();
+    assert_eq!(seen, [S::Running]);
+    let during = h.get(&op.guid).await;
+    assert_eq!(status_of(&during), S::Running);
+    assert!(during.error.is_none(), "{during:?}");
+    assert_eq!(stored_status(&h, &op.guid), S::Idle as i32);
+
+    drop(locked);
+    let seen = next_message(&mut watcher).await;
+    assert_eq!(seen.status(), S::Error);
+    assert_eq!(stored_status(&h, &op.guid), S::Error as i32);
 }

@@ -61,6 +61,18 @@ impl Harness {
         }
     }
 
+    /// Polls the server's log until it has a line containing `needle`, for a step that nothing
+    /// else shows yet (e.g. a change still being stored).
+    pub async fn wait_log(&self, needle: &str) {
+        let what = format!("a log line with {needle:?}");
+        self.poll(
+            &what,
+            || async { self.server.log() },
+            |log| log.contains(needle),
+        )
+        .await;
+    }
+
     /// Polls until the download has `status`.
     pub async fn wait_status(&self, guid: &str, status: S) -> pb::DownloadOperation {
         let what = format!("{status:?}");

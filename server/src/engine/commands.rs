@@ -187,14 +187,16 @@ impl Engine {
                     (Some(commit), _) => commit,
                     (None, Status::PausedByApplication) => break None,
                     (None, _) => {
-                        core.transition(
-                            &op,
-                            &mut st,
-                            Status::PausedByApplication,
-                            StatusReason::PausedByClient,
-                        )
-                        .map_err(|e| illegal(guid, "pause", e.from))?;
-                        break Some(st.task.as_ref().map(TaskHandle::stop));
+                        let unshown = core
+                            .transition_unshown(
+                                &op,
+                                &mut st,
+                                Status::PausedByApplication,
+                                StatusReason::PausedByClient,
+                            )
+                            .map_err(|e| illegal(guid, "pause", e.from))?;
+                        let running = st.task.as_ref().map(TaskHandle::stop);
+                        break Some((running, unshown));
                     }
                 }
             };
@@ -202,7 +204,7 @@ impl Engine {
             // COMPLETED download refuses it).
             commit.cancelled().await;
         };
-        let Some(running) = changed else {
+        let Some((running, unshown)) = changed else {
             return Ok(self.view(&op));
         };
         tracing::info!(%guid, host = %op.log_host(), by = %caller.name, "paused by a client");
@@ -210,6 +212,9 @@ impl Engine {
             let _ = tokio::time::timeout(LET_GO_TIMEOUT, done.cancelled()).await;
         }
         self.persist(&op).await?;
+        // Stored: watchers now see PAUSED_BY_APPLICATION, with the bytes the transfer
+        // checkpointed as it let go.
+        drop(unshown);
         Ok(self.view(&op))
     }
 
@@ -238,12 +243,13 @@ impl Engine {
                 let (to, reason) = core
                     .held(st.settings.cost_policy)
                     .unwrap_or((Status::Idle, StatusReason::WaitingForSlot));
-                core.transition(&op, &mut st, to, reason)
+                let unshown = core
+                    .transition_unshown(&op, &mut st, to, reason)
                     .map_err(|e| illegal(guid, "resume", e.from))?;
-                Some(to)
+                Some((to, unshown))
             }
         };
-        let Some(resumed_to) = resumed_to else {
+        let Some((resumed_to, unshown)) = resumed_to else {
             return Ok(self.view(&op));
         };
         tracing::info!(
@@ -254,6 +260,7 @@ impl Engine {
             "resumed by a client"
         );
         self.persist(&op).await?;
+        drop(unshown);
         self.settings_changed(&op).await;
         Ok(self.view(&op))
     }
@@ -267,16 +274,23 @@ impl Engine {
             Control::Done(view) => return Ok(*view),
         };
         let op = self.op(caller, guid)?;
-        let running = loop {
+        let (running, unshown) = loop {
             let commit = {
                 let mut core = self.lock();
                 let mut st = op.lock();
                 if let Some(commit) = st.commit_in_progress() {
                     commit
                 } else {
-                    core.transition(&op, &mut st, Status::Canceled, StatusReason::Unspecified)
+                    let unshown = core
+                        .transition_unshown(
+                            &op,
+                            &mut st,
+                            Status::Canceled,
+                            StatusReason::Unspecified,
+                        )
                         .map_err(|e| illegal(guid, "cancel", e.from))?;
-                    break st.task.as_ref().map(TaskHandle::stop);
+                    let running = st.task.as_ref().map(TaskHandle::stop);
+                    break (running, unshown);
                 }
             };
             // The file is being committed: the cancel applies to what the commit leaves (a
@@ -292,6 +306,7 @@ impl Engine {
             None => self.remove_partial(&op).await,
         }
         self.persist(&op).await?;
+        drop(unshown);
         Ok(self.view(&op))
     }
 

@@ -9,6 +9,8 @@ use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
 
+mod unshown;
+
 use super::queue::QueueKey;
 use super::{Core, DownloadView, host};
 use crate::operation::{
@@ -85,6 +87,12 @@ pub(super) struct OpState {
     /// held it. The partial file of that epoch's name is this replica's to remove once its
     /// transfer has stopped (the new holder works in a copy).
     pub(super) fenced: Option<i64>,
+    /// Changes being stored before watchers may see them (see [`unshown`]); nothing is
+    /// published while it is above zero.
+    unshown: u32,
+    /// While `unshown` is above zero: the reason, error and web error status that go with the
+    /// status watchers still see, so that GetDownload shows them together.
+    shown: Option<unshown::Shown>,
 }
 
 /// The handles of a running transfer task.
@@ -364,6 +372,8 @@ impl Op {
                 unsent: Vec::new(),
                 partial_epoch: None,
                 fenced: None,
+                unshown: 0,
+                shown: None,
             }),
             persist: tokio::sync::Mutex::new(()),
             spec,
@@ -420,19 +430,29 @@ impl Op {
     pub(super) fn view(&self) -> DownloadView {
         let snapshot = self.hub.current();
         let st = self.lock();
+        // The status is the one published; a change not shown yet keeps its details back too.
+        let (reason, error, web_error_status) = match &st.shown {
+            Some(shown) => (shown.reason, shown.error.clone(), shown.web_error_status),
+            None => (st.reason, st.error.clone(), st.web_error_status),
+        };
         DownloadView {
             spec: self.spec.clone(),
             settings: st.settings.clone(),
-            reason: st.reason,
-            web_error_status: st.web_error_status,
+            reason,
+            web_error_status,
             progress: progress::FlagCursor::first(&snapshot).1,
-            error: st.error.clone(),
+            error,
             attempts: st.attempts,
         }
     }
 
     /// Publishes the current state; call with the state lock held so publications stay in order.
+    /// While a change is being stored (see [`unshown`]), nothing is published: watchers go on
+    /// seeing the last state they were shown until the change is stored.
     pub(super) fn publish(&self, st: &OpState) {
+        if st.unshown > 0 {
+            return;
+        }
         self.hub.publish(
             Progress {
                 bytes_received: st.bytes,

@@ -7,7 +7,8 @@
 //! - [`commands`]: what clients and operators ask: create, pause, resume, cancel, the live edits,
 //!   reads and watches.
 //! - `validate`: request limits and the checks of a new download's fields.
-//! - `download`: one download's state and the ONE function that changes a status.
+//! - `download`: one download's state and the ONE function that changes a status; its
+//!   `unshown` keeps a client's change, or a transfer's failure, from watchers until stored.
 //! - `registry`: downloads by guid and by creation order (also per tenant), result-file claims
 //!   and paging.
 //! - `queue`: the run queue, a type that keeps its order and its index in step.

@@ -121,12 +121,20 @@ impl Engine {
             // Logged before the status moves, so whoever sees COMPLETED finds this line.
             log_completed(bytes, from, started.elapsed());
         }
-        let (remove_partial, conditions_moved) = {
+        let (remove_partial, conditions_moved, unshown) = {
             let mut core = self.lock();
             let mut st = op.lock();
             st.committing = false;
             core.let_go(&op, &mut st);
+            let mut unshown = None;
             let conditions_moved = if st.status() == Status::Running {
+                // A failure is shown once it is stored: a crash before the write would bring
+                // the download back, and no watcher may have seen it end. (A COMPLETED status
+                // is shown at once: its file is already in place, and a restart finds it
+                // committed and completes it again; see `paths::commit`.)
+                if matches!(ending, Ending::Failed(_) | Ending::RecoverableWebError(_)) {
+                    unshown = Some(op.unshown(&mut st));
+                }
                 self.settle(&mut core, &op, &mut st, ending)
             } else {
                 // Paused or cancelled meanwhile: the status already says what happened.
@@ -136,6 +144,7 @@ impl Engine {
             (
                 matches!(st.status(), Status::Canceled | Status::Error),
                 conditions_moved,
+                unshown,
             )
         };
         // The slot is free and the status final as watchers see it (a COMPLETED file and its
@@ -151,6 +160,7 @@ impl Engine {
         if let Err(e) = &persisted {
             tracing::error!(error = %e, "could not record the end of the transfer");
         }
+        drop(unshown);
         // A committed file keeps its partial name until COMPLETED is stored, so a crash in
         // between is recognised at the next start (see `paths::commit`).
         if persisted.is_ok() && op.lock().status() == Status::Completed {
