@@ -48,6 +48,16 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
         let dir = ctx.fresh("control-transferd")?;
         let server = Server::transferd(&dir, &[]).await?;
         let guid = seed(ctx, &server.client().await?).await?;
+        // The `--baseline` build, seeded the same way, measured right after this build.
+        let baseline = match &ctx.baseline {
+            Some(bin) => {
+                let dir = ctx.fresh("control-baseline")?;
+                let server = Server::transferd_from(bin, &dir, &[]).await?;
+                let guid = seed(ctx, &server.client().await?).await?;
+                Some((dir, server, guid))
+            }
+            None => None,
+        };
         for rpc in RPCS {
             sync_all().await?;
             let peer = drive_hello(ctx, &hello.addr).await?;
@@ -57,9 +67,20 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
                 record(report, "SayHello", &peer);
                 record(report, rpc, &ours);
             }
+            if let Some((_, server, guid)) = &baseline {
+                sync_all().await?;
+                let before = drive_transferd(ctx, &server.addr, rpc, guid).await?;
+                if keep {
+                    record(report, &format!("{rpc} {BASELINE}"), &before);
+                }
+            }
         }
         server.stop().await?;
         done(dir).await?;
+        if let Some((dir, server, _)) = baseline {
+            server.stop().await?;
+            done(dir).await?;
+        }
     }
     for rpc in RPCS {
         for measure in ["RPS", "p50", "p99"] {
@@ -69,9 +90,15 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
                 &format!("SayHello {measure}"),
             );
         }
+        if ctx.baseline.is_some() {
+            report.compare(W, &format!("{rpc} RPS"), &format!("{rpc} {BASELINE} RPS"));
+        }
     }
     Ok(())
 }
+
+/// Marks the rows of the `--baseline` build.
+const BASELINE: &str = "(baseline)";
 
 fn record(report: &mut Report, rpc: &str, load: &Load) {
     report.record(W, &format!("{rpc} RPS"), "RPS", load.rps);

@@ -43,7 +43,7 @@ pub struct Context {
     pub sizes: Sizes,
     /// The nginx origin.
     pub origin: Origin,
-    /// Another transferd build to run in the small-files workload (`--baseline`).
+    /// Another transferd build to run in the small-files and control workloads (`--baseline`).
     pub baseline: Option<PathBuf>,
     next_dir: Cell<usize>,
     /// Run directories of many small files, removed when their workload ends (see

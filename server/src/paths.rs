@@ -245,22 +245,24 @@ pub fn commit(
 ) -> Result<bool, CommitError> {
     let root = open_root(download_dir)?;
     let staging = open_dir_beneath(&root, PARTIAL_DIR)?;
-    let home = tenant_home(&root, tenant)?;
+    check_tenant_dir(tenant).map_err(io::Error::other)?;
+    let (mut opened_home, mut opened_parent) = (None, None);
+    let home = within(&root, tenant.name(), &mut opened_home)?;
     let (parent_path, name) = result_file.rsplit_once('/').unwrap_or(("", result_file));
-    let parent = make_dirs(&home, parent_path)?;
+    let parent = within(home, parent_path, &mut opened_parent)?;
     let partial = partial_name(guid, epoch);
     let placed = if replace {
-        rustix::fs::renameat(&staging, &partial, &parent, name)
+        rustix::fs::renameat(&staging, &partial, parent, name)
     } else {
-        link_no_replace(&staging, &partial, &parent, name)
+        link_no_replace(&staging, &partial, parent, name)
     };
     let placed = match placed {
         Ok(()) => true,
-        Err(Errno::EXIST) if same_file(&staging, &partial, &parent, name)? => false,
+        Err(Errno::EXIST) if same_file(&staging, &partial, parent, name)? => false,
         Err(Errno::EXIST) => return Err(CommitError::Exists),
         Err(e) => return Err(CommitError::Io(e.into())),
     };
-    dirsync::sync_dir(&parent)?;
+    dirsync::sync_dir(parent)?;
     Ok(placed)
 }
 
@@ -343,13 +345,18 @@ pub fn result_exists(
     let Ok(root) = open_root(download_dir) else {
         return Ok(false);
     };
-    let home = match open_dir_beneath(&root, tenant.name()) {
-        Ok(home) => home,
-        Err(e) if e.kind() == io::ErrorKind::Other => return Err(e.to_string()),
-        Err(_) => return Ok(false),
+    // The default tenant's directory is the root: no second open of it on every create.
+    let mut held = None;
+    let home = match tenant.name() {
+        "" => &root,
+        name => match open_dir_beneath(&root, name) {
+            Ok(home) => &*held.insert(home),
+            Err(e) if e.kind() == io::ErrorKind::Other => return Err(e.to_string()),
+            Err(_) => return Ok(false),
+        },
     };
     let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    match rustix::fs::openat2(&home, result_file, flags, Mode::empty(), BENEATH) {
+    match rustix::fs::openat2(home, result_file, flags, Mode::empty(), BENEATH) {
         Ok(_) => Ok(true),
         Err(Errno::XDEV) => Err(escape(result_file).to_string()),
         Err(_) => Ok(false),
@@ -432,9 +439,18 @@ pub fn partial_epochs(download_dir: &Path, guid: &str) -> io::Result<Vec<i64>> {
 
 /// The directory of `tenant` beneath the download directory `root`, made if missing: `root`
 /// itself for the default tenant.
-fn tenant_home(root: &OwnedFd, tenant: &Tenant) -> io::Result<OwnedFd> {
-    check_tenant_dir(tenant).map_err(io::Error::other)?;
-    make_dirs(root, tenant.name())
+/// The directory `path` beneath `dir` (made if missing, see [`make_dirs`]), kept in `held`; or
+/// `dir` itself for an empty path: the default tenant's directory is the root, and a top-level
+/// result file's is its tenant's, so the common commit opens no directory twice.
+fn within<'a>(
+    dir: &'a OwnedFd,
+    path: &str,
+    held: &'a mut Option<OwnedFd>,
+) -> io::Result<&'a OwnedFd> {
+    if path.is_empty() {
+        return Ok(dir);
+    }
+    Ok(held.insert(make_dirs(dir, path)?))
 }
 
 fn open_root(download_dir: &Path) -> io::Result<OwnedFd> {
