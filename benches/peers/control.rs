@@ -1,7 +1,9 @@
 //! The control plane: transferd's unary RPCs under ghz-style load (many concurrent calls on one
 //! connection) against the plain tonic hello server, interleaved: SayHello, GetDownload,
 //! SayHello, ListDownloads, SayHello, CreateDownload in each round, on a fresh transferd whose
-//! store was seeded with `control_seed` finished downloads.
+//! store was seeded with `control_seed` finished downloads. Each measurement starts once every
+//! server is idle: the downloads a create measurement started never share the cores with the
+//! next measurement.
 
 use std::time::{Duration, Instant};
 
@@ -22,8 +24,8 @@ const SEED_PARALLEL: usize = 16;
 /// Page size of the ListDownloads measurement, as in the README's ghz recipe.
 const LIST_PAGE_SIZE: u32 = 10;
 
-/// How long the seeded downloads get to finish.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the seeded downloads, or those a create measurement started, get to finish.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How often seeding polls the server while waiting for the downloads to finish.
 const SETTLE_POLL: Duration = Duration::from_millis(20);
@@ -58,7 +60,12 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let client = server.client().await?;
         for rpc in RPCS {
+            settle(&client).await?;
+            if let Some((_, server, _)) = &baseline {
+                settle(&server.client().await?).await?;
+            }
             sync_all().await?;
             let peer = drive_hello(ctx, &hello.addr).await?;
             sync_all().await?;
@@ -68,6 +75,7 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
                 record(report, rpc, &ours);
             }
             if let Some((_, server, guid)) = &baseline {
+                settle(&client).await?;
                 sync_all().await?;
                 let before = drive_transferd(ctx, &server.addr, rpc, guid).await?;
                 if keep {
@@ -176,16 +184,22 @@ async fn seed(ctx: &Context, client: &Client) -> anyhow::Result<String> {
     while let Some(created) = running.join_next().await {
         first.get_or_insert(created??.guid);
     }
+    settle(client).await?;
+    Ok(first.unwrap_or_default())
+}
+
+/// Waits until no download runs or waits in the queue, so that what one measurement started
+/// (the downloads of the running creates) does not share the cores with the next.
+async fn settle(client: &Client) -> anyhow::Result<()> {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
         let status = client.system_status().await?;
         if status.active_downloads == 0 && status.queued_downloads == 0 {
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the seeded downloads did not finish within {SETTLE_TIMEOUT:?}");
+            bail!("the downloads did not finish within {SETTLE_TIMEOUT:?}");
         }
         tokio::time::sleep(SETTLE_POLL).await;
     }
-    Ok(first.unwrap_or_default())
 }
