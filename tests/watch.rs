@@ -252,17 +252,6 @@ impl Drop for StoreLocked {
     }
 }
 
-/// The status stored for `guid`, read from the database file.
-fn stored_status(h: &Harness, guid: &str) -> i32 {
-    let conn = rusqlite::Connection::open(h.server.data_dir.join("transferd.db")).unwrap();
-    conn.query_row(
-        "SELECT status FROM downloads WHERE guid = ?1",
-        [guid],
-        |r| r.get(0),
-    )
-    .unwrap()
-}
-
 /// The statuses of the messages `stream` sends within [`QUIET`].
 async fn statuses_within(stream: &mut tonic::Streaming<pb::BackgroundDownloadProgress>) -> Vec<S> {
     let mut seen = Vec::new();
@@ -300,7 +289,7 @@ async fn a_pause_reaches_watchers_only_once_it_is_stored() {
         "the call answers once the pause is stored"
     );
     // A running download is stored as IDLE: where a restart would queue it again.
-    assert_eq!(stored_status(&h, &op.guid), S::Idle as i32);
+    assert_eq!(h.stored_status(&op.guid), S::Idle as i32);
 
     drop(locked);
     let answered = pause.await.unwrap().expect("PauseDownload");
@@ -310,7 +299,7 @@ async fn a_pause_reaches_watchers_only_once_it_is_stored() {
         (seen.status(), seen.bytes_received),
         (S::PausedByApplication, 100_000)
     );
-    assert_eq!(stored_status(&h, &op.guid), S::PausedByApplication as i32);
+    assert_eq!(h.stored_status(&op.guid), S::PausedByApplication as i32);
 
     // A resume and a cancel are shown the same way: stored first.
     let locked = StoreLocked::take(&h);
@@ -337,7 +326,7 @@ async fn a_pause_reaches_watchers_only_once_it_is_stored() {
     drop(locked);
     cancel.await.unwrap().expect("CancelDownload");
     assert_eq!(next_message(&mut watcher).await.status(), S::Canceled);
-    assert_eq!(stored_status(&h, &op.guid), S::Canceled as i32);
+    assert_eq!(h.stored_status(&op.guid), S::Canceled as i32);
 }
 
 #[tokio::test]
@@ -368,10 +357,10 @@ async fn a_failure_reaches_watchers_only_once_it_is_stored() {
     let during = h.get(&op.guid).await;
     assert_eq!(status_of(&during), S::Running);
     assert!(during.error.is_none(), "{during:?}");
-    assert_eq!(stored_status(&h, &op.guid), S::Idle as i32);
+    assert_eq!(h.stored_status(&op.guid), S::Idle as i32);
 
     drop(locked);
     let seen = next_message(&mut watcher).await;
     assert_eq!(seen.status(), S::Error);
-    assert_eq!(stored_status(&h, &op.guid), S::Error as i32);
+    assert_eq!(h.stored_status(&op.guid), S::Error as i32);
 }

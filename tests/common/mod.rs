@@ -172,6 +172,17 @@ impl Harness {
     pub fn assert_file(&self, file: &str, expected: &[u8]) {
         assert_holds(&self.download_dir().join(file), expected);
     }
+
+    /// The status stored for `guid`, read from the database file (what a restart would find).
+    pub fn stored_status(&self, guid: &str) -> i32 {
+        let conn = rusqlite::Connection::open(self.server.data_dir.join("transferd.db")).unwrap();
+        conn.query_row(
+            "SELECT status FROM downloads WHERE guid = ?1",
+            [guid],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
 }
 
 /// Asserts that the file at `path` holds exactly `expected`, compared by SHA-256.

@@ -10,6 +10,12 @@ use crate::fetch::{Observer, ResponseStart};
 use crate::operation::{ResponseInfo, Segment};
 use crate::sha256::Hasher;
 
+/// The largest whole body whose checkpoint is not stored before its commit when no checkpoint
+/// of it was stored yet: a small file arrives at once, and storing that checkpoint would cost
+/// every small download a store write to save a crash in the next milliseconds from fetching
+/// at most this much again.
+const UNSTORED_WHOLE_BODY: u64 = 8 * 1024 * 1024;
+
 /// The engine's side of a running attempt.
 pub(super) struct Progressor<'a> {
     pub(super) engine: &'a Engine,
@@ -62,17 +68,23 @@ impl Observer for Progressor<'_> {
     }
 
     async fn durable(&self, bytes: u64, sha256: Option<&Hasher>) {
-        let whole = {
+        let (whole, from_zero) = {
             // One store write carries both, so the saved state always describes the
             // checkpointed bytes.
             let mut st = self.op.lock();
+            let from_zero = st.checkpoint == 0;
             st.checkpoint = bytes;
             st.sha256 = sha256.cloned();
             st.segments.clear();
             // Every few seconds of a long transfer: at DEBUG the log shows it moving.
             tracing::debug!(bytes, total = st.total, "checkpoint");
-            bytes > 0 && bytes == st.total
+            (bytes > 0 && bytes == st.total, from_zero)
         };
+        if whole && from_zero && bytes <= UNSTORED_WHOLE_BODY {
+            // The end of the transfer stores it, with its status, a moment later; a crash
+            // before that starts it again from byte 0, as the stored checkpoint says.
+            return;
+        }
         let (engine, op) = (self.engine.clone(), self.op.clone());
         let store = async move {
             if let Err(e) = engine.persist(&op).await {
