@@ -6,15 +6,17 @@
 //! - Every replica keeps every download in memory, as today; the copies of downloads it does
 //!   not hold follow the feed (`cluster/feed.rs`), so Get, List and both watches are served
 //!   from any replica.
-//! - A replica changes a download only while it holds its lease ([`OpState::lease`]): to run
-//!   it (claimed from the shared queue by [`Engine::claim_once`]) or to carry out one control
-//!   call (`cluster/call.rs`; a call for a download another replica runs is forwarded to it).
+//! - A replica changes a download only while it holds its lease
+//!   ([`OpState::lease`](super::download::OpState::lease)): to run it (claimed from the shared
+//!   queue by [`Engine::claim_once`]) or to carry out one control call (`cluster/call.rs`; a call
+//!   for a download another replica runs is forwarded to it).
 //! - Every write under a lease is fenced by its epoch; a replica whose lease was taken over
 //!   stops its transfer and writes nothing more ([`Engine::renew_leases`]).
 //! - Each lease holder writes its own partial file name (`GUID@EPOCH.part`). A claim that
 //!   takes over an expired lease moves the old file aside before copying its bytes, so a
 //!   stalled holder that wakes up can write, truncate or commit only a file nobody uses.
-//! - The lease is given back when its last holder here lets go ([`OpState::holds`]).
+//! - The lease is given back when its last holder here lets go
+//!   ([`OpState::holds`](super::download::OpState::holds)).
 
 mod call;
 mod create;
