@@ -339,42 +339,43 @@ async fn a_postgresql_store_times_every_call_it_makes() {
     assert_eq!(count("expire_leases_of"), 1.0, "once, at start");
 }
 
+/// Downloads `body` (served without ranges, so one stream fetches it) to `file` and returns the
+/// store writes it took: (inserts, saves), counted once its COMPLETED is stored.
+async fn store_writes(h: &Harness, addr: SocketAddr, file: &str, body: &[u8]) -> (f64, f64) {
+    let insert = r#"transferd_store_operation_duration_seconds_count{operation="insert"}"#;
+    let save = r#"transferd_store_operation_duration_seconds_count{operation="save"}"#;
+    let before = scrape(addr).await;
+    let path = format!("/{file}");
+    h.origin
+        .put(&path, Resource::new(body.to_vec()).no_accept_ranges());
+    let op = h.create(&h.origin.url(&path), file).await;
+    h.wait_status(&op.guid, S::Completed).await;
+    // COMPLETED is stored after it is shown, and after every earlier write of the download.
+    let after = scrape_until(addr, "COMPLETED stored", |m| {
+        h.stored_status(&op.guid) == S::Completed as i32 && m.value(save) > before.value(save)
+    })
+    .await;
+    h.assert_file(file, body);
+    (
+        after.value(insert) - before.value(insert),
+        after.value(save) - before.value(save),
+    )
+}
+
 #[tokio::test]
 async fn a_small_download_is_written_at_its_create_and_once_more_when_it_completes() {
     let h = Harness::start(&FLAGS).await;
     let addr = metrics_addr(&h.server);
-    let insert = r#"transferd_store_operation_duration_seconds_count{operation="insert"}"#;
-    let save = r#"transferd_store_operation_duration_seconds_count{operation="save"}"#;
-    // Whether `guid`'s COMPLETED is stored, with every write before it counted.
-    let stored =
-        |guid: &str, saves: f64| h.stored_status(guid) == S::Completed as i32 && saves >= 1.0;
-
-    let before = scrape(addr).await;
-    let small = test_bytes(64 * 1024, 12);
-    h.origin.put("/small", Resource::new(small.clone()));
-    let op = h.create(&h.origin.url("/small"), "small.bin").await;
-    h.wait_status(&op.guid, S::Completed).await;
-    let after = scrape_until(addr, "COMPLETED stored", |m| {
-        stored(&op.guid, m.value(save) - before.value(save))
-    })
-    .await;
-    h.assert_file("small.bin", &small);
     // No checkpoint write between the two: the body arrived at once, and a crash before its
     // commit would fetch 64 KiB again.
-    assert_eq!(after.value(insert) - before.value(insert), 1.0);
-    assert_eq!(after.value(save) - before.value(save), 1.0);
-
+    let small = test_bytes(64 * 1024, 12);
+    assert_eq!(
+        store_writes(&h, addr, "small.bin", &small).await,
+        (1.0, 1.0)
+    );
     // A larger body has its checkpoint stored before the commit as well.
-    let before = after;
     let large = test_bytes(9 * 1024 * 1024, 13);
-    h.origin
-        .put("/large", Resource::new(large.clone()).no_accept_ranges());
-    let op = h.create(&h.origin.url("/large"), "large.bin").await;
-    h.wait_status(&op.guid, S::Completed).await;
-    let after = scrape_until(addr, "COMPLETED stored", |m| {
-        stored(&op.guid, m.value(save) - before.value(save))
-    })
-    .await;
-    h.assert_file("large.bin", &large);
-    assert!(after.value(save) - before.value(save) >= 2.0);
+    let (inserts, saves) = store_writes(&h, addr, "large.bin", &large).await;
+    assert_eq!(inserts, 1.0);
+    assert!(saves >= 2.0, "{saves}");
 }

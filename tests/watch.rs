@@ -262,6 +262,42 @@ async fn statuses_within(stream: &mut tonic::Streaming<pb::BackgroundDownloadPro
     seen
 }
 
+/// A client's control call.
+#[derive(Clone, Copy)]
+enum Call {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+/// Takes the store's write lock, sends `call` for `guid` without waiting for its answer, and
+/// waits until the server's log says it made the change (which it cannot store yet).
+async fn send_unstored(
+    h: &Harness,
+    guid: &str,
+    call: Call,
+) -> (
+    StoreLocked,
+    tokio::task::JoinHandle<Result<pb::DownloadOperation, tonic::Status>>,
+) {
+    let locked = StoreLocked::take(h);
+    let (client, guid) = (h.client.clone(), guid.to_string());
+    let answer = tokio::spawn(async move {
+        match call {
+            Call::Pause => client.pause(&guid).await,
+            Call::Resume => client.resume(&guid).await,
+            Call::Cancel => client.cancel(&guid).await,
+        }
+    });
+    h.wait_log(match call {
+        Call::Pause => "paused by a client",
+        Call::Resume => "resumed by a client",
+        Call::Cancel => "canceled by a client",
+    })
+    .await;
+    (locked, answer)
+}
+
 #[tokio::test]
 async fn a_pause_reaches_watchers_only_once_it_is_stored() {
     let h = Harness::start(&[]).await;
@@ -270,14 +306,9 @@ async fn a_pause_reaches_watchers_only_once_it_is_stored() {
     let mut watcher = h.watch(&op.guid).await;
     assert_eq!(next_message(&mut watcher).await.status(), S::Running);
 
-    let locked = StoreLocked::take(&h);
-    let pause = tokio::spawn({
-        let (client, guid) = (h.client.clone(), op.guid.clone());
-        async move { client.pause(&guid).await }
-    });
     // The server has paused it but cannot store that yet, so no watcher is told, and
     // GetDownload agrees with them: a crash now would bring it back RUNNING.
-    h.wait_log("paused by a client").await;
+    let (locked, pause) = send_unstored(&h, &op.guid, Call::Pause).await;
     assert_eq!(statuses_within(&mut watcher).await, []);
     let during = h.get(&op.guid).await;
     assert_eq!(
@@ -302,24 +333,14 @@ async fn a_pause_reaches_watchers_only_once_it_is_stored() {
     assert_eq!(h.stored_status(&op.guid), S::PausedByApplication as i32);
 
     // A resume and a cancel are shown the same way: stored first.
-    let locked = StoreLocked::take(&h);
-    let resume = tokio::spawn({
-        let (client, guid) = (h.client.clone(), op.guid.clone());
-        async move { client.resume(&guid).await }
-    });
-    h.wait_log("resumed by a client").await;
+    let (locked, resume) = send_unstored(&h, &op.guid, Call::Resume).await;
     assert_eq!(statuses_within(&mut watcher).await, []);
     assert_eq!(h.status(&op.guid).await, S::PausedByApplication);
     drop(locked);
     resume.await.unwrap().expect("ResumeDownload");
     assert_eq!(next_message(&mut watcher).await.status(), S::Idle);
 
-    let locked = StoreLocked::take(&h);
-    let cancel = tokio::spawn({
-        let (client, guid) = (h.client.clone(), op.guid.clone());
-        async move { client.cancel(&guid).await }
-    });
-    h.wait_log("canceled by a client").await;
+    let (locked, cancel) = send_unstored(&h, &op.guid, Call::Cancel).await;
     let seen = statuses_within(&mut watcher).await;
     assert!(!seen.contains(&S::Canceled), "{seen:?}");
     drop(locked);
@@ -341,12 +362,7 @@ async fn a_pause_that_a_crash_takes_back_was_never_shown() {
     assert_eq!(next_message(&mut watcher).await.status(), S::Running);
 
     // The server pauses it, then dies (SIGKILL) before it could store the pause.
-    let locked = StoreLocked::take(&h);
-    let pause = tokio::spawn({
-        let (client, guid) = (h.client.clone(), op.guid.clone());
-        async move { client.pause(&guid).await }
-    });
-    h.wait_log("paused by a client").await;
+    let (locked, pause) = send_unstored(&h, &op.guid, Call::Pause).await;
     h.server.kill().await;
     drop(locked);
     let mut seen = Vec::new();
