@@ -8,7 +8,7 @@
 //! while an origin that stops sending is still caught once the limit would let bytes through.
 
 use std::io::{Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -168,31 +168,45 @@ impl Speed {
 
 /// Opens the partial file for writing, keeping everything in it: a segment writes its own
 /// part (at its offset) while others write theirs.
-pub(super) async fn open_segment(path: &Path) -> Result<std::fs::File, Failure> {
+pub(super) async fn open_segment(path: &Path) -> Result<Partial, Failure> {
     let path = path.to_path_buf();
     let open = move || crate::paths::open_partial(&path);
     tokio::task::spawn_blocking(open)
         .await
         .map_err(std::io::Error::other)
         .and_then(|opened| opened)
-        .map_err(|e| Failure::disk("opening the partial file failed", &e))
+        .map(Partial::Open)
+        .map_err(|e| Failure::disk(OPEN_FAILED, &e))
+}
+
+/// Where a body's bytes go: the partial file, open already, or opened by the writer in its
+/// first trip to a blocking thread, together with the first bytes and their fsync. A small
+/// download then opens, writes and syncs its file in one trip instead of two.
+pub(super) enum Partial {
+    Open(std::fs::File),
+    /// Opened for writing from `offset`, dropping anything past it (see [`open_at`]).
+    ToOpen {
+        path: PathBuf,
+        offset: u64,
+    },
 }
 
 /// Opens the partial file for writing from `offset`, dropping anything past it. With
-/// `hash_prefix`, also returns the SHA-256 state of its first `offset` bytes, read once: the
-/// fallback of a resume without a usable saved state.
+/// `hash_prefix`, also returns the SHA-256 state of its first `offset` bytes, read once (the
+/// fallback of a resume without a usable saved state). With `defer` and no prefix to hash, the
+/// file is left for the writer to open with its first bytes.
 pub(super) async fn open_partial(
     path: &Path,
     offset: u64,
     hash_prefix: bool,
-) -> Result<(std::fs::File, Option<Hasher>), Failure> {
+    defer: bool,
+) -> Result<(Partial, Option<Hasher>), Failure> {
     let path = path.to_path_buf();
+    if defer && !hash_prefix {
+        return Ok((Partial::ToOpen { path, offset }, None));
+    }
     let open = move || {
-        // Resolved beneath the download directory, never through a symlink out of it.
-        let mut file = crate::paths::open_partial(&path)?;
-        let len = file.metadata()?.len();
-        // Drop anything past the resume point: unverified bytes, or a restart's old data.
-        file.set_len(offset)?;
+        let mut file = open_at(&path, offset)?;
         let prefix = if hash_prefix {
             let mut hasher = Hasher::new();
             file.seek(SeekFrom::Start(0))?;
@@ -201,18 +215,33 @@ pub(super) async fn open_partial(
         } else {
             None
         };
-        // Only a truncation to zero is made durable at once; a new, empty file (every small
-        // download) has nothing to drop, and its fsync would cost a journal commit each.
-        if offset == 0 && len > 0 {
-            file.sync_all()?;
-        }
-        Ok::<_, std::io::Error>((file, prefix))
+        Ok::<_, std::io::Error>((Partial::Open(file), prefix))
     };
     tokio::task::spawn_blocking(open)
         .await
         .map_err(std::io::Error::other)
         .and_then(|opened| opened)
-        .map_err(|e| Failure::disk("opening the partial file failed", &e))
+        .map_err(|e| Failure::disk(OPEN_FAILED, &e))
+}
+
+/// What a failure to open the partial file says.
+pub(super) const OPEN_FAILED: &str = "opening the partial file failed";
+
+/// Opens the partial file at `path` for writing from `offset` (resolved beneath the download
+/// directory, never through a symlink out of it) and drops anything past it: unverified bytes,
+/// or a restart's old data. Blocks.
+pub(super) fn open_at(path: &Path, offset: u64) -> std::io::Result<std::fs::File> {
+    let file = crate::paths::open_partial(path)?;
+    let len = file.metadata()?.len();
+    if len != offset {
+        file.set_len(offset)?;
+    }
+    // Only a truncation to zero is made durable at once; a new, empty file (every small
+    // download) has nothing to drop, and its fsync would cost a journal commit each.
+    if offset == 0 && len > 0 {
+        file.sync_all()?;
+    }
+    Ok(file)
 }
 
 /// Writes the body into `file` (positioned at `expect.offset`) until it ends, fails, or `stop`
@@ -223,7 +252,7 @@ pub(super) async fn open_partial(
 /// carries the state of exactly the bytes it reports.
 pub(super) async fn stream_body<O: Observer>(
     mut response: reqwest::Response,
-    file: std::fs::File,
+    file: Partial,
     hasher: &mut Option<Hasher>,
     expect: Expect<'_>,
     lane: &Lane,
@@ -251,7 +280,8 @@ pub(super) async fn stream_body<O: Observer>(
                 lane.took(bytes.len() as u64);
                 let (overrun, reached) = fit(&mut bytes, received, &expect);
                 if let Err(e) = out.write(&bytes).await {
-                    break End::Failed(Failure::disk("writing the partial file failed", &e));
+                    let what = out.failed_at("writing the partial file failed");
+                    break End::Failed(Failure::disk(what, &e));
                 }
                 if let Some(hasher) = hasher.as_mut() {
                     hasher.update(&bytes);
@@ -270,7 +300,8 @@ pub(super) async fn stream_body<O: Observer>(
                 }
                 if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
                     if let Err(e) = out.sync().await {
-                        break End::Failed(Failure::disk("syncing the partial file failed", &e));
+                        let what = out.failed_at("syncing the partial file failed");
+                        break End::Failed(Failure::disk(what, &e));
                     }
                     observer.durable(received, hasher.as_ref()).await;
                     last_checkpoint = tokio::time::Instant::now();
@@ -294,7 +325,8 @@ pub(super) async fn stream_body<O: Observer>(
     }
     // Whatever else ended the attempt, keep what arrived: flush, fsync, checkpoint.
     if let Err(e) = out.sync().await {
-        return Err(Failure::disk("syncing the partial file failed", &e));
+        let what = out.failed_at("syncing the partial file failed");
+        return Err(Failure::disk(what, &e));
     }
     observer.progress(received);
     debug_assert!(hasher.as_ref().is_none_or(|h| h.len() == received));

@@ -473,7 +473,7 @@ impl Fetcher {
             ));
         }
         at.validators = validators.clone();
-        let file = at.open(job.partial, part.is_some()).await?;
+        let file = at.open(job.partial, part.is_some(), end).await?;
         observer.response(ResponseStart {
             info,
             validators,

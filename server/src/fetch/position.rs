@@ -6,9 +6,18 @@ use std::path::Path;
 
 use reqwest::StatusCode;
 
+use super::segments::MIN_SEGMENT;
 use super::{Failure, Hashing, Job, body};
 use crate::operation::{ErrorReason, TransferError, Validators};
 use crate::sha256::Hasher;
+
+/// The largest body whose partial file is opened by its writer rather than before the body is
+/// read. Opening cuts the file to the offset, so it must happen before another connection of a
+/// segmented download writes past it; an entity this small is never split (a split needs
+/// [`MIN_SEGMENT`] twice), and its body fits one write buffer, so its single trip opens, writes
+/// and syncs.
+pub(super) const DEFERRED_OPEN: u64 = body::WRITE_BUFFER_SIZE as u64;
+const _: () = assert!(DEFERRED_OPEN < 2 * MIN_SEGMENT);
 
 /// Where an attempt stands in the entity, across the requests it makes.
 pub(super) struct Position {
@@ -114,17 +123,22 @@ impl Position {
     /// before. Continuing a range (`ranged`), nothing lies past the offset but what other
     /// connections of a segmented download wrote there: it is kept, and the running hash goes
     /// on only if it covers exactly what lies before (otherwise the file is hashed at commit).
+    /// A body of at most [`DEFERRED_OPEN`] bytes up to `end` leaves the opening to the body's
+    /// writer, which opens the file, writes and syncs it in one trip to a blocking thread
+    /// (unless the prefix must be hashed first).
     pub(super) async fn open(
         &mut self,
         partial: &Path,
         ranged: bool,
-    ) -> Result<std::fs::File, Failure> {
+        end: u64,
+    ) -> Result<body::Partial, Failure> {
         let (resumed, hash_prefix) = self.resume_hash();
         if std::mem::take(&mut self.continuing) && ranged {
             self.hasher = resumed;
             return body::open_segment(partial).await;
         }
-        let (file, prefix) = body::open_partial(partial, self.offset, hash_prefix).await?;
+        let defer = end > 0 && end.saturating_sub(self.offset) <= DEFERRED_OPEN;
+        let (file, prefix) = body::open_partial(partial, self.offset, hash_prefix, defer).await?;
         self.hasher = resumed
             .or(prefix)
             .or_else(|| self.hashing.then(Hasher::new));

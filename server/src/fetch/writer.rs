@@ -3,23 +3,50 @@
 //! sync writes what is buffered and fsyncs it in the same trip to a blocking thread, so a
 //! body that fits in one buffer (every small download) costs one trip for its bytes and its
 //! durability together, where a buffered `tokio::fs::File` takes two (the write, then the
-//! fsync), each a wake of a blocking thread and of the transfer's task.
+//! fsync), each a wake of a blocking thread and of the transfer's task. A file not opened yet
+//! ([`Partial::ToOpen`]) is opened in the first of those trips, so a small download's open,
+//! write and fsync are one trip.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use tokio::task::JoinHandle;
 
-use super::body::WRITE_BUFFER_SIZE;
+use super::body::{Partial, WRITE_BUFFER_SIZE, open_at};
 
 /// A write of one full buffer, running on a blocking thread; it hands the buffer back.
 type Pending = JoinHandle<(io::Result<()>, Vec<u8>)>;
 
+/// The partial file, opened by the first blocking trip that needs it. Only one trip of a
+/// writer runs at a time, so it is opened once.
+struct Target {
+    file: OnceLock<File>,
+    /// Where to open it, and the offset to cut it to, if it was not open from the start.
+    open: Option<(PathBuf, u64)>,
+}
+
+impl Target {
+    /// The file, opening it first if it is not open yet. Blocks.
+    fn get(&self) -> io::Result<&File> {
+        if let Some(file) = self.file.get() {
+            return Ok(file);
+        }
+        let Some((path, offset)) = &self.open else {
+            return Err(io::Error::other(
+                "the partial file is neither open nor to be opened",
+            ));
+        };
+        let opened = open_at(path, *offset)?;
+        Ok(self.file.get_or_init(|| opened))
+    }
+}
+
 /// Writes a body into the partial file from `offset` on.
 pub(super) struct PartialWriter {
-    file: Arc<File>,
+    file: Arc<Target>,
     /// Where `buf`'s first byte goes in the file.
     at: u64,
     buf: Vec<u8>,
@@ -33,7 +60,7 @@ pub(super) struct PartialWriter {
 impl PartialWriter {
     /// A writer of `file` from `offset`, for a body of about `expected` bytes (0: unknown),
     /// whose buffer never grows past [`WRITE_BUFFER_SIZE`].
-    pub(super) fn new(file: File, offset: u64, expected: u64) -> PartialWriter {
+    pub(super) fn new(file: Partial, offset: u64, expected: u64) -> PartialWriter {
         let first = usize::try_from(expected).map_or(WRITE_BUFFER_SIZE, |n| {
             if n == 0 {
                 64 * 1024
@@ -41,8 +68,18 @@ impl PartialWriter {
                 n.min(WRITE_BUFFER_SIZE)
             }
         });
+        let target = match file {
+            Partial::Open(file) => Target {
+                file: OnceLock::from(file),
+                open: None,
+            },
+            Partial::ToOpen { path, offset } => Target {
+                file: OnceLock::new(),
+                open: Some((path, offset)),
+            },
+        };
         PartialWriter {
-            file: Arc::new(file),
+            file: Arc::new(target),
             at: offset,
             buf: Vec::with_capacity(first),
             pending: None,
@@ -64,7 +101,8 @@ impl PartialWriter {
                 let (file, at) = (self.file.clone(), self.at);
                 self.at += full.len() as u64;
                 self.pending = Some(tokio::task::spawn_blocking(move || {
-                    (file.write_all_at(&full, at), full)
+                    let written = file.get().and_then(|file| file.write_all_at(&full, at));
+                    (written, full)
                 }));
             }
         }
@@ -74,6 +112,16 @@ impl PartialWriter {
     /// Whether a write failed, so that the file lacks bytes taken in.
     pub(super) fn failed(&self) -> bool {
         self.failed
+    }
+
+    /// What a failure of this writer says: that the file could not be opened, if it is still
+    /// not open, and `otherwise` if it is.
+    pub(super) fn failed_at<'a>(&self, otherwise: &'a str) -> &'a str {
+        if self.file.file.get().is_some() {
+            otherwise
+        } else {
+            super::body::OPEN_FAILED
+        }
     }
 
     /// Writes everything taken in and makes it durable (`fdatasync`): one trip to a blocking
@@ -89,7 +137,9 @@ impl PartialWriter {
         let (file, at) = (self.file.clone(), self.at);
         let len = rest.len() as u64;
         let synced = tokio::task::spawn_blocking(move || {
-            let synced = file.write_all_at(&rest, at).and_then(|()| file.sync_data());
+            let synced = file
+                .get()
+                .and_then(|file| file.write_all_at(&rest, at).and_then(|()| file.sync_data()));
             (synced, rest)
         })
         .await
@@ -136,7 +186,7 @@ mod tests {
         let path = dir.path().join("partial");
         std::fs::write(&path, b"0123456789").unwrap();
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        let mut writer = PartialWriter::new(file, 4, 0);
+        let mut writer = PartialWriter::new(Partial::Open(file), 4, 0);
         // Two and a half buffers, in pieces that straddle the buffer's end, then a sync, then
         // more after it.
         let body: Vec<u8> = (0..WRITE_BUFFER_SIZE * 5 / 2)
@@ -155,11 +205,68 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_to_open_is_opened_and_cut_to_its_offset_by_the_first_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::paths::PARTIAL_DIR).join("a-guid");
+        // Not there yet: the sync creates it (and its directory) with the bytes.
+        let fresh = Partial::ToOpen {
+            path: path.clone(),
+            offset: 0,
+        };
+        let mut writer = PartialWriter::new(fresh, 0, 5);
+        writer.write(b"hello").await.unwrap();
+        assert!(
+            !path.exists(),
+            "nothing is opened before a trip needs the file"
+        );
+        writer.sync().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+        // There, and longer than the offset: what lies past it is dropped, what lies before kept.
+        std::fs::write(&path, b"0123456789").unwrap();
+        let resumed = Partial::ToOpen {
+            path: path.clone(),
+            offset: 4,
+        };
+        let mut writer = PartialWriter::new(resumed, 4, 2);
+        writer.write(b"ab").await.unwrap();
+        writer.sync().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123ab");
+        // A body that ends before its first byte still leaves the file, cut to the offset.
+        std::fs::write(&path, b"0123456789").unwrap();
+        let empty = Partial::ToOpen {
+            path: path.clone(),
+            offset: 3,
+        };
+        PartialWriter::new(empty, 3, 0).sync().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"012");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_opened_is_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        // The staging directory's place is taken by a file: the open fails.
+        std::fs::write(dir.path().join(crate::paths::PARTIAL_DIR), b"").unwrap();
+        let path = dir.path().join(crate::paths::PARTIAL_DIR).join("a-guid");
+        let mut writer = PartialWriter::new(Partial::ToOpen { path, offset: 0 }, 0, 3);
+        writer.write(b"abc").await.unwrap();
+        assert!(writer.sync().await.is_err());
+        assert_eq!(writer.failed_at("syncing"), super::super::body::OPEN_FAILED);
+        // An open file's failure says what failed.
+        let path = dir.path().join("read-only");
+        std::fs::write(&path, b"").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut writer = PartialWriter::new(Partial::Open(file), 0, 3);
+        writer.write(b"abc").await.unwrap();
+        assert!(writer.sync().await.is_err());
+        assert_eq!(writer.failed_at("syncing"), "syncing");
+    }
+
+    #[tokio::test]
     async fn after_a_buffer_failed_to_be_written_no_sync_succeeds() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("partial");
         let file = std::fs::File::create(&path).unwrap();
-        let mut writer = PartialWriter::new(file, 0, 0);
+        let mut writer = PartialWriter::new(Partial::Open(file), 0, 0);
         // A full buffer whose write failed in the background (as a full disk fails it); the
         // file itself still takes writes.
         writer.at = WRITE_BUFFER_SIZE as u64;
@@ -180,7 +287,7 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         // Opened read-only: every write fails.
         let file = std::fs::File::open(&path).unwrap();
-        let mut writer = PartialWriter::new(file, 0, 10);
+        let mut writer = PartialWriter::new(Partial::Open(file), 0, 10);
         writer.write(b"0123456789").await.unwrap();
         assert!(writer.sync().await.is_err());
     }
