@@ -295,8 +295,27 @@ fn same_file(a_dir: &OwnedFd, a: &str, b_dir: &OwnedFd, b: &str) -> io::Result<b
 /// earlier life of the download that stopped before it recorded COMPLETED. Its bytes are then
 /// whole and verified, and must never be written again.
 pub fn partial_is_committed(partial: &Path) -> bool {
+    partial_file(partial).is_some_and(|found| found.committed)
+}
+
+/// A download's partial file as one `lstat` finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartialFile {
+    /// Its length in bytes.
+    pub len: u64,
+    /// Whether it is also linked at its result path (see [`partial_is_committed`]).
+    pub committed: bool,
+}
+
+/// The partial file at `partial`, if there is one: a regular file, never a symlink (which no
+/// partial file is, see [`open_partial`]).
+pub fn partial_file(partial: &Path) -> Option<PartialFile> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(partial).is_ok_and(|meta| meta.is_file() && meta.nlink() > 1)
+    let meta = std::fs::symlink_metadata(partial).ok()?;
+    meta.is_file().then(|| PartialFile {
+        len: meta.len(),
+        committed: meta.nlink() > 1,
+    })
 }
 
 /// Removes every partial file in the staging directory whose download `keep` does not name

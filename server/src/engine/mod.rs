@@ -40,6 +40,7 @@ mod progressor;
 mod queue;
 mod rate;
 mod registry;
+mod remover;
 pub mod results;
 mod retention;
 mod scheduler;
@@ -163,6 +164,8 @@ struct Inner {
     tasks: TaskTracker,
     /// With a store shared by several replicas: leases, claims and the feed.
     cluster: Option<cluster::Cluster>,
+    /// Removes completed downloads' partial names.
+    remover: remover::Remover,
 }
 
 /// Everything the engine-wide lock guards.
@@ -258,6 +261,7 @@ impl Engine {
             }
         }
         sweep_partials(&config.download_dir, &core, cluster.is_some());
+        let remover = remover::Remover::start();
         Ok(Engine {
             inner: Arc::new(Inner {
                 throttle: Throttle::new(config.max_download_rate),
@@ -270,6 +274,7 @@ impl Engine {
                 shutdown,
                 tasks: TaskTracker::new(),
                 cluster,
+                remover,
             }),
         })
     }

@@ -162,9 +162,10 @@ impl Engine {
         }
         drop(unshown);
         // A committed file keeps its partial name until COMPLETED is stored, so a crash in
-        // between is recognised at the next start (see `paths::commit`).
+        // between is recognised at the next start (see `paths::commit`). After that the name
+        // is a leftover, removed in the background.
         if persisted.is_ok() && op.lock().status() == Status::Completed {
-            self.remove_partial(&op).await;
+            self.inner.remover.remove(self.partial_of(&op));
         }
         done.cancel();
         self.unhold(&op).await;
@@ -512,10 +513,13 @@ fn log_completed(bytes: u64, from: u64, took: std::time::Duration) {
 /// answer 416 and make the download start over. Only while the download still points where
 /// that body came from: a re-pointed (or redirected) one asks, and If-Range decides.
 fn complete_on_disk(op: &Op, partial: &Path) -> Option<u64> {
-    if paths::partial_is_committed(partial) {
+    // One `lstat`, made here rather than on a blocking thread: a trip there would cost more
+    // than the call, and every download makes it.
+    let found = paths::partial_file(partial)?;
+    if found.committed {
         // Committed by an earlier life that stopped before recording COMPLETED: the bytes
         // were whole and verified then; the commit finds its own file in place.
-        return std::fs::metadata(partial).ok().map(|meta| meta.len());
+        return Some(found.len);
     }
     let (checkpoint, total, same_uri) = {
         let st = op.lock();
@@ -525,7 +529,7 @@ fn complete_on_disk(op: &Op, partial: &Path) -> Option<u64> {
             .is_some_and(|r| r.actual_uri == st.settings.requested_uri);
         (st.checkpoint, st.total, same_uri)
     };
-    let on_disk = std::fs::metadata(partial).ok()?.len();
+    let on_disk = found.len;
     (same_uri && total > 0 && checkpoint == total && on_disk == total).then_some(total)
 }
 

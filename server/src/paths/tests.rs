@@ -84,6 +84,11 @@ fn a_commit_interrupted_before_completed_is_recognised_and_never_written_again()
         partial_is_committed(&partial),
         "the partial name stays until COMPLETED"
     );
+    let found = PartialFile {
+        len: 5,
+        committed: true,
+    };
+    assert_eq!(partial_file(&partial), Some(found));
     commit(dir.path(), &dt(), &g, "r.bin", false, None).expect("its own file is in place");
     assert_eq!(std::fs::read(dir.path().join("r.bin")).unwrap(), b"whole");
 
@@ -93,7 +98,17 @@ fn a_commit_interrupted_before_completed_is_recognised_and_never_written_again()
     assert!(!partial_is_committed(&partial));
 
     let other = partial_path_at(dir.path(), &"h".to_string(), None);
+    // A symlink in a partial file's place is no partial file, whatever it points to.
+    std::os::unix::fs::symlink(dir.path().join("r.bin"), &other).unwrap();
+    assert_eq!(partial_file(&other), None);
+    std::fs::remove_file(&other).unwrap();
+    assert_eq!(partial_file(&other), None);
     std::fs::write(&other, b"left over").unwrap();
+    let found = PartialFile {
+        len: 9,
+        committed: false,
+    };
+    assert_eq!(partial_file(&other), Some(found));
     assert_eq!(sweep_partials(dir.path(), |guid| guid == "g").unwrap(), 1);
     assert!(partial.exists() && !other.exists());
 }
