@@ -99,10 +99,9 @@ async fn kill_restart_cycles_lose_and_corrupt_nothing() {
             "d{i} has the wrong bytes"
         );
     }
-    let mut files = files_under(&h.download_dir());
-    files.sort();
     let mut want: Vec<String> = (0..downloads).map(|i| format!("d{i}")).collect();
     want.sort();
+    let files = files_settled(&h.download_dir(), &want).await;
     assert_eq!(
         files, want,
         "stray or missing files (partial files must be gone)"

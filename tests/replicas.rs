@@ -257,10 +257,9 @@ async fn chaos(stop: bool) {
             "d{i} on replica 2"
         );
     }
-    let mut files = files_under(&shared);
-    files.sort();
     let mut want: Vec<String> = (0..downloads).map(|i| format!("d{i}")).collect();
     want.sort();
+    let files = files_settled(&shared, &want).await;
     assert_eq!(
         files, want,
         "stray or missing files (partial files must be gone)"

@@ -225,3 +225,17 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// The files under `dir` (as [`files_under`] names them) once they are `want`, or as they are
+/// after [`DEADLINE`]. A completed download's partial name goes in the background after its
+/// COMPLETED is stored, so a test that saw COMPLETED waits for it here.
+pub async fn files_settled(dir: &Path, want: &[String]) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let files = files_under(dir);
+        if files == want || tokio::time::Instant::now() >= deadline {
+            return files;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
