@@ -410,6 +410,76 @@ async fn a_replica_stopped_past_its_lease_wakes_fenced() {
     chaos(true).await;
 }
 
+/// A pause whose write finds the download taken over by another replica while it waited is
+/// never shown. The call fails (ABORTED), and the replica's watchers and GetDownload show what
+/// the store holds, never PAUSED: the change was not stored, and the new holder decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_whose_write_is_fenced_is_never_shown() {
+    let Some(Cluster { url, root, shared }) = Cluster::new().await else {
+        return;
+    };
+    let a = start_replica(root.path(), &url, 0, &shared, "2").await;
+    let body = test_bytes(300_000, 9);
+    let op = a.start_held("/f.bin", Resource::new(body), 100_000).await;
+    let mut watcher = a.watch(&op.guid).await;
+    let first = next_message(&mut watcher).await;
+    assert_eq!(S::try_from(first.status).unwrap(), S::Running);
+
+    // The download's row locked, as a replica taking it over holds it: A makes the pause, and
+    // its write waits for the row.
+    let mut db = common::postgres::connect(&url).await;
+    let takeover = db.transaction().await.unwrap();
+    takeover
+        .execute(
+            "SELECT 1 FROM downloads WHERE guid = $1 FOR UPDATE",
+            &[&op.guid],
+        )
+        .await
+        .unwrap();
+    let pause = tokio::spawn({
+        let (client, guid) = (a.client.clone(), op.guid.clone());
+        async move { client.pause(&guid).await }
+    });
+    a.wait_log("paused by a client").await;
+    // Another replica takes the lease (the next epoch, far from expiring) and lets go of the row.
+    takeover
+        .execute(
+            "UPDATE downloads SET lease_owner = 'replica-9', lease_epoch = lease_epoch + 1,
+                    lease_until = now() + interval '1 hour'
+              WHERE guid = $1",
+            &[&op.guid],
+        )
+        .await
+        .unwrap();
+    takeover.commit().await.unwrap();
+
+    let refused = tokio::time::timeout(DEADLINE, pause)
+        .await
+        .expect("the pause is answered")
+        .unwrap()
+        .expect_err("a pause that was never stored fails");
+    assert_eq!(refused.code(), tonic::Code::Aborted, "{refused:?}");
+    // The watcher is shown nothing of it, and GetDownload says what the store holds.
+    let mut seen = Vec::new();
+    let quiet = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(message) = tokio::time::timeout_at(quiet, watcher.message()).await {
+        seen.push(S::try_from(message.unwrap().expect("the stream ended").status).unwrap());
+    }
+    assert!(
+        !seen.contains(&S::PausedByApplication),
+        "the watcher saw {seen:?}\n{}",
+        a.server.log()
+    );
+    let stored: i64 = db
+        .query_one("SELECT status FROM downloads WHERE guid = $1", &[&op.guid])
+        .await
+        .unwrap()
+        .get(0);
+    let now = a.get(&op.guid).await;
+    assert_ne!(status_of(&now), S::PausedByApplication, "{now:?}");
+    assert_eq!(status_of(&now) as i64, stored, "{now:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_call_on_one_replica_reaches_the_download_running_on_another() {
     let Some(Cluster { url, root, shared }) = Cluster::new().await else {

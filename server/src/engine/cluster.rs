@@ -392,6 +392,7 @@ impl Engine {
             (op.record_of(&st), st.lease, changes, st.bytes, st.restarts)
         };
         let Some(lease) = lease else {
+            self.take_stored(op).await;
             return Err(StoreError::Fenced(op.spec.guid.clone()).into());
         };
         let write = FencedWrite {
@@ -404,8 +405,24 @@ impl Engine {
         let saved = cluster.shared.save_fenced(cluster.node(), &write).await;
         if let Err(StoreError::Fenced(_)) = &saved {
             self.fenced(op, lease);
+            self.take_stored(op).await;
         }
         Ok(saved?)
+    }
+
+    /// After a write refused because the lease was taken over: what this replica changed was
+    /// never stored, and another replica holds the download now. Its copy takes what the store
+    /// holds, before a change held back from watchers until stored (see
+    /// `download::unshown`) is let go, so they are shown the stored state, never the change.
+    /// If the store cannot be read, the copy stays as it is until the feed brings the holder's
+    /// next change.
+    async fn take_stored(&self, op: &Op) {
+        if op.lock().lease.is_some() {
+            return;
+        }
+        if let Err(e) = self.fetch(std::slice::from_ref(&op.spec.guid)).await {
+            tracing::warn!(guid = %op.spec.guid, error = %e, "could not read a download whose lease was taken over");
+        }
     }
 
     /// The lease was taken over: this replica stops the transfer and forgets the lease (and

@@ -144,7 +144,7 @@ impl Engine {
     }
 
     /// Reads downloads from the store and applies them to this replica's copies.
-    async fn fetch(&self, guids: &[Guid]) -> Result<(), StoreError> {
+    pub(super) async fn fetch(&self, guids: &[Guid]) -> Result<(), StoreError> {
         let records = cluster(&self.inner).shared.get(guids).await?;
         for record in records {
             self.apply_record(record);

@@ -20,7 +20,9 @@ pub(super) struct Shown {
 /// A download's changes held back from its watchers until they are stored. Dropping it
 /// publishes the download's state as it is then: drop it after the store write (whether or
 /// not it succeeded), with neither the engine's nor this download's lock held, as its drop
-/// takes the download's lock.
+/// takes the download's lock. A write refused because another replica took the download over
+/// has by then replaced the state with the stored one (see `Engine::persist_fenced`), so the
+/// change is never shown.
 #[must_use = "dropping it at once shows the change before it is stored"]
 pub(in crate::engine) struct Unshown {
     op: Arc<Op>,
