@@ -322,12 +322,28 @@ impl Engine {
 
     /// Writes the download's latest state to the store.
     async fn persist(&self, op: &Arc<Op>) -> Result<(), Error> {
+        self.persist_as(op, false).await
+    }
+
+    /// [`Engine::persist`], for a change shown already that nobody waits to see stored: the
+    /// store may hold it back briefly to share a commit (see [`Store::save_soon`]).
+    async fn persist_soon(&self, op: &Arc<Op>) -> Result<(), Error> {
+        self.persist_as(op, true).await
+    }
+
+    async fn persist_as(&self, op: &Arc<Op>, soon: bool) -> Result<(), Error> {
         let _serial = op.persist.lock().await;
         if self.inner.cluster.is_some() {
             return self.persist_fenced(op).await;
         }
         let record = op.record();
-        Ok(self.inner.store.save(&record).await?)
+        let store = &self.inner.store;
+        Ok(if soon {
+            store.save_soon(&record)
+        } else {
+            store.save(&record)
+        }
+        .await?)
     }
 }
 

@@ -156,7 +156,13 @@ impl Engine {
         if remove_partial {
             self.remove_partial(&op).await;
         }
-        let persisted = self.persist(&op).await;
+        // A COMPLETED status is shown already, and its file is durable: its record may wait a
+        // moment to share a commit with the downloads ending around it.
+        let persisted = if op.lock().status() == Status::Completed {
+            self.persist_soon(&op).await
+        } else {
+            self.persist(&op).await
+        };
         if let Err(e) = &persisted {
             tracing::error!(error = %e, "could not record the end of the transfer");
         }

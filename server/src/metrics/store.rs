@@ -50,6 +50,11 @@ impl<S: Store> Store for TimedStore<S> {
         timed("save", self.inner.save(record))
     }
 
+    fn save_soon<'a>(&'a self, record: &'a Record) -> StoreFuture<'a, ()> {
+        // A save like any other in the metrics; only its commit may wait for company.
+        timed("save", self.inner.save_soon(record))
+    }
+
     fn load_groups(&self) -> StoreFuture<'_, Vec<StoredGroup>> {
         timed("load_groups", self.inner.load_groups())
     }

@@ -173,6 +173,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Replaces the stored state of an existing download; its spec stays as inserted. A guid
     /// never inserted is a [`StoreError::Conflict`].
     fn save<'a>(&'a self, record: &'a Record) -> StoreFuture<'a, ()>;
+    /// [`Store::save`], for a change that was shown already and that nobody waits to see
+    /// stored (the end of a completed download): the store may hold it back briefly so that
+    /// it shares a commit with others. It is durable once the future resolves, as a save is.
+    fn save_soon<'a>(&'a self, record: &'a Record) -> StoreFuture<'a, ()> {
+        self.save(record)
+    }
     /// Every transfer group whose behavior was set, in (tenant, name) order.
     fn load_groups(&self) -> StoreFuture<'_, Vec<StoredGroup>>;
     /// Records how a tenant's transfer group runs, replacing what was recorded before.

@@ -64,7 +64,28 @@ impl SqliteStore {
             .await
             .unwrap_or_else(|e| Err(unfinished(e)))?;
         Ok(SqliteStore {
-            writer: Writer::start(conn)?,
+            writer: Writer::start(conn, writer::LAZY_WAIT)?,
+        })
+    }
+
+    /// Saves `record` as a write of `kind`.
+    fn save_as(&self, kind: Kind, record: &Record) -> StoreFuture<'static, ()> {
+        let row = Row::from_record(record);
+        self.writer.call(kind, move |conn| {
+            let fail = |e| failed(&format!("saving download `{}`", row.guid), e);
+            let params: Vec<_> = row
+                .params()
+                .into_iter()
+                .filter(|(name, _)| *name == ":guid" || STATE_COLUMNS.contains(&&name[1..]))
+                .collect();
+            let mut stmt = conn.prepare_cached(&UPDATE).map_err(fail)?;
+            if stmt.execute(&*params).map_err(fail)? != 1 {
+                return Err(StoreError::Conflict(format!(
+                    "download `{}` cannot be saved: it was never stored",
+                    row.guid
+                )));
+            }
+            Ok(())
         })
     }
 }
@@ -200,23 +221,11 @@ impl Store for SqliteStore {
     }
 
     fn save<'a>(&'a self, record: &'a Record) -> StoreFuture<'a, ()> {
-        let row = Row::from_record(record);
-        self.writer.call(Kind::Write, move |conn| {
-            let fail = |e| failed(&format!("saving download `{}`", row.guid), e);
-            let params: Vec<_> = row
-                .params()
-                .into_iter()
-                .filter(|(name, _)| *name == ":guid" || STATE_COLUMNS.contains(&&name[1..]))
-                .collect();
-            let mut stmt = conn.prepare_cached(&UPDATE).map_err(fail)?;
-            if stmt.execute(&*params).map_err(fail)? != 1 {
-                return Err(StoreError::Conflict(format!(
-                    "download `{}` cannot be saved: it was never stored",
-                    row.guid
-                )));
-            }
-            Ok(())
-        })
+        self.save_as(Kind::Write, record)
+    }
+
+    fn save_soon<'a>(&'a self, record: &'a Record) -> StoreFuture<'a, ()> {
+        self.save_as(Kind::Lazy, record)
     }
 
     fn load_groups(&self) -> StoreFuture<'_, Vec<StoredGroup>> {

@@ -6,12 +6,19 @@
 //! keeps one failing write from failing the others in its batch.
 //!
 //! A read ends the batch before it, so it never sees a write that might still fail to commit.
+//!
+//! A write nobody waits to see ([`Kind::Lazy`], such as the record of a download that already
+//! completed) may wait up to [`LAZY_WAIT`] for others to share its commit: downloads that end
+//! one after another then share a commit instead of taking one each. Any other call ends the
+//! wait at once.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::failed;
 use crate::store::{StoreError, StoreFuture};
@@ -22,6 +29,11 @@ use crate::store::{StoreError, StoreFuture};
 /// the commit they share.
 const MAX_BATCH: usize = 256;
 
+/// How long a batch of only [`Kind::Lazy`] writes waits for more writes before it commits.
+/// Small next to the commit it saves (an fsync), and unseen by clients: the changes these
+/// writes record were shown already.
+pub(super) const LAZY_WAIT: Duration = Duration::from_millis(2);
+
 /// Whether a call changes the store, and so joins a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -29,6 +41,8 @@ pub(super) enum Kind {
     Read,
     /// Changes the store; acknowledged once its transaction commits.
     Write,
+    /// A write that may wait up to the writer's lazy wait for company before its commit.
+    Lazy,
 }
 
 /// A store call queued for the writer thread.
@@ -93,7 +107,7 @@ where
 /// close the connection and exit, and waits for that, so a store dropped and reopened (a
 /// restart in tests) never finds the old connection still open.
 pub(super) struct Writer {
-    queue: Option<mpsc::UnboundedSender<Box<dyn Job>>>,
+    queue: Option<mpsc::Sender<Box<dyn Job>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -104,14 +118,15 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Starts the thread that owns `conn`.
-    pub(super) fn start(conn: Connection) -> Result<Writer, StoreError> {
+    /// Starts the thread that owns `conn`; a batch of only lazy writes waits `lazy_wait` for
+    /// more.
+    pub(super) fn start(conn: Connection, lazy_wait: Duration) -> Result<Writer, StoreError> {
         // Unbounded: every caller awaits its reply, so the queue never holds more than the
-        // calls in flight, and the engine bounds those.
-        let (queue, calls) = mpsc::unbounded_channel();
+        // calls in flight, and the engine bounds those. Sending never blocks.
+        let (queue, calls) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("transferd-store".into())
-            .spawn(move || serve(conn, calls))
+            .spawn(move || serve(conn, &calls, lazy_wait))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store thread: {e}")))?;
         Ok(Writer {
             queue: Some(queue),
@@ -157,22 +172,36 @@ impl Drop for Writer {
 }
 
 /// The writer thread: runs calls until every handle to the queue is gone.
-fn serve(conn: Connection, mut calls: mpsc::UnboundedReceiver<Box<dyn Job>>) {
-    let mut next = calls.blocking_recv();
+fn serve(conn: Connection, calls: &mpsc::Receiver<Box<dyn Job>>, lazy_wait: Duration) {
+    let mut next = calls.recv().ok();
     while let Some(mut job) = next.take() {
         if job.kind() == Kind::Read {
             job.run(&conn);
             job.reply();
-            next = calls.blocking_recv();
+            next = calls.recv().ok();
             continue;
         }
+        // Only a batch of lazy writes waits, and only until this moment.
+        let mut lazy_until = (job.kind() == Kind::Lazy).then(|| Instant::now() + lazy_wait);
         let mut batch = vec![job];
         while batch.len() < MAX_BATCH {
-            match calls.try_recv() {
-                Ok(job) if job.kind() == Kind::Write => batch.push(job),
-                Ok(read) => {
+            let queued = match lazy_until {
+                Some(until) => calls.recv_timeout(until.saturating_duration_since(Instant::now())),
+                None => calls
+                    .try_recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Timeout),
+            };
+            match queued {
+                Ok(read) if read.kind() == Kind::Read => {
                     next = Some(read);
                     break;
+                }
+                Ok(write) => {
+                    if write.kind() == Kind::Write {
+                        // Someone waits for this one: commit once what is queued is in.
+                        lazy_until = None;
+                    }
+                    batch.push(write);
                 }
                 Err(_) => break,
             }
@@ -182,7 +211,7 @@ fn serve(conn: Connection, mut calls: mpsc::UnboundedReceiver<Box<dyn Job>>) {
             job.reply();
         }
         if next.is_none() {
-            next = calls.blocking_recv();
+            next = calls.recv().ok();
         }
     }
 }
@@ -260,6 +289,11 @@ mod tests {
 
     /// A write that runs `statements` in order, failing at the first that fails.
     fn write(statements: &'static [&'static str]) -> (Box<dyn Job>, Reply) {
+        write_as(Kind::Write, statements)
+    }
+
+    /// [`write`], of `kind`.
+    fn write_as(kind: Kind, statements: &'static [&'static str]) -> (Box<dyn Job>, Reply) {
         let (reply, result) = oneshot::channel();
         let call = move |conn: &Connection| {
             for sql in statements {
@@ -269,12 +303,85 @@ mod tests {
             Ok(())
         };
         let job = Call {
-            kind: Kind::Write,
+            kind,
             call: Some(call),
             result: None,
             reply,
         };
         (Box::new(job), result)
+    }
+
+    /// Sends `job` to `writer`'s thread, as `Writer::call` does.
+    fn send(writer: &Writer, job: Box<dyn Job>) {
+        writer.queue.as_ref().unwrap().send(job).unwrap();
+    }
+
+    /// The keys committed to table `t` of the database at `path`, as another connection sees
+    /// them.
+    fn committed(path: &std::path::Path) -> Vec<i64> {
+        let other = Connection::open(path).unwrap();
+        let mut stmt = other.prepare("SELECT k FROM t ORDER BY k").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// A lazy write waits for company: it is not committed on its own, and the next write
+    /// (one a caller waits for) ends the wait and shares its commit.
+    #[tokio::test]
+    async fn a_lazy_write_waits_to_share_the_next_writes_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+            .unwrap();
+        // A wait far longer than the test, so that only the next write can end it.
+        let writer = Writer::start(conn, Duration::from_secs(600)).unwrap();
+        let (lazy, mut lazy_done) = write_as(Kind::Lazy, &["INSERT INTO t VALUES (1)"]);
+        let (more, more_done) = write_as(Kind::Lazy, &["INSERT INTO t VALUES (2)"]);
+        send(&writer, lazy);
+        send(&writer, more);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            lazy_done.try_recv().is_err(),
+            "lazy writes wait for company"
+        );
+        assert_eq!(committed(&path), Vec::<i64>::new());
+        let (now, now_done) = write(&["INSERT INTO t VALUES (3)"]);
+        send(&writer, now);
+        now_done.await.unwrap().unwrap();
+        lazy_done.await.unwrap().unwrap();
+        more_done.await.unwrap().unwrap();
+        assert_eq!(committed(&path), [1, 2, 3]);
+    }
+
+    /// A lazy write alone commits after the wait, and a read queued behind it ends the wait
+    /// without running inside its transaction.
+    #[tokio::test]
+    async fn a_lazy_write_commits_after_its_wait_or_before_a_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+            .unwrap();
+        let writer = Writer::start(conn, Duration::from_millis(1)).unwrap();
+        let (lazy, lazy_done) = write_as(Kind::Lazy, &["INSERT INTO t VALUES (1)"]);
+        send(&writer, lazy);
+        lazy_done.await.unwrap().unwrap();
+        assert_eq!(committed(&path), [1]);
+
+        let writer =
+            Writer::start(Connection::open(&path).unwrap(), Duration::from_secs(600)).unwrap();
+        let (lazy, lazy_done) = write_as(Kind::Lazy, &["INSERT INTO t VALUES (2)"]);
+        send(&writer, lazy);
+        let read = writer.call(Kind::Read, |conn| {
+            conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+                .map_err(|e| failed("test read", e))
+        });
+        // The read runs after the lazy write's commit, and so sees it.
+        assert_eq!(read.await.unwrap(), 2);
+        lazy_done.await.unwrap().unwrap();
     }
 
     /// One batch holding failing writes: each failure is rolled back to its own savepoint,
