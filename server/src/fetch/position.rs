@@ -13,9 +13,10 @@ use crate::sha256::Hasher;
 
 /// The largest body whose partial file is opened by its writer rather than before the body is
 /// read. Opening cuts the file to the offset, so it must happen before another connection of a
-/// segmented download writes past it; an entity this small is never split (a split needs
-/// [`MIN_SEGMENT`] twice), and its body fits one write buffer, so its single trip opens, writes
-/// and syncs.
+/// segmented download writes past it: a connection with this little left of its entity is
+/// never split (a split needs [`MIN_SEGMENT`] twice of what is left), so no other connection
+/// writes there. Such a body also fits one write buffer, so its single trip opens, writes and
+/// syncs.
 pub(super) const DEFERRED_OPEN: u64 = body::WRITE_BUFFER_SIZE as u64;
 const _: () = assert!(DEFERRED_OPEN < 2 * MIN_SEGMENT);
 
