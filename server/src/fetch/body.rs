@@ -263,14 +263,28 @@ pub(super) async fn stream_body<O: Observer>(
         .end
         .unwrap_or(expect.total)
         .saturating_sub(expect.offset);
-    let mut out = PartialWriter::new(file, expect.offset, expected);
+    let mut out = PartialWriter::new(file, expect.offset, expected, hasher.take());
+    let streamed = stream_into(&mut response, &mut out, expect, lane, observer, stop).await;
+    *hasher = out.into_hasher();
+    streamed
+}
+
+/// [`stream_body`]'s loop, writing (and hashing) through `out`.
+async fn stream_into<O: Observer>(
+    response: &mut reqwest::Response,
+    out: &mut PartialWriter,
+    expect: Expect<'_>,
+    lane: &Lane,
+    observer: &O,
+    stop: &CancellationToken,
+) -> Result<Streamed, Failure> {
     let mut received = expect.offset;
     let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_checkpoint = tokio::time::Instant::now();
     let mut speed = Speed::new(&expect);
     let end = loop {
-        let read = next_read(&mut response, lane, &mut ticker, &mut speed, observer, stop);
+        let read = next_read(response, lane, &mut ticker, &mut speed, observer, stop);
         let chunk = match read.await {
             Ok(chunk) => chunk,
             Err(end) => break end,
@@ -282,9 +296,6 @@ pub(super) async fn stream_body<O: Observer>(
                 if let Err(e) = out.write(&bytes).await {
                     let what = out.failed_at("writing the partial file failed");
                     break End::Failed(Failure::disk(what, &e));
-                }
-                if let Some(hasher) = hasher.as_mut() {
-                    hasher.update(&bytes);
                 }
                 received += bytes.len() as u64;
                 observer.progress(received);
@@ -303,7 +314,7 @@ pub(super) async fn stream_body<O: Observer>(
                         let what = out.failed_at("syncing the partial file failed");
                         break End::Failed(Failure::disk(what, &e));
                     }
-                    observer.durable(received, hasher.as_ref()).await;
+                    observer.durable(received, out.hasher()).await;
                     last_checkpoint = tokio::time::Instant::now();
                 }
             }
@@ -329,8 +340,8 @@ pub(super) async fn stream_body<O: Observer>(
         return Err(Failure::disk(what, &e));
     }
     observer.progress(received);
-    debug_assert!(hasher.as_ref().is_none_or(|h| h.len() == received));
-    observer.durable(received, hasher.as_ref()).await;
+    debug_assert!(out.hasher().is_none_or(|h| h.len() == received));
+    observer.durable(received, out.hasher()).await;
     match end {
         End::Stopped => Ok(Streamed::Stopped),
         End::Failed(e) => Err(e),

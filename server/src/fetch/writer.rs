@@ -6,6 +6,11 @@
 //! fsync), each a wake of a blocking thread and of the transfer's task. A file not opened yet
 //! ([`Partial::ToOpen`]) is opened in the first of those trips, so a small download's open,
 //! write and fsync are one trip.
+//!
+//! A download with an expected SHA-256 hashes its bytes in those same trips, after writing
+//! them and in file order (a writer's trips run one at a time). The hash then runs on the
+//! blocking thread while the transfer's task receives the next buffer, instead of between
+//! its reads: hashing and receiving overlap.
 
 use std::fs::File;
 use std::io;
@@ -16,9 +21,32 @@ use std::sync::{Arc, OnceLock};
 use tokio::task::JoinHandle;
 
 use super::body::{Partial, WRITE_BUFFER_SIZE, open_at};
+use crate::sha256::Hasher;
 
-/// A write of one full buffer, running on a blocking thread; it hands the buffer back.
-type Pending = JoinHandle<(io::Result<()>, Vec<u8>)>;
+/// A write of one full buffer, running on a blocking thread; it hands the buffer back, and
+/// the running hash, which then covers the buffer if the write succeeded.
+type Pending = JoinHandle<Trip>;
+
+/// What a trip to a blocking thread hands back.
+struct Trip {
+    result: io::Result<()>,
+    buf: Vec<u8>,
+    hasher: Option<Hasher>,
+}
+
+/// Writes `buf` at `at` and hashes it after a successful write. Blocks.
+fn write_and_hash(
+    file: &Target,
+    buf: &[u8],
+    at: u64,
+    hasher: &mut Option<Hasher>,
+) -> io::Result<()> {
+    file.get().and_then(|file| file.write_all_at(buf, at))?;
+    if let Some(hasher) = hasher.as_mut() {
+        hasher.update(buf);
+    }
+    Ok(())
+}
 
 /// The partial file, opened by the first blocking trip that needs it. Only one trip of a
 /// writer runs at a time, so it is opened once.
@@ -55,12 +83,21 @@ pub(super) struct PartialWriter {
     /// A write failed: bytes taken in are missing from the file, so no later sync may report
     /// anything durable.
     failed: bool,
+    /// The SHA-256 state of the file's bytes before the next one to be written, when the
+    /// download hashes; away with a trip while one runs.
+    hasher: Option<Hasher>,
 }
 
 impl PartialWriter {
     /// A writer of `file` from `offset`, for a body of about `expected` bytes (0: unknown),
-    /// whose buffer never grows past [`WRITE_BUFFER_SIZE`].
-    pub(super) fn new(file: Partial, offset: u64, expected: u64) -> PartialWriter {
+    /// whose buffer never grows past [`WRITE_BUFFER_SIZE`]. With a `hasher` (the state of the
+    /// file's first `offset` bytes), every byte written is hashed too.
+    pub(super) fn new(
+        file: Partial,
+        offset: u64,
+        expected: u64,
+        hasher: Option<Hasher>,
+    ) -> PartialWriter {
         let first = usize::try_from(expected).map_or(WRITE_BUFFER_SIZE, |n| {
             if n == 0 {
                 64 * 1024
@@ -84,7 +121,19 @@ impl PartialWriter {
             buf: Vec::with_capacity(first),
             pending: None,
             failed: false,
+            hasher,
         }
+    }
+
+    /// The SHA-256 state of every byte taken in, right after a [`sync`](Self::sync) that
+    /// succeeded; `None` when not hashing, or once a write failed.
+    pub(super) fn hasher(&self) -> Option<&Hasher> {
+        self.hasher.as_ref()
+    }
+
+    /// Gives the running hash back (see [`hasher`](Self::hasher)).
+    pub(super) fn into_hasher(self) -> Option<Hasher> {
+        self.hasher
     }
 
     /// Takes `bytes` in; a full buffer goes to the disk while the next one fills (waiting for
@@ -98,11 +147,15 @@ impl PartialWriter {
             if self.buf.len() == WRITE_BUFFER_SIZE {
                 let next = self.finish_pending().await?;
                 let full = std::mem::replace(&mut self.buf, next);
-                let (file, at) = (self.file.clone(), self.at);
+                let (file, at, mut hasher) = (self.file.clone(), self.at, self.hasher.take());
                 self.at += full.len() as u64;
                 self.pending = Some(tokio::task::spawn_blocking(move || {
-                    let written = file.get().and_then(|file| file.write_all_at(&full, at));
-                    (written, full)
+                    let result = write_and_hash(&file, &full, at, &mut hasher);
+                    Trip {
+                        result,
+                        buf: full,
+                        hasher,
+                    }
                 }));
             }
         }
@@ -134,18 +187,19 @@ impl PartialWriter {
         }
         let next = self.finish_pending().await?;
         let rest = std::mem::replace(&mut self.buf, next);
-        let (file, at) = (self.file.clone(), self.at);
+        let (file, at, mut hasher) = (self.file.clone(), self.at, self.hasher.take());
         let len = rest.len() as u64;
         let synced = tokio::task::spawn_blocking(move || {
-            let synced = file
-                .get()
-                .and_then(|file| file.write_all_at(&rest, at).and_then(|()| file.sync_data()));
-            (synced, rest)
+            let result = write_and_hash(&file, &rest, at, &mut hasher)
+                .and_then(|()| file.get().and_then(File::sync_data));
+            Trip {
+                result,
+                buf: rest,
+                hasher,
+            }
         })
-        .await
-        .map_err(io::Error::other)
-        .and_then(|(synced, rest)| synced.map(|()| rest));
-        let mut rest = self.failing(synced)?;
+        .await;
+        let mut rest = self.returned(synced)?;
         self.at += len;
         if self.buf.capacity() < rest.capacity() {
             rest.clear();
@@ -160,13 +214,23 @@ impl PartialWriter {
         let Some(pending) = self.pending.take() else {
             return Ok(Vec::with_capacity(self.buf.capacity()));
         };
-        let written = pending
-            .await
-            .map_err(io::Error::other)
-            .and_then(|(written, buf)| written.map(|()| buf));
-        let mut buf = self.failing(written)?;
+        let written = pending.await;
+        let mut buf = self.returned(written)?;
         buf.clear();
         Ok(buf)
+    }
+
+    /// Takes back what a trip handed over: its buffer if it succeeded, and the running hash.
+    fn returned(&mut self, trip: Result<Trip, tokio::task::JoinError>) -> io::Result<Vec<u8>> {
+        let result = trip.map_err(io::Error::other).and_then(|trip| {
+            self.hasher = trip.hasher;
+            trip.result.map(|()| trip.buf)
+        });
+        if result.is_err() {
+            // The hash no longer follows the file: a resume hashes what is durable instead.
+            self.hasher = None;
+        }
+        self.failing(result)
     }
 
     /// Passes `result` on, remembering a failure for good.
@@ -186,7 +250,7 @@ mod tests {
         let path = dir.path().join("partial");
         std::fs::write(&path, b"0123456789").unwrap();
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        let mut writer = PartialWriter::new(Partial::Open(file), 4, 0);
+        let mut writer = PartialWriter::new(Partial::Open(file), 4, 0, None);
         // Two and a half buffers, in pieces that straddle the buffer's end, then a sync, then
         // more after it.
         let body: Vec<u8> = (0..WRITE_BUFFER_SIZE * 5 / 2)
@@ -205,6 +269,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_running_hash_follows_every_byte_written_across_buffers_and_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        std::fs::write(&path, b"prefix").unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let mut start = Hasher::new();
+        start.update(b"prefix");
+        let mut writer = PartialWriter::new(Partial::Open(file), 6, 0, Some(start));
+        let body: Vec<u8> = (0..WRITE_BUFFER_SIZE * 3 + 17)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let (first, second) = body.split_at(WRITE_BUFFER_SIZE + 5);
+        for piece in first.chunks(70_000) {
+            writer.write(piece).await.unwrap();
+        }
+        writer.sync().await.unwrap();
+        let hashed = writer.hasher().expect("hashing").clone();
+        assert_eq!(hashed.len(), 6 + first.len() as u64);
+        let mut expected = Hasher::new();
+        expected.update(b"prefix");
+        expected.update(first);
+        assert_eq!(
+            hashed.hex(),
+            expected.hex(),
+            "the state at a sync covers what it made durable"
+        );
+        for piece in second.chunks(90_000) {
+            writer.write(piece).await.unwrap();
+        }
+        writer.sync().await.unwrap();
+        let on_disk = std::fs::read(&path).unwrap();
+        let digest = writer.into_hasher().expect("hashing");
+        assert_eq!(digest.len(), on_disk.len() as u64);
+        assert_eq!(digest.hex(), crate::paths::sha256_file(&path).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_drops_the_running_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        std::fs::write(&path, b"").unwrap();
+        // Opened read-only: every write fails, and the hash no longer follows the file.
+        let file = std::fs::File::open(&path).unwrap();
+        let mut writer = PartialWriter::new(Partial::Open(file), 0, 10, Some(Hasher::new()));
+        writer.write(b"0123456789").await.unwrap();
+        assert!(writer.sync().await.is_err());
+        assert!(writer.hasher().is_none());
+    }
+
+    #[tokio::test]
     async fn a_file_to_open_is_opened_and_cut_to_its_offset_by_the_first_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(crate::paths::PARTIAL_DIR).join("a-guid");
@@ -213,7 +327,7 @@ mod tests {
             path: path.clone(),
             offset: 0,
         };
-        let mut writer = PartialWriter::new(fresh, 0, 5);
+        let mut writer = PartialWriter::new(fresh, 0, 5, None);
         writer.write(b"hello").await.unwrap();
         assert!(
             !path.exists(),
@@ -227,7 +341,7 @@ mod tests {
             path: path.clone(),
             offset: 4,
         };
-        let mut writer = PartialWriter::new(resumed, 4, 2);
+        let mut writer = PartialWriter::new(resumed, 4, 2, None);
         writer.write(b"ab").await.unwrap();
         writer.sync().await.unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"0123ab");
@@ -237,7 +351,7 @@ mod tests {
             path: path.clone(),
             offset: 3,
         };
-        PartialWriter::new(empty, 3, 0).sync().await.unwrap();
+        PartialWriter::new(empty, 3, 0, None).sync().await.unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"012");
     }
 
@@ -247,7 +361,7 @@ mod tests {
         // The staging directory's place is taken by a file: the open fails.
         std::fs::write(dir.path().join(crate::paths::PARTIAL_DIR), b"").unwrap();
         let path = dir.path().join(crate::paths::PARTIAL_DIR).join("a-guid");
-        let mut writer = PartialWriter::new(Partial::ToOpen { path, offset: 0 }, 0, 3);
+        let mut writer = PartialWriter::new(Partial::ToOpen { path, offset: 0 }, 0, 3, None);
         writer.write(b"abc").await.unwrap();
         assert!(writer.sync().await.is_err());
         assert_eq!(writer.failed_at("syncing"), super::super::body::OPEN_FAILED);
@@ -255,7 +369,7 @@ mod tests {
         let path = dir.path().join("read-only");
         std::fs::write(&path, b"").unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        let mut writer = PartialWriter::new(Partial::Open(file), 0, 3);
+        let mut writer = PartialWriter::new(Partial::Open(file), 0, 3, None);
         writer.write(b"abc").await.unwrap();
         assert!(writer.sync().await.is_err());
         assert_eq!(writer.failed_at("syncing"), "syncing");
@@ -266,12 +380,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("partial");
         let file = std::fs::File::create(&path).unwrap();
-        let mut writer = PartialWriter::new(Partial::Open(file), 0, 0);
+        let mut writer = PartialWriter::new(Partial::Open(file), 0, 0, None);
         // A full buffer whose write failed in the background (as a full disk fails it); the
         // file itself still takes writes.
         writer.at = WRITE_BUFFER_SIZE as u64;
         writer.pending = Some(tokio::spawn(async {
-            (Err(io::Error::other("no space left")), Vec::new())
+            Trip {
+                result: Err(io::Error::other("no space left")),
+                buf: Vec::new(),
+                hasher: None,
+            }
         }));
         writer.write(b"after").await.unwrap();
         assert!(writer.sync().await.is_err(), "the failure surfaces");
@@ -287,7 +405,7 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         // Opened read-only: every write fails.
         let file = std::fs::File::open(&path).unwrap();
-        let mut writer = PartialWriter::new(Partial::Open(file), 0, 10);
+        let mut writer = PartialWriter::new(Partial::Open(file), 0, 10, None);
         writer.write(b"0123456789").await.unwrap();
         assert!(writer.sync().await.is_err());
     }
