@@ -43,7 +43,8 @@ pub struct Context {
     pub sizes: Sizes,
     /// The nginx origin.
     pub origin: Origin,
-    /// Another transferd build to run in the small-files and control workloads (`--baseline`).
+    /// Another transferd build to run in the small-files, control and hashed bulk workloads
+    /// (`--baseline`).
     pub baseline: Option<PathBuf>,
     next_dir: Cell<usize>,
     /// Run directories of many small files, removed when their workload ends (see
@@ -229,12 +230,28 @@ async fn single_file(
             let seconds =
                 transferd_single(ctx, workload, url, bytes, Some(sha), ours.flags).await?;
             samples.push((HASHED.into(), seconds));
+            if let Some(bin) = &ctx.baseline {
+                let seconds = transferd_single_from(
+                    Some(bin),
+                    ctx,
+                    workload,
+                    url,
+                    bytes,
+                    Some(sha),
+                    ours.flags,
+                )
+                .await?;
+                samples.push((HASHED_BASELINE.into(), seconds));
+            }
         }
         for (name, seconds) in samples.into_iter().filter(|_| keep) {
             report.record(workload, &name, "MB/s", mb / seconds);
         }
     }
     report.compare(workload, HASHED, "transferd");
+    if ctx.baseline.is_some() && ours.sha256.is_some() {
+        report.compare(workload, HASHED, HASHED_BASELINE);
+    }
     for &peer in peers {
         let label = peer.label();
         if matches!(peer, Single::Aria2c(_)) {
@@ -269,6 +286,9 @@ struct Ours<'a> {
 /// The row of transferd given the file's `expected_sha256`.
 const HASHED: &str = "transferd + sha256";
 
+/// The row of the `--baseline` build given the file's `expected_sha256`.
+const HASHED_BASELINE: &str = "transferd + sha256 (baseline)";
+
 /// transferd with `flags` on a fresh data directory: seconds from CreateDownload to
 /// COMPLETED (which transferd publishes only once the file and its directory entry are
 /// durable, and, with `sha256`, verified).
@@ -280,8 +300,24 @@ async fn transferd_single(
     sha256: Option<&str>,
     flags: &[&str],
 ) -> anyhow::Result<f64> {
+    transferd_single_from(None, ctx, workload, url, bytes, sha256, flags).await
+}
+
+/// [`transferd_single`] with the binary at `bin`, if given.
+async fn transferd_single_from(
+    bin: Option<&Path>,
+    ctx: &Context,
+    workload: &str,
+    url: &str,
+    bytes: u64,
+    sha256: Option<&str>,
+    flags: &[&str],
+) -> anyhow::Result<f64> {
     let dir = ctx.fresh(&format!("{workload}-transferd"))?;
-    let server = Server::transferd(&dir, flags).await?;
+    let server = match bin {
+        Some(bin) => Server::transferd_from(bin, &dir, flags).await?,
+        None => Server::transferd(&dir, flags).await?,
+    };
     let client = server.client().await?;
     let start = Instant::now();
     let created = client
