@@ -292,3 +292,139 @@ fn partial_file(h: &Harness, guid: &str) -> std::path::PathBuf {
         .join(".transferd-partial")
         .join(format!("{guid}.part"))
 }
+
+/// Flags for a segmented download: up to four connections.
+const SEGMENTED: [&str; 4] = [
+    "--max-connections-per-download",
+    "4",
+    "--retry-base-delay",
+    "20ms",
+];
+
+/// Large enough to be split several times (the minimum segment is 4 MiB).
+const SEGMENTED_SIZE: usize = 24 << 20;
+
+/// An origin that sends each connection 64 KiB every `pace`: more connections bring more
+/// throughput, so the download adds them.
+fn capped(body: &bytes::Bytes, pace: Duration) -> Resource {
+    Resource::new(body.clone()).throttle(64 << 10, pace)
+}
+
+/// How many ranged requests reached the origin for `path`.
+fn ranged(h: &Harness, path: &str) -> usize {
+    h.origin
+        .requests_for(path)
+        .iter()
+        .filter(|r| r.header("range").is_some())
+        .count()
+}
+
+/// Once a segment list is stored for `guid` with a SHA-256 state of more than 0 bytes: the
+/// state's byte count, and the bytes the list holds durably from byte 0. (Filled in order, a
+/// download's finished segments merge into the next, so the list is often one segment.)
+async fn stored_prefix_state(h: &Harness, guid: &str) -> (u64, u64) {
+    let start = tokio::time::Instant::now();
+    loop {
+        let conn = rusqlite::Connection::open(h.server.data_dir.join("transferd.db")).unwrap();
+        let (segments, state): (String, Option<Vec<u8>>) = conn
+            .query_row(
+                "SELECT segments, sha256_state FROM downloads WHERE guid = ?1",
+                [guid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let segments: Vec<[u64; 3]> = serde_json::from_str(&segments).unwrap();
+        // The encoded state: a format byte, then the byte count (big-endian).
+        let hashed = state
+            .as_deref()
+            .and_then(|s| s.get(1..9))
+            .map(|n| u64::from_be_bytes(n.try_into().unwrap()));
+        if let (Some(first), Some(hashed @ 1..)) = (segments.first(), hashed) {
+            assert_eq!(first[0], 0, "segments start at byte 0: {segments:?}");
+            return (hashed, first[2]);
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no segment list with a SHA-256 state was stored; log:\n{}",
+            h.server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segmented_download_is_hashed_as_its_file_fills() {
+    let h = Harness::start(&SEGMENTED).await;
+    let body = test_bytes(SEGMENTED_SIZE, 20);
+    h.origin
+        .put("/seg", capped(&body, Duration::from_millis(10)));
+    let op = h
+        .create_with(with_sha(&h.origin.url("/seg"), "seg.bin", &body))
+        .await;
+    // Mid-way, the checkpoint stores the segments with the state of the durable prefix,
+    // never of more than that prefix.
+    let (hashed, prefix) = stored_prefix_state(&h, &op.guid).await;
+    assert!(
+        hashed <= prefix,
+        "{hashed} bytes hashed, {prefix} durable from 0"
+    );
+    h.wait_status(&op.guid, S::Completed).await;
+    h.assert_file("seg.bin", &body);
+    assert!(ranged(&h, "/seg") >= 2, "the download was split");
+    // The commit found the whole file hashed, and did not read it again.
+    assert_eq!(said(&h, AS_WRITTEN), 1, "{}", h.server.log());
+    assert_eq!(said(&h, BY_READING), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segmented_download_with_the_wrong_sha256_fails_and_commits_nothing() {
+    let h = Harness::start(&SEGMENTED).await;
+    let body = test_bytes(SEGMENTED_SIZE, 21);
+    let wrong = test_bytes(SEGMENTED_SIZE, 22);
+    h.origin
+        .put("/seg", capped(&body, Duration::from_millis(10)));
+    let op = h
+        .create_with(with_sha(&h.origin.url("/seg"), "seg.bin", &wrong))
+        .await;
+    let failed = h.wait_status(&op.guid, S::Error).await;
+    let error = failed.error.unwrap();
+    assert_eq!(error.reason(), pb::TransferErrorReason::Integrity);
+    assert!(error.message.contains(&sha256(&body)), "{}", error.message);
+    assert!(ranged(&h, "/seg") >= 2, "the download was split");
+    assert!(files_under(&h.download_dir()).is_empty());
+    assert_eq!(said(&h, AS_WRITTEN), 1, "{}", h.server.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_segmented_download_goes_on_hashing_from_its_saved_state() {
+    let mut h = Harness::start(&SEGMENTED).await;
+    let body = test_bytes(SEGMENTED_SIZE, 23);
+    // Slow enough that segment checkpoints land well before the end.
+    h.origin
+        .put("/seg", capped(&body, Duration::from_millis(40)));
+    let op = h
+        .create_with(with_sha(&h.origin.url("/seg"), "seg.bin", &body))
+        .await;
+    let (hashed, prefix) = stored_prefix_state(&h, &op.guid).await;
+    h.server.kill().await;
+    assert!(
+        hashed <= prefix,
+        "{hashed} bytes hashed, {prefix} durable from 0"
+    );
+    h.origin
+        .put("/seg", capped(&body, Duration::from_millis(10)));
+    h.restart(&SEGMENTED).await;
+    h.wait_status(&op.guid, S::Completed).await;
+    h.assert_file("seg.bin", &body);
+    let log = h.server.log();
+    assert_eq!(
+        said(
+            &h,
+            "going on with the SHA-256 of the durable prefix from its saved state"
+        ),
+        1,
+        "{log}"
+    );
+    assert_eq!(said(&h, AS_WRITTEN), 1, "{log}");
+    assert_eq!(said(&h, BY_READING), 0);
+}

@@ -103,13 +103,13 @@ impl Observer for Progressor<'_> {
         }
     }
 
-    async fn durable_segments(&self, segments: Vec<Segment>) {
+    async fn durable_segments(&self, segments: Vec<Segment>, sha256: Option<&Hasher>) {
         {
             let mut st = self.op.lock();
             st.checkpoint = segments.iter().map(|s| s.durable).sum();
             st.segments = segments;
-            // Written out of order: no running hash describes these bytes.
-            st.sha256 = None;
+            // The state of the durable prefix: a resume goes on hashing from there.
+            st.sha256 = sha256.cloned();
         }
         if let Err(e) = self.engine.persist(self.op).await {
             tracing::warn!(error = %e, "segment checkpoint not stored; the previous one stands");

@@ -406,10 +406,10 @@ impl Engine {
 
     /// Checks the expected SHA-256 of the finished file of `bytes` bytes, if the client gave
     /// one. The digest comes from the state hashed as the bytes were written when that state
-    /// covers exactly the file; otherwise the file is read and hashed here. That fallback is
-    /// also the way of a segmented download: its segments arrive out of order over several
-    /// connections, so no running hash can follow its bytes as they are written (the issue
-    /// allows hashing those at commit); they leave no state, and the file is read once.
+    /// covers exactly the file; otherwise the file is read and hashed here. A segmented
+    /// download that hashes fills its file in order and hashes it as it fills (see
+    /// `fetch/prefix.rs`), so it too arrives here with the state of the whole file; only one
+    /// whose hashing could not keep up (its partial file unreadable) is read here.
     async fn verify(&self, op: &Op, partial: &Path, bytes: u64) -> Result<(), Failure> {
         let Some(expected) = op.spec.expected_sha256.clone() else {
             return Ok(());

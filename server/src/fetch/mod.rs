@@ -22,13 +22,14 @@
 //!   statuses and redirects that were not followed.
 //! - `position.rs`: where an attempt stands in the entity across its requests (offset, length,
 //!   validators, running hash), and opening the partial file to go on from there.
-//! - `body.rs`: streaming the body into the partial file (hashing it as written, when asked)
-//!   and making it durable, within its announced length, the size limit, the stall and
-//!   low-speed rules and the bandwidth limit.
+//! - `body.rs`: streaming the body into the partial file and making it durable, within its announced length, the size limit, the stall and
+//!   low-speed rules and the bandwidth limit; `writer.rs` its writes (and hashing, when asked)
+//!   on a blocking thread.
 //! - `segments.rs`: segmented downloads: one download over several connections, each filling
 //!   its part of the partial file, adding connections while they raise the throughput;
 //!   `spans.rs` is the bookkeeping of the parts, `piece.rs` one segment's ranged requests,
-//!   `hosts.rs` the count of connections per origin (`--max-connections-per-host`).
+//!   `hosts.rs` the count of connections per origin (`--max-connections-per-host`),
+//!   `prefix.rs` the SHA-256 of a segmented download's bytes as its file fills from byte 0.
 //! - `throttle.rs`: the bandwidth limits: the server-wide budget, fair shares of it, and each
 //!   download's own limit, as one token bucket per running attempt.
 
@@ -36,6 +37,7 @@ mod body;
 pub mod hosts;
 mod piece;
 mod position;
+mod prefix;
 mod ramp;
 mod request;
 mod resolve;
@@ -93,10 +95,14 @@ pub trait Observer: Send + Sync {
     fn durable(&self, bytes: u64, sha256: Option<&Hasher>) -> impl Future<Output = ()> + Send;
     /// The download is fetched in `segments`, each holding its own durable bytes: the engine
     /// may checkpoint them (their sum is the download's checkpoint). An empty list: the
-    /// download left segmenting and starts over from byte 0 as one stream. Segments are
-    /// written out of order, so no SHA-256 state comes with them: the file is hashed at
-    /// commit.
-    fn durable_segments(&self, segments: Vec<Segment>) -> impl Future<Output = ()> + Send;
+    /// download left segmenting and starts over from byte 0 as one stream. With them comes
+    /// `sha256` when the download hashes: the state of the file's first bytes, never more
+    /// than the segments hold durably from byte 0 (see `spans::PrefixHash`).
+    fn durable_segments(
+        &self,
+        segments: Vec<Segment>,
+        sha256: Option<&Hasher>,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// What to transfer.

@@ -39,6 +39,7 @@ impl Fetcher {
             // Never more than a split leaves in front of the claimed bytes, so a split never
             // cuts this request short: it ends where it said and its connection is reused.
             let upto = end.min(from + PIECE_REQUEST);
+            span.asking(upto);
             let validators = &entity.validators;
             let Some(response) = self
                 .request(job, validators, from, Some(upto), stop)

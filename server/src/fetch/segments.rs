@@ -12,7 +12,9 @@
 //! remaining segment in half), up to `--max-connections-per-download` and while the origin
 //! has room under `--max-connections-per-host`. A connection whose segment is done takes over
 //! a segment left idle or the back half of the largest one, so all connections stay busy to
-//! the end. Every segment reads under the download's one bandwidth [`Lane`](super::throttle::Lane).
+//! the end. A download given an expected SHA-256 splits differently: the new part is all that
+//! follows the request in flight, so the file fills in order and is hashed as it fills (see
+//! `spans.rs` and `prefix.rs`). Every segment reads under the download's one bandwidth [`Lane`](super::throttle::Lane).
 //!
 //! Each segment checkpoints its own durable bytes; the engine stores the list (see
 //! [`Observer::durable_segments`]), whose sum is the download's checkpoint and what
@@ -39,7 +41,9 @@ use tokio_util::sync::CancellationToken;
 use super::hosts::{HostPermit, origin_of};
 use super::ramp::{GROWTH, Ramp, TICK};
 use super::spans::{Board, Entity, Restarted, Span, SpanObserver, lock, sound};
-use super::{Failure, Fetcher, Job, Observer, Outcome, redacted, redacted_failure};
+use super::{
+    Failure, Fetcher, Hashing, Job, Observer, Outcome, prefix, redacted, redacted_failure,
+};
 use crate::operation::{Segment, Validators};
 use crate::retry::RetryPolicy;
 
@@ -144,12 +148,29 @@ impl Fetcher {
         observer: &O,
         stop: &CancellationToken,
     ) -> Outcome {
+        // A download that hashes fills its file in order, and hashes it as it fills.
+        let hash = match job.hashing {
+            Hashing::On(saved) => {
+                let durable_from_zero = plan
+                    .segments
+                    .first()
+                    .filter(|s| s.start == 0)
+                    .map_or(0, |s| s.durable);
+                Some(prefix::resumed(saved.as_ref(), durable_from_zero))
+            }
+            Hashing::Off => None,
+        };
+        let board = Board {
+            in_order: hash.is_some(),
+            hash,
+            ..Board::default()
+        };
         let run = Run {
             fetcher: self,
             job,
             plan,
             observer,
-            board: Board::default(),
+            board,
             origin: origin_of(&job.settings.requested_uri),
             halt: stop.child_token(),
             running: AtomicUsize::new(0),
@@ -158,7 +179,7 @@ impl Fetcher {
             || sound(plan.segments, job.total, job.checkpoint)
                 && job.validators.if_range().is_some()
         {
-            run.drive().await
+            run.drive_hashing().await
         } else {
             Verdict::Restart("the stored segments do not describe the partial file".into())
         };
@@ -168,7 +189,7 @@ impl Fetcher {
             Verdict::Failed(failure) => Outcome::Failed(redacted_failure(failure)),
             Verdict::Restart(reason) => {
                 tracing::info!(reason, "segments cannot go on; starting over as one stream");
-                observer.durable_segments(Vec::new()).await;
+                observer.durable_segments(Vec::new(), None).await;
                 let fresh = Job {
                     checkpoint: 0,
                     validators: &Validators::default(),
@@ -191,6 +212,49 @@ impl Fetcher {
 }
 
 impl<O: Observer> Run<'_, O> {
+    /// [`drive`](Self::drive), with the durable prefix hashed alongside (see `prefix.rs`) when
+    /// the download hashes. A split download that completes reports the whole file durable
+    /// with the SHA-256 of all of it, which the commit checks without reading the file.
+    async fn drive_hashing(&self) -> Verdict {
+        let Some(hash) = &self.board.hash else {
+            return self.drive().await;
+        };
+        let follow = prefix::follow(&self.board, self.job.partial);
+        tokio::pin!(follow);
+        let drive = self.drive();
+        tokio::pin!(drive);
+        let mut following = true;
+        let verdict = loop {
+            tokio::select! {
+                verdict = &mut drive => break verdict,
+                followed = &mut follow, if following => {
+                    following = false;
+                    if let Err(e) = followed {
+                        tracing::warn!(error = %e, "cannot hash the partial file as it fills; the commit will read it");
+                    }
+                }
+            }
+        };
+        let Verdict::Complete(total) = verdict else {
+            return verdict;
+        };
+        if !following || !self.board.split.load(Ordering::SeqCst) {
+            // Unsplit, the first connection hashed it all and reported its state itself.
+            return verdict;
+        }
+        // The last bytes to arrive, after the prefix hashed so far.
+        if let Err(e) = follow.await {
+            tracing::warn!(error = %e, "cannot hash the partial file's last bytes; the commit will read it");
+            return verdict;
+        }
+        let state = hash.snapshot();
+        if state.len() == total {
+            let _turn = self.board.checkpointing.lock().await;
+            self.observer.durable(total, Some(&state)).await;
+        }
+        verdict
+    }
+
     async fn drive(&self) -> Verdict {
         let mut crew = Crew::default();
         // A download's first connection waits for a place at its origin.
@@ -276,6 +340,9 @@ impl<O: Observer> Run<'_, O> {
     /// The download's first connection: an ordinary attempt, which fills the first span.
     fn first<'s>(&'s self, span: Arc<Span>, permit: HostPermit) -> Worker<'s> {
         span.busy.store(true, Ordering::SeqCst);
+        if let Some(hash) = &self.board.hash {
+            hash.first_hashing.store(true, Ordering::SeqCst);
+        }
         Box::pin(async move {
             let job = Job {
                 span: Some(&span),
@@ -292,6 +359,11 @@ impl<O: Observer> Run<'_, O> {
                 Ok(Outcome::Stopped) => Ok(Piece::Stopped),
                 Ok(Outcome::Failed(failure)) | Err(failure) => Err(failure),
             };
+            if let Some(hash) = &self.board.hash {
+                // Its last durable report carried its state; the prefix hasher goes on.
+                hash.first_hashing.store(false, Ordering::SeqCst);
+                hash.news.notify_one();
+            }
             Finished {
                 first: true,
                 span,
@@ -375,8 +447,10 @@ impl<O: Observer> Run<'_, O> {
         }
     }
 
-    /// A connection whose span is done takes an idle span, or the back half of the largest.
+    /// A connection whose span is done takes an idle span, or part of the largest (see
+    /// [`Board::split_largest`]).
     fn reassign<'s>(&'s self, crew: &mut Crew<'s>, permit: HostPermit) {
+        self.board.compact();
         if let Some(span) = self.board.idle().or_else(|| self.board.split_largest()) {
             crew.workers.push(self.piece(span, permit, Duration::ZERO));
         }

@@ -3,11 +3,17 @@
 //! claimed; the board of all spans, which sums their progress and turns them into the segment
 //! list the engine checkpoints; and the observers that report a span's progress to the engine
 //! as the download's.
+//!
+//! A download given an expected SHA-256 fills its file in order: a connection that is added, or
+//! whose span is done, takes what lies right after the request in flight of the largest span
+//! (see [`Span::split_front`]) rather than its back half, so the durable bytes from byte 0 grow
+//! close behind the connections, and the SHA-256 of that prefix is hashed as it grows (see
+//! `prefix.rs`) instead of the whole file being read again at commit.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::segments::MIN_SEGMENT;
+use super::segments::{MIN_SEGMENT, PIECE_REQUEST};
 use super::{Observer, ResponseStart};
 use crate::operation::{ResponseInfo, Segment, Validators};
 use crate::sha256::Hasher;
@@ -32,6 +38,8 @@ pub struct Span {
 struct Reach {
     claimed: u64,
     end: u64,
+    /// Where the ranged request in flight ends (0: none, or an open-ended one).
+    asked: u64,
 }
 
 impl Span {
@@ -41,6 +49,7 @@ impl Span {
             reach: Mutex::new(Reach {
                 claimed: durable,
                 end,
+                asked: 0,
             }),
             received: AtomicU64::new(durable),
             durable: AtomicU64::new(durable),
@@ -58,6 +67,11 @@ impl Span {
 
     pub(super) fn end(&self) -> u64 {
         lock(&self.reach).end
+    }
+
+    /// Notes that the request about to be sent ends at `upto`.
+    pub(super) fn asking(&self, upto: u64) {
+        lock(&self.reach).asked = upto;
     }
 
     pub(super) fn set_end(&self, end: u64) {
@@ -91,6 +105,24 @@ impl Span {
         Some(Span::new(mid, end, mid))
     }
 
+    /// Gives everything after the request in flight (or, with none, after the next one it
+    /// would send) to a new span, if that leaves it at least [`MIN_SEGMENT`]. The request in
+    /// flight is never cut short, and this span's connection is done once it ends.
+    fn split_front(&self) -> Option<Span> {
+        let mut reach = lock(&self.reach);
+        let from = reach.claimed.max(self.durable());
+        let cut = if reach.asked > from {
+            reach.asked
+        } else {
+            from + PIECE_REQUEST
+        };
+        if reach.end.saturating_sub(cut) < MIN_SEGMENT {
+            return None;
+        }
+        let end = std::mem::replace(&mut reach.end, cut);
+        Some(Span::new(cut, end, cut))
+    }
+
     fn segment(&self) -> Segment {
         Segment {
             start: self.start,
@@ -122,7 +154,48 @@ pub(super) struct Board {
     pub(super) split: AtomicBool,
     pub(super) entity: Mutex<Option<Entity>>,
     /// Serialises checkpoints, so a later list is never overtaken by an earlier one.
-    checkpointing: tokio::sync::Mutex<()>,
+    pub(super) checkpointing: tokio::sync::Mutex<()>,
+    /// Splits take the front of a span, not its back half: the file fills in order.
+    pub(super) in_order: bool,
+    /// The SHA-256 of the file's durable prefix, as far as it is known, when the download
+    /// hashes (see `prefix.rs`).
+    pub(super) hash: Option<PrefixHash>,
+}
+
+/// The SHA-256 of a segmented download's durable prefix, which grows as the spans before it
+/// complete: the download's first connection hashes its span as it writes it, and the
+/// prefix hasher reads on from there.
+#[derive(Debug)]
+pub(super) struct PrefixHash {
+    /// The state of the longest durable prefix hashed so far.
+    pub(super) state: Mutex<Hasher>,
+    /// The first connection is at work and hashes its span itself.
+    pub(super) first_hashing: AtomicBool,
+    /// Wakes the prefix hasher: the prefix grew, or the first connection stopped.
+    pub(super) news: tokio::sync::Notify,
+}
+
+impl PrefixHash {
+    /// Hashing on from `state`, the SHA-256 of the file's first bytes.
+    pub(super) fn new(state: Hasher) -> PrefixHash {
+        PrefixHash {
+            state: Mutex::new(state),
+            first_hashing: AtomicBool::new(false),
+            news: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Takes `hasher` if it covers more than the state known.
+    pub(super) fn offer(&self, hasher: &Hasher) {
+        let mut state = lock(&self.state);
+        if hasher.len() > state.len() {
+            *state = hasher.clone();
+        }
+    }
+
+    pub(super) fn snapshot(&self) -> Hasher {
+        lock(&self.state).clone()
+    }
 }
 
 impl Board {
@@ -136,6 +209,41 @@ impl Board {
 
     pub(super) fn entity(&self) -> Option<Entity> {
         lock(&self.entity).clone()
+    }
+
+    /// Bytes durable in one run from byte 0.
+    pub(super) fn prefix(&self) -> u64 {
+        self.list()
+            .first()
+            .filter(|s| s.start == 0)
+            .map_or(0, |s| s.durable)
+    }
+
+    /// The SHA-256 state of the durable prefix, as far as it is hashed, if the download hashes.
+    pub(super) fn prefix_hash(&self) -> Option<Hasher> {
+        self.hash.as_ref().map(PrefixHash::snapshot)
+    }
+
+    /// Drops complete spans no connection works on, merging each run of adjacent ones into
+    /// one, so the board stays as short as the work in progress however many splits it saw.
+    pub(super) fn compact(&self) {
+        let mut spans = lock(&self.spans);
+        spans.sort_by_key(|s| s.start);
+        let mut kept: Vec<Arc<Span>> = Vec::with_capacity(spans.len());
+        for span in spans.drain(..) {
+            let idle_and_done = |s: &Span| !s.busy.load(Ordering::SeqCst) && s.complete();
+            match kept.last() {
+                Some(last)
+                    if idle_and_done(last) && idle_and_done(&span) && last.end() == span.start =>
+                {
+                    let end = span.end();
+                    let merged = Arc::new(Span::new(last.start, end, end));
+                    *kept.last_mut().expect("a last span") = merged;
+                }
+                _ => kept.push(span),
+            }
+        }
+        *spans = kept;
     }
 
     /// The segments to store, in entity order, a finished segment merged into the one after
@@ -158,10 +266,16 @@ impl Board {
         merged
     }
 
-    /// Splits the largest span with enough left, and adds the new one.
+    /// Splits the largest span with enough left (its back half, or with `in_order` all after
+    /// its request in flight), and adds the new one.
     pub(super) fn split_largest(&self) -> Option<Arc<Span>> {
         let largest = lock(&self.spans).iter().max_by_key(|s| s.left()).cloned()?;
-        let span = Arc::new(largest.split()?);
+        let span = if self.in_order {
+            largest.split_front()?
+        } else {
+            largest.split()?
+        };
+        let span = Arc::new(span);
         self.split.store(true, Ordering::SeqCst);
         self.add(span.clone());
         Some(span)
@@ -245,16 +359,26 @@ impl<O: Observer> Observer for SpanObserver<'_, O> {
 
     async fn durable(&self, bytes: u64, sha256: Option<&Hasher>) {
         self.span.durable.store(bytes, Ordering::SeqCst);
+        if let (Some(hash), Some(hasher)) = (&self.board.hash, sha256) {
+            // The first connection's running hash: the prefix up to its durable bytes.
+            hash.offer(hasher);
+        }
+        if let Some(hash) = &self.board.hash {
+            hash.news.notify_one();
+        }
         let _turn = self.board.checkpointing.lock().await;
         if self.board.split.load(Ordering::SeqCst) {
-            self.inner.durable_segments(self.board.list()).await;
+            let prefix = self.board.prefix_hash();
+            self.inner
+                .durable_segments(self.board.list(), prefix.as_ref())
+                .await;
         } else {
             self.inner.durable(bytes, sha256).await;
         }
     }
 
-    async fn durable_segments(&self, segments: Vec<Segment>) {
-        self.inner.durable_segments(segments).await;
+    async fn durable_segments(&self, segments: Vec<Segment>, sha256: Option<&Hasher>) {
+        self.inner.durable_segments(segments, sha256).await;
     }
 }
 
@@ -285,8 +409,8 @@ impl<O: Observer> Observer for Restarted<'_, O> {
     async fn durable(&self, bytes: u64, sha256: Option<&Hasher>) {
         self.inner.durable(bytes, sha256).await;
     }
-    async fn durable_segments(&self, segments: Vec<Segment>) {
-        self.inner.durable_segments(segments).await;
+    async fn durable_segments(&self, segments: Vec<Segment>, sha256: Option<&Hasher>) {
+        self.inner.durable_segments(segments, sha256).await;
     }
 }
 
@@ -312,6 +436,96 @@ mod tests {
         assert!(span.split().is_none(), "nothing left to split");
         let small = Span::new(0, 2 * M - 1, 0);
         assert!(small.split().is_none(), "halves below the minimum");
+    }
+
+    #[test]
+    fn an_in_order_split_takes_what_follows_the_request_in_flight() {
+        const P: u64 = PIECE_REQUEST;
+        let span = Span::new(0, 20 * M, 0);
+        // A request in flight up to P, a quarter of it written: the new span starts where it
+        // ends.
+        span.asking(P);
+        assert_eq!(span.claim(0, P / 4), P / 4);
+        let next = span.split_front().expect("plenty after the request");
+        assert_eq!((span.end(), next.start, next.end()), (P, P, 20 * M));
+        // No request in flight on the new one: it keeps the next it would send.
+        let after = next.split_front().expect("plenty after its first request");
+        assert_eq!((next.end(), after.start), (2 * P, 2 * P));
+        // Less than a segment behind the cut: no split.
+        let short = Span::new(0, P + M / 2, 0);
+        assert!(short.split_front().is_none());
+        // An open-ended first request (nothing asked): one request past what is written.
+        let first = Span::new(0, 20 * M, 0);
+        assert_eq!(first.claim(0, 3 * M), 3 * M);
+        let cut = first.split_front().expect("a long way left");
+        assert_eq!(cut.start, 3 * M + P);
+    }
+
+    #[test]
+    fn an_in_order_board_fills_from_the_front_and_its_prefix_follows() {
+        const P: u64 = PIECE_REQUEST;
+        let board = Board {
+            in_order: true,
+            ..Board::default()
+        };
+        let first = Arc::new(Span::new(0, 40 * M, 0));
+        board.add(first.clone());
+        first.asking(P);
+        let starts: Vec<u64> = (0..3)
+            .map(|_| board.split_largest().expect("room").start)
+            .collect();
+        assert_eq!(
+            starts,
+            vec![P, 2 * P, 3 * P],
+            "each added span follows the last"
+        );
+        assert_eq!(board.prefix(), 0);
+        first.durable.store(P, Ordering::SeqCst);
+        assert_eq!(board.prefix(), P);
+        // The second span half done: the prefix runs into it, not past it.
+        let second = lock(&board.spans)[1].clone();
+        second.durable.store(P + P / 2, Ordering::SeqCst);
+        assert_eq!(board.prefix(), P + P / 2);
+        // The third done too: the prefix waits for the second.
+        lock(&board.spans)[2].durable.store(3 * P, Ordering::SeqCst);
+        assert_eq!(board.prefix(), P + P / 2);
+        second.durable.store(2 * P, Ordering::SeqCst);
+        assert_eq!(board.prefix(), 3 * P);
+    }
+
+    #[test]
+    fn compacting_merges_finished_idle_spans_and_keeps_the_rest() {
+        let board = Board::default();
+        for (start, end, durable, busy) in [
+            (0, 4 * M, 4 * M, false),
+            (4 * M, 8 * M, 8 * M, false),
+            (8 * M, 12 * M, 12 * M, true),
+            (12 * M, 16 * M, 16 * M, false),
+            (16 * M, 20 * M, 17 * M, false),
+        ] {
+            let span = Arc::new(Span::new(start, end, durable));
+            span.busy.store(busy, Ordering::SeqCst);
+            board.add(span);
+        }
+        let before = board.list();
+        let received = board.received.load(Ordering::SeqCst);
+        board.compact();
+        let kept: Vec<(u64, u64)> = lock(&board.spans)
+            .iter()
+            .map(|s| (s.start, s.end()))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                (0, 8 * M),
+                (8 * M, 12 * M),
+                (12 * M, 16 * M),
+                (16 * M, 20 * M)
+            ],
+            "only the two idle finished spans in a row merge; a busy one stays"
+        );
+        assert_eq!(board.list(), before, "the checkpoint is unchanged");
+        assert_eq!(board.received.load(Ordering::SeqCst), received);
     }
 
     #[test]
