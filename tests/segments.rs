@@ -318,3 +318,37 @@ async fn a_failed_segment_is_retried_alone_from_its_checkpoint() {
         "{starts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_is_checkpointed_at_its_end_and_every_few_seconds_not_every_request() {
+    let flags = [
+        "--max-connections-per-download",
+        "2",
+        "--max-connections-per-host",
+        "2",
+    ];
+    let h = Harness::start(&flags).await;
+    // 96 MiB at about 26 MB/s per connection: each connection asks for its span 4 MiB at a
+    // time, so the download takes a few seconds and a few dozen ranged requests.
+    let body = test_bytes(96 << 20, 9);
+    h.origin.put(
+        "/long",
+        Resource::new(body.clone()).throttle(4 * CHUNK, PACE),
+    );
+    let op = h.create(&h.origin.url("/long"), "long.bin").await;
+    assert_eq!(status_of(&h.wait_finished(&op.guid).await), S::Completed);
+    h.assert_file("long.bin", &body);
+    let ranged = range_starts(&h.origin.requests_for("/long"))
+        .iter()
+        .filter(|s| s.is_some())
+        .count();
+    let log = h.server.log();
+    let checkpoints = log.matches("segments checkpointed").count();
+    assert!(ranged >= 8, "{ranged} ranged requests");
+    // A request that ends inside its span is only written; the span checkpoints at its end and
+    // every few seconds. (Each request used to end with an fsync and a checkpoint.)
+    assert!(
+        checkpoints * 2 <= ranged,
+        "{checkpoints} segment checkpoints for {ranged} ranged requests; log:\n{log}"
+    );
+}

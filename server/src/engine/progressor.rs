@@ -107,6 +107,11 @@ impl Observer for Progressor<'_> {
         {
             let mut st = self.op.lock();
             st.checkpoint = segments.iter().map(|s| s.durable).sum();
+            tracing::debug!(
+                bytes = st.checkpoint,
+                segments = segments.len(),
+                "segments checkpointed"
+            );
             st.segments = segments;
             // The state of the durable prefix: a resume goes on hashing from there.
             st.sha256 = sha256.cloned();

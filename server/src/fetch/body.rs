@@ -51,7 +51,8 @@ pub(super) enum Streamed {
     /// its part (up to its end, which may lie short of the entity's).
     Complete(u64),
     /// A 206 ended where its range said, short of the known entity length: the file holds
-    /// this many bytes, durably, and the rest is still to be asked for.
+    /// this many bytes (durably, unless [`Expect::sync_at_end`] said not to sync), and the
+    /// rest is still to be asked for.
     RangeEnded(u64),
     /// `stop` fired; what arrived is durable.
     Stopped,
@@ -76,6 +77,11 @@ pub(super) struct Expect<'a> {
     /// The segment this body fills, when the download is fetched over several connections:
     /// every write claims its bytes there first, and the body ends at the segment's end.
     pub span: Option<&'a Span>,
+    /// Whether a range that ends where it said, short of the entity, is made durable and
+    /// reported so. A segment's connection asks for its span 4 MiB at a time, and checkpoints
+    /// only every [`CHECKPOINT_INTERVAL`] and at its span's end: with this false, such a range
+    /// is only written, and its bytes become durable with the next fsync of the file.
+    pub sync_at_end: bool,
 }
 
 /// The rules that judge the origin: the low-speed rule (bytes received in each window,
@@ -169,13 +175,28 @@ impl Speed {
 /// Opens the partial file for writing, keeping everything in it: a segment writes its own
 /// part (at its offset) while others write theirs.
 pub(super) async fn open_segment(path: &Path) -> Result<Partial, Failure> {
+    open_segment_file(path).await.map(Partial::Open)
+}
+
+/// Makes everything written to the partial file at `path` durable (`fdatasync`): the ranges a
+/// segment's connection wrote without syncing.
+pub(super) async fn sync_segment(path: &Path) -> Result<(), Failure> {
+    let file = open_segment_file(path).await?;
+    tokio::task::spawn_blocking(move || file.sync_data())
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|synced| synced)
+        .map_err(|e| Failure::disk("syncing the partial file failed", &e))
+}
+
+/// The partial file at `path`, opened to write a segment into.
+async fn open_segment_file(path: &Path) -> Result<std::fs::File, Failure> {
     let path = path.to_path_buf();
     let open = move || crate::paths::open_partial(&path);
     tokio::task::spawn_blocking(open)
         .await
         .map_err(std::io::Error::other)
         .and_then(|opened| opened)
-        .map(Partial::Open)
         .map_err(|e| Failure::disk(OPEN_FAILED, &e))
 }
 
@@ -334,6 +355,17 @@ async fn stream_into<O: Observer>(
             return Err(failure);
         }
     }
+    if matches!(end, End::Done) && !expect.sync_at_end {
+        if let Ok(Streamed::RangeEnded(at)) = finished(&expect, received) {
+            // Written, not synced: the connection asks for its next range at once.
+            if let Err(e) = out.flush().await {
+                let what = out.failed_at("writing the partial file failed");
+                return Err(Failure::disk(what, &e));
+            }
+            observer.progress(received);
+            return Ok(Streamed::RangeEnded(at));
+        }
+    }
     // Whatever else ended the attempt, keep what arrived: flush, fsync, checkpoint.
     if let Err(e) = out.sync().await {
         let what = out.failed_at("syncing the partial file failed");
@@ -455,6 +487,7 @@ mod tests {
             window: Duration::from_secs(1),
             min_speed: 100,
             span: None,
+            sync_at_end: true,
         }
     }
 

@@ -500,6 +500,7 @@ impl Fetcher {
             window: self.timeouts.stall,
             min_speed: self.timeouts.min_speed,
             span: job.span,
+            sync_at_end: true,
         };
         let hasher = &mut at.hasher;
         body::stream_body(response, file, hasher, expect, job.lane, observer, stop).await

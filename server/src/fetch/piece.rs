@@ -18,6 +18,11 @@ impl Fetcher {
     /// Fetches what is left of `span`, resuming from its durable bytes, until it is complete,
     /// fails, or `stop` fires; a range the origin ends early is asked for again. Between
     /// requests it gives up its connection when `make_way` says so.
+    ///
+    /// A request that ends short of the span's end is only written, unless the span is due a
+    /// checkpoint ([`Span::checkpoint_due`]): the next one follows at once, without an fsync
+    /// every 4 MiB. What is written becomes durable with the span's next checkpoint, at its
+    /// end, or when the connection stops or fails (an fsync covers the whole file).
     pub(super) async fn piece<O: Observer>(
         &self,
         job: &Job<'_>,
@@ -27,19 +32,50 @@ impl Fetcher {
         make_way: &(dyn Fn() -> bool + Sync),
         stop: &CancellationToken,
     ) -> Result<Piece, Failure> {
+        // Where the next request starts: the durable bytes, then what this connection wrote.
+        let mut from = span.durable();
+        let ended = self
+            .ranges(job, span, entity, observer, make_way, stop, &mut from)
+            .await;
+        if matches!(ended, Ok(Piece::Restart(_))) {
+            // The download starts over from byte 0: nothing here is kept.
+            return ended;
+        }
+        // However it ended, what it wrote is kept: durable, and checkpointed.
+        let settled = self.settle(job, span, from.min(span.end()), observer).await;
+        match (ended, settled) {
+            (Ok(piece), Ok(())) => Ok(piece),
+            (Ok(_), Err(failure)) | (Err(failure), _) => Err(failure),
+        }
+    }
+
+    /// [`piece`](Self::piece)'s requests, one after another; `from_at` follows what was written.
+    #[allow(clippy::too_many_arguments)]
+    async fn ranges<O: Observer>(
+        &self,
+        job: &Job<'_>,
+        span: &Span,
+        entity: &Entity,
+        observer: &O,
+        make_way: &(dyn Fn() -> bool + Sync),
+        stop: &CancellationToken,
+        from_at: &mut u64,
+    ) -> Result<Piece, Failure> {
         let mut reported = false;
         loop {
-            let (from, end) = (span.durable(), span.end());
-            if from >= end {
+            let end = span.end();
+            if *from_at >= end {
                 return Ok(Piece::Done(end));
             }
             if reported && make_way() {
                 return Ok(Piece::Yielded);
             }
+            let from = *from_at;
             // Never more than a split leaves in front of the claimed bytes, so a split never
             // cuts this request short: it ends where it said and its connection is reused.
             let upto = end.min(from + PIECE_REQUEST);
             span.asking(upto);
+            let sync_at_end = upto == end || span.checkpoint_due();
             let validators = &entity.validators;
             let Some(response) = self
                 .request(job, validators, from, Some(upto), stop)
@@ -83,6 +119,7 @@ impl Fetcher {
                 window: self.timeouts.stall,
                 min_speed: self.timeouts.min_speed,
                 span: Some(span),
+                sync_at_end,
             };
             match body::stream_body(response, file, &mut None, expect, job.lane, observer, stop)
                 .await?
@@ -90,10 +127,29 @@ impl Fetcher {
                 body::Streamed::Complete(_) => return Ok(Piece::Done(end)),
                 // The range ended where it was asked to (or the server said), short of the
                 // span: ask for the next.
-                body::Streamed::RangeEnded(_) => {}
+                body::Streamed::RangeEnded(written) => *from_at = written,
                 body::Streamed::Stopped => return Ok(Piece::Stopped),
             }
         }
+    }
+}
+
+impl Fetcher {
+    /// Makes what this connection wrote of `span` up to `written` durable and reports it, if
+    /// its last request left it unsynced.
+    async fn settle<O: Observer>(
+        &self,
+        job: &Job<'_>,
+        span: &Span,
+        written: u64,
+        observer: &O,
+    ) -> Result<(), Failure> {
+        if span.durable() >= written {
+            return Ok(());
+        }
+        body::sync_segment(job.partial).await?;
+        observer.durable(written, None).await;
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::body::CHECKPOINT_INTERVAL;
 use super::segments::{MIN_SEGMENT, PIECE_REQUEST};
 use super::{Observer, ResponseStart};
 use crate::operation::{ResponseInfo, Segment, Validators};
@@ -30,6 +31,8 @@ pub struct Span {
     pub(super) durable: AtomicU64,
     /// A connection (or its retry) is working on it.
     pub(super) busy: AtomicBool,
+    /// When its bytes were last reported durable (or it was made).
+    checkpointed: Mutex<tokio::time::Instant>,
 }
 
 /// Where a span's writer has claimed up to, and where it must stop: changed together, so a
@@ -54,7 +57,14 @@ impl Span {
             received: AtomicU64::new(durable),
             durable: AtomicU64::new(durable),
             busy: AtomicBool::new(false),
+            checkpointed: Mutex::new(tokio::time::Instant::now()),
         }
+    }
+
+    /// Whether its connection should make its bytes durable and checkpoint them at the end of
+    /// the next request: [`CHECKPOINT_INTERVAL`] has passed since the last time.
+    pub(super) fn checkpoint_due(&self) -> bool {
+        lock(&self.checkpointed).elapsed() >= CHECKPOINT_INTERVAL
     }
 
     /// Claims up to `len` bytes written at `at`; returns how many fit before the end.
@@ -359,6 +369,7 @@ impl<O: Observer> Observer for SpanObserver<'_, O> {
 
     async fn durable(&self, bytes: u64, sha256: Option<&Hasher>) {
         self.span.durable.store(bytes, Ordering::SeqCst);
+        *lock(&self.span.checkpointed) = tokio::time::Instant::now();
         if let (Some(hash), Some(hasher)) = (&self.board.hash, sha256) {
             // The first connection's running hash: the prefix up to its durable bytes.
             hash.offer(hasher);

@@ -180,6 +180,17 @@ impl PartialWriter {
     /// Writes everything taken in and makes it durable (`fdatasync`): one trip to a blocking
     /// thread for both, after any full buffer still being written.
     pub(super) async fn sync(&mut self) -> io::Result<()> {
+        self.write_out(true).await
+    }
+
+    /// Writes everything taken in, without making it durable: one trip to a blocking thread,
+    /// after any full buffer still being written.
+    pub(super) async fn flush(&mut self) -> io::Result<()> {
+        self.write_out(false).await
+    }
+
+    /// Writes everything taken in, and with `sync` makes it durable.
+    async fn write_out(&mut self, sync: bool) -> io::Result<()> {
         if self.failed {
             return Err(io::Error::other(
                 "an earlier write to the partial file failed",
@@ -190,8 +201,13 @@ impl PartialWriter {
         let (file, at, mut hasher) = (self.file.clone(), self.at, self.hasher.take());
         let len = rest.len() as u64;
         let synced = tokio::task::spawn_blocking(move || {
-            let result = write_and_hash(&file, &rest, at, &mut hasher)
-                .and_then(|()| file.get().and_then(File::sync_data));
+            let result = write_and_hash(&file, &rest, at, &mut hasher).and_then(|()| {
+                if sync {
+                    file.get().and_then(File::sync_data)
+                } else {
+                    Ok(())
+                }
+            });
             Trip {
                 result,
                 buf: rest,
