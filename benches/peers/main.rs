@@ -26,8 +26,9 @@
 //! transferd in each pairing, as the row `transferd (baseline)`: a before/after in one run
 //! (with the server CPU each used, `transferd CPU` against `transferd (baseline) CPU`), and in
 //! the control workload, right after transferd for each RPC, as the rows `<RPC> (baseline)`, and
-//! in the bulk workload, after transferd given the file's SHA-256, as the row
-//! `transferd + sha256 (baseline)`. The servers log warnings only, unless `PEERS_TRANSFERD_LOG` names another filter.
+//! in the bulk and capped workloads, after transferd in each pairing, as the row
+//! `transferd (baseline)` (and after transferd given the file's SHA-256, as the row
+//! `transferd + sha256 (baseline)`). The servers log warnings only, unless `PEERS_TRANSFERD_LOG` names another filter.
 //!
 //! It prints a markdown table of medians and transferd/peer ratios and writes every sample as
 //! JSON to `--out` (default: a new `target/peers/run-<unix time>`).

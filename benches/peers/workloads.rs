@@ -43,8 +43,7 @@ pub struct Context {
     pub sizes: Sizes,
     /// The nginx origin.
     pub origin: Origin,
-    /// Another transferd build to run in the small-files, control and hashed bulk workloads
-    /// (`--baseline`).
+    /// Another transferd build to run in every workload (`--baseline`).
     pub baseline: Option<PathBuf>,
     next_dir: Cell<usize>,
     /// Run directories of many small files, removed when their workload ends (see
@@ -225,6 +224,12 @@ async fn single_file(
                 "transferd".into(),
                 transferd_single(ctx, workload, url, bytes, None, ours.flags).await?,
             ));
+            if let Some(bin) = &ctx.baseline {
+                let seconds =
+                    transferd_single_from(Some(bin), ctx, workload, url, bytes, None, ours.flags)
+                        .await?;
+                samples.push((BASELINE.into(), seconds));
+            }
         }
         if let Some(sha) = ours.sha256 {
             let seconds =
@@ -249,8 +254,11 @@ async fn single_file(
         }
     }
     report.compare(workload, HASHED, "transferd");
-    if ctx.baseline.is_some() && ours.sha256.is_some() {
-        report.compare(workload, HASHED, HASHED_BASELINE);
+    if ctx.baseline.is_some() {
+        report.compare(workload, "transferd", BASELINE);
+        if ours.sha256.is_some() {
+            report.compare(workload, HASHED, HASHED_BASELINE);
+        }
     }
     for &peer in peers {
         let label = peer.label();

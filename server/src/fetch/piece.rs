@@ -20,9 +20,12 @@ impl Fetcher {
     /// requests it gives up its connection when `make_way` says so.
     ///
     /// A request that ends short of the span's end is only written, unless the span is due a
-    /// checkpoint ([`Span::checkpoint_due`]): the next one follows at once, without an fsync
-    /// every 4 MiB. What is written becomes durable with the span's next checkpoint, at its
-    /// end, or when the connection stops or fails (an fsync covers the whole file).
+    /// checkpoint ([`Span::checkpoint_due`]): the next one follows at once, without waiting
+    /// for an fsync and a store commit every 4 MiB. Its fsync runs in the background while
+    /// the next request arrives, so the disk writes while the network delivers and the last
+    /// fsync finds little left; the next request's end waits for it, and its failure fails
+    /// the connection like any write's. What is written is checkpointed at the span's next
+    /// checkpoint, at its end, or when the connection stops or fails.
     pub(super) async fn piece<O: Observer>(
         &self,
         job: &Job<'_>,
@@ -33,23 +36,32 @@ impl Fetcher {
         stop: &CancellationToken,
     ) -> Result<Piece, Failure> {
         // Where the next request starts: the durable bytes, then what this connection wrote.
-        let mut from = span.durable();
+        let mut written = Written {
+            at: span.durable(),
+            syncing: None,
+        };
         let ended = self
-            .ranges(job, span, entity, observer, make_way, stop, &mut from)
+            .ranges(job, span, entity, observer, make_way, stop, &mut written)
             .await;
         if matches!(ended, Ok(Piece::Restart(_))) {
             // The download starts over from byte 0: nothing here is kept.
             return ended;
         }
         // However it ended, what it wrote is kept: durable, and checkpointed.
-        let settled = self.settle(job, span, from.min(span.end()), observer).await;
+        let settled = match written.synced().await {
+            Ok(()) => {
+                let upto = written.at.min(span.end());
+                self.settle(job, span, upto, observer).await
+            }
+            Err(failure) => Err(failure),
+        };
         match (ended, settled) {
             (Ok(piece), Ok(())) => Ok(piece),
             (Ok(_), Err(failure)) | (Err(failure), _) => Err(failure),
         }
     }
 
-    /// [`piece`](Self::piece)'s requests, one after another; `from_at` follows what was written.
+    /// [`piece`](Self::piece)'s requests, one after another; `written` follows what they wrote.
     #[allow(clippy::too_many_arguments)]
     async fn ranges<O: Observer>(
         &self,
@@ -59,18 +71,18 @@ impl Fetcher {
         observer: &O,
         make_way: &(dyn Fn() -> bool + Sync),
         stop: &CancellationToken,
-        from_at: &mut u64,
+        written: &mut Written,
     ) -> Result<Piece, Failure> {
         let mut reported = false;
         loop {
             let end = span.end();
-            if *from_at >= end {
+            if written.at >= end {
                 return Ok(Piece::Done(end));
             }
             if reported && make_way() {
                 return Ok(Piece::Yielded);
             }
-            let from = *from_at;
+            let from = written.at;
             // Never more than a split leaves in front of the claimed bytes, so a split never
             // cuts this request short: it ends where it said and its connection is reused.
             let upto = end.min(from + PIECE_REQUEST);
@@ -127,10 +139,48 @@ impl Fetcher {
                 body::Streamed::Complete(_) => return Ok(Piece::Done(end)),
                 // The range ended where it was asked to (or the server said), short of the
                 // span: ask for the next.
-                body::Streamed::RangeEnded(written) => *from_at = written,
+                body::Streamed::RangeEnded(at) => {
+                    written.at = at;
+                    if !sync_at_end {
+                        written.sync_in_background(job.partial).await?;
+                    }
+                }
                 body::Streamed::Stopped => return Ok(Piece::Stopped),
             }
         }
+    }
+}
+
+/// Where a connection's next request starts, and the fsync of what it wrote last, running in
+/// the background.
+struct Written {
+    at: u64,
+    syncing: Option<tokio::task::JoinHandle<Result<(), Failure>>>,
+}
+
+impl Written {
+    /// Waits for the background fsync, if one runs; its failure is the connection's.
+    async fn synced(&mut self) -> Result<(), Failure> {
+        match self.syncing.take() {
+            Some(syncing) => syncing.await.unwrap_or_else(|e| {
+                Err(Failure::disk(
+                    "syncing the partial file failed",
+                    &std::io::Error::other(e),
+                ))
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the fsync of the partial file at `partial` in the background, after the one
+    /// before it: at most one runs per connection.
+    async fn sync_in_background(&mut self, partial: &std::path::Path) -> Result<(), Failure> {
+        self.synced().await?;
+        let partial = partial.to_path_buf();
+        self.syncing = Some(tokio::spawn(
+            async move { body::sync_segment(&partial).await },
+        ));
+        Ok(())
     }
 }
 
