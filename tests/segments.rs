@@ -352,3 +352,77 @@ async fn a_segment_is_checkpointed_at_its_end_and_every_few_seconds_not_every_re
         "{checkpoints} segment checkpoints for {ranged} ranged requests; log:\n{log}"
     );
 }
+
+/// Every ranged request's range, `(first, last)` byte, in the order the origin got them.
+fn ranges_asked(requests: &[RecordedRequest]) -> Vec<(u64, u64)> {
+    requests
+        .iter()
+        .filter_map(|r| {
+            let (first, last) = r.header("range")?.strip_prefix("bytes=")?.split_once('-')?;
+            Some((first.parse().ok()?, last.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_between_checkpoints_keeps_every_request_a_connection_finished() {
+    let flags = [
+        "--max-connections-per-download",
+        "2",
+        "--max-connections-per-host",
+        "2",
+    ];
+    let mut h = Harness::start(&flags).await;
+    let body = test_bytes(96 << 20, 10);
+    h.origin.put(
+        "/stop",
+        Resource::new(body.clone()).throttle(4 * CHUNK, PACE),
+    );
+    let op = h.create(&h.origin.url("/stop"), "stop.bin").await;
+    // Stop once a connection has finished a ranged request and gone on to the next: that
+    // request ended inside its span, written but neither fsynced nor checkpointed.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let finished = loop {
+        let asked = ranges_asked(&h.origin.requests_for("/stop"));
+        let finished: Vec<(u64, u64)> = asked
+            .iter()
+            .copied()
+            .filter(|(_, last)| asked.iter().any(|(next, _)| *next == last + 1))
+            .collect();
+        if !finished.is_empty() {
+            break finished;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no connection went on to a next request: {asked:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // A graceful stop: every connection stops, and what it wrote is made durable and stored.
+    assert_eq!(h.server.terminate().await, Some(0));
+    let segments = stored_segments(&h.server.data_dir, &op.guid);
+    let partial = h
+        .download_dir()
+        .join(".transferd-partial")
+        .join(format!("{}.part", op.guid));
+    let on_disk = std::fs::read(&partial).expect("the partial file is kept");
+    for [start, end, durable] in &segments {
+        let (from, to) = (*start as usize, (*start + *durable) as usize);
+        assert!(*end <= body.len() as u64);
+        assert!(
+            on_disk[from..to] == body[from..to],
+            "segment {start}..{end}: its {durable} durable bytes are the origin's"
+        );
+    }
+    for (first, last) in finished {
+        assert!(
+            segments
+                .iter()
+                .any(|[start, _, durable]| *start <= first && last < start + durable),
+            "the finished request {first}-{last} is kept as durable: {segments:?}"
+        );
+    }
+    h.restart(&flags).await;
+    assert_eq!(status_of(&h.wait_finished(&op.guid).await), S::Completed);
+    h.assert_file("stop.bin", &body);
+}

@@ -222,30 +222,23 @@ async fn single_file(
             samples.push((format!("{label} + {}", peer.durable()), durable));
             samples.push((
                 "transferd".into(),
-                transferd_single(ctx, workload, url, bytes, None, ours.flags).await?,
+                transferd_single(None, ctx, workload, url, bytes, None, ours.flags).await?,
             ));
             if let Some(bin) = &ctx.baseline {
                 let seconds =
-                    transferd_single_from(Some(bin), ctx, workload, url, bytes, None, ours.flags)
+                    transferd_single(Some(bin), ctx, workload, url, bytes, None, ours.flags)
                         .await?;
                 samples.push((BASELINE.into(), seconds));
             }
         }
         if let Some(sha) = ours.sha256 {
             let seconds =
-                transferd_single(ctx, workload, url, bytes, Some(sha), ours.flags).await?;
+                transferd_single(None, ctx, workload, url, bytes, Some(sha), ours.flags).await?;
             samples.push((HASHED.into(), seconds));
             if let Some(bin) = &ctx.baseline {
-                let seconds = transferd_single_from(
-                    Some(bin),
-                    ctx,
-                    workload,
-                    url,
-                    bytes,
-                    Some(sha),
-                    ours.flags,
-                )
-                .await?;
+                let seconds =
+                    transferd_single(Some(bin), ctx, workload, url, bytes, Some(sha), ours.flags)
+                        .await?;
                 samples.push((HASHED_BASELINE.into(), seconds));
             }
         }
@@ -297,22 +290,10 @@ const HASHED: &str = "transferd + sha256";
 /// The row of the `--baseline` build given the file's `expected_sha256`.
 const HASHED_BASELINE: &str = "transferd + sha256 (baseline)";
 
-/// transferd with `flags` on a fresh data directory: seconds from CreateDownload to
-/// COMPLETED (which transferd publishes only once the file and its directory entry are
-/// durable, and, with `sha256`, verified).
+/// transferd (the build at `bin`, if given) with `flags` on a fresh data directory: seconds
+/// from CreateDownload to COMPLETED (which transferd publishes only once the file and its
+/// directory entry are durable, and, with `sha256`, verified).
 async fn transferd_single(
-    ctx: &Context,
-    workload: &str,
-    url: &str,
-    bytes: u64,
-    sha256: Option<&str>,
-    flags: &[&str],
-) -> anyhow::Result<f64> {
-    transferd_single_from(None, ctx, workload, url, bytes, sha256, flags).await
-}
-
-/// [`transferd_single`] with the binary at `bin`, if given.
-async fn transferd_single_from(
     bin: Option<&Path>,
     ctx: &Context,
     workload: &str,

@@ -40,9 +40,85 @@ impl Fetcher {
             at: span.durable(),
             syncing: None,
         };
-        let ended = self
-            .ranges(job, span, entity, observer, make_way, stop, &mut written)
-            .await;
+        // The requests, one after another; `written` follows what they wrote.
+        let ended: Result<Piece, Failure> = async {
+            let mut reported = false;
+            loop {
+                let end = span.end();
+                if written.at >= end {
+                    return Ok(Piece::Done(end));
+                }
+                if reported && make_way() {
+                    return Ok(Piece::Yielded);
+                }
+                let from = written.at;
+                // Never more than a split leaves in front of the claimed bytes, so a split never
+                // cuts this request short: it ends where it said and its connection is reused.
+                let upto = end.min(from + PIECE_REQUEST);
+                span.asking(upto);
+                let sync_at_end = upto == end || span.checkpoint_due();
+                let validators = &entity.validators;
+                let Some(response) = self
+                    .request(job, validators, from, Some(upto), stop)
+                    .await?
+                else {
+                    return Ok(Piece::Stopped);
+                };
+                let status = response.status();
+                if status == StatusCode::OK {
+                    return Ok(Piece::Restart(
+                        "a ranged request was answered with the whole entity (HTTP 200): it changed, \
+                         or the server no longer serves ranges of it"
+                            .into(),
+                    ));
+                }
+                let part = match response::check_resume(&response, from, entity.total) {
+                    Resume::Continue(part) => part,
+                    Resume::RequestAgain(reason) => return Ok(Piece::Restart(reason.into())),
+                    Resume::Whole => return Err(not_a_range(&response, observer)),
+                };
+                let (info, got) = response::describe(&response, true);
+                if let Some(reason) = changed(validators, &got) {
+                    return Ok(Piece::Restart(reason.into()));
+                }
+                let file = body::open_segment(job.partial).await?;
+                // One response per connection is news to the engine; its next ranges are not.
+                if !std::mem::replace(&mut reported, true) {
+                    observer.response(ResponseStart {
+                        info,
+                        validators: got,
+                        total: entity.total,
+                        offset: from,
+                        restarted: false,
+                    });
+                }
+                let expect = body::Expect {
+                    offset: from,
+                    end: Some(part.end),
+                    total: entity.total,
+                    max_bytes: job.max_bytes,
+                    window: self.timeouts.stall,
+                    min_speed: self.timeouts.min_speed,
+                    span: Some(span),
+                    sync_at_end,
+                };
+                match body::stream_body(response, file, &mut None, expect, job.lane, observer, stop)
+                    .await?
+                {
+                    body::Streamed::Complete(_) => return Ok(Piece::Done(end)),
+                    // The range ended where it was asked to (or the server said), short of the
+                    // span: ask for the next.
+                    body::Streamed::RangeEnded(at) => {
+                        written.at = at;
+                        if !sync_at_end {
+                            written.sync_in_background(job.partial).await?;
+                        }
+                    }
+                    body::Streamed::Stopped => return Ok(Piece::Stopped),
+                }
+            }
+        }
+        .await;
         if matches!(ended, Ok(Piece::Restart(_))) {
             // The download starts over from byte 0: nothing here is kept.
             return ended;
@@ -58,95 +134,6 @@ impl Fetcher {
         match (ended, settled) {
             (Ok(piece), Ok(())) => Ok(piece),
             (Ok(_), Err(failure)) | (Err(failure), _) => Err(failure),
-        }
-    }
-
-    /// [`piece`](Self::piece)'s requests, one after another; `written` follows what they wrote.
-    #[allow(clippy::too_many_arguments)]
-    async fn ranges<O: Observer>(
-        &self,
-        job: &Job<'_>,
-        span: &Span,
-        entity: &Entity,
-        observer: &O,
-        make_way: &(dyn Fn() -> bool + Sync),
-        stop: &CancellationToken,
-        written: &mut Written,
-    ) -> Result<Piece, Failure> {
-        let mut reported = false;
-        loop {
-            let end = span.end();
-            if written.at >= end {
-                return Ok(Piece::Done(end));
-            }
-            if reported && make_way() {
-                return Ok(Piece::Yielded);
-            }
-            let from = written.at;
-            // Never more than a split leaves in front of the claimed bytes, so a split never
-            // cuts this request short: it ends where it said and its connection is reused.
-            let upto = end.min(from + PIECE_REQUEST);
-            span.asking(upto);
-            let sync_at_end = upto == end || span.checkpoint_due();
-            let validators = &entity.validators;
-            let Some(response) = self
-                .request(job, validators, from, Some(upto), stop)
-                .await?
-            else {
-                return Ok(Piece::Stopped);
-            };
-            let status = response.status();
-            if status == StatusCode::OK {
-                return Ok(Piece::Restart(
-                    "a ranged request was answered with the whole entity (HTTP 200): it changed, \
-                     or the server no longer serves ranges of it"
-                        .into(),
-                ));
-            }
-            let part = match response::check_resume(&response, from, entity.total) {
-                Resume::Continue(part) => part,
-                Resume::RequestAgain(reason) => return Ok(Piece::Restart(reason.into())),
-                Resume::Whole => return Err(not_a_range(&response, observer)),
-            };
-            let (info, got) = response::describe(&response, true);
-            if let Some(reason) = changed(validators, &got) {
-                return Ok(Piece::Restart(reason.into()));
-            }
-            let file = body::open_segment(job.partial).await?;
-            // One response per connection is news to the engine; its next ranges are not.
-            if !std::mem::replace(&mut reported, true) {
-                observer.response(ResponseStart {
-                    info,
-                    validators: got,
-                    total: entity.total,
-                    offset: from,
-                    restarted: false,
-                });
-            }
-            let expect = body::Expect {
-                offset: from,
-                end: Some(part.end),
-                total: entity.total,
-                max_bytes: job.max_bytes,
-                window: self.timeouts.stall,
-                min_speed: self.timeouts.min_speed,
-                span: Some(span),
-                sync_at_end,
-            };
-            match body::stream_body(response, file, &mut None, expect, job.lane, observer, stop)
-                .await?
-            {
-                body::Streamed::Complete(_) => return Ok(Piece::Done(end)),
-                // The range ended where it was asked to (or the server said), short of the
-                // span: ask for the next.
-                body::Streamed::RangeEnded(at) => {
-                    written.at = at;
-                    if !sync_at_end {
-                        written.sync_in_background(job.partial).await?;
-                    }
-                }
-                body::Streamed::Stopped => return Ok(Piece::Stopped),
-            }
         }
     }
 }
