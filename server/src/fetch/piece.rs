@@ -123,6 +123,11 @@ impl Fetcher {
             // The download starts over from byte 0: nothing here is kept.
             return ended;
         }
+        if matches!(&ended, Err(failure) if failure.error.reason == ErrorReason::Disk) {
+            // After a failed write or fsync nothing more is claimed durable: another fsync
+            // can succeed where the first reported the loss.
+            return ended;
+        }
         // However it ended, what it wrote is kept: durable, and checkpointed.
         let settled = match written.synced().await {
             Ok(()) => {
