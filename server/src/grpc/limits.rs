@@ -17,6 +17,7 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::codegen::{BoxFuture, Bytes, Service};
 
+use super::coalesce::{ConnectionInfo, OpenStreams, StreamOpen};
 use crate::auth::{Caller, Tenant};
 
 /// gRPC paths whose calls are exempt from the in-flight cap (health checks).
@@ -90,12 +91,15 @@ pub struct Limited<S> {
     limits: Arc<Limits>,
 }
 
-/// A stream's claim on the caps, given back when the stream's body is dropped.
+/// A stream's claim on the caps, given back when the stream's body is dropped; it also counts
+/// the stream among its connection's open streams, which decide whether the connection's writes
+/// are coalesced (see `grpc/coalesce.rs`).
 #[derive(Debug)]
 struct StreamPermit {
     _total: OwnedSemaphorePermit,
     tenant: Tenant,
     limits: Arc<Limits>,
+    _on_connection: Option<StreamOpen>,
 }
 
 impl Drop for StreamPermit {
@@ -126,8 +130,12 @@ impl Limits {
             })
     }
 
-    /// Claims a stream slot for `tenant`, or says which cap is reached.
-    fn stream(self: &Arc<Self>, tenant: Tenant) -> Result<StreamPermit, tonic::Status> {
+    /// Claims a stream slot for `tenant` on `connection`, or says which cap is reached.
+    fn stream(
+        self: &Arc<Self>,
+        tenant: Tenant,
+        connection: Option<&OpenStreams>,
+    ) -> Result<StreamPermit, tonic::Status> {
         let total = self.streams.clone().try_acquire_owned().map_err(|_| {
             tonic::Status::resource_exhausted(format!(
                 "the server has {} open streams, its limit (--max-streams); close streams you \
@@ -149,6 +157,7 @@ impl Limits {
             _total: total,
             tenant,
             limits: self.clone(),
+            _on_connection: connection.map(OpenStreams::open),
         })
     }
 }
@@ -181,7 +190,9 @@ where
                 .get::<Caller>()
                 .map(|caller| caller.tenant.clone())
                 .unwrap_or_default();
-            self.limits.stream(tenant)
+            let connection = request.extensions().get::<ConnectionInfo>();
+            self.limits
+                .stream(tenant, connection.map(|info| &info.streams))
         });
         let (call, stream) = match (call, stream.transpose()) {
             (Ok(call), Ok(stream)) => (call, stream),
@@ -254,7 +265,9 @@ mod tests {
             let gate = self.0.clone();
             Box::pin(async move {
                 gate.acquire().await.expect("gate open").forget();
-                Ok(http::Response::new(Body::empty()))
+                // A body with something in it: an empty one ends (and is dropped) at once.
+                let body = http_body_util::Full::new(Bytes::from_static(b"message"));
+                Ok(http::Response::new(Body::new(body)))
             })
         }
     }
@@ -315,23 +328,23 @@ mod tests {
     fn streams_are_capped_per_tenant_and_in_total() {
         let limits = layer(10, 3, 2);
         let media = Tenant::new("media");
-        let m1 = limits.stream(media.clone()).unwrap();
-        let _m2 = limits.stream(media.clone()).unwrap();
-        let refused = limits.stream(media.clone()).unwrap_err();
+        let m1 = limits.stream(media.clone(), None).unwrap();
+        let _m2 = limits.stream(media.clone(), None).unwrap();
+        let refused = limits.stream(media.clone(), None).unwrap_err();
         assert!(refused.message().contains("tenant has 2"), "{refused:?}");
-        let _ml = limits.stream(Tenant::new("ml")).unwrap();
-        let refused = limits.stream(Tenant::new("ops")).unwrap_err();
+        let _ml = limits.stream(Tenant::new("ml"), None).unwrap();
+        let refused = limits.stream(Tenant::new("ops"), None).unwrap_err();
         assert!(refused.message().contains("3 open streams"), "{refused:?}");
         drop(m1);
-        assert!(limits.stream(media).is_ok());
+        assert!(limits.stream(media, None).is_ok());
     }
 
     #[test]
     fn a_refused_stream_gives_its_total_slot_back() {
         let limits = layer(10, 2, 1);
-        let _m = limits.stream(Tenant::new("media")).unwrap();
-        assert!(limits.stream(Tenant::new("media")).is_err());
-        let ml = limits.stream(Tenant::new("ml")).unwrap();
+        let _m = limits.stream(Tenant::new("media"), None).unwrap();
+        assert!(limits.stream(Tenant::new("media"), None).is_err());
+        let ml = limits.stream(Tenant::new("ml"), None).unwrap();
         assert_eq!(limits.per_tenant.lock().unwrap().len(), 2);
         drop(ml);
         assert_eq!(
@@ -339,5 +352,43 @@ mod tests {
             1,
             "a closed tenant is forgotten"
         );
+    }
+
+    /// A stream counts on its connection from its start until its body is dropped (which
+    /// decides whether the connection coalesces its writes); a unary call and a refused stream
+    /// never count.
+    #[tokio::test]
+    async fn a_stream_counts_on_its_connection_while_its_body_lives() {
+        let gate = Arc::new(Semaphore::new(100));
+        let mut service = LimitLayer::new(LimitsConfig {
+            max_inflight_calls: 10,
+            max_streams: 1,
+            max_streams_per_tenant: 10,
+        })
+        .layer(Gate(gate));
+        let streams = OpenStreams::default();
+        let on_connection = |path: &str| {
+            let mut request = request(path);
+            request.extensions_mut().insert(ConnectionInfo {
+                streams: streams.clone(),
+            });
+            request
+        };
+        let service_path = "/backgroundtransfer.v1.BackgroundTransferService";
+        let get = service
+            .call(on_connection(&format!("{service_path}/GetDownload")))
+            .await
+            .unwrap();
+        assert_eq!(code(&get), tonic::Code::Ok);
+        assert_eq!(streams.count(), 0, "a unary call is no stream");
+        let watch = format!("{service_path}/WatchDownload");
+        let stream = service.call(on_connection(&watch)).await.unwrap();
+        assert_eq!(code(&stream), tonic::Code::Ok);
+        assert_eq!(streams.count(), 1);
+        let refused = service.call(on_connection(&watch)).await.unwrap();
+        assert_eq!(code(&refused), tonic::Code::ResourceExhausted);
+        assert_eq!(streams.count(), 1, "a refused stream is not counted");
+        drop(stream);
+        assert_eq!(streams.count(), 0, "counted until its body is dropped");
     }
 }
