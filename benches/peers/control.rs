@@ -67,9 +67,9 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
                 settle(&server.client().await?).await?;
             }
             sync_all().await?;
-            let peer = drive_hello(ctx, &hello.addr).await?;
+            let peer = costed(&hello, drive_hello(ctx, &hello.addr)).await?;
             sync_all().await?;
-            let ours = drive_transferd(ctx, &server.addr, rpc, &guid).await?;
+            let ours = costed(&server, drive_transferd(ctx, &server.addr, rpc, &guid)).await?;
             if keep {
                 record(report, "SayHello", &peer);
                 record(report, rpc, &ours);
@@ -77,7 +77,7 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
             if let Some((_, server, guid)) = &baseline {
                 settle(&client).await?;
                 sync_all().await?;
-                let before = drive_transferd(ctx, &server.addr, rpc, guid).await?;
+                let before = costed(server, drive_transferd(ctx, &server.addr, rpc, guid)).await?;
                 if keep {
                     record(report, &format!("{rpc} {BASELINE}"), &before);
                 }
@@ -91,7 +91,7 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
         }
     }
     for rpc in RPCS {
-        for measure in ["RPS", "p50", "p99"] {
+        for measure in ["RPS", "p50", "p99", SERVER_CPU, DRIVER_CPU] {
             report.compare(
                 W,
                 &format!("{rpc} {measure}"),
@@ -108,10 +108,42 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
 /// Marks the rows of the `--baseline` build.
 const BASELINE: &str = "(baseline)";
 
-fn record(report: &mut Report, rpc: &str, load: &Load) {
+/// The rows of the server's and the load driver's CPU per call.
+const SERVER_CPU: &str = "server CPU/call";
+const DRIVER_CPU: &str = "driver CPU/call";
+
+/// A measurement and what it cost: CPU microseconds per call in the server and in this process
+/// (the load driver, which shares the cores). Unlike the rate, which also moves with latency
+/// and with what else the machine runs, these say where a difference in rate comes from.
+struct Costed {
+    load: Load,
+    server_us: f64,
+    driver_us: f64,
+}
+
+/// Runs `measurement` against `server` and adds what it cost.
+async fn costed(
+    server: &Server,
+    measurement: impl Future<Output = anyhow::Result<Load>>,
+) -> anyhow::Result<Costed> {
+    let driver = || crate::proc::cpu_seconds(std::process::id());
+    let (server_before, driver_before) = (server.cpu_seconds()?, driver()?);
+    let load = measurement.await?;
+    let calls = load.calls.max(1) as f64;
+    Ok(Costed {
+        server_us: (server.cpu_seconds()? - server_before) * 1e6 / calls,
+        driver_us: (driver()? - driver_before) * 1e6 / calls,
+        load,
+    })
+}
+
+fn record(report: &mut Report, rpc: &str, costed: &Costed) {
+    let load = &costed.load;
     report.record(W, &format!("{rpc} RPS"), "RPS", load.rps);
     report.record(W, &format!("{rpc} p50"), "ms", load.p50_ms);
     report.record(W, &format!("{rpc} p99"), "ms", load.p99_ms);
+    report.record(W, &format!("{rpc} {SERVER_CPU}"), "µs", costed.server_us);
+    report.record(W, &format!("{rpc} {DRIVER_CPU}"), "µs", costed.driver_us);
 }
 
 /// SayHello on a new connection.

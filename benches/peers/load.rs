@@ -12,6 +12,8 @@ use tonic::transport::{Channel, Endpoint};
 /// What one measurement saw.
 #[derive(Debug)]
 pub struct Load {
+    /// Completed calls.
+    pub calls: usize,
     /// Completed calls per second.
     pub rps: f64,
     /// Median latency, milliseconds.
@@ -63,6 +65,7 @@ where
         latencies.get(index).map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
     Ok(Load {
+        calls: latencies.len(),
         rps: latencies.len() as f64 / elapsed,
         p50_ms: percentile(0.50),
         p99_ms: percentile(0.99),
