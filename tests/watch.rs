@@ -418,3 +418,63 @@ async fn a_failure_reaches_watchers_only_once_it_is_stored() {
     assert_eq!(seen.status(), S::Error);
     assert_eq!(h.stored_status(&op.guid), S::Error as i32);
 }
+
+/// A connection coalesces its writes only while it carries 16 or more open streams (see
+/// `grpc/coalesce.rs`): unary answers and a few watchers are written at once, thousands of
+/// watchers share writes. The server logs each switch at debug level; this checks the wiring
+/// end to end (the connection's stream count reaches the socket wrapper through tonic's
+/// connect info and the limits layer) and that watchers on a coalescing connection still see
+/// every change.
+#[tokio::test]
+async fn only_a_connection_with_many_streams_coalesces_its_writes() {
+    const COALESCING: &str = "coalescing the writes of a connection with many streams";
+    const AT_ONCE: &str = "writing at once on a connection with few streams";
+    let h = Harness::start(&[]).await;
+    h.origin.put(
+        "/c",
+        Resource::new(test_bytes(64 * 1024, 5)).hold_after(1000),
+    );
+    let op = h.create(&h.origin.url("/c"), "c.bin").await;
+    h.wait_status(&op.guid, S::Running).await;
+    // A connection of its own: 15 watchers and unary calls, answered without coalescing.
+    let client = h.server.client().await;
+    let mut streams = Vec::new();
+    for _ in 0..15 {
+        let mut stream = client.watch(&op.guid).await.unwrap();
+        assert_eq!(next_message(&mut stream).await.status(), S::Running);
+        streams.push(stream);
+    }
+    for _ in 0..20 {
+        assert_eq!(status_of(&client.get(&op.guid).await.unwrap()), S::Running);
+    }
+    assert!(!h.server.log().contains(COALESCING), "{}", h.server.log());
+    // The 16th stream: from its first message on, the connection coalesces.
+    let mut stream = client.watch(&op.guid).await.unwrap();
+    assert_eq!(next_message(&mut stream).await.status(), S::Running);
+    streams.push(stream);
+    h.wait_log(COALESCING).await;
+    client.pause(&op.guid).await.unwrap();
+    for stream in &mut streams {
+        assert_eq!(next_message(stream).await.status(), S::PausedByApplication);
+    }
+    // Back to one stream: once the server has seen the others close, writes go out at once.
+    streams.truncate(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !h.server.log().contains(AT_ONCE) {
+        assert!(tokio::time::Instant::now() < deadline, "{}", h.server.log());
+        let got = client.get(&op.guid).await.unwrap();
+        assert_eq!(status_of(&got), S::PausedByApplication);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = h.server.log();
+    assert_eq!(log.matches(COALESCING).count(), 1, "{log}");
+    assert_eq!(log.matches(AT_ONCE).count(), 1, "{log}");
+    client.resume(&op.guid).await.unwrap();
+    h.origin.release("/c");
+    let messages = read_to_end(streams.pop().unwrap()).await;
+    assert_eq!(
+        status_sequence(&messages).last(),
+        Some(&S::Completed),
+        "{messages:?}"
+    );
+}

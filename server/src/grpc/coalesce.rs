@@ -78,6 +78,8 @@ pub struct Coalescing<IO> {
     /// The connection's open streams: below [`COALESCE_FROM_STREAMS`], writes pass straight
     /// through.
     streams: OpenStreams,
+    /// Whether the last write was coalesced, so a change is logged once.
+    coalescing: bool,
 }
 
 impl<IO> Coalescing<IO> {
@@ -88,12 +90,29 @@ impl<IO> Coalescing<IO> {
             yielded: false,
             enabled,
             streams: OpenStreams::default(),
+            coalescing: false,
         }
     }
 
     /// Yields once per flush cycle: asks to be polled again after the tasks already queued.
     fn yield_once(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.yielded || !self.enabled || self.streams.count() < COALESCE_FROM_STREAMS {
+        if self.yielded || !self.enabled {
+            return Poll::Ready(());
+        }
+        let open = self.streams.count();
+        let coalescing = open >= COALESCE_FROM_STREAMS;
+        if coalescing != self.coalescing {
+            self.coalescing = coalescing;
+            if coalescing {
+                tracing::debug!(
+                    open,
+                    "coalescing the writes of a connection with many streams"
+                );
+            } else {
+                tracing::debug!(open, "writing at once on a connection with few streams");
+            }
+        }
+        if !coalescing {
             return Poll::Ready(());
         }
         self.yielded = true;
