@@ -435,7 +435,9 @@ async fn only_a_connection_with_many_streams_coalesces_its_writes() {
         Resource::new(test_bytes(64 * 1024, 5)).hold_after(1000),
     );
     let op = h.create(&h.origin.url("/c"), "c.bin").await;
-    h.wait_status(&op.guid, S::Running).await;
+    // Held at 1,000 bytes, so no progress message comes between the watchers' first message
+    // and the pause.
+    h.wait_bytes(&op.guid, 1000).await;
     // A connection of its own: 15 watchers and unary calls, answered without coalescing.
     let client = h.server.client().await;
     let mut streams = Vec::new();
