@@ -46,6 +46,7 @@ const HELD_CREATES: &str = "CreateDownload, held";
 /// Runs the control-plane rounds and adds their rows to `report`.
 pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
     let hello = Server::hello().await?;
+    let mut pairing = 0;
     for keep in ctx.rounds() {
         let dir = ctx.fresh("control-transferd")?;
         let server = Server::transferd(&dir, &[]).await?;
@@ -60,26 +61,32 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let client = server.client().await?;
+        let mut clients = vec![server.client().await?];
+        if let Some((_, server, _)) = &baseline {
+            clients.push(server.client().await?);
+        }
         for rpc in RPCS {
-            settle(&client).await?;
-            if let Some((_, server, _)) = &baseline {
-                settle(&server.client().await?).await?;
-            }
+            settle_all(&clients).await?;
             sync_all().await?;
             let peer = costed(&hello, drive_hello(ctx, &hello.addr)).await?;
-            sync_all().await?;
-            let ours = costed(&server, drive_transferd(ctx, &server.addr, rpc, &guid)).await?;
             if keep {
                 record(report, "SayHello", &peer);
-                record(report, rpc, &ours);
             }
-            if let Some((_, server, guid)) = &baseline {
-                settle(&client).await?;
+            // This build and the baseline take turns at running right after hello, as in the
+            // download workloads (see `Context::builds`).
+            for bin in ctx.builds(&mut pairing) {
+                let (server, guid, row) = match (bin, &baseline) {
+                    (Some(_), Some((_, server, guid))) => {
+                        (server, guid, format!("{rpc} {BASELINE}"))
+                    }
+                    _ => (&server, &guid, rpc.to_string()),
+                };
+                // Neither server's downloads (the creates start real ones) run meanwhile.
+                settle_all(&clients).await?;
                 sync_all().await?;
-                let before = costed(server, drive_transferd(ctx, &server.addr, rpc, guid)).await?;
+                let load = costed(server, drive_transferd(ctx, &server.addr, rpc, guid)).await?;
                 if keep {
-                    record(report, &format!("{rpc} {BASELINE}"), &before);
+                    record(report, &row, &load);
                 }
             }
         }
@@ -220,8 +227,17 @@ async fn seed(ctx: &Context, client: &Client) -> anyhow::Result<String> {
     Ok(first.unwrap_or_default())
 }
 
-/// Waits until no download runs or waits in the queue, so that what one measurement started
-/// (the downloads of the running creates) does not share the cores with the next.
+/// Waits until no server of `clients` runs a download or has one queued, so that what one
+/// measurement started (the downloads of the running creates) does not share the cores with
+/// the next.
+async fn settle_all(clients: &[Client]) -> anyhow::Result<()> {
+    for client in clients {
+        settle(client).await?;
+    }
+    Ok(())
+}
+
+/// Waits until `client`'s server runs no download and has none queued.
 async fn settle(client: &Client) -> anyhow::Result<()> {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
