@@ -37,6 +37,10 @@ struct Comparison {
     unit: &'static str,
     transferd_median: f64,
     peer_median: f64,
+    /// The lowest and highest of transferd's samples, and of the peer's: how far one run moves
+    /// from the next on this machine, which decides how much a ratio can be trusted.
+    transferd_range: (f64, f64),
+    peer_range: (f64, f64),
     /// transferd's median over the peer's: above 1 is better for a rate, below 1 for a time.
     ratio: f64,
 }
@@ -86,26 +90,27 @@ impl Report {
             unit: ours.unit,
             transferd_median,
             peer_median,
+            transferd_range: range(&ours.samples),
+            peer_range: range(&theirs.samples),
             ratio: transferd_median / peer_median,
         });
     }
 
-    /// The comparisons as a markdown table.
+    /// The comparisons as a markdown table: each side's median in its unit, with the range of
+    /// its samples after it.
     pub fn table(&self) -> String {
         let mut table = String::from(
-            "| workload | transferd | median | peer | median | transferd/peer |\n|---|---|---|---|---|---|\n",
+            "| workload | transferd | median (range) | peer | median (range) | transferd/peer |\n|---|---|---|---|---|---|\n",
         );
         for c in &self.comparisons {
             let _ = writeln!(
                 table,
-                "| {} | {} | {} {} | {} | {} {} | {:.2} |",
+                "| {} | {} | {} | {} | {} | {:.2} |",
                 c.workload,
                 c.transferd,
-                number(c.transferd_median),
-                c.unit,
+                with_range(c.transferd_median, c.transferd_range, c.unit),
                 c.peer,
-                number(c.peer_median),
-                c.unit,
+                with_range(c.peer_median, c.peer_range, c.unit),
                 c.ratio
             );
         }
@@ -127,6 +132,29 @@ fn median(samples: &[f64]) -> f64 {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     } else {
         sorted[mid]
+    }
+}
+
+/// The lowest and the highest sample.
+fn range(samples: &[f64]) -> (f64, f64) {
+    samples
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+/// `median unit (low to high)`, or just `median unit` for a single sample.
+fn with_range(median: f64, (lo, hi): (f64, f64), unit: &str) -> String {
+    if lo == hi {
+        format!("{} {unit}", number(median))
+    } else {
+        format!(
+            "{} {unit} ({} to {})",
+            number(median),
+            number(lo),
+            number(hi)
+        )
     }
 }
 
