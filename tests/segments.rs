@@ -159,10 +159,13 @@ async fn a_kill_resumes_every_segment_from_its_checkpoint() {
     let flags = ["--max-connections-per-download", "4"];
     let mut h = Harness::start(&flags).await;
     let body = test_bytes(SIZE, 4);
-    // Slow enough that segments checkpoint (every few seconds) well before the end.
+    // Slow enough that every segment checkpoints (every few seconds) several times before its
+    // end: a segment that ends checkpoints too, but the download completes soon after and its
+    // segments are cleared, so at a quicker pace the test could miss every moment at which
+    // two segments held stored checkpoints.
     h.origin.put(
         "/big",
-        Resource::new(body.clone()).throttle(CHUNK, 4 * PACE),
+        Resource::new(body.clone()).throttle(CHUNK, 16 * PACE),
     );
     // Without an expected SHA-256, so the spans are halves that run side by side (a download
     // that hashes fills its file in order: tests/hashing.rs resumes one).
@@ -174,16 +177,27 @@ async fn a_kill_resumes_every_segment_from_its_checkpoint() {
         if segments.len() >= 2 && segments.iter().filter(|s| s[2] > 0).count() >= 2 {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no segment checkpoints stored: {segments:?}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let now = h.get(&op.guid).await;
+            panic!(
+                "no segment checkpoints stored: {segments:?}; the download: {:?} at {} bytes, {} requests: {:?}",
+                status_of(&now),
+                now.progress.map_or(0, |p| p.bytes_received),
+                h.origin.requests_for("/big").len(),
+                range_starts(&h.origin.requests_for("/big")),
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     h.server.kill().await;
     // What the store holds after the kill is what the restart resumes from.
     let segments = stored_segments(&data_dir, &op.guid);
     let before = h.origin.requests_for("/big").len();
+    // The same entity (same validators), served quicker, so the rest does not take long.
+    h.origin.put(
+        "/big",
+        Resource::new(body.clone()).throttle(CHUNK, 4 * PACE),
+    );
     h.restart(&flags).await;
     assert_eq!(status_of(&h.wait_finished(&op.guid).await), S::Completed);
     h.assert_file("big.bin", &body);
