@@ -6,9 +6,11 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::Path;
 
+use common::disk::Mount;
 use common::origin::{Fault, Resource, test_bytes};
-use common::{DEADLINE, Harness, S, Server, pb};
+use common::{DEADLINE, Harness, S, Server, assert_holds, pb};
 
 /// Flags of the server under test: metrics on a free loopback port, and quick retries so the
 /// 503 case does not wait a second.
@@ -378,4 +380,108 @@ async fn a_small_download_is_written_at_its_create_and_once_more_when_it_complet
     let (inserts, saves) = store_writes(&h, addr, "large.bin", &large).await;
     assert_eq!(inserts, 1.0);
     assert!(saves >= 2.0, "{saves}");
+}
+
+/// Bytes written to partial files past the page cache and through it: (direct, buffered).
+fn written(m: &Metrics) -> (f64, f64) {
+    (
+        m.value(r#"transferd_written_bytes_total{mode="direct"}"#),
+        m.value(r#"transferd_written_bytes_total{mode="buffered"}"#),
+    )
+}
+
+/// A download of `body`, served at `path`, into `file` under `download_dir`, completed and
+/// checked byte for byte.
+async fn download(h: &Harness, download_dir: &Path, path: &str, body: &bytes::Bytes, file: &str) {
+    h.origin.put(path, Resource::new(body.clone()));
+    let op = h.create(&h.origin.url(path), file).await;
+    h.wait_status(&op.guid, S::Completed).await;
+    assert_holds(&download_dir.join(file), body);
+}
+
+#[tokio::test]
+async fn whole_blocks_are_written_past_the_page_cache_and_the_edges_through_it() {
+    // The test's temporary directory is on a disk filesystem that takes direct writes (ext4
+    // here; tmpfs, xfs and btrfs do too).
+    let h = Harness::start(&FLAGS).await;
+    let addr = metrics_addr(&h.server);
+    assert_eq!(written(&scrape(addr).await), (0.0, 0.0));
+    // 200,000 bytes, written in one trip at the end: 48 whole 4 KiB blocks directly, the last
+    // 3,392 bytes through the page cache.
+    download(
+        &h,
+        &h.download_dir(),
+        "/one",
+        &test_bytes(200_000, 7),
+        "one.bin",
+    )
+    .await;
+    assert_eq!(written(&scrape(addr).await), (196_608.0, 3_392.0));
+
+    // Paused at 100,000 bytes, which is not on a block boundary, and resumed from there: the
+    // first part is written directly up to its last whole block (98,304) and the rest of it
+    // (1,696) through the page cache; the resumed part through the page cache up to the next
+    // boundary (2,400), directly from there up to the last whole block (94,208), and its tail
+    // (3,392) through the page cache again.
+    let held = test_bytes(200_000, 8);
+    h.origin
+        .put("/held", Resource::new(held.clone()).hold_after(100_000));
+    let op = h.create(&h.origin.url("/held"), "held.bin").await;
+    h.wait_bytes(&op.guid, 100_000).await;
+    h.pause(&op.guid).await;
+    h.wait_status(&op.guid, S::PausedByApplication).await;
+    h.origin.release("/held");
+    h.resume(&op.guid).await;
+    h.wait_status(&op.guid, S::Completed).await;
+    h.assert_file("held.bin", &held);
+    let requests = h.origin.requests_for("/held");
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].header("range"), Some("bytes=100000-"));
+    let (direct, buffered) = written(&scrape(addr).await);
+    assert_eq!(
+        (direct - 196_608.0, buffered - 3_392.0),
+        (98_304.0 + 94_208.0, 1_696.0 + 2_400.0 + 3_392.0)
+    );
+}
+
+#[tokio::test]
+async fn buffered_write_mode_writes_everything_through_the_page_cache() {
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--write-mode", "buffered"]);
+    let h = Harness::start(&flags).await;
+    let addr = metrics_addr(&h.server);
+    download(
+        &h,
+        &h.download_dir(),
+        "/one",
+        &test_bytes(200_000, 9),
+        "one.bin",
+    )
+    .await;
+    assert_eq!(written(&scrape(addr).await), (0.0, 200_000.0));
+}
+
+#[tokio::test]
+async fn a_filesystem_without_direct_writes_gets_buffered_ones() {
+    // ramfs has no direct I/O: it refuses O_DIRECT, and the download is written through the page
+    // cache instead, byte for byte.
+    let dir = tempfile::tempdir().unwrap();
+    let downloads = dir.path().join("ramfs");
+    let Some(_mount) = Mount::new("ramfs", &downloads, "mode=0700") else {
+        return;
+    };
+    let dl = downloads.to_str().unwrap();
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--download-dir", dl, "--min-free-disk", "0"]);
+    let h = Harness::start_at(&dir.path().join("data"), &flags).await;
+    let addr = metrics_addr(&h.server);
+    download(&h, &downloads, "/one", &test_bytes(200_000, 10), "one.bin").await;
+    download(&h, &downloads, "/two", &test_bytes(300_000, 11), "two.bin").await;
+    assert_eq!(written(&scrape(addr).await), (0.0, 500_000.0));
+    let log = h.server.log();
+    assert_eq!(
+        log.matches("does not take direct writes").count(),
+        1,
+        "said once: {log}"
+    );
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::egress::Cidr;
-use crate::fetch::PinnedName;
+use crate::fetch::{PinnedName, WriteMode};
 use crate::operation::CostPolicy;
 
 /// Default gRPC address: loopback only, so a fresh install is not reachable from the network.
@@ -273,6 +273,14 @@ pub struct Config {
     #[arg(long, env = "TRANSFERD_MIN_FREE_DISK", default_value = DEFAULT_MIN_FREE_DISK,
           value_parser = parse_size)]
     pub min_free_disk: u64,
+
+    /// How downloads write their files: `direct` writes whole blocks straight to the disk
+    /// (O_DIRECT), past the page cache, where the filesystem takes it (the bytes are fsynced
+    /// before they count either way, so this saves a copy and keeps large downloads from
+    /// evicting other programs' cached files); `buffered` writes through the page cache, which
+    /// leaves a finished file cached for a program that reads it right away.
+    #[arg(long, env = "TRANSFERD_WRITE_MODE", value_enum, default_value_t = WriteMode::Direct)]
+    pub write_mode: WriteMode,
 
     /// What a download's DEFAULT cost policy means: `always` runs on costed networks too,
     /// `unrestricted-only` pauses there as PAUSED_COSTED_NETWORK.

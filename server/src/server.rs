@@ -149,7 +149,8 @@ impl Transferd {
         .with_connections(
             config.max_connections_per_download as usize,
             config.max_connections_per_host as usize,
-        );
+        )
+        .with_write_mode(config.write_mode);
         let engine = open_engine(&config, engine_config, fetcher, token.clone()).await?;
         Ok(Transferd {
             engine,

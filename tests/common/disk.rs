@@ -1,27 +1,37 @@
-//! Small tmpfs filesystems that a disk test mounts for itself, to fill or to make read-only.
+//! Small tmpfs (and ramfs) filesystems that a disk test mounts for itself, to fill, to make
+//! read-only, or to lack direct I/O.
 //! Mounting needs root; where it is not allowed, [`Mount::tmpfs`] says so and the test skips,
 //! or fails under CI (see [`super::cannot_set_up`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A tmpfs mounted by the test, unmounted on drop.
+/// A filesystem mounted by the test, unmounted on drop.
 pub struct Mount(PathBuf);
 
 impl Mount {
     /// Mounts a tmpfs with `options` (e.g. `size=1m`) at `at`, creating the directory; `None`
     /// (after saying so) where this machine does not allow it.
     pub fn tmpfs(at: &Path, options: &str) -> Option<Mount> {
+        Mount::new("tmpfs", at, options)
+    }
+
+    /// Mounts a filesystem of type `fstype` that needs no device (tmpfs, ramfs) with `options`
+    /// at `at`, creating the directory; `None` (after saying so) where this machine does not
+    /// allow it.
+    pub fn new(fstype: &str, at: &Path, options: &str) -> Option<Mount> {
         std::fs::create_dir_all(at).unwrap();
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .args(["-t", fstype, "-o", options, fstype])
             .arg(at)
             .status()
             .is_ok_and(|s| s.success());
         if ok {
             Some(Mount(at.to_path_buf()))
         } else {
-            super::cannot_set_up("cannot mount a tmpfs here (needs root); disk test not run");
+            super::cannot_set_up(&format!(
+                "cannot mount a {fstype} here (needs root); disk test not run"
+            ));
             None
         }
     }

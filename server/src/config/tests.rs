@@ -228,3 +228,19 @@ fn the_download_rate_is_unlimited_unless_given() {
         assert!(e.contains("--max-download-rate"), "{e}");
     }
 }
+
+#[test]
+fn downloads_write_directly_unless_told_to_buffer() {
+    use crate::fetch::WriteMode;
+    assert_eq!(parse(&[]).write_mode, WriteMode::Direct);
+    assert_eq!(
+        parse(&["--write-mode", "buffered"]).write_mode,
+        WriteMode::Buffered
+    );
+    assert_eq!(
+        parse(&["--write-mode", "direct"]).write_mode,
+        WriteMode::Direct
+    );
+    let e = refusal(&["--write-mode", "mmap"]);
+    assert!(e.contains("--write-mode") && e.contains("buffered"), "{e}");
+}

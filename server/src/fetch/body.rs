@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::direct::WriteMode;
 use super::spans::Span;
 use super::throttle::Lane;
 use super::writer::PartialWriter;
@@ -74,6 +75,8 @@ pub(super) struct Expect<'a> {
     pub window: Duration,
     /// Lowest average speed over a window, bytes/s; 0 for none.
     pub min_speed: u64,
+    /// How the partial file is written: whole blocks directly, or all through the page cache.
+    pub write: WriteMode,
     /// The segment this body fills, when the download is fetched over several connections:
     /// every write claims its bytes there first, and the body ends at the segment's end.
     pub span: Option<&'a Span>,
@@ -284,7 +287,7 @@ pub(super) async fn stream_body<O: Observer>(
         .end
         .unwrap_or(expect.total)
         .saturating_sub(expect.offset);
-    let mut out = PartialWriter::new(file, expect.offset, expected, hasher.take());
+    let mut out = PartialWriter::new(file, expect.offset, expected, hasher.take(), expect.write);
     let streamed = stream_into(&mut response, &mut out, expect, lane, observer, stop).await;
     *hasher = out.into_hasher();
     streamed
@@ -488,6 +491,7 @@ mod tests {
             min_speed: 100,
             span: None,
             sync_at_end: true,
+            write: WriteMode::Direct,
         }
     }
 

@@ -24,7 +24,8 @@
 //!   validators, running hash), and opening the partial file to go on from there.
 //! - `body.rs`: streaming the body into the partial file and making it durable, within its announced length, the size limit, the stall and
 //!   low-speed rules and the bandwidth limit; `writer.rs` its writes (and hashing, when asked)
-//!   on a blocking thread.
+//!   on a blocking thread; `direct.rs` how each write goes to the disk (whole blocks past the
+//!   page cache, `--write-mode`).
 //! - `segments.rs`: segmented downloads: one download over several connections, each filling
 //!   its part of the partial file, adding connections while they raise the throughput;
 //!   `spans.rs` is the bookkeeping of the parts, `piece.rs` one segment's ranged requests,
@@ -34,6 +35,7 @@
 //!   download's own limit, as one token bucket per running attempt.
 
 mod body;
+mod direct;
 pub mod hosts;
 mod piece;
 mod position;
@@ -61,6 +63,7 @@ use position::Position;
 use response::Resume;
 
 pub use body::WRITE_BUFFER_SIZE;
+pub use direct::WriteMode;
 pub use request::check_user_header;
 pub use resolve::PinnedName;
 
@@ -318,6 +321,8 @@ pub struct Fetcher {
     per_download: usize,
     /// Connections per origin, over every download.
     hosts: Arc<hosts::HostConnections>,
+    /// How partial files are written.
+    write_mode: WriteMode,
 }
 
 impl Fetcher {
@@ -348,6 +353,7 @@ impl Fetcher {
             egress,
             per_download: 1,
             hosts: Arc::new(hosts::HostConnections::new(1)),
+            write_mode: WriteMode::default(),
         })
     }
 
@@ -356,6 +362,12 @@ impl Fetcher {
     pub fn with_connections(mut self, per_download: usize, per_host: usize) -> Fetcher {
         self.per_download = per_download.max(1);
         self.hosts = Arc::new(hosts::HostConnections::new(per_host.max(1)));
+        self
+    }
+
+    /// Writes partial files as `mode` says (direct by default).
+    pub fn with_write_mode(mut self, mode: WriteMode) -> Fetcher {
+        self.write_mode = mode;
         self
     }
 
@@ -501,6 +513,7 @@ impl Fetcher {
             min_speed: self.timeouts.min_speed,
             span: job.span,
             sync_at_end: true,
+            write: self.write_mode,
         };
         let hasher = &mut at.hasher;
         body::stream_body(response, file, hasher, expect, job.lane, observer, stop).await

@@ -101,6 +101,7 @@ impl Fetcher {
                     min_speed: self.timeouts.min_speed,
                     span: Some(span),
                     sync_at_end,
+                    write: self.write_mode,
                 };
                 match body::stream_body(response, file, &mut None, expect, job.lane, observer, stop)
                     .await?

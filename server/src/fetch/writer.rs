@@ -7,6 +7,10 @@
 //! ([`Partial::ToOpen`]) is opened in the first of those trips, so a small download's open,
 //! write and fsync are one trip.
 //!
+//! Each trip writes the buffer's whole blocks straight to the disk and the rest through the page
+//! cache, unless `--write-mode buffered` (see `direct.rs`); the buffers keep their bytes aligned
+//! in memory as in the file for that.
+//!
 //! A download with an expected SHA-256 hashes its bytes in those same trips, after writing
 //! them and in file order (a writer's trips run one at a time). The hash then runs on the
 //! blocking thread while the transfer's task receives the next buffer, instead of between
@@ -14,13 +18,13 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use tokio::task::JoinHandle;
 
 use super::body::{Partial, WRITE_BUFFER_SIZE, open_at};
+use super::direct::{self, Buffer, Direct, WriteMode};
 use crate::sha256::Hasher;
 
 /// A write of one full buffer, running on a blocking thread; it hands the buffer back, and
@@ -30,7 +34,7 @@ type Pending = JoinHandle<Trip>;
 /// What a trip to a blocking thread hands back.
 struct Trip {
     result: io::Result<()>,
-    buf: Vec<u8>,
+    buf: Buffer,
     hasher: Option<Hasher>,
 }
 
@@ -41,7 +45,7 @@ fn write_and_hash(
     at: u64,
     hasher: &mut Option<Hasher>,
 ) -> io::Result<()> {
-    file.get().and_then(|file| file.write_all_at(buf, at))?;
+    direct::write_at(file.get()?, &file.direct, buf, at)?;
     if let Some(hasher) = hasher.as_mut() {
         hasher.update(buf);
     }
@@ -54,6 +58,8 @@ struct Target {
     file: OnceLock<File>,
     /// Where to open it, and the offset to cut it to, if it was not open from the start.
     open: Option<(PathBuf, u64)>,
+    /// Whether its whole blocks are written directly.
+    direct: Direct,
 }
 
 impl Target {
@@ -77,7 +83,7 @@ pub(super) struct PartialWriter {
     file: Arc<Target>,
     /// Where `buf`'s first byte goes in the file.
     at: u64,
-    buf: Vec<u8>,
+    buf: Buffer,
     /// The previous full buffer's write, if it may still be running.
     pending: Option<Pending>,
     /// A write failed: bytes taken in are missing from the file, so no later sync may report
@@ -97,6 +103,7 @@ impl PartialWriter {
         offset: u64,
         expected: u64,
         hasher: Option<Hasher>,
+        mode: WriteMode,
     ) -> PartialWriter {
         let first = usize::try_from(expected).map_or(WRITE_BUFFER_SIZE, |n| {
             if n == 0 {
@@ -109,16 +116,18 @@ impl PartialWriter {
             Partial::Open(file) => Target {
                 file: OnceLock::from(file),
                 open: None,
+                direct: Direct::new(mode),
             },
             Partial::ToOpen { path, offset } => Target {
                 file: OnceLock::new(),
                 open: Some((path, offset)),
+                direct: Direct::new(mode),
             },
         };
         PartialWriter {
             file: Arc::new(target),
             at: offset,
-            buf: Vec::with_capacity(first),
+            buf: Buffer::new(first, offset),
             pending: None,
             failed: false,
             hasher,
@@ -145,12 +154,14 @@ impl PartialWriter {
             self.buf.extend_from_slice(now);
             bytes = later;
             if self.buf.len() == WRITE_BUFFER_SIZE {
-                let next = self.finish_pending().await?;
+                let next = self
+                    .finish_pending(self.at + WRITE_BUFFER_SIZE as u64)
+                    .await?;
                 let full = std::mem::replace(&mut self.buf, next);
                 let (file, at, mut hasher) = (self.file.clone(), self.at, self.hasher.take());
                 self.at += full.len() as u64;
                 self.pending = Some(tokio::task::spawn_blocking(move || {
-                    let result = write_and_hash(&file, &full, at, &mut hasher);
+                    let result = write_and_hash(&file, full.bytes(), at, &mut hasher);
                     Trip {
                         result,
                         buf: full,
@@ -196,12 +207,12 @@ impl PartialWriter {
                 "an earlier write to the partial file failed",
             ));
         }
-        let next = self.finish_pending().await?;
+        let next = self.finish_pending(self.at + self.buf.len() as u64).await?;
         let rest = std::mem::replace(&mut self.buf, next);
         let (file, at, mut hasher) = (self.file.clone(), self.at, self.hasher.take());
         let len = rest.len() as u64;
         let synced = tokio::task::spawn_blocking(move || {
-            let result = write_and_hash(&file, &rest, at, &mut hasher).and_then(|()| {
+            let result = write_and_hash(&file, rest.bytes(), at, &mut hasher).and_then(|()| {
                 if sync {
                     file.get().and_then(File::sync_data)
                 } else {
@@ -218,26 +229,26 @@ impl PartialWriter {
         let mut rest = self.returned(synced)?;
         self.at += len;
         if self.buf.capacity() < rest.capacity() {
-            rest.clear();
+            rest.reset(self.at);
             self.buf = rest;
         }
         Ok(())
     }
 
-    /// Waits for the previous full buffer's write and returns an empty buffer to fill next
-    /// (that one, reused, when there was one).
-    async fn finish_pending(&mut self) -> io::Result<Vec<u8>> {
+    /// Waits for the previous full buffer's write and returns an empty buffer to fill next,
+    /// for bytes that go in the file from `at` (that one, reused, when there was one).
+    async fn finish_pending(&mut self, at: u64) -> io::Result<Buffer> {
         let Some(pending) = self.pending.take() else {
-            return Ok(Vec::with_capacity(self.buf.capacity()));
+            return Ok(Buffer::new(self.buf.capacity(), at));
         };
         let written = pending.await;
         let mut buf = self.returned(written)?;
-        buf.clear();
+        buf.reset(at);
         Ok(buf)
     }
 
     /// Takes back what a trip handed over: its buffer if it succeeded, and the running hash.
-    fn returned(&mut self, trip: Result<Trip, tokio::task::JoinError>) -> io::Result<Vec<u8>> {
+    fn returned(&mut self, trip: Result<Trip, tokio::task::JoinError>) -> io::Result<Buffer> {
         let result = trip.map_err(io::Error::other).and_then(|trip| {
             self.hasher = trip.hasher;
             trip.result.map(|()| trip.buf)
@@ -266,7 +277,7 @@ mod tests {
         let path = dir.path().join("partial");
         std::fs::write(&path, b"0123456789").unwrap();
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        let mut writer = PartialWriter::new(Partial::Open(file), 4, 0, None);
+        let mut writer = PartialWriter::new(Partial::Open(file), 4, 0, None, WriteMode::Direct);
         // Two and a half buffers, in pieces that straddle the buffer's end, then a sync, then
         // more after it.
         let body: Vec<u8> = (0..WRITE_BUFFER_SIZE * 5 / 2)
@@ -292,7 +303,8 @@ mod tests {
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         let mut start = Hasher::new();
         start.update(b"prefix");
-        let mut writer = PartialWriter::new(Partial::Open(file), 6, 0, Some(start));
+        let mut writer =
+            PartialWriter::new(Partial::Open(file), 6, 0, Some(start), WriteMode::Direct);
         let body: Vec<u8> = (0..WRITE_BUFFER_SIZE * 3 + 17)
             .map(|i| (i % 253) as u8)
             .collect();
@@ -328,7 +340,13 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         // Opened read-only: every write fails, and the hash no longer follows the file.
         let file = std::fs::File::open(&path).unwrap();
-        let mut writer = PartialWriter::new(Partial::Open(file), 0, 10, Some(Hasher::new()));
+        let mut writer = PartialWriter::new(
+            Partial::Open(file),
+            0,
+            10,
+            Some(Hasher::new()),
+            WriteMode::Direct,
+        );
         writer.write(b"0123456789").await.unwrap();
         assert!(writer.sync().await.is_err());
         assert!(writer.hasher().is_none());
@@ -343,7 +361,7 @@ mod tests {
             path: path.clone(),
             offset: 0,
         };
-        let mut writer = PartialWriter::new(fresh, 0, 5, None);
+        let mut writer = PartialWriter::new(fresh, 0, 5, None, WriteMode::Direct);
         writer.write(b"hello").await.unwrap();
         assert!(
             !path.exists(),
@@ -357,7 +375,7 @@ mod tests {
             path: path.clone(),
             offset: 4,
         };
-        let mut writer = PartialWriter::new(resumed, 4, 2, None);
+        let mut writer = PartialWriter::new(resumed, 4, 2, None, WriteMode::Direct);
         writer.write(b"ab").await.unwrap();
         writer.sync().await.unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"0123ab");
@@ -367,7 +385,10 @@ mod tests {
             path: path.clone(),
             offset: 3,
         };
-        PartialWriter::new(empty, 3, 0, None).sync().await.unwrap();
+        PartialWriter::new(empty, 3, 0, None, WriteMode::Direct)
+            .sync()
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"012");
     }
 
@@ -377,7 +398,13 @@ mod tests {
         // The staging directory's place is taken by a file: the open fails.
         std::fs::write(dir.path().join(crate::paths::PARTIAL_DIR), b"").unwrap();
         let path = dir.path().join(crate::paths::PARTIAL_DIR).join("a-guid");
-        let mut writer = PartialWriter::new(Partial::ToOpen { path, offset: 0 }, 0, 3, None);
+        let mut writer = PartialWriter::new(
+            Partial::ToOpen { path, offset: 0 },
+            0,
+            3,
+            None,
+            WriteMode::Direct,
+        );
         writer.write(b"abc").await.unwrap();
         assert!(writer.sync().await.is_err());
         assert_eq!(writer.failed_at("syncing"), super::super::body::OPEN_FAILED);
@@ -385,7 +412,7 @@ mod tests {
         let path = dir.path().join("read-only");
         std::fs::write(&path, b"").unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        let mut writer = PartialWriter::new(Partial::Open(file), 0, 3, None);
+        let mut writer = PartialWriter::new(Partial::Open(file), 0, 3, None, WriteMode::Direct);
         writer.write(b"abc").await.unwrap();
         assert!(writer.sync().await.is_err());
         assert_eq!(writer.failed_at("syncing"), "syncing");
@@ -396,14 +423,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("partial");
         let file = std::fs::File::create(&path).unwrap();
-        let mut writer = PartialWriter::new(Partial::Open(file), 0, 0, None);
+        let mut writer = PartialWriter::new(Partial::Open(file), 0, 0, None, WriteMode::Direct);
         // A full buffer whose write failed in the background (as a full disk fails it); the
         // file itself still takes writes.
         writer.at = WRITE_BUFFER_SIZE as u64;
         writer.pending = Some(tokio::spawn(async {
             Trip {
                 result: Err(io::Error::other("no space left")),
-                buf: Vec::new(),
+                buf: Buffer::new(0, 0),
                 hasher: None,
             }
         }));
@@ -421,7 +448,7 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         // Opened read-only: every write fails.
         let file = std::fs::File::open(&path).unwrap();
-        let mut writer = PartialWriter::new(Partial::Open(file), 0, 10, None);
+        let mut writer = PartialWriter::new(Partial::Open(file), 0, 10, None, WriteMode::Direct);
         writer.write(b"0123456789").await.unwrap();
         assert!(writer.sync().await.is_err());
     }

@@ -43,6 +43,10 @@ const TRANSFER_SERVICE: &str =
 /// The methods whose streams count as watch streams.
 const WATCH_METHODS: [&str; 2] = ["WatchDownload", "WatchDownloads"];
 
+/// The `mode` labels of the bytes written.
+const DIRECT: &str = "direct";
+const BUFFERED: &str = "buffered";
+
 /// Every metric's name starts with this, so transferd's series are easy to find.
 const PREFIX: &str = "transferd";
 
@@ -98,6 +102,12 @@ struct CallLabels {
     code: &'static str,
 }
 
+/// How bytes were written to a partial file: `direct` (past the page cache) or `buffered`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabel {
+    mode: &'static str,
+}
+
 /// The label of a store call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabel {
@@ -131,6 +141,7 @@ pub(crate) struct Metrics {
     registry: Registry,
     downloads: Family<StatusLabel, Gauge>,
     received: Counter,
+    written: Family<WriteLabel, Counter>,
     attempts: Counter,
     retries: Family<ReasonLabel, Counter>,
     restarts: Counter,
@@ -156,6 +167,7 @@ impl Metrics {
             registry: Registry::with_prefix(PREFIX),
             downloads: Family::default(),
             received: Counter::default(),
+            written: Family::default(),
             attempts: Counter::default(),
             retries: Family::default(),
             restarts: Counter::default(),
@@ -171,6 +183,9 @@ impl Metrics {
         }
         for reason in ErrorReason::ALL {
             let _ = m.retries.get_or_create(&reason_label(reason));
+        }
+        for mode in [DIRECT, BUFFERED] {
+            let _ = m.written.get_or_create(&WriteLabel { mode });
         }
         for method in WATCH_METHODS {
             let _ = (m.watch_streams).get_or_create(&MethodLabels {
@@ -193,6 +208,13 @@ impl Metrics {
             "Body bytes received from origins, over all downloads and attempts",
             Unit::Bytes,
             self.received.clone(),
+        );
+        r.register_with_unit(
+            "written",
+            "Bytes written to partial files, by how: `direct` past the page cache (whole blocks, \
+             --write-mode direct) or `buffered` through it",
+            Unit::Bytes,
+            self.written.clone(),
         );
         r.register(
             "attempts",
@@ -273,6 +295,19 @@ impl Metrics {
     /// `bytes` body bytes arrived from an origin.
     pub(crate) fn received(&self, bytes: u64) {
         self.received.inc_by(bytes);
+    }
+
+    /// `direct` bytes were written to a partial file past the page cache, and `buffered`
+    /// through it.
+    pub(crate) fn written(&self, direct: u64, buffered: u64) {
+        if direct > 0 {
+            self.written
+                .get_or_create(&WriteLabel { mode: DIRECT })
+                .inc_by(direct);
+        }
+        if buffered > 0 {
+            (self.written.get_or_create(&WriteLabel { mode: BUFFERED })).inc_by(buffered);
+        }
     }
 
     /// An HTTP attempt is being made.
