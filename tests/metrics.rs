@@ -445,6 +445,34 @@ async fn whole_blocks_are_written_past_the_page_cache_and_the_edges_through_it()
 }
 
 #[tokio::test]
+async fn a_download_that_hashes_writes_through_the_page_cache() {
+    // Its bytes are hashed right after they are written, or read back to be hashed (the later
+    // connections of a segmented download): the page cache serves them.
+    let h = Harness::start(&FLAGS).await;
+    let addr = metrics_addr(&h.server);
+    let body = test_bytes(200_000, 12);
+    h.origin.put("/hashed", Resource::new(body.clone()));
+    let request = pb::CreateDownloadRequest {
+        expected_sha256: common::sha256(&body),
+        ..common::create_request(&h.origin.url("/hashed"), "hashed.bin")
+    };
+    let op = h.create_with(request).await;
+    h.wait_status(&op.guid, S::Completed).await;
+    h.assert_file("hashed.bin", &body);
+    assert_eq!(written(&scrape(addr).await), (0.0, 200_000.0));
+    // The same server writes a download without a hash directly.
+    download(
+        &h,
+        &h.download_dir(),
+        "/plain",
+        &test_bytes(200_000, 13),
+        "plain.bin",
+    )
+    .await;
+    assert_eq!(written(&scrape(addr).await), (196_608.0, 203_392.0));
+}
+
+#[tokio::test]
 async fn buffered_write_mode_writes_everything_through_the_page_cache() {
     let mut flags = FLAGS.to_vec();
     flags.extend(["--write-mode", "buffered"]);

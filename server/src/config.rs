@@ -278,7 +278,9 @@ pub struct Config {
     /// (O_DIRECT), past the page cache, where the filesystem takes it (the bytes are fsynced
     /// before they count either way, so this saves a copy and keeps large downloads from
     /// evicting other programs' cached files); `buffered` writes through the page cache, which
-    /// leaves a finished file cached for a program that reads it right away.
+    /// leaves a finished file cached for a program that reads it right away. Downloads with
+    /// an expected SHA-256 are always written through the page cache (their bytes are hashed
+    /// right after they are written).
     #[arg(long, env = "TRANSFERD_WRITE_MODE", value_enum, default_value_t = WriteMode::Direct)]
     pub write_mode: WriteMode,
 

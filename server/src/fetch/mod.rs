@@ -371,6 +371,19 @@ impl Fetcher {
         self
     }
 
+    /// How `job`'s partial file is written: through the page cache when the download hashes,
+    /// as `--write-mode` says otherwise. A segmented download that hashes reads its later
+    /// connections' bytes back right after they are written, to hash them in order (see
+    /// `prefix.rs`); direct writes would send those reads to the disk. A single stream hashes
+    /// its bytes from the buffer and could write directly, but follows the same rule, so that
+    /// one download's bytes take one path whichever way it is fetched.
+    fn write_mode_for(&self, job: &Job<'_>) -> WriteMode {
+        match job.hashing {
+            Hashing::On(_) => WriteMode::Buffered,
+            Hashing::Off => self.write_mode,
+        }
+    }
+
     /// Whether downloads may be fetched over several connections.
     pub fn segmenting(&self) -> bool {
         self.per_download > 1
@@ -513,7 +526,7 @@ impl Fetcher {
             min_speed: self.timeouts.min_speed,
             span: job.span,
             sync_at_end: true,
-            write: self.write_mode,
+            write: self.write_mode_for(job),
         };
         let hasher = &mut at.hasher;
         body::stream_body(response, file, hasher, expect, job.lane, observer, stop).await

@@ -101,7 +101,7 @@ impl Fetcher {
                     min_speed: self.timeouts.min_speed,
                     span: Some(span),
                     sync_at_end,
-                    write: self.write_mode,
+                    write: self.write_mode_for(job),
                 };
                 match body::stream_body(response, file, &mut None, expect, job.lane, observer, stop)
                     .await?
