@@ -390,13 +390,18 @@ fn written(m: &Metrics) -> (f64, f64) {
     )
 }
 
-/// A download of `body`, served at `path`, into `file` under `download_dir`, completed and
-/// checked byte for byte.
-async fn download(h: &Harness, download_dir: &Path, path: &str, body: &bytes::Bytes, file: &str) {
-    h.origin.put(path, Resource::new(body.clone()));
-    let op = h.create(&h.origin.url(path), file).await;
+/// A download of `body`, served at `/<name>`, into `<name>.bin` under `dir`, with its expected
+/// SHA-256 when `hashed`: completed and checked byte for byte.
+async fn download(h: &Harness, dir: &Path, name: &str, body: &bytes::Bytes, hashed: bool) {
+    let (path, file) = (format!("/{name}"), format!("{name}.bin"));
+    h.origin.put(&path, Resource::new(body.clone()));
+    let mut request = common::create_request(&h.origin.url(&path), &file);
+    if hashed {
+        request.expected_sha256 = common::sha256(body);
+    }
+    let op = h.create_with(request).await;
     h.wait_status(&op.guid, S::Completed).await;
-    assert_holds(&download_dir.join(file), body);
+    assert_holds(&dir.join(file), body);
 }
 
 #[tokio::test]
@@ -408,14 +413,8 @@ async fn whole_blocks_are_written_past_the_page_cache_and_the_edges_through_it()
     assert_eq!(written(&scrape(addr).await), (0.0, 0.0));
     // 200,000 bytes, written in one trip at the end: 48 whole 4 KiB blocks directly, the last
     // 3,392 bytes through the page cache.
-    download(
-        &h,
-        &h.download_dir(),
-        "/one",
-        &test_bytes(200_000, 7),
-        "one.bin",
-    )
-    .await;
+    let dir = h.download_dir();
+    download(&h, &dir, "one", &test_bytes(200_000, 7), false).await;
     assert_eq!(written(&scrape(addr).await), (196_608.0, 3_392.0));
 
     // Paused at 100,000 bytes, which is not on a block boundary, and resumed from there: the
@@ -450,25 +449,11 @@ async fn a_download_that_hashes_writes_through_the_page_cache() {
     // connections of a segmented download): the page cache serves them.
     let h = Harness::start(&FLAGS).await;
     let addr = metrics_addr(&h.server);
-    let body = test_bytes(200_000, 12);
-    h.origin.put("/hashed", Resource::new(body.clone()));
-    let request = pb::CreateDownloadRequest {
-        expected_sha256: common::sha256(&body),
-        ..common::create_request(&h.origin.url("/hashed"), "hashed.bin")
-    };
-    let op = h.create_with(request).await;
-    h.wait_status(&op.guid, S::Completed).await;
-    h.assert_file("hashed.bin", &body);
+    let dir = h.download_dir();
+    download(&h, &dir, "hashed", &test_bytes(200_000, 12), true).await;
     assert_eq!(written(&scrape(addr).await), (0.0, 200_000.0));
     // The same server writes a download without a hash directly.
-    download(
-        &h,
-        &h.download_dir(),
-        "/plain",
-        &test_bytes(200_000, 13),
-        "plain.bin",
-    )
-    .await;
+    download(&h, &dir, "plain", &test_bytes(200_000, 13), false).await;
     assert_eq!(written(&scrape(addr).await), (196_608.0, 203_392.0));
 }
 
@@ -478,14 +463,7 @@ async fn buffered_write_mode_writes_everything_through_the_page_cache() {
     flags.extend(["--write-mode", "buffered"]);
     let h = Harness::start(&flags).await;
     let addr = metrics_addr(&h.server);
-    download(
-        &h,
-        &h.download_dir(),
-        "/one",
-        &test_bytes(200_000, 9),
-        "one.bin",
-    )
-    .await;
+    download(&h, &h.download_dir(), "one", &test_bytes(200_000, 9), false).await;
     assert_eq!(written(&scrape(addr).await), (0.0, 200_000.0));
 }
 
@@ -503,8 +481,8 @@ async fn a_filesystem_without_direct_writes_gets_buffered_ones() {
     flags.extend(["--download-dir", dl, "--min-free-disk", "0"]);
     let h = Harness::start_at(&dir.path().join("data"), &flags).await;
     let addr = metrics_addr(&h.server);
-    download(&h, &downloads, "/one", &test_bytes(200_000, 10), "one.bin").await;
-    download(&h, &downloads, "/two", &test_bytes(300_000, 11), "two.bin").await;
+    download(&h, &downloads, "one", &test_bytes(200_000, 10), false).await;
+    download(&h, &downloads, "two", &test_bytes(300_000, 11), false).await;
     assert_eq!(written(&scrape(addr).await), (0.0, 500_000.0));
     let log = h.server.log();
     assert_eq!(
