@@ -95,19 +95,19 @@ impl Audit {
     }
 }
 
-/// A response future that logs its call's audit line when it completes.
-pub struct Audited<F> {
-    inner: Pin<Box<F>>,
-    audit: Option<Audit>,
+pin_project_lite::pin_project! {
+    /// A response future that logs its call's audit line when it completes.
+    pub struct Audited<F> {
+        #[pin]
+        inner: F,
+        audit: Option<Audit>,
+    }
 }
 
 impl<F> Audited<F> {
     /// `inner`, audited by `audit` if it is `Some`.
     pub(crate) fn new(inner: F, audit: Option<Audit>) -> Audited<F> {
-        Audited {
-            inner: Box::pin(inner),
-            audit,
-        }
+        Audited { inner, audit }
     }
 }
 
@@ -117,9 +117,10 @@ where
 {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let output = std::task::ready!(self.inner.as_mut().poll(cx));
-        if let Some(audit) = self.audit.take() {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        if let Some(audit) = this.audit.take() {
             match &output {
                 Ok(response) => audit.finish_with(response),
                 // The connection failed under the call; the client saw no code.

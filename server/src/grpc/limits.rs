@@ -8,14 +8,14 @@
 //! checks are never refused, so an overloaded server is not also restarted by its orchestrator.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::codegen::{BoxFuture, Bytes, Service};
+use tonic::codegen::{Bytes, Service};
 
 use super::coalesce::{ConnectionInfo, OpenStreams, StreamOpen};
 use crate::auth::{Caller, Tenant};
@@ -95,7 +95,7 @@ pub struct Limited<S> {
 /// the stream among its connection's open streams, which decide whether the connection's writes
 /// are coalesced (see `grpc/coalesce.rs`).
 #[derive(Debug)]
-struct StreamPermit {
+pub struct StreamPermit {
     _total: OwnedSemaphorePermit,
     tenant: Tenant,
     limits: Arc<Limits>,
@@ -162,16 +162,14 @@ impl Limits {
     }
 }
 
-impl<S, ReqBody> Service<http::Request<ReqBody>> for Limited<S>
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Limited<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone,
+    ResBody: Default,
 {
-    type Response = http::Response<Body>;
+    type Response = http::Response<Permitted<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
+    type Future = LimitedFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -197,40 +195,100 @@ where
         let (call, stream) = match (call, stream.transpose()) {
             (Ok(call), Ok(stream)) => (call, stream),
             (Err(refused), _) | (_, Err(refused)) => {
-                return Box::pin(std::future::ready(Ok(refused.into_http())));
+                return LimitedFuture::Refused {
+                    response: Some(refused.into_http()),
+                };
             }
         };
         // The service that was polled ready is the one that must be called.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let response = inner.call(request).await?;
-            drop(call);
-            Ok(match stream {
-                Some(permit) => response.map(|body| Body::new(Guarded { body, permit })),
-                None => response,
-            })
-        })
+        LimitedFuture::Called {
+            call: inner.call(request),
+            permit: call,
+            stream,
+        }
     }
 }
 
-/// A response body that holds its stream's permit until the body is dropped: when the stream
-/// ends, the client goes away or the server shuts down.
-struct Guarded {
-    body: Body,
-    #[expect(dead_code, reason = "held for its Drop")]
-    permit: StreamPermit,
+pin_project_lite::pin_project! {
+    /// A call within the caps until its handler has answered, or a refusal.
+    #[project = LimitedProjection]
+    pub enum LimitedFuture<F, B> {
+        /// Refused at once: RESOURCE_EXHAUSTED.
+        Refused { response: Option<http::Response<B>> },
+        /// Being handled, holding its in-flight permit and, for a stream, its stream permit.
+        Called {
+            #[pin]
+            call: F,
+            permit: Option<OwnedSemaphorePermit>,
+            stream: Option<StreamPermit>,
+        },
+    }
 }
 
-impl http_body::Body for Guarded {
+impl<F, B, E> Future for LimitedFuture<F, B>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<Permitted<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            LimitedProjection::Refused { response } => {
+                let response = response.take().expect("a refusal is polled once");
+                Poll::Ready(Ok(response.map(Permitted::without)))
+            }
+            LimitedProjection::Called {
+                call,
+                permit,
+                stream,
+            } => {
+                let response = ready!(call.poll(cx))?;
+                // The in-flight slot is free once the handler has answered.
+                permit.take();
+                let stream = stream.take();
+                Poll::Ready(Ok(response.map(|body| Permitted { body, stream })))
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its stream's permit, if it is a stream, until the body is
+    /// dropped: when the stream ends, the client goes away or the server shuts down.
+    pub struct Permitted<B> {
+        #[pin]
+        body: B,
+        stream: Option<StreamPermit>,
+    }
+}
+
+impl<B> Permitted<B> {
+    /// `body` holding no permit.
+    fn without(body: B) -> Permitted<B> {
+        Permitted { body, stream: None }
+    }
+}
+
+impl<B: Default> Default for Permitted<B> {
+    fn default() -> Self {
+        Permitted::without(B::default())
+    }
+}
+
+impl<B> http_body::Body for Permitted<B>
+where
+    B: http_body::Body<Data = Bytes, Error = tonic::Status>,
+{
     type Data = Bytes;
     type Error = tonic::Status;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        self.project().body.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -245,6 +303,8 @@ impl http_body::Body for Guarded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::body::Body;
+    use tonic::codegen::BoxFuture;
     use tower::Layer;
 
     /// An inner service whose calls finish only when the test releases them, so a call can be
@@ -276,7 +336,7 @@ mod tests {
         http::Request::builder().uri(path).body(()).unwrap()
     }
 
-    fn code(response: &http::Response<Body>) -> tonic::Code {
+    fn code<B>(response: &http::Response<B>) -> tonic::Code {
         tonic::Status::from_header_map(response.headers())
             .map_or(tonic::Code::Ok, |status| status.code())
     }

@@ -7,13 +7,13 @@
 //! at once, or when its body ends. A body dropped before its status was sent is a call the
 //! client abandoned (or the server shut down under), counted as CANCELLED.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::codegen::{BoxFuture, Bytes, Service};
+use tonic::codegen::{Bytes, Service};
 
 use super::roles;
 use crate::metrics::{self, Rpc};
@@ -66,14 +66,13 @@ pub struct Measured<S> {
     inner: S,
 }
 
-impl<S, ReqBody> Service<http::Request<ReqBody>> for Measured<S>
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Measured<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<Body>>,
-    S::Future: Send + 'static,
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
 {
-    type Response = http::Response<Body>;
+    type Response = http::Response<Observed<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
+    type Future = MeasuredFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -82,81 +81,109 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
         let rpc = rpc(request.uri().path());
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let response = call.await?;
-            if let Some(status) = tonic::Status::from_header_map(response.headers()) {
-                metrics::global().call_finished(rpc, status.code(), started.elapsed());
-                return Ok(response);
-            }
-            let watch = metrics::is_watch(rpc);
-            if watch {
-                metrics::global().watch_streams(rpc, 1);
-            }
-            Ok(response.map(|body| {
-                Body::new(Observed {
-                    body,
-                    rpc,
-                    started,
-                    recorded: false,
-                    watch,
-                })
-            }))
-        })
-    }
-}
-
-/// A response body that records its call when the status goes out in the trailers, or as
-/// CANCELLED when it is dropped before; a watch stream counts as open until it is dropped.
-struct Observed {
-    body: Body,
-    rpc: Rpc,
-    started: Instant,
-    recorded: bool,
-    watch: bool,
-}
-
-impl Observed {
-    fn record(&mut self, code: tonic::Code) {
-        if !self.recorded {
-            self.recorded = true;
-            metrics::global().call_finished(self.rpc, code, self.started.elapsed());
+        MeasuredFuture {
+            call: self.inner.call(request),
+            rpc,
+            started,
         }
     }
 }
 
-impl Drop for Observed {
-    fn drop(&mut self) {
-        self.record(tonic::Code::Cancelled);
-        if self.watch {
-            metrics::global().watch_streams(self.rpc, -1);
+pin_project_lite::pin_project! {
+    /// A measured call until its response is ready.
+    pub struct MeasuredFuture<F> {
+        #[pin]
+        call: F,
+        rpc: Rpc,
+        started: Instant,
+    }
+}
+
+impl<F, B, E> Future for MeasuredFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<Observed<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.call.poll(cx))?;
+        let (rpc, started) = (*this.rpc, *this.started);
+        // A trailers-only response carries its status in the headers: recorded now.
+        let answered = tonic::Status::from_header_map(response.headers());
+        if let Some(status) = &answered {
+            metrics::global().call_finished(rpc, status.code(), started.elapsed());
+        }
+        let watch = answered.is_none() && metrics::is_watch(rpc);
+        if watch {
+            metrics::global().watch_streams(rpc, 1);
+        }
+        Poll::Ready(Ok(response.map(|body| Observed {
+            body,
+            rpc,
+            started,
+            recorded: answered.is_some(),
+            watch,
+        })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records its call when the status goes out in the trailers, or as
+    /// CANCELLED when it is dropped before; a watch stream counts as open until it is dropped.
+    pub struct Observed<B> {
+        #[pin]
+        body: B,
+        rpc: Rpc,
+        started: Instant,
+        recorded: bool,
+        watch: bool,
+    }
+
+    impl<B> PinnedDrop for Observed<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            record(this.recorded, *this.rpc, *this.started, tonic::Code::Cancelled);
+            if *this.watch {
+                metrics::global().watch_streams(*this.rpc, -1);
+            }
         }
     }
 }
 
-impl http_body::Body for Observed {
+/// Records a call's `code` once: the first time, when `recorded` is still false.
+fn record(recorded: &mut bool, rpc: Rpc, started: Instant, code: tonic::Code) {
+    if !*recorded {
+        *recorded = true;
+        metrics::global().call_finished(rpc, code, started.elapsed());
+    }
+}
+
+impl<B> http_body::Body for Observed<B>
+where
+    B: http_body::Body<Data = Bytes, Error = tonic::Status>,
+{
     type Data = Bytes;
     type Error = tonic::Status;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        let this = self.project();
+        let frame = this.body.poll_frame(cx);
+        let (rpc, started) = (*this.rpc, *this.started);
         match &frame {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     let code = tonic::Status::from_header_map(trailers)
                         .map_or(tonic::Code::Unknown, |status| status.code());
-                    self.record(code);
+                    record(this.recorded, rpc, started, code);
                 }
             }
-            Poll::Ready(Some(Err(status))) => {
-                let code = status.code();
-                self.record(code);
-            }
+            Poll::Ready(Some(Err(status))) => record(this.recorded, rpc, started, status.code()),
             // A gRPC response always ends with its status; one that does not is broken.
-            Poll::Ready(None) => self.record(tonic::Code::Unknown),
+            Poll::Ready(None) => record(this.recorded, rpc, started, tonic::Code::Unknown),
             Poll::Pending => {}
         }
         frame
