@@ -5,12 +5,14 @@
 //! server is idle: the downloads a create measurement started never share the cores with the
 //! next measurement.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use transferd::client::Client;
 use transferd::pb::backgroundtransfer::v1 as pb;
 
+use crate::h2load;
 use crate::load::{self, Load};
 use crate::report::Report;
 use crate::server::Server;
@@ -30,15 +32,38 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often seeding polls the server while waiting for the downloads to finish.
 const SETTLE_POLL: Duration = Duration::from_millis(20);
 
-/// The RPCs measured, in the order they run. "CreateDownload" starts real downloads of a small
-/// file, which share the cores with the creates; "CreateDownload, held" runs last, with the
-/// network reported down, so its downloads wait and it measures the durable create itself.
-const RPCS: [&str; 4] = [
+/// The RPCs measured, in the order they run. The two read RPCs run once with our driver and
+/// once with h2load (see `h2load.rs`), each against hello driven the same way. "CreateDownload"
+/// starts real downloads of a small file, which share the cores with the creates;
+/// "CreateDownload, held" runs last, with the network reported down, so its downloads wait and
+/// it measures the durable create itself.
+const RPCS: [&str; 6] = [
     "GetDownload",
     "ListDownloads(10)",
+    GET_H2LOAD,
+    LIST_H2LOAD,
     "CreateDownload",
     HELD_CREATES,
 ];
+
+/// The read RPCs driven by h2load, and the hello they are compared with.
+const GET_H2LOAD: &str = "GetDownload (h2load)";
+const LIST_H2LOAD: &str = "ListDownloads(10) (h2load)";
+const HELLO_H2LOAD: &str = "SayHello (h2load)";
+
+/// Whether `rpc` is driven by h2load.
+fn by_h2load(rpc: &str) -> bool {
+    rpc.ends_with("(h2load)")
+}
+
+/// The hello measurement `rpc` is compared with.
+fn hello_for(rpc: &str) -> &'static str {
+    if by_h2load(rpc) {
+        HELLO_H2LOAD
+    } else {
+        "SayHello"
+    }
+}
 
 /// The create measurement whose downloads wait (PAUSED_NO_NETWORK) instead of running.
 const HELD_CREATES: &str = "CreateDownload, held";
@@ -68,9 +93,13 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
         for rpc in RPCS {
             settle_all(&clients).await?;
             sync_all().await?;
-            let peer = costed(&hello, drive_hello(ctx, &hello.addr)).await?;
+            let peer = if by_h2load(rpc) {
+                costed(&hello, drive_hello_h2load(ctx, &hello.addr, &dir)).await?
+            } else {
+                costed(&hello, drive_hello(ctx, &hello.addr)).await?
+            };
             if keep {
-                record(report, "SayHello", &peer);
+                record(report, hello_for(rpc), &peer);
             }
             // This build and the baseline take turns at running right after hello, as in the
             // download workloads (see `Context::builds`).
@@ -84,7 +113,16 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
                 // Neither server's downloads (the creates start real ones) run meanwhile.
                 settle_all(&clients).await?;
                 sync_all().await?;
-                let load = costed(server, drive_transferd(ctx, &server.addr, rpc, guid)).await?;
+                let load = if by_h2load(rpc) {
+                    let client = server.client().await?;
+                    costed(
+                        server,
+                        drive_h2load(ctx, &client, &server.addr, rpc, guid, &dir),
+                    )
+                    .await?
+                } else {
+                    costed(server, drive_transferd(ctx, &server.addr, rpc, guid)).await?
+                };
                 if keep {
                     record(report, &row, &load);
                 }
@@ -98,11 +136,17 @@ pub async fn control(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
         }
     }
     for rpc in RPCS {
-        for measure in ["RPS", "p50", "p99", SERVER_CPU, DRIVER_CPU] {
+        // h2load reports no percentiles, and its CPU is not the bench process's.
+        let measures: &[&str] = if by_h2load(rpc) {
+            &["RPS", SERVER_CPU]
+        } else {
+            &["RPS", "p50", "p99", SERVER_CPU, DRIVER_CPU]
+        };
+        for measure in measures {
             report.compare(
                 W,
                 &format!("{rpc} {measure}"),
-                &format!("SayHello {measure}"),
+                &format!("{} {measure}", hello_for(rpc)),
             );
         }
         if ctx.baseline.is_some() {
@@ -147,10 +191,78 @@ async fn costed(
 fn record(report: &mut Report, rpc: &str, costed: &Costed) {
     let load = &costed.load;
     report.record(W, &format!("{rpc} RPS"), "RPS", load.rps);
+    report.record(W, &format!("{rpc} {SERVER_CPU}"), "µs", costed.server_us);
+    if by_h2load(rpc) {
+        return;
+    }
     report.record(W, &format!("{rpc} p50"), "ms", load.p50_ms);
     report.record(W, &format!("{rpc} p99"), "ms", load.p99_ms);
-    report.record(W, &format!("{rpc} {SERVER_CPU}"), "µs", costed.server_us);
     report.record(W, &format!("{rpc} {DRIVER_CPU}"), "µs", costed.driver_us);
+}
+
+/// SayHello driven by h2load.
+async fn drive_hello_h2load(ctx: &Context, addr: &str, dir: &Path) -> anyhow::Result<Load> {
+    let call = h2load::Call {
+        path: crate::hello::SAY_HELLO,
+        request: &crate::hello::request(),
+        response: &crate::hello::reply(),
+    };
+    from_h2load(
+        h2load::drive(
+            addr,
+            &call,
+            ctx.sizes.control_concurrency,
+            ctx.sizes.h2load_calls,
+            dir,
+        )
+        .await?,
+    )
+}
+
+/// `rpc` (GetDownload or ListDownloads(10)) driven by h2load; the answer every call must get
+/// is read first with `client`.
+async fn drive_h2load(
+    ctx: &Context,
+    client: &Client,
+    addr: &str,
+    rpc: &str,
+    guid: &str,
+    dir: &Path,
+) -> anyhow::Result<Load> {
+    let (concurrency, calls) = (ctx.sizes.control_concurrency, ctx.sizes.h2load_calls);
+    let run = if rpc == GET_H2LOAD {
+        let call = h2load::Call {
+            path: GET_DOWNLOAD,
+            request: &pb::GetDownloadRequest { guid: guid.into() },
+            response: &client.get(guid).await?,
+        };
+        h2load::drive(addr, &call, concurrency, calls, dir).await?
+    } else {
+        let call = h2load::Call {
+            path: LIST_DOWNLOADS,
+            request: &pb::ListDownloadsRequest {
+                page_size: LIST_PAGE_SIZE,
+                ..Default::default()
+            },
+            response: &client.list(None, LIST_PAGE_SIZE, "").await?,
+        };
+        h2load::drive(addr, &call, concurrency, calls, dir).await?
+    };
+    from_h2load(run)
+}
+
+/// The paths of the two read RPCs.
+const GET_DOWNLOAD: &str = "/backgroundtransfer.v1.BackgroundTransferService/GetDownload";
+const LIST_DOWNLOADS: &str = "/backgroundtransfer.v1.BackgroundTransferService/ListDownloads";
+
+/// An h2load run as a measurement (h2load reports no latency percentiles).
+fn from_h2load(run: h2load::Run) -> anyhow::Result<Load> {
+    Ok(Load {
+        calls: run.calls,
+        rps: run.rps,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+    })
 }
 
 /// SayHello on a new connection.

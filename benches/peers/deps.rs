@@ -7,8 +7,9 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 /// Each command the benchmark runs, and the Debian package that provides it.
-const NEEDED: [(&str, &str); 4] = [
+const NEEDED: [(&str, &str); 5] = [
     ("nginx", "nginx"),
+    ("h2load", "nghttp2-client"),
     ("curl", "curl"),
     ("aria2c", "aria2"),
     ("sync", "coreutils"),

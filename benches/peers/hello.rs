@@ -16,7 +16,7 @@ use tonic_prost::ProstCodec;
 pub const SERVE_FLAG: &str = "--serve-hello";
 
 /// The one method's path.
-const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
+pub const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
 
 /// `helloworld.HelloRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -47,15 +47,27 @@ pub async fn serve() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The request every SayHello call of the benchmark sends.
+pub fn request() -> HelloRequest {
+    HelloRequest {
+        name: "transferd".into(),
+    }
+}
+
+/// The reply to [`request`].
+pub fn reply() -> HelloReply {
+    HelloReply {
+        message: format!("Hello {}!", request().name),
+    }
+}
+
 /// One SayHello call on `channel`.
 pub async fn say_hello(channel: Channel) -> Result<(), tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let request = tonic::Request::new(HelloRequest {
-        name: "transferd".into(),
-    });
+    let request = tonic::Request::new(request());
     let path = http::uri::PathAndQuery::from_static(SAY_HELLO);
     let codec = ProstCodec::<HelloRequest, HelloReply>::default();
     grpc.unary(request, path, codec).await?;

@@ -47,6 +47,7 @@
 mod clients;
 mod control;
 mod deps;
+mod h2load;
 mod hello;
 mod load;
 mod origin;
@@ -80,6 +81,9 @@ pub struct Sizes {
     pub control_seed: usize,
     /// Concurrent RPCs on the one connection, as `ghz -c`.
     pub control_concurrency: usize,
+    /// Calls of each h2load measurement (a count, so every answer can be checked; the full
+    /// run's take a few seconds, like `control_duration`).
+    pub h2load_calls: usize,
 }
 
 impl Sizes {
@@ -95,6 +99,7 @@ impl Sizes {
             control_duration: Duration::from_secs(5),
             control_seed: 1_000,
             control_concurrency: 50,
+            h2load_calls: 250_000,
         }
     }
 
@@ -106,6 +111,7 @@ impl Sizes {
             small_count: 100,
             control_duration: Duration::from_millis(500),
             control_seed: 100,
+            h2load_calls: 5_000,
             ..Sizes::full()
         }
     }
