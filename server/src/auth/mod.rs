@@ -83,13 +83,15 @@ pub(crate) struct Caller {
 
 impl Caller {
     /// The caller of a deployment without authentication: an admin of the default tenant.
+    /// Every call of such a deployment runs as it, so it is built once and shared.
     pub(crate) fn local() -> Caller {
-        Caller {
+        static LOCAL: std::sync::LazyLock<Caller> = std::sync::LazyLock::new(|| Caller {
             name: Arc::from("local"),
             tenant: Tenant::default_tenant(),
             role: Role::Admin,
             max_live_downloads: None,
-        }
+        });
+        LOCAL.clone()
     }
 
     /// The caller the authentication layer established for `request`. A request that did not

@@ -7,6 +7,7 @@
 //! carries a download, a response information or a transfer error is built here, so sensitive
 //! header values, URI userinfo and `Set-Cookie` leave only as [`redact::MARKER`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::engine::Conditions;
@@ -252,7 +253,7 @@ impl From<DownloadView> for pb::DownloadOperation {
         } = settings;
         pb::DownloadOperation {
             guid,
-            requested_uri: redact::uri(&requested_uri).into_owned(),
+            requested_uri: redacted_uri(requested_uri),
             result_file,
             priority: pb::BackgroundTransferPriority::from(priority).into(),
             cost_policy: pb::BackgroundTransferCostPolicy::from(cost_policy).into(),
@@ -315,10 +316,18 @@ impl From<ResponseInfo> for pb::ResponseInformation {
         } = info;
         pb::ResponseInformation {
             is_resumable,
-            actual_uri: redact::uri(&actual_uri).into_owned(),
+            actual_uri: redacted_uri(actual_uri),
             status_code: status_code.into(),
             headers: redact::response_headers(headers).into_iter().collect(),
         }
+    }
+}
+
+/// `uri` with any userinfo redacted; `uri` itself, not a copy, when it has none (most do).
+fn redacted_uri(uri: String) -> String {
+    match redact::uri(&uri) {
+        Cow::Borrowed(_) => uri,
+        Cow::Owned(redacted) => redacted,
     }
 }
 

@@ -13,7 +13,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tonic::codegen::http;
 use tonic::codegen::{Bytes, Service};
 
@@ -47,9 +48,51 @@ pub struct LimitsConfig {
 #[derive(Debug)]
 struct Limits {
     config: LimitsConfig,
-    calls: Arc<Semaphore>,
-    streams: Arc<Semaphore>,
+    calls: Cap,
+    streams: Cap,
     per_tenant: Mutex<HashMap<Tenant, usize>>,
+}
+
+/// A count with a ceiling, taken without waiting: beyond the ceiling a call is refused, never
+/// queued. (A semaphore would also do, but giving a permit back takes its waiters' lock, on
+/// every call, although nothing here ever waits.)
+#[derive(Debug)]
+struct Cap {
+    max: usize,
+    taken: AtomicUsize,
+}
+
+impl Cap {
+    fn new(max: usize) -> Cap {
+        Cap {
+            max,
+            taken: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes one if fewer than the ceiling are taken.
+    fn take(&self) -> bool {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                (taken < self.max).then_some(taken + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back one taken with [`Cap::take`].
+    fn give_back(&self) {
+        self.taken.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A call's in-flight slot, given back when it is dropped (once its handler has answered).
+#[derive(Debug)]
+pub struct CallPermit(Arc<Limits>);
+
+impl Drop for CallPermit {
+    fn drop(&mut self) {
+        self.0.calls.give_back();
+    }
 }
 
 /// The tower layer that applies the caps to every call; composed where the server is built,
@@ -65,8 +108,8 @@ impl LimitLayer {
         LimitLayer {
             limits: Arc::new(Limits {
                 config,
-                calls: Arc::new(Semaphore::new(config.max_inflight_calls)),
-                streams: Arc::new(Semaphore::new(config.max_streams)),
+                calls: Cap::new(config.max_inflight_calls),
+                streams: Cap::new(config.max_streams),
                 per_tenant: Mutex::new(HashMap::new()),
             }),
         }
@@ -96,7 +139,6 @@ pub struct Limited<S> {
 /// are coalesced (see `grpc/coalesce.rs`).
 #[derive(Debug)]
 pub struct StreamPermit {
-    _total: OwnedSemaphorePermit,
     tenant: Tenant,
     limits: Arc<Limits>,
     _on_connection: Option<StreamOpen>,
@@ -104,6 +146,7 @@ pub struct StreamPermit {
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
+        self.limits.streams.give_back();
         let mut per_tenant = self.limits.per_tenant.lock().expect("stream counts");
         if let Some(open) = per_tenant.get_mut(&self.tenant) {
             *open -= 1;
@@ -116,18 +159,15 @@ impl Drop for StreamPermit {
 
 impl Limits {
     /// Claims an in-flight slot, or says why not.
-    fn call(&self) -> Result<Option<OwnedSemaphorePermit>, tonic::Status> {
-        self.calls
-            .clone()
-            .try_acquire_owned()
-            .map(Some)
-            .map_err(|_| {
-                tonic::Status::resource_exhausted(format!(
-                    "the server is handling {} calls, its limit (--max-inflight-calls); retry with \
+    fn call(self: &Arc<Self>) -> Result<Option<CallPermit>, tonic::Status> {
+        if !self.calls.take() {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "the server is handling {} calls, its limit (--max-inflight-calls); retry with \
                  backoff",
-                    self.config.max_inflight_calls
-                ))
-            })
+                self.config.max_inflight_calls
+            )));
+        }
+        Ok(Some(CallPermit(self.clone())))
     }
 
     /// Claims a stream slot for `tenant` on `connection`, or says which cap is reached.
@@ -136,16 +176,18 @@ impl Limits {
         tenant: Tenant,
         connection: Option<&OpenStreams>,
     ) -> Result<StreamPermit, tonic::Status> {
-        let total = self.streams.clone().try_acquire_owned().map_err(|_| {
-            tonic::Status::resource_exhausted(format!(
+        if !self.streams.take() {
+            return Err(tonic::Status::resource_exhausted(format!(
                 "the server has {} open streams, its limit (--max-streams); close streams you \
                  no longer read",
                 self.config.max_streams
-            ))
-        })?;
+            )));
+        }
         let mut per_tenant = self.per_tenant.lock().expect("stream counts");
         let open = per_tenant.entry(tenant.clone()).or_default();
         if *open >= self.config.max_streams_per_tenant {
+            drop(per_tenant);
+            self.streams.give_back();
             return Err(tonic::Status::resource_exhausted(format!(
                 "this tenant has {} open streams, its limit (--max-streams-per-tenant); close \
                  streams you no longer read",
@@ -154,7 +196,6 @@ impl Limits {
         }
         *open += 1;
         Ok(StreamPermit {
-            _total: total,
             tenant,
             limits: self.clone(),
             _on_connection: connection.map(OpenStreams::open),
@@ -221,7 +262,7 @@ pin_project_lite::pin_project! {
         Called {
             #[pin]
             call: F,
-            permit: Option<OwnedSemaphorePermit>,
+            permit: Option<CallPermit>,
             stream: Option<StreamPermit>,
         },
     }
@@ -303,6 +344,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::Semaphore;
     use tonic::body::Body;
     use tonic::codegen::BoxFuture;
     use tower::Layer;
