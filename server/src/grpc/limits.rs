@@ -10,10 +10,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tonic::codegen::http;
 use tonic::codegen::{Bytes, Service};
