@@ -204,19 +204,18 @@ fn record(report: &mut Report, rpc: &str, costed: &Costed) {
 async fn drive_hello_h2load(ctx: &Context, addr: &str, dir: &Path) -> anyhow::Result<Load> {
     let call = h2load::Call {
         path: crate::hello::SAY_HELLO,
-        request: &crate::hello::request(),
-        response: &crate::hello::reply(),
+        request: h2load::framed(&crate::hello::request()),
+        response: h2load::framed(&crate::hello::reply()),
     };
-    from_h2load(
-        h2load::drive(
-            addr,
-            &call,
-            ctx.sizes.control_concurrency,
-            ctx.sizes.h2load_calls,
-            dir,
-        )
-        .await?,
+    let sizes = &ctx.sizes;
+    h2load::drive(
+        addr,
+        &call,
+        sizes.control_concurrency,
+        sizes.h2load_calls,
+        dir,
     )
+    .await
 }
 
 /// `rpc` (GetDownload or ListDownloads(10)) driven by h2load; the answer every call must get
@@ -229,41 +228,36 @@ async fn drive_h2load(
     guid: &str,
     dir: &Path,
 ) -> anyhow::Result<Load> {
-    let (concurrency, calls) = (ctx.sizes.control_concurrency, ctx.sizes.h2load_calls);
-    let run = if rpc == GET_H2LOAD {
-        let call = h2load::Call {
+    let call = if rpc == GET_H2LOAD {
+        h2load::Call {
             path: GET_DOWNLOAD,
-            request: &pb::GetDownloadRequest { guid: guid.into() },
-            response: &client.get(guid).await?,
-        };
-        h2load::drive(addr, &call, concurrency, calls, dir).await?
+            request: h2load::framed(&pb::GetDownloadRequest { guid: guid.into() }),
+            response: h2load::framed(&client.get(guid).await?),
+        }
     } else {
-        let call = h2load::Call {
+        h2load::Call {
             path: LIST_DOWNLOADS,
-            request: &pb::ListDownloadsRequest {
+            request: h2load::framed(&pb::ListDownloadsRequest {
                 page_size: LIST_PAGE_SIZE,
                 ..Default::default()
-            },
-            response: &client.list(None, LIST_PAGE_SIZE, "").await?,
-        };
-        h2load::drive(addr, &call, concurrency, calls, dir).await?
+            }),
+            response: h2load::framed(&client.list(None, LIST_PAGE_SIZE, "").await?),
+        }
     };
-    from_h2load(run)
+    let sizes = &ctx.sizes;
+    h2load::drive(
+        addr,
+        &call,
+        sizes.control_concurrency,
+        sizes.h2load_calls,
+        dir,
+    )
+    .await
 }
 
 /// The paths of the two read RPCs.
 const GET_DOWNLOAD: &str = "/backgroundtransfer.v1.BackgroundTransferService/GetDownload";
 const LIST_DOWNLOADS: &str = "/backgroundtransfer.v1.BackgroundTransferService/ListDownloads";
-
-/// An h2load run as a measurement (h2load reports no latency percentiles).
-fn from_h2load(run: h2load::Run) -> anyhow::Result<Load> {
-    Ok(Load {
-        calls: run.calls,
-        rps: run.rps,
-        p50_ms: f64::NAN,
-        p99_ms: f64::NAN,
-    })
-}
 
 /// SayHello on a new connection.
 async fn drive_hello(ctx: &Context, addr: &str) -> anyhow::Result<Load> {

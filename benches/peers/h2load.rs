@@ -6,8 +6,10 @@
 //! responses are large (a DownloadOperation is several times a HelloReply).
 //!
 //! h2load sees HTTP statuses, not gRPC ones (a failed call is still HTTP 200), so each run is
-//! checked by its bytes: every call must have received exactly the expected response message,
-//! and a call answered with an error (trailers only, no message) fails the run.
+//! checked by its bytes: the calls must have received, together, exactly as many message bytes
+//! as the expected answer times the calls, so a call answered with an error (trailers only, no
+//! message) fails the run. (h2load does not show the bytes, so an answer of another content
+//! but the same length would pass.)
 
 use std::path::Path;
 
@@ -15,62 +17,46 @@ use anyhow::{Context, bail};
 use prost::Message;
 use tokio::process::Command;
 
-/// One h2load measurement.
-#[derive(Debug)]
-pub struct Run {
-    /// Completed calls.
-    pub calls: usize,
-    /// Completed calls per second.
-    pub rps: f64,
-}
+use crate::load::Load;
 
-/// A gRPC method and the exact request and response messages of each call.
+/// A gRPC method and the request and answer of each call, in their gRPC frames.
 pub struct Call<'a> {
     /// The method's path, `/package.Service/Method`.
     pub path: &'a str,
     /// The request every call sends.
-    pub request: &'a dyn EncodeLen,
-    /// The response every call must receive.
-    pub response: &'a dyn EncodeLen,
+    pub request: Vec<u8>,
+    /// The answer every call must receive.
+    pub response: Vec<u8>,
 }
 
-/// What h2load needs of a message: its bytes, and their length on the wire.
-pub trait EncodeLen {
-    /// The message in its gRPC frame: a zero (uncompressed) byte, the length, the message.
-    fn framed(&self) -> Vec<u8>;
-}
-
-impl<M: Message> EncodeLen for M {
-    fn framed(&self) -> Vec<u8> {
-        let message = self.encode_to_vec();
-        let mut framed = Vec::with_capacity(5 + message.len());
-        framed.push(0);
-        framed.extend_from_slice(
-            &u32::try_from(message.len())
-                .unwrap_or(u32::MAX)
-                .to_be_bytes(),
-        );
-        framed.extend_from_slice(&message);
-        framed
-    }
+/// `message` in its gRPC frame: a zero (uncompressed) byte, the length, the message.
+pub fn framed(message: &impl Message) -> Vec<u8> {
+    let message = message.encode_to_vec();
+    let len = u32::try_from(message.len()).expect("a benchmark message is far below 4 GiB");
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed
 }
 
 /// Runs `calls` calls of `call` on `addr` with h2load, `concurrency` streams on one connection,
 /// writing the request file into `dir`. Fails unless every call got exactly the expected
 /// response. (A count, not a duration: a timed run stops with calls in flight whose bytes
-/// arrive but are not counted, and the byte check must be exact.)
+/// arrive but are not counted, and the byte check must be exact.) h2load reports no latency
+/// percentiles: the load's p50 and p99 are NaN, and the control workload records neither.
 pub async fn drive(
     addr: &str,
     call: &Call<'_>,
     concurrency: usize,
     calls: usize,
     dir: &Path,
-) -> anyhow::Result<Run> {
+) -> anyhow::Result<Load> {
     let body = dir.join(format!(
         "{}.grpc",
         call.path.rsplit('/').next().unwrap_or("request")
     ));
-    std::fs::write(&body, call.request.framed())
+    std::fs::write(&body, &call.request)
         .with_context(|| format!("cannot write {}", body.display()))?;
     let output = Command::new("h2load")
         .arg(format!("--requests={calls}"))
@@ -95,7 +81,7 @@ pub async fn drive(
     if run.calls != calls {
         bail!("h2load completed {} of {calls} calls:\n{text}", run.calls);
     }
-    let expected = call.response.framed().len() * run.calls;
+    let expected = call.response.len() * run.calls;
     let received = data_bytes(&text).context("no data bytes in h2load's output")?;
     if received != expected {
         bail!(
@@ -109,7 +95,7 @@ pub async fn drive(
 }
 
 /// The completed calls and the rate from h2load's summary.
-fn parse(text: &str) -> Option<Run> {
+fn parse(text: &str) -> Option<Load> {
     let rps = text
         .lines()
         .find_map(|line| line.strip_prefix("finished in "))?
@@ -133,7 +119,12 @@ fn parse(text: &str) -> Option<Run> {
     if done == 0 || succeeded != done {
         return None;
     }
-    Some(Run { calls: done, rps })
+    Some(Load {
+        calls: done,
+        rps,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+    })
 }
 
 /// The bytes of DATA frames h2load received: `traffic: ... , 700.13KB (716933) data`.
