@@ -158,3 +158,34 @@ async fn a_request_that_is_not_protobuf_is_invalid_argument() {
     }
     assert!(h.list_guids().await.is_empty());
 }
+
+/// A call to a service or method this server does not serve is UNIMPLEMENTED, whatever part of
+/// the path is wrong, and the server goes on serving.
+#[tokio::test]
+async fn a_call_nobody_serves_is_unimplemented() {
+    let h = Harness::start(&[]).await;
+    let channel = h.server.channel().await;
+    for path in [
+        "/no.such.v1.Service/Call",
+        "/backgroundtransfer.v1.BackgroundTransferService/NoSuchMethod",
+        "/backgroundtransfer.v1.TransferSystemService/NoSuchMethod",
+        "/grpc.health.v1.Health/NoSuchMethod",
+        "/backgroundtransfer.v1.BackgroundTransferService",
+        "/backgroundtransfer.v1.BackgroundTransferService/",
+        "/",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let err = grpc
+            .unary(
+                tonic::Request::new(Vec::new()),
+                path.parse().unwrap(),
+                RawCodec,
+            )
+            .await
+            .map(|_| ())
+            .expect_err(path);
+        assert_eq!(err.code(), Code::Unimplemented, "{path}: {err:?}");
+    }
+    assert!(h.list_guids().await.is_empty());
+}

@@ -234,8 +234,7 @@ impl Transferd {
             .layer(grpc::MeasureLayer)
             .layer(grpc::identify_layer(tokens))
             .layer(LimitLayer::new(limits))
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, stop)
+            .serve_with_incoming_shutdown(routes, incoming, stop)
             .await?;
         engine.drain().await;
         drop(lock);

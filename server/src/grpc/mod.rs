@@ -11,6 +11,7 @@ pub mod audit;
 pub(crate) mod coalesce;
 pub(crate) mod codec;
 mod convert;
+mod dispatch;
 mod identify;
 pub mod limits;
 mod measure;
@@ -21,7 +22,6 @@ mod transfer;
 
 use std::sync::Arc;
 
-use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -37,7 +37,15 @@ use transfer::TransferService;
 /// `TransferSystemService`, `grpc.health.v1` (already reporting SERVING) and server reflection in
 /// both versions (v1, and v1alpha for ghz and older tools). The returned [`Health`] flips the
 /// health service to NOT_SERVING at shutdown.
-pub async fn routes(engine: Engine) -> Result<(Routes, Health), tonic_reflection::server::Error> {
+pub async fn routes(
+    engine: Engine,
+) -> Result<
+    (
+        Routes<impl Generated, impl Generated, impl Generated>,
+        Health,
+    ),
+    tonic_reflection::server::Error,
+> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<BackgroundTransferServiceServer<TransferService>>()
@@ -50,13 +58,13 @@ pub async fn routes(engine: Engine) -> Result<(Routes, Health), tonic_reflection
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let routes = Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(BackgroundTransferServiceServer::new(TransferService::new(
-            engine.clone(),
-        )))
-        .add_service(TransferSystemServiceServer::new(SystemService::new(engine)));
+    let routes = Services {
+        transfer: BackgroundTransferServiceServer::new(TransferService::new(engine.clone())),
+        system: TransferSystemServiceServer::new(SystemService::new(engine)),
+        health: health_service,
+        reflection: reflection_v1,
+        reflection_alpha: reflection_v1alpha,
+    };
     Ok((routes, Health { reporter }))
 }
 
@@ -69,7 +77,17 @@ pub fn identify_layer(tokens: Option<Arc<TokenFile>>) -> IdentifyLayer {
     IdentifyLayer::new(tokens)
 }
 
+pub use dispatch::{Generated, Services};
 pub use identify::IdentifyLayer;
+
+/// Everything [`routes`] serves: the contract's two services, then health and reflection.
+pub type Routes<H, R, Ra> = Services<
+    BackgroundTransferServiceServer<TransferService>,
+    TransferSystemServiceServer<SystemService>,
+    H,
+    R,
+    Ra,
+>;
 pub use measure::MeasureLayer;
 pub(crate) use status::code as code_of;
 
