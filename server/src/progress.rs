@@ -1,10 +1,9 @@
 //! Progress fan-out: every download publishes [`Snapshot`]s to its own [`Hub`], and every hub
 //! also feeds one server-wide [`Bus`] for WatchDownloads.
 //!
-//! Publishing never waits for a watcher. A hub keeps only the latest snapshot (a `watch`
-//! channel) plus a short log of recent status changes, so a slow watcher costs nothing while it
-//! is slow, and when it catches up it still gets every status change in order, then the latest
-//! bytes. The one-shot flags `has_response_changed` and `has_restarted` are not stored as
+//! Publishing never waits for a watcher. A hub keeps only the latest snapshot plus a short log
+//! of recent status changes, so a slow watcher costs nothing while it is slow, and when it
+//! catches up it still gets every status change in order, then the latest bytes. The one-shot flags `has_response_changed` and `has_restarted` are not stored as
 //! booleans that coalescing could lose: the hub publishes monotonic response and restart
 //! counters, and each watcher derives the flags from the counters it has already seen.
 //!
@@ -14,11 +13,10 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use tokio::sync::{broadcast, watch};
-use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Tenant;
@@ -116,9 +114,30 @@ pub struct Hub {
     guid: Arc<str>,
     tenant: Tenant,
     group: Arc<str>,
+    /// The latest snapshot for unary reads and for readers that follow the download
+    /// ([`Hub::changes`]).
     tx: watch::Sender<Snapshot>,
-    status_log: Mutex<VecDeque<Snapshot>>,
+    /// What WatchDownload streams read and wait on.
+    shared: Mutex<Shared>,
     bus: Bus,
+}
+
+/// What a download's WatchDownload streams share, under one lock: the latest snapshot, the
+/// recent status changes, and the wakers of the streams waiting for the next publication.
+///
+/// The waiting streams are a plain list that each publication takes whole, rather than a
+/// tokio `watch` receiver per stream: that receiver waits through a boxed future and a waiter
+/// node linked into the channel, two more heap objects per stream that a publication and the
+/// woken stream each touch, cold, for every one of thousands of watchers. Here a publication
+/// walks one array of wakers and a woken stream reads its own state and this.
+#[derive(Debug)]
+struct Shared {
+    latest: Snapshot,
+    status_log: VecDeque<Snapshot>,
+    /// Streams waiting for a publication after `latest`; a stream that ends while waiting
+    /// empties its slot and lists it in `free` for the next stream to wait.
+    waiting: Vec<Option<Waker>>,
+    free: Vec<usize>,
 }
 
 impl Hub {
@@ -138,9 +157,18 @@ impl Hub {
             tenant: tenant.clone(),
             group: group.into(),
             tx: watch::Sender::new(first),
-            status_log: Mutex::new(VecDeque::from([first])),
+            shared: Mutex::new(Shared {
+                latest: first,
+                status_log: VecDeque::from([first]),
+                waiting: Vec::new(),
+                free: Vec::new(),
+            }),
             bus,
         }
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The latest snapshot.
@@ -181,14 +209,29 @@ impl Hub {
             has_response_changed: responses > prev.responses,
             has_restarted: restarts > prev.restarts,
         };
-        if status_changed {
-            let mut log = self.status_log.lock().unwrap_or_else(|e| e.into_inner());
-            if log.len() == STATUS_LOG_CAPACITY {
-                log.pop_front();
+        let mut waiting = {
+            let mut shared = self.shared();
+            if status_changed {
+                if shared.status_log.len() == STATUS_LOG_CAPACITY {
+                    shared.status_log.pop_front();
+                }
+                shared.status_log.push_back(snapshot);
             }
-            log.push_back(snapshot);
-        }
+            shared.latest = snapshot;
+            shared.free.clear();
+            std::mem::take(&mut shared.waiting)
+        };
         self.tx.send_replace(snapshot);
+        for waker in waiting.drain(..).flatten() {
+            waker.wake();
+        }
+        // The list's memory serves the next publication, unless streams are already waiting
+        // in a new one.
+        let mut shared = self.shared();
+        if shared.waiting.is_empty() && shared.waiting.capacity() < waiting.capacity() {
+            shared.waiting = waiting;
+        }
+        drop(shared);
         // No receivers is normal: nobody is running WatchDownloads.
         let _ = self.bus.tx.send(Event {
             guid: self.guid.clone(),
@@ -197,12 +240,14 @@ impl Hub {
             snapshot,
         });
     }
+}
 
+impl Shared {
     /// Status-change snapshots with `after < status_seq < before`, oldest first, or `Lagged` if
     /// some of them were already discarded.
     fn status_changes_between(&self, after: u64, before: u64) -> Result<Vec<Snapshot>, Lagged> {
-        let log = self.status_log.lock().unwrap_or_else(|e| e.into_inner());
-        let missed: Vec<Snapshot> = log
+        let missed: Vec<Snapshot> = self
+            .status_log
             .iter()
             .filter(|s| s.status_seq > after && s.status_seq < before)
             .copied()
@@ -258,35 +303,41 @@ impl FlagCursor {
 /// Written by hand rather than as an `unfold` with a `select!`: with thousands of watchers of
 /// one download every status change wakes each of them once, and this poll is the only work a
 /// watcher adds to what gRPC costs. It registers with `shutdown` once per task (see
-/// [`Shutdown`]) and moves no state between items.
-pub fn watch_one(
-    hub: Arc<Hub>,
-    closing: Closing,
-) -> impl Stream<Item = Result<Message, Lagged>> + Send + 'static {
+/// [`Shutdown`]), waits in the hub's own list of wakers (see [`Shared`]), and keeps its next
+/// message inline: a stream allocates nothing per message unless it fell behind.
+pub fn watch_one(hub: Arc<Hub>, closing: Closing) -> WatchOne {
     // The first message is the state when the watch was asked for, not when the stream is
     // first polled: a change in between is then delivered as a change.
-    let mut rx = hub.tx.subscribe();
-    let first = *rx.borrow_and_update();
+    let first = hub.shared().latest;
     let (cursor, message) = FlagCursor::first(&first);
     WatchOne {
         hub,
-        changes: WatchStream::from_changes(rx),
         cursor,
+        seen_version: first.version,
         seen_status_seq: first.status_seq,
-        pending: VecDeque::from([Ok(message)]),
+        missed: VecDeque::new(),
+        next: Some(Ok(message)),
+        waiting: None,
         done: first.progress.status.is_terminal(),
         shutdown: Shutdown::new(closing),
     }
 }
 
 /// One WatchDownload stream.
-struct WatchOne {
+pub struct WatchOne {
     hub: Arc<Hub>,
-    /// The hub's snapshots after the first, each as it is published (coalesced when slow).
-    changes: WatchStream<Snapshot>,
     cursor: FlagCursor,
+    /// The version of the last snapshot taken from the hub.
+    seen_version: u64,
     seen_status_seq: u64,
-    pending: VecDeque<Result<Message, Lagged>>,
+    /// Status changes the stream skipped, to send before `next` (empty, and so not allocated,
+    /// unless the stream fell behind).
+    missed: VecDeque<Message>,
+    /// The message to send next.
+    next: Option<Result<Message, Lagged>>,
+    /// Where this stream's waker is in the hub's waiting list, and the version it waits to see
+    /// change; the slot is the stream's only while the hub's latest is still that version.
+    waiting: Option<(u64, usize)>,
     done: bool,
     shutdown: Shutdown,
 }
@@ -294,27 +345,64 @@ struct WatchOne {
 impl WatchOne {
     /// Queues what `snapshot` tells the watcher: the status changes it skipped (from the log),
     /// then itself.
-    fn on_snapshot(&mut self, snapshot: Snapshot) {
+    fn on_snapshot(&mut self, shared: &Shared) {
+        let snapshot = shared.latest;
+        self.seen_version = snapshot.version;
         if snapshot.status_seq > self.seen_status_seq + 1 {
-            match self
-                .hub
-                .status_changes_between(self.seen_status_seq, snapshot.status_seq)
-            {
+            match shared.status_changes_between(self.seen_status_seq, snapshot.status_seq) {
                 Ok(missed) => {
                     for s in missed {
-                        self.pending.push_back(Ok(self.cursor.next(&s)));
+                        let message = self.cursor.next(&s);
+                        self.missed.push_back(message);
                     }
                 }
                 Err(lagged) => {
-                    self.pending.push_back(Err(lagged));
+                    self.next = Some(Err(lagged));
                     self.done = true;
                     return;
                 }
             }
         }
         self.seen_status_seq = snapshot.status_seq;
-        self.pending.push_back(Ok(self.cursor.next(&snapshot)));
+        self.next = Some(Ok(self.cursor.next(&snapshot)));
         self.done = snapshot.progress.status.is_terminal();
+    }
+
+    /// Takes the hub's latest snapshot if this stream has not seen it; otherwise leaves the
+    /// task's waker in the hub's waiting list (once per publication) and returns false.
+    fn take_latest(&mut self, cx: &mut Context<'_>) -> bool {
+        let hub = Arc::clone(&self.hub);
+        let mut shared = hub.shared();
+        if shared.latest.version != self.seen_version {
+            self.on_snapshot(&shared);
+            return true;
+        }
+        match self.waiting {
+            Some((version, slot)) if version == self.seen_version => {
+                let registered = &mut shared.waiting[slot];
+                if !registered
+                    .as_ref()
+                    .is_some_and(|waker| waker.will_wake(cx.waker()))
+                {
+                    *registered = Some(cx.waker().clone());
+                }
+            }
+            _ => {
+                let waker = Some(cx.waker().clone());
+                let slot = match shared.free.pop() {
+                    Some(slot) => {
+                        shared.waiting[slot] = waker;
+                        slot
+                    }
+                    None => {
+                        shared.waiting.push(waker);
+                        shared.waiting.len() - 1
+                    }
+                };
+                self.waiting = Some((self.seen_version, slot));
+            }
+        }
+        false
     }
 }
 
@@ -324,15 +412,32 @@ impl Stream for WatchOne {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if let Some(item) = this.pending.pop_front() {
+            if let Some(message) = this.missed.pop_front() {
+                return Poll::Ready(Some(Ok(message)));
+            }
+            if let Some(item) = this.next.take() {
                 return Poll::Ready(Some(item));
             }
             if this.done || this.shutdown.poll(cx).is_ready() {
                 return Poll::Ready(None);
             }
-            match ready!(this.changes.poll_next_unpin(cx)) {
-                Some(snapshot) => this.on_snapshot(snapshot),
-                None => return Poll::Ready(None),
+            if !this.take_latest(cx) {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl Drop for WatchOne {
+    /// A stream that ends while it waits gives its slot in the hub's waiting list back, so a
+    /// download that is watched and left again and again without changing keeps neither
+    /// wakers (each keeps a finished task's memory alive) nor a growing list.
+    fn drop(&mut self) {
+        if let Some((version, slot)) = self.waiting {
+            let mut shared = self.hub.shared();
+            if shared.latest.version == version {
+                shared.waiting[slot] = None;
+                shared.free.push(slot);
             }
         }
     }
@@ -511,6 +616,49 @@ pub(super) mod tests {
         }
         assert_eq!(stream.next().await.unwrap(), Err(Lagged));
         assert!(stream.next().await.is_none());
+    }
+
+    /// Polls `stream` once with a waker that does nothing.
+    fn poll_once(stream: &mut WatchOne) -> Poll<Option<Result<Message, Lagged>>> {
+        Pin::new(stream).poll_next(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn a_waiting_watcher_is_listed_once_and_leaves_no_trace() {
+        let hub = hub();
+        let mut stream = watch_one(hub.clone(), never());
+        assert!(poll_once(&mut stream).is_ready());
+        // Polled again and again without a publication: one slot.
+        for _ in 0..3 {
+            assert!(poll_once(&mut stream).is_pending());
+        }
+        assert_eq!(hub.shared().waiting.len(), 1);
+        drop(stream);
+        // Watchers that come and go while nothing changes reuse that slot.
+        for _ in 0..100 {
+            let mut stream = watch_one(hub.clone(), never());
+            assert!(poll_once(&mut stream).is_ready());
+            assert!(poll_once(&mut stream).is_pending());
+        }
+        let shared = hub.shared();
+        assert_eq!(shared.waiting.len(), 1);
+        assert!(shared.waiting[0].is_none());
+        drop(shared);
+        // A publication wakes every waiting watcher, and each sees it.
+        let mut streams: Vec<WatchOne> = (0..3).map(|_| watch_one(hub.clone(), never())).collect();
+        for stream in &mut streams {
+            assert!(poll_once(stream).is_ready());
+            assert!(poll_once(stream).is_pending());
+        }
+        assert_eq!(hub.shared().waiting.iter().flatten().count(), 3);
+        hub.publish(p(1, Status::Running), 1, 0);
+        assert_eq!(hub.shared().waiting.iter().flatten().count(), 0);
+        for stream in &mut streams {
+            let Poll::Ready(Some(Ok(message))) = poll_once(stream) else {
+                panic!("the publication was not delivered");
+            };
+            assert_eq!(message.progress, p(1, Status::Running));
+        }
     }
 
     #[tokio::test]

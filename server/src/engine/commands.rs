@@ -483,12 +483,7 @@ impl Engine {
     }
 
     /// The progress publisher of a download, for WatchDownload.
-    pub async fn watch(
-        &self,
-        caller: &Caller,
-        guid: &str,
-    ) -> Result<impl futures_util::Stream<Item = Result<Message, progress::Lagged>> + use<>, Error>
-    {
+    pub async fn watch(&self, caller: &Caller, guid: &str) -> Result<progress::WatchOne, Error> {
         let op = self.op_or_fetch(caller, guid).await?;
         Ok(progress::watch_one(
             op.hub.clone(),

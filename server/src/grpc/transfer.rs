@@ -13,6 +13,7 @@ use crate::auth::Caller;
 use crate::engine::results::ReadRange;
 use crate::engine::{Engine, NewDownload, Scope};
 use crate::pb::backgroundtransfer::v1 as pb;
+use crate::progress;
 use pb::background_transfer_service_server::BackgroundTransferService;
 
 /// The `BackgroundTransferService` implementation.
@@ -28,8 +29,14 @@ impl TransferService {
     }
 }
 
-type ProgressStream =
-    Pin<Box<dyn Stream<Item = Result<pb::BackgroundDownloadProgress, GrpcStatus>> + Send>>;
+/// A WatchDownload stream, unboxed: with thousands of watchers, each box is one more cold
+/// object that every status change touches once per watcher.
+type ProgressStream = futures_util::stream::Map<
+    progress::WatchOne,
+    fn(
+        Result<progress::Message, progress::Lagged>,
+    ) -> Result<pb::BackgroundDownloadProgress, GrpcStatus>,
+>;
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ResultChunk, GrpcStatus>> + Send>>;
 type EventStream =
     Pin<Box<dyn Stream<Item = Result<pb::DownloadProgressEvent, GrpcStatus>> + Send>>;
@@ -140,12 +147,10 @@ impl BackgroundTransferService for TransferService {
     ) -> Result<Response<Self::WatchDownloadStream>, GrpcStatus> {
         let caller = Caller::of(&request)?;
         let pb::WatchDownloadRequest { guid } = request.into_inner();
-        let stream = self
-            .engine
-            .watch(&caller, &guid)
-            .await?
-            .map(|item| item.map(Into::into).map_err(Into::into));
-        Ok(Response::new(Box::pin(stream)))
+        let stream = self.engine.watch(&caller, &guid).await?;
+        Ok(Response::new(
+            stream.map(|item| item.map(Into::into).map_err(Into::into)),
+        ))
     }
 
     type WatchDownloadsStream = EventStream;
