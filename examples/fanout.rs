@@ -95,6 +95,9 @@ struct Phase {
     delays: Vec<Duration>,
     /// The control calls' round trips, sorted.
     calls: Vec<Duration>,
+    /// Each change's slowest delay (its last watcher's), in the order of the changes: whether
+    /// a high p99 comes from every change or from a few slow ones, and which.
+    last: Vec<Duration>,
     /// Server RSS with the watchers open, in KiB.
     rss: u64,
     /// Server CPU time (user + system) spent while the changes were driven and delivered.
@@ -165,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
         (args.watchers.to_string(), &many),
         (format!("{}, plain tonic peer", args.watchers), &plain),
     ];
-    for (n, p) in rows {
+    for (n, p) in &rows {
         println!(
             "| {n} | {} | {} | {} | {} | {} | {} / {} | {} MiB |",
             args.changes,
@@ -199,6 +202,14 @@ async fn main() -> anyhow::Result<()> {
         many.client_cpu.as_secs_f64() / plain.client_cpu.as_secs_f64(),
         many.rss as f64 / plain.rss as f64
     );
+    println!();
+    for (n, p) in &rows {
+        let last: Vec<String> = p.last.iter().map(|d| ms(*d)).collect();
+        println!(
+            "last watcher of each change in order, {n} watchers: {}",
+            last.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -300,17 +311,25 @@ async fn phase(
     let client_cpu =
         Duration::from_secs_f64(support::cpu_seconds(std::process::id())? - client_before);
     let mut delays = Vec::with_capacity(count * args.changes);
+    let mut last = vec![Duration::ZERO; args.changes];
+    let mut streams = Vec::with_capacity(count);
     while let Some(reader) = readers.join_next().await {
-        let times = reader??;
-        delays.extend(times.iter().zip(&sent).map(|(t, s)| *t - *s));
+        let (times, stream) = reader??;
+        streams.push(stream);
+        for ((t, s), last) in times.iter().zip(&sent).zip(&mut last) {
+            delays.push(*t - *s);
+            *last = (*last).max(*t - *s);
+        }
     }
     delays.sort();
     calls.sort();
-    // The readers dropped their streams; give the server time to let go of them.
+    drop(streams);
+    // Give the server time to let go of the streams.
     tokio::time::sleep(SETTLE).await;
     Ok(Phase {
         delays,
         calls,
+        last,
         rss,
         cpu,
         client_cpu,
@@ -319,13 +338,19 @@ async fn phase(
 
 /// Reads one watch stream until it has seen `changes` status changes, noting when it saw each
 /// and counting itself in `seen`; the last of `count` watchers to see a change wakes the driver.
+/// Returns the stream still open: a watcher that hung up as soon as it saw the last change
+/// would have the server tearing down thousands of streams while it still delivers that change
+/// to the others, which made the last change of every run the slowest by 40 to 60 ms.
 async fn read(
     mut stream: tonic::Streaming<pb::BackgroundDownloadProgress>,
     changes: usize,
     count: usize,
     seen: Arc<Vec<AtomicUsize>>,
     all_seen: Arc<Notify>,
-) -> anyhow::Result<Vec<Instant>> {
+) -> anyhow::Result<(
+    Vec<Instant>,
+    tonic::Streaming<pb::BackgroundDownloadProgress>,
+)> {
     let mut times = Vec::with_capacity(changes);
     while times.len() < changes {
         let message = stream
@@ -340,7 +365,7 @@ async fn read(
             }
         }
     }
-    Ok(times)
+    Ok((times, stream))
 }
 
 /// The `q` quantile of sorted `values`.

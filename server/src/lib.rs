@@ -24,10 +24,11 @@
 //! - `grpc/`: the gRPC layer, one file per service (`transfer.rs`, `system.rs`); `convert.rs`
 //!   converts at the edge (every protobuf number is checked there), `status.rs` is the one table
 //!   from errors to status codes, and `routes()` gathers everything served (both services,
-//!   health, reflection) so layers that apply to every call go in one place. `identify.rs` is
-//!   the layer in front of every route (bearer token, caller, role check) and `roles.rs` the one
-//!   table of the least role each method needs. `coalesce.rs` wraps each accepted socket so
-//!   the frames of many streams on one connection go out in few writes (fan-out to watchers).
+//!   health, reflection; `dispatch.rs` picks the service by the call's path) so layers that
+//!   apply to every call go in one place. `identify.rs` is the layer in front of every route
+//!   (bearer token, caller, role check) and `roles.rs` the one table of the least role each
+//!   method needs. `coalesce.rs` wraps each accepted socket so the frames of many streams on
+//!   one connection go out in few writes (fan-out to watchers).
 //! - `engine/`: the transfer engine; knows nothing of gRPC. `commands.rs` (what clients ask),
 //!   `validate.rs` (request limits), `download.rs` (one download and the one transition
 //!   function), `registry.rs` (downloads by guid and creation order, the index of live

@@ -3,8 +3,9 @@
 //! the conversions between protobuf and domain types (`convert.rs`), and the one table from
 //! domain errors to status codes (`status.rs`). No transfer logic lives here.
 //!
-//! [`routes`] gathers everything the server serves, so a layer that applies to every call (auth,
-//! metrics, load shedding) is added in one place. `measure.rs` is the metrics layer: calls by
+//! [`routes`] gathers everything the server serves (`dispatch.rs` hands each call to its
+//! service), so a layer that applies to every call (auth, metrics, load shedding) is added in
+//! one place. `measure.rs` is the metrics layer: calls by
 //! method and code, their duration, open watch streams.
 
 pub mod audit;
