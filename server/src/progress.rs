@@ -343,25 +343,23 @@ pub struct WatchOne {
 }
 
 impl WatchOne {
-    /// Queues what `snapshot` tells the watcher: the status changes it skipped (from the log),
-    /// then itself.
-    fn on_snapshot(&mut self, shared: &Shared) {
-        let snapshot = shared.latest;
+    /// Queues what `snapshot` tells the watcher: the status changes it skipped (`missed`, from
+    /// the log, when it skipped any), then itself.
+    fn on_snapshot(&mut self, snapshot: Snapshot, missed: Option<Result<Vec<Snapshot>, Lagged>>) {
         self.seen_version = snapshot.version;
-        if snapshot.status_seq > self.seen_status_seq + 1 {
-            match shared.status_changes_between(self.seen_status_seq, snapshot.status_seq) {
-                Ok(missed) => {
-                    for s in missed {
-                        let message = self.cursor.next(&s);
-                        self.missed.push_back(message);
-                    }
-                }
-                Err(lagged) => {
-                    self.next = Some(Err(lagged));
-                    self.done = true;
-                    return;
+        match missed {
+            Some(Ok(missed)) => {
+                for s in missed {
+                    let message = self.cursor.next(&s);
+                    self.missed.push_back(message);
                 }
             }
+            Some(Err(lagged)) => {
+                self.next = Some(Err(lagged));
+                self.done = true;
+                return;
+            }
+            None => {}
         }
         self.seen_status_seq = snapshot.status_seq;
         self.next = Some(Ok(self.cursor.next(&snapshot)));
@@ -369,40 +367,58 @@ impl WatchOne {
     }
 
     /// Takes the hub's latest snapshot if this stream has not seen it; otherwise leaves the
-    /// task's waker in the hub's waiting list (once per publication) and returns false.
+    /// task's waker in the hub's waiting list (once per publication) and returns false. (It
+    /// borrows the hub rather than cloning its `Arc`: thousands of streams bumping one shared
+    /// counter on every poll would pass its cache line from core to core.)
     fn take_latest(&mut self, cx: &mut Context<'_>) -> bool {
-        let hub = Arc::clone(&self.hub);
-        let mut shared = hub.shared();
-        if shared.latest.version != self.seen_version {
-            self.on_snapshot(&shared);
-            return true;
+        let (snapshot, missed) = {
+            let mut shared = self.hub.shared();
+            if shared.latest.version == self.seen_version {
+                wait(&mut self.waiting, self.seen_version, &mut shared, cx);
+                return false;
+            }
+            let snapshot = shared.latest;
+            let missed = (snapshot.status_seq > self.seen_status_seq + 1)
+                .then(|| shared.status_changes_between(self.seen_status_seq, snapshot.status_seq));
+            (snapshot, missed)
+        };
+        self.on_snapshot(snapshot, missed);
+        true
+    }
+}
+
+/// Leaves the task's waker in `shared`'s waiting list for the publication after
+/// `seen_version`, unless it is there already; `waiting` is where the stream's waker is.
+fn wait(
+    waiting: &mut Option<(u64, usize)>,
+    seen_version: u64,
+    shared: &mut Shared,
+    cx: &mut Context<'_>,
+) {
+    match *waiting {
+        Some((version, slot)) if version == seen_version => {
+            let registered = &mut shared.waiting[slot];
+            if !registered
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+            {
+                *registered = Some(cx.waker().clone());
+            }
         }
-        match self.waiting {
-            Some((version, slot)) if version == self.seen_version => {
-                let registered = &mut shared.waiting[slot];
-                if !registered
-                    .as_ref()
-                    .is_some_and(|waker| waker.will_wake(cx.waker()))
-                {
-                    *registered = Some(cx.waker().clone());
+        _ => {
+            let waker = Some(cx.waker().clone());
+            let slot = match shared.free.pop() {
+                Some(slot) => {
+                    shared.waiting[slot] = waker;
+                    slot
                 }
-            }
-            _ => {
-                let waker = Some(cx.waker().clone());
-                let slot = match shared.free.pop() {
-                    Some(slot) => {
-                        shared.waiting[slot] = waker;
-                        slot
-                    }
-                    None => {
-                        shared.waiting.push(waker);
-                        shared.waiting.len() - 1
-                    }
-                };
-                self.waiting = Some((self.seen_version, slot));
-            }
+                None => {
+                    shared.waiting.push(waker);
+                    shared.waiting.len() - 1
+                }
+            };
+            *waiting = Some((seen_version, slot));
         }
-        false
     }
 }
 
