@@ -3,9 +3,10 @@
 //!
 //! Publishing never waits for a watcher. A hub keeps only the latest snapshot plus a short log
 //! of recent status changes, so a slow watcher costs nothing while it is slow, and when it
-//! catches up it still gets every status change in order, then the latest bytes. The one-shot flags `has_response_changed` and `has_restarted` are not stored as
-//! booleans that coalescing could lose: the hub publishes monotonic response and restart
-//! counters, and each watcher derives the flags from the counters it has already seen.
+//! catches up it still gets every status change in order, then the latest bytes. The one-shot
+//! flags `has_response_changed` and `has_restarted` are not stored as booleans that coalescing
+//! could lose: the hub publishes monotonic response and restart counters, and each watcher
+//! derives the flags from the counters it has already seen.
 //!
 //! `all` holds the WatchDownloads stream: a lazy walk of the first snapshot, then bus events.
 
